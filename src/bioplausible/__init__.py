@@ -1,0 +1,57 @@
+"""bioplausible: biologically plausible credit assignment for plain PyTorch models.
+
+Every rule trains an ordinary ``nn.Module``; a rule is a gradient estimator that fills
+``.grad`` and a standard ``torch.optim`` optimizer applies it. The public API is flat::
+
+    import bioplausible as bp
+    data = bp.load_dataset("mnist", flatten=True)
+    model = bp.build_model("mlp:784-500-10", activation="sigmoid")
+    result = bp.fit(model, "fa", data, epochs=1)
+
+Names are imported lazily so that ``import bioplausible`` and the CLI start quickly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # registry and rules
+    "register": "registry", "make": "registry", "list_rules": "registry", "RULES": "registry",
+    "Rule": "rules.base", "StepResult": "rules.base", "FeedbackPair": "rules.base",
+    # errors
+    "UserError": "errors", "ConfigError": "errors", "DataError": "errors",
+    "MissingDataError": "errors", "CorruptDataError": "errors", "UnknownNameError": "errors",
+    "IncompatibleModelError": "errors", "DivergenceError": "errors",
+    # losses and models
+    "get_loss": "losses", "list_losses": "losses", "Loss": "losses",
+    "build_model": "models", "list_models": "models", "MLP": "models", "LeNet5": "models",
+    "NPConvNet": "models",
+    # data
+    "load_dataset": "data", "list_datasets": "data", "resolve_root": "data",
+    # feedback layers
+    "convert": "nn", "exact_backward": "nn",
+    # training, diagnostics, experiments
+    "fit": "train", "evaluate": "train", "Trainer": "train", "FitResult": "train",
+    "TrainConfig": "config", "load_config": "config",
+    "Probe": "probe", "gradient_angles": "probe",
+    "list_presets": "experiments", "get_preset": "experiments",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bioplausible' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,101 @@
+"""Losses used by the seed papers, with their batch-reduction conventions made explicit.
+
+The papers differ in whether a loss (and so every update) is a batch *sum* or a batch *mean*;
+this changes the learning rate a paper's numbers need, so each convention is its own name:
+
+========================  ==========================================  =======================
+name                      value for outputs ``o`` and targets ``t``   used by
+========================  ==========================================  =======================
+``mse``                   mean over batch *and* units of (o − t)²     PyTorch's default
+``mse_batchmean``         (1/N) Σ_n Σ_k (o − t)²                       ghost units, BFA
+``mse_sum``               Σ_n Σ_k (o − t)²                             activation relaxation
+``mse_half_sum``          ½ Σ_n Σ_k (o − t)²                           node perturbation
+``cross_entropy``         (1/N) Σ_n −log softmax(o)_y                  classification
+``bce``                   mean sigmoid binary cross-entropy            multi-label, NP AE
+========================  ==========================================  =======================
+
+Class-index targets are turned into one-hot vectors for the MSE and BCE losses.
+Float targets with the output's shape are used as they are (multi-label data, autoencoders).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .registry import Registry
+
+
+def _dense_targets(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if target.dtype in (torch.int64, torch.int32, torch.uint8) and target.dim() == 1:
+        return F.one_hot(target.long(), output.shape[-1]).to(output.dtype)
+    return target.to(output.dtype)
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A named scalar loss ``loss(output, target)`` with its reduction convention."""
+
+    name: str
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    description: str
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.fn(output, target)
+
+
+LOSSES: Registry[Loss] = Registry("loss")
+
+
+def _add(name: str, description: str):
+    def wrap(fn):
+        LOSSES.add(name, Loss(name, fn, description))
+        return fn
+
+    return wrap
+
+
+@_add("mse", "mean over batch and units of (o - t)^2")
+def _mse(o, t):
+    return F.mse_loss(o, _dense_targets(o, t), reduction="mean")
+
+
+@_add("mse_batchmean", "(1/N) sum_n sum_k (o - t)^2")
+def _mse_batchmean(o, t):
+    return F.mse_loss(o, _dense_targets(o, t), reduction="sum") / o.shape[0]
+
+
+@_add("mse_sum", "sum_n sum_k (o - t)^2")
+def _mse_sum(o, t):
+    return F.mse_loss(o, _dense_targets(o, t), reduction="sum")
+
+
+@_add("mse_half_sum", "1/2 sum_n sum_k (o - t)^2")
+def _mse_half_sum(o, t):
+    return 0.5 * F.mse_loss(o, _dense_targets(o, t), reduction="sum")
+
+
+@_add("cross_entropy", "(1/N) sum_n -log softmax(o)_y")
+def _cross_entropy(o, t):
+    if t.dim() == 1 and not t.is_floating_point():
+        return F.cross_entropy(o, t.long())
+    return F.cross_entropy(o, t.to(o.dtype))
+
+
+@_add("bce", "mean sigmoid binary cross-entropy (logits in, one-hot or multi-label targets)")
+def _bce(o, t):
+    return F.binary_cross_entropy_with_logits(o, _dense_targets(o, t))
+
+
+def get_loss(name: str | Loss) -> Loss:
+    """Return the :class:`Loss` registered as ``name`` (a Loss passes through)."""
+    if isinstance(name, Loss):
+        return name
+    return LOSSES.get(name)
+
+
+def list_losses() -> list[str]:
+    return LOSSES.names()

@@ -1,0 +1,118 @@
+"""Plain ``nn.Module`` architectures used by the papers, built from a short spec string.
+
+``build_model("mlp:784-500-10", activation="sigmoid")``, ``build_model("lenet",
+input_shape=(3, 32, 32))``, ``build_model("npcnn", num_classes=100)``. A spec may carry options
+after commas: ``"mlp:784-300-300-100-10,activation=relu,init=normal:0.05"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ..registry import Registry
+from .cnn import LeNet5, NPConvNet
+from .mlp import ACTIVATIONS, MLP, init_weights
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+def _coerce(value: str) -> Any:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_model_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:
+    """Split ``"mlp:784-500-10,activation=tanh"`` into ``("mlp", "784-500-10", {...})``."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"model spec must be a non-empty string like 'mlp:784-500-10', got {spec!r}")
+    head, *opts = [s.strip() for s in spec.split(",")]
+    name, _, arg = head.partition(":")
+    options: dict[str, Any] = {}
+    for opt in opts:
+        key, eq, value = opt.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"model option {opt!r} in {spec!r} must look like key=value")
+        options[key.strip()] = _coerce(value.strip())
+    return name.strip().lower(), (arg or None), options
+
+
+def build_model(
+    spec: str,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Build the model named by ``spec`` for data of ``input_shape`` with ``num_classes`` outputs.
+
+    Options in the spec string and keyword ``options`` are merged (keywords win).
+    """
+    name, arg, spec_options = parse_model_spec(spec)
+    factory = MODELS.get(name)
+    spec_options.update(options)
+    try:
+        return factory(arg, input_shape=input_shape, num_classes=num_classes, **spec_options)
+    except TypeError as exc:  # unknown keyword option
+        raise ConfigError(f"model {name!r}: {exc}") from None
+
+
+def _mlp(arg, *, input_shape=None, num_classes=None, **opts) -> nn.Module:
+    if not arg:
+        raise ConfigError("mlp needs layer sizes, e.g. 'mlp:784-500-10'")
+    try:
+        sizes = [int(s) for s in arg.split("-")]
+    except ValueError:
+        raise ConfigError(f"mlp sizes {arg!r} must be integers joined by '-', e.g. 784-500-10") from None
+    if input_shape is not None:
+        n_in = 1
+        for d in input_shape:
+            n_in *= int(d)
+        if sizes[0] != n_in:
+            raise ConfigError(
+                f"mlp:{arg} takes {sizes[0]} inputs but the data have {n_in} "
+                f"(shape {tuple(input_shape)}); use mlp:{n_in}-...")
+    if num_classes is not None and sizes[-1] != num_classes:
+        raise ConfigError(
+            f"mlp:{arg} has {sizes[-1]} outputs but the task has {num_classes}; "
+            f"end the sizes with -{num_classes}")
+    return MLP(sizes, **opts)
+
+
+def _lenet(arg, *, input_shape=None, num_classes=None, **opts) -> nn.Module:
+    return LeNet5(input_shape=tuple(input_shape or (1, 28, 28)), num_classes=num_classes or 10, **opts)
+
+
+def _npcnn(arg, *, input_shape=None, num_classes=None, **opts) -> nn.Module:
+    return NPConvNet(input_shape=tuple(input_shape or (3, 32, 32)), num_classes=num_classes or 10, **opts)
+
+
+MODELS.add("mlp", _mlp)
+MODELS.add("lenet", _lenet)
+MODELS.add("npcnn", _npcnn)
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "MLP",
+    "LeNet5",
+    "NPConvNet",
+    "MODELS",
+    "build_model",
+    "init_weights",
+    "list_models",
+    "parse_model_spec",
+]

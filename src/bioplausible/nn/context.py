@@ -1,0 +1,28 @@
+"""A switch that makes every feedback layer and DFA tap backpropagate exactly.
+
+Inside ``with exact_backward():`` feedback layers use ``Wᵀ`` instead of their feedback tensor
+and DFA taps pass gradients through unchanged, so autograd computes the true BP gradient of a
+converted model. The probe uses it to compare a rule's update with BP on the same batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+_state = threading.local()
+
+
+def exact_backward_enabled() -> bool:
+    """True inside :func:`exact_backward` (checked when a layer's forward runs)."""
+    return getattr(_state, "depth", 0) > 0
+
+
+@contextmanager
+def exact_backward() -> Iterator[None]:
+    _state.depth = getattr(_state, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _state.depth -= 1

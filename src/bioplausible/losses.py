@@ -42,6 +42,12 @@ class Loss:
     name: str
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     description: str
+    reduction: str = "mean"  # "sum" losses grow with the batch; reports divide them by N
+
+    def per_example(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss averaged per example, comparable across batch sizes."""
+        value = self.fn(output, target)
+        return value / output.shape[0] if self.reduction == "sum" else value
 
     def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.fn(output, target)
@@ -50,9 +56,9 @@ class Loss:
 LOSSES: Registry[Loss] = Registry("loss")
 
 
-def _add(name: str, description: str):
+def _add(name: str, description: str, reduction: str = "mean"):
     def wrap(fn):
-        LOSSES.add(name, Loss(name, fn, description))
+        LOSSES.add(name, Loss(name, fn, description, reduction))
         return fn
 
     return wrap
@@ -68,12 +74,12 @@ def _mse_batchmean(o, t):
     return F.mse_loss(o, _dense_targets(o, t), reduction="sum") / o.shape[0]
 
 
-@_add("mse_sum", "sum_n sum_k (o - t)^2")
+@_add("mse_sum", "sum_n sum_k (o - t)^2", "sum")
 def _mse_sum(o, t):
     return F.mse_loss(o, _dense_targets(o, t), reduction="sum")
 
 
-@_add("mse_half_sum", "1/2 sum_n sum_k (o - t)^2")
+@_add("mse_half_sum", "1/2 sum_n sum_k (o - t)^2", "sum")
 def _mse_half_sum(o, t):
     return 0.5 * F.mse_loss(o, _dense_targets(o, t), reduction="sum")
 

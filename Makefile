@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   -> installs into .venv, then compares learning rules on MNIST
+#   make test   -> installs into .venv, then runs the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Shared datasets beside the checkout are used when present (see README, "Data").
+export BIOPLAUSIBLE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
+
+.PHONY: install demo test bench lint clean
+
+$(BIN)/bioplausible: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU build first: a pinned torch keeps pip from fetching a multi-GB CUDA wheel.
+	$(BIN)/pip install -q "torch==$${TORCH_VERSION:-2.13.0}" || $(BIN)/pip install -q "torch>=2.2"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(BIN)/bioplausible
+
+install: $(BIN)/bioplausible
+
+demo: install
+	$(BIN)/bioplausible compare --dataset mnist --model mlp:784-500-10,activation=sigmoid \
+		--loss mse --lr 0.5 --rules bp,fa,dfa,kp --epochs 3 --batch-size 100 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+test: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
+
+bench: install
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_bp.py
+
+lint: install
+	$(BIN)/pip install -q ruff && $(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,306 @@
+"""Command line: ``bioplausible list | train | compare | reproduce | report | relax-diagnostic | data``.
+
+User errors (unknown names, bad values, missing data) print one line and exit with status 2,
+before any run directory is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"bioplausible: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_train_flags(p: argparse.ArgumentParser, rule_flag: bool = True) -> None:
+    if rule_flag:
+        p.add_argument("--rule", help="learning rule (see `bioplausible list rules`)")
+    p.add_argument("--dataset", help="dataset name (see `bioplausible list datasets`)")
+    p.add_argument("--model", help="model spec, e.g. mlp:784-500-10 or lenet")
+    p.add_argument("--loss", help="loss: mse, mse_sum, cross_entropy, bce, ...")
+    p.add_argument("--optimizer", help="any torch.optim optimizer by name (sgd, adam, ...)")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", help="float32 or float64")
+    p.add_argument("--probe-every", type=int, help="measure alignment with BP every N steps (0: off)")
+    p.add_argument("--data-root", help="dataset root (default: $BIOPLAUSIBLE_DATA, then the user cache)")
+    p.add_argument("--config", help="YAML config file (flags and --set override it)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optimizer.lr=0.01 --set rule.decay=1e-4")
+    p.add_argument("--out", help="run directory (default: runs/<command>-<rule>-<dataset>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def _config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None):
+    from .config import TrainConfig, load_config
+
+    flags: dict[str, Any] = {}
+    if getattr(args, "rule", None):
+        flags["rule"] = {"name": args.rule}
+    if args.dataset:
+        flags["dataset"] = {"name": args.dataset}
+    if args.data_root:
+        flags.setdefault("dataset", {})["root"] = args.data_root
+    if args.model:
+        flags["model"] = {"spec": args.model}
+    if args.loss:
+        flags["loss"] = args.loss
+    if args.optimizer:
+        flags.setdefault("optimizer", {})["name"] = args.optimizer
+    if args.lr is not None:
+        flags.setdefault("optimizer", {})["lr"] = args.lr
+    for key in ("epochs", "batch_size", "seed", "device", "dtype", "probe_every"):
+        if getattr(args, key) is not None:
+            flags[key] = getattr(args, key)
+    if args.quiet:
+        flags["progress"] = False
+    flags.update(extra or {})
+    base = load_config(args.config) if args.config else TrainConfig.from_dict({})
+    return base.updated(flags, args.set)
+
+
+def _prepare(config):
+    """Load data and build the model for ``config``: every user error surfaces here."""
+    import torch
+
+    from .data import load_dataset
+    from .models import build_model
+    from .registry import make
+
+    ds_opts = {k: v for k, v in config.dataset_options().items() if v is not None}
+    data = load_dataset(config["dataset"]["name"], **ds_opts)
+    make(config["rule"]["name"], **config.rule_options())  # validate rule options early
+    from .losses import get_loss
+
+    get_loss(config["loss"])
+    torch.manual_seed(config["seed"])
+    model = build_model(config["model"]["spec"], input_shape=data.info.input_shape,
+                        num_classes=data.info.num_classes, **config.model_options())
+    return data, model
+
+
+def _default_out(kind: str, config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{kind}-{config['rule']['name']}-{config['dataset']['name']}-{stamp}"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .data import list_datasets
+    from .experiments import get_preset, list_presets
+    from .losses import list_losses
+    from .models import list_models
+    from .registry import RULES, list_rules
+
+    what = args.what or "all"
+    if what in ("all", "rules"):
+        print("rules:")
+        for name in list_rules():
+            cls = RULES.get(name)
+            print(f"  {name:10s} {cls.summary}  [{cls.paper}]")
+    if what in ("all", "datasets"):
+        print("datasets:  " + ", ".join(list_datasets()))
+    if what in ("all", "models"):
+        print("models:    " + ", ".join(list_models()) + "   (e.g. mlp:784-500-10,activation=sigmoid)")
+    if what in ("all", "losses"):
+        print("losses:    " + ", ".join(list_losses()))
+    if what in ("all", "presets"):
+        print("presets:")
+        for name in list_presets():
+            p = get_preset(name)
+            print(f"  {name:28s} {p.title}  (scales: {', '.join(p.scales)})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import Trainer
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"--resume {str(run_dir)!r}: no config.yaml there; pass a run directory written by train")
+        config = load_config(run_dir / "config.yaml")
+        overrides = {"epochs": args.epochs} if args.epochs else {}
+        config = config.updated(overrides, args.set)
+        out = run_dir
+    else:
+        config = _config_from_args(args)
+        out = Path(args.out) if args.out else _default_out("train", config)
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"run directory {str(out)!r} already exists; choose another --out or use --resume")
+    data, model = _prepare(config)
+    created = not out.exists()
+    try:
+        result = Trainer(model, config["rule"]["name"], data, config, out=out).run(resume=bool(args.resume))
+    except UserError:
+        if created and not args.resume:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    final = result.summary.get("final") or {}
+    print(f"{result.status}: test accuracy {final.get('test_accuracy', float('nan')):.2f}% after "
+          f"{result.summary['epochs_completed']} epochs; run directory {out}")
+    if result.status != "completed":
+        print(f"bioplausible: {result.summary['message']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import load_run, write_report
+    from .train import Trainer
+
+    rules = [r.strip() for item in args.rules for r in item.split(",") if r.strip()]
+    if not rules:
+        raise UserError("--rules needs at least one rule name, e.g. --rules bp,fa,dfa")
+    extra = {"probe_every": args.probe_every if args.probe_every is not None else 100}
+    base = _config_from_args(args, extra)
+    configs = [base.updated({"rule": {"name": r}}) for r in rules]
+    prepared = [_prepare(c) for c in configs]  # validate all before training anything
+    out = Path(args.out) if args.out else Path("runs") / (
+        f"compare-{base['dataset']['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"output directory {str(out)!r} already exists; choose another --out")
+    runs = []
+    for rule, config, (data, model) in zip(rules, configs, prepared):
+        Trainer(model, rule, data, config, out=out / rule).run()
+        runs.append(load_run(out / rule, rule))
+    paths = write_report(runs, out, title=f"Learning rules on {base['dataset']['name']}")
+    print(paths["report"].read_text())
+    print(f"report: {paths['report']}\nplot:   {paths['plot']}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .experiments import format_report, run_preset
+
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    report = run_preset(args.name, args.scale, out=args.out, progress=not args.quiet, seeds=seeds)
+    print(format_report(report))
+    print(f"\nresults: {report['out_dir']}")
+    failed = [c for c in report["checks"] if not c["passed"]]
+    return 1 if failed and args.strict else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import load_run, write_report
+
+    runs = [load_run(p) for p in args.run_dirs]
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]).parent
+    paths = write_report(runs, out, title=args.title)
+    print(paths["report"].read_text())
+    print(f"report: {paths['report']}\nplot:   {paths['plot']}")
+    return 0
+
+
+def cmd_relax(args: argparse.Namespace) -> int:
+    from .diagnostics import run_relaxation_diagnostic
+
+    eta = [float(v) for v in args.eta_x.split(",")] if args.eta_x else None
+    kwargs: dict[str, Any] = {"dataset": args.dataset, "steps": args.steps}
+    if eta:
+        kwargs["eta_xs"] = eta
+    result = run_relaxation_diagnostic(args.out, **kwargs)
+    print(f"wrote {args.out}" if result is None else result)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from . import data as D
+
+    if args.action == "list":
+        for name in D.list_datasets():
+            st = D.dataset_status(name, args.root)
+            mark = "present" if st["present"] else "missing"
+            files = ", ".join(f["path"] for f in st["files"])
+            print(f"{name:14s} {mark:8s} {st['root']}  [{files}]")
+        return 0
+    if not args.names:
+        raise UserError(f"`data {args.action}` needs dataset names, e.g. `bioplausible data {args.action} mnist`")
+    for name in args.names:
+        if args.action == "fetch":
+            D.fetch(name, args.root)
+            print(f"{name}: ok")
+        else:
+            problems = D.verify(name, args.root)
+            print(f"{name}: " + ("ok" if not problems else "; ".join(problems)))
+            if problems:
+                return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bioplausible", description="Train and compare biologically plausible learning rules.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("list", help="list rules, datasets, models, losses and presets")
+    p.add_argument("what", nargs="?", choices=["all", "rules", "datasets", "models", "losses", "presets"])
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("train", help="train one rule")
+    _add_train_flags(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="train several rules on one dataset/model and write a report")
+    p.add_argument("--rules", action="append", required=True, help="comma-separated rule names")
+    _add_train_flags(p, rule_flag=False)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("reproduce", help="run a paper's experiment preset")
+    p.add_argument("name")
+    p.add_argument("--scale", default="quick", help="quick (minutes) or full (as in the paper)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
+    p.add_argument("--out")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("report", help="rebuild a comparison report from run directories")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out")
+    p.add_argument("--title", default="Comparison")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("relax-diagnostic", help="activation relaxation: error to the BP gradient per iteration")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--eta-x", help="comma-separated step sizes, e.g. 0.05,0.1,0.2")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--out", default="runs/relax-diagnostic")
+    p.set_defaults(func=cmd_relax)
+
+    p = sub.add_parser("data", help="list, fetch or verify datasets")
+    p.add_argument("action", choices=["list", "fetch", "verify"])
+    p.add_argument("names", nargs="*")
+    p.add_argument("--root", help="dataset root (default: $BIOPLAUSIBLE_DATA, then the user cache)")
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        msg = " ".join(str(exc).split())
+        print(f"bioplausible: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bioplausible: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

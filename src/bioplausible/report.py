@@ -1,0 +1,141 @@
+"""Tables, Markdown reports and learning-curve plots regenerated from run directories.
+
+Everything here reads only what a run wrote (``config.yaml``, ``metrics.jsonl``,
+``summary.json``), so ``bioplausible report RUN_DIR...`` rebuilds a comparison at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    label: str
+    config: dict[str, Any]
+    epochs: list[dict[str, Any]]
+    probes: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def load_run(path: str | os.PathLike, label: str | None = None) -> RunRecord:
+    p = Path(path)
+    if not (p / "summary.json").is_file():
+        raise UserError(f"{str(p)!r} is not a run directory (no summary.json); pass directories written by train/compare")
+    summary = json.loads((p / "summary.json").read_text())
+    config = yaml.safe_load((p / "config.yaml").read_text()) if (p / "config.yaml").exists() else {}
+    epochs, probes = [], []
+    if (p / "metrics.jsonl").exists():
+        for line in (p / "metrics.jsonl").read_text().splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            (epochs if rec.get("kind") == "epoch" else probes if rec.get("kind") == "probe" else []).append(rec)
+    return RunRecord(p, label or summary.get("rule", p.name), config, epochs, probes, summary)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def comparison_rows(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """One row per run: final/best test accuracy, mean gradient angle to BP, time per epoch."""
+    bp_time = next((r.summary.get("mean_epoch_time") for r in runs if r.summary.get("rule") == "bp"), None)
+    rows = []
+    for r in runs:
+        final = r.summary.get("final") or {}
+        t = r.summary.get("mean_epoch_time")
+        rows.append({
+            "rule": r.label,
+            "status": r.summary.get("status"),
+            "epochs": r.summary.get("epochs_completed"),
+            "test_accuracy": final.get("test_accuracy"),
+            "best_test_accuracy": r.summary.get("best_test_accuracy"),
+            "train_loss": final.get("train_loss"),
+            "grad_angle": r.summary.get("grad_angle_mean"),
+            "epoch_time": t,
+            "time_vs_bp": (t / bp_time) if (t and bp_time) else None,
+        })
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    head = ("| rule | status | epochs | test acc. (%) | best (%) | train loss | "
+            "angle to BP (°) | s/epoch | time vs BP |")
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(
+            f"| {r['rule']} | {r['status']} | {r['epochs']} | {_fmt(r['test_accuracy'])} | "
+            f"{_fmt(r['best_test_accuracy'])} | {_fmt(r['train_loss'], 4)} | {_fmt(r['grad_angle'], 1)} | "
+            f"{_fmt(r['epoch_time'])} | {_fmt(r['time_vs_bp'])} |")
+    return "\n".join(lines)
+
+
+def plot_curves(runs: Sequence[RunRecord], path: str | os.PathLike, title: str = "") -> Path:
+    """Test accuracy and training loss per epoch, one line per run, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3 if any(r.probes for r in runs) else 2, figsize=(13, 4))
+    for r in runs:
+        ep = [e["epoch"] for e in r.epochs]
+        axes[0].plot(ep, [e.get("test_accuracy") for e in r.epochs], marker="o", label=r.label)
+        axes[1].plot(ep, [e.get("train_loss") for e in r.epochs], marker="o", label=r.label)
+        if len(axes) > 2 and r.probes:
+            steps = [p["step"] for p in r.probes if "grad_angle" in p]
+            axes[2].plot(steps, [p["grad_angle"] for p in r.probes if "grad_angle" in p], label=r.label)
+    axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss", yscale="log")
+    if len(axes) > 2:
+        axes[2].set(xlabel="step", ylabel="degrees", title="angle to the BP gradient")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_report(runs: Sequence[RunRecord], out_dir: str | os.PathLike, title: str = "Comparison") -> dict[str, Path]:
+    """Write ``report.md``, ``curves.png`` and ``comparison.json`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = comparison_rows(runs)
+    png = plot_curves(runs, out / "curves.png", title)
+    cfg = runs[0].config if runs else {}
+    ds = (cfg.get("dataset") or {}).get("name", "?")
+    model = (cfg.get("model") or {}).get("spec", "?")
+    md = [f"# {title}", "",
+          f"Dataset `{ds}`, model `{model}`, loss `{cfg.get('loss', '?')}`, optimizer "
+          f"`{(cfg.get('optimizer') or {}).get('name', '?')}` (lr {(cfg.get('optimizer') or {}).get('lr', '?')}), "
+          f"batch {cfg.get('batch_size', '?')}, seed {cfg.get('seed', '?')}.", "",
+          markdown_table(rows), "",
+          "Angle to BP: mean over probe steps of the per-layer angle between the rule's weight update "
+          "and the true BP gradient on the same batch. s/epoch: training time only (no evaluation).", "",
+          "![learning curves](curves.png)", ""]
+    for r in runs:
+        if r.summary.get("status") != "completed":
+            md.append(f"- `{r.label}`: {r.summary.get('status')}: {r.summary.get('message', '')}")
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    (out / "comparison.json").write_text(json.dumps(rows, indent=2, default=str))
+    return {"report": out / "report.md", "plot": png, "json": out / "comparison.json"}

@@ -1,0 +1,394 @@
+"""Training loop shared by every rule: ``fit(model, rule, data, ...)``.
+
+The loop is the one a user would write — ``rule.train_step`` fills ``.grad``, a ``torch.optim``
+optimizer steps, ``rule.after_step`` runs any post-step phase — plus the services a research run
+needs: evaluation every epoch, a progress bar with samples/s, divergence detection, the probe,
+a run directory (``config.yaml``, ``metrics.jsonl``, ``summary.json``, ``checkpoint.pt`` written
+atomically, ``model.pt``), and ``resume`` that continues an interrupted run to the same result.
+
+Exact resume: each epoch's shuffle comes from a generator seeded by ``(seed, epoch)``, and the
+checkpoint holds the model, optimizer, scheduler, rule state (its random streams) and torch's
+global RNG state, so epoch ``k`` computes the same thing whether or not the run stopped before it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .config import TrainConfig
+from .errors import ConfigError, DivergenceError, UnknownNameError
+from .losses import Loss, get_loss
+from .probe import Probe
+from .registry import make
+from .rules.base import Rule
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+
+
+# ----------------------------------------------------------------------------- helpers
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a torch device; use cpu, cuda, cuda:0 or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    return device
+
+
+def build_optimizer(params: list[dict[str, Any]], options: dict[str, Any]) -> torch.optim.Optimizer:
+    """``{"name": "sgd", "lr": 0.1, "momentum": 0.9}`` -> ``torch.optim.SGD(params, ...)``."""
+    opts = {k: v for k, v in options.items() if k not in ("name", "groups")}
+    name = str(options.get("name", "sgd"))
+    classes = {n.lower(): getattr(torch.optim, n) for n in dir(torch.optim)
+               if isinstance(getattr(torch.optim, n), type)
+               and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+               and n != "Optimizer"}
+    if name.lower() not in classes:
+        raise UnknownNameError(f"unknown optimizer {name!r}; choose from {', '.join(sorted(classes))}")
+    try:
+        return classes[name.lower()](params, **opts)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"optimizer {name!r}: {exc}") from None
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, options: dict[str, Any], epochs: int):
+    """Per-epoch LR schedule: none, step, multistep, exponential or cosine."""
+    opts = {k: v for k, v in options.items() if k != "name"}
+    name = str(options.get("name", "none")).lower()
+    sched = torch.optim.lr_scheduler
+    table: dict[str, Callable[..., Any]] = {
+        "step": sched.StepLR, "multistep": sched.MultiStepLR, "exponential": sched.ExponentialLR,
+        "cosine": lambda o, **kw: sched.CosineAnnealingLR(o, **{"T_max": epochs, **kw}),
+    }
+    if name == "none":
+        if opts:
+            raise ConfigError(f"schedule 'none' takes no options, got {sorted(opts)}")
+        return None
+    if name not in table:
+        raise UnknownNameError(f"unknown schedule {name!r}; choose from none, {', '.join(table)}")
+    try:
+        return table[name](optimizer, **opts)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"schedule {name!r}: {exc}") from None
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _accuracy_counts(output: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    if task == "multilabel":
+        return ((output > 0) == (y > 0.5)).to(torch.float64).mean(dim=1).sum()
+    if y.dim() > 1:  # one-hot targets
+        y = y.argmax(dim=1)
+    return (output.argmax(dim=1) == y).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Any, loss: Loss | str, batch_size: int = 1000,
+             task: str = "multiclass") -> dict[str, float]:
+    """Loss per example (in the loss's own convention) and accuracy in percent on a split."""
+    loss = get_loss(loss)
+    was_training = model.training
+    model.eval()
+    total, correct, n = 0.0, 0.0, 0
+    outputs = []
+    try:
+        for xb, yb in split.batches(batch_size, shuffle=False):
+            out = model(xb)
+            total += float(loss.per_example(out, yb)) * out.shape[0]
+            correct += float(_accuracy_counts(out, yb, task))
+            n += out.shape[0]
+            if task == "multilabel":
+                outputs.append(out.float().cpu())
+    finally:
+        model.train(was_training)
+    result = {"loss": total / max(n, 1), "accuracy": 100.0 * correct / max(n, 1)}
+    if task == "multilabel" and outputs:
+        from .data import multilabel_metrics
+
+        result["auc"] = float(multilabel_metrics(torch.cat(outputs), split.y.float().cpu())["auc"])
+    return result
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the trained model, per-epoch history and the run summary."""
+
+    model: nn.Module
+    rule: Rule
+    history: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "unknown")
+
+
+# ----------------------------------------------------------------------------- trainer
+class Trainer:
+    """Holds everything a run needs; :meth:`run` trains it to ``config['epochs']``."""
+
+    def __init__(self, model: nn.Module, rule: Rule | str, data: Any, config: TrainConfig,
+                 out: str | os.PathLike | None = None, progress: bool | None = None) -> None:
+        self.config = config
+        self.device = resolve_device(config["device"])
+        self.dtype = DTYPES[config["dtype"]]
+        self.loss = get_loss(config["loss"])
+        self.rule = make(rule, **config.rule_options()) if isinstance(rule, str) else rule
+        self.rule.set_seed(config["seed"])
+        self.data = data
+        self.task = getattr(getattr(data, "info", None), "task", "multiclass")
+        self.train_split = data.train.to(self.device, self.dtype)
+        self.eval_splits = {"test": data.test.to(self.device, self.dtype)}
+        if getattr(data, "val", None) is not None:
+            self.eval_splits["val"] = data.val.to(self.device, self.dtype)
+        self.plain_keys = list(model.state_dict().keys())
+        model = model.to(device=self.device, dtype=self.dtype)
+        self.model = self.rule.prepare(model)
+        groups = self.rule.param_groups(self.model, config["optimizer"]["lr"],
+                                        config["optimizer"].get("groups") or {})
+        self.optimizer = build_optimizer(groups, config["optimizer"])
+        self.schedule = build_schedule(self.optimizer, config["schedule"], config["epochs"])
+        self.probe = Probe(config["probe_every"])
+        self.progress = config["progress"] if progress is None else progress
+        self.run_dir = Path(out) if out is not None else None
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.probe_angles: list[float] = []
+        self.callbacks: list[Callable[[dict[str, Any]], None]] = []
+
+    # -------------------------------------------------------------- run directory
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.run_dir is not None:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+            "rule": self.rule.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "history": self.history, "probe_angles": self.probe_angles,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.run_dir is not None:
+            _atomic_torch_save(self._checkpoint_state(), self.run_dir / "checkpoint.pt")
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule is not None and state.get("schedule") is not None:
+            self.schedule.load_state_dict(state["schedule"])
+        self.rule.load_state_dict(state["rule"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history = list(state["history"])
+        self.probe_angles = list(state.get("probe_angles", []))
+        metrics = self.run_dir / "metrics.jsonl" if self.run_dir else None
+        if metrics is not None and metrics.exists():  # drop lines of the unfinished epoch
+            kept = [ln for ln in metrics.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("epoch", 0) <= self.epoch]
+            _atomic_write_text(metrics, "".join(ln + "\n" for ln in kept))
+
+    def _write_summary(self, status: str, message: str = "", started: float | None = None) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        times = [h["epoch_time"] for h in self.history]
+        tests = [h["test_accuracy"] for h in self.history if "test_accuracy" in h]
+        summary = {
+            "status": status, "message": message,
+            "rule": self.rule.name, "rule_config": self.rule.config,
+            "dataset": self.config["dataset"]["name"], "model": self.config["model"]["spec"],
+            "epochs_completed": self.epoch, "epochs": self.config["epochs"], "steps": self.step,
+            "final": last,
+            "best_test_accuracy": max(tests) if tests else None,
+            "mean_epoch_time": sum(times) / len(times) if times else None,
+            "grad_angle_mean": (sum(self.probe_angles) / len(self.probe_angles)
+                                if self.probe_angles else None),
+            "total_time": (time.time() - started) if started else None,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+        if self.run_dir is not None:
+            _atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+        return summary
+
+    # -------------------------------------------------------------- training
+    def _check(self, loss_value: float, where: str) -> None:
+        if not math.isfinite(loss_value) or abs(loss_value) > self.config["divergence_threshold"]:
+            raise DivergenceError(
+                f"training diverged at {where}: loss = {loss_value:g} "
+                f"(threshold {self.config['divergence_threshold']:g}); lower the learning rate "
+                f"or change the rule's hyperparameters")
+
+    def train_epoch(self, bar: Any = None) -> dict[str, Any]:
+        """One pass over the training split; returns its loss, accuracy and timing."""
+        cfg = self.config
+        model, rule, opt, loss_fn = self.model, self.rule, self.optimizer, self.loss
+        gen = torch.Generator()
+        gen.manual_seed(cfg["seed"] * 1_000_003 + self.epoch)
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        n = 0
+        start = time.perf_counter()
+        for xb, yb in self.train_split.batches(cfg["batch_size"], shuffle=True, generator=gen):
+            self.step += 1
+            res = rule.train_step(model, xb, yb, loss_fn)
+            if self.probe.due(self.step):
+                record = self.probe.measure(rule, model, xb, yb, loss_fn)
+                if "grad_angle" in record:
+                    self.probe_angles.append(record["grad_angle"])
+                self._log({"kind": "probe", "epoch": self.epoch + 1, "step": self.step, **record})
+            opt.step()
+            rule.after_step(model)
+            batch = yb.shape[0]
+            loss_sum += res.loss.double() * (1 if loss_fn.reduction == "sum" else batch)
+            correct += _accuracy_counts(res.output, yb, self.task)
+            n += batch
+            if self.step % 50 == 0:
+                self._check(float(res.loss), f"epoch {self.epoch + 1}, step {self.step}")
+                if bar is not None and not bar.disable:
+                    bar.update(min(n - bar.n, bar.total - bar.n))
+                    bar.set_postfix(loss=f"{float(loss_sum) / n:.4g}",
+                                    samples_s=f"{n / (time.perf_counter() - start):.0f}")
+        elapsed = time.perf_counter() - start
+        train_loss = float(loss_sum) / max(n, 1)
+        self._check(train_loss, f"the end of epoch {self.epoch + 1}")
+        return {"train_loss": train_loss, "train_accuracy": 100.0 * float(correct) / max(n, 1),
+                "epoch_time": elapsed, "samples_per_s": n / elapsed if elapsed > 0 else None}
+
+    def run(self, resume: bool = False) -> FitResult:
+        cfg = self.config
+        started = time.time()
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt = self.run_dir / "checkpoint.pt"
+            if resume and ckpt.exists():
+                self.load_checkpoint(ckpt)
+            elif not resume:
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            _atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+        status, message = "completed", ""
+        try:
+            from tqdm import tqdm
+
+            while self.epoch < cfg["epochs"]:
+                bar = tqdm(total=len(self.train_split), desc=f"{self.rule.name} epoch {self.epoch + 1}/{cfg['epochs']}",
+                           unit="ex", leave=False, mininterval=0.5,
+                           disable=not (self.progress and sys.stderr.isatty()))
+                try:
+                    record = self.train_epoch(bar)
+                finally:
+                    bar.close()
+                self.epoch += 1
+                t0 = time.perf_counter()
+                for split_name, split in self.eval_splits.items():
+                    for k, v in evaluate(self.model, split, self.loss, cfg["eval_batch_size"], self.task).items():
+                        record[f"{split_name}_{k}"] = v
+                if cfg["eval_train"]:
+                    for k, v in evaluate(self.model, self.train_split, self.loss, cfg["eval_batch_size"], self.task).items():
+                        record[f"train_eval_{k}"] = v
+                record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **record,
+                          "eval_time": time.perf_counter() - t0,
+                          "lr": self.optimizer.param_groups[0]["lr"]}
+                record.update({f"rule/{k}": v for k, v in self.rule.metrics(self.model).items()})
+                if self.schedule is not None:
+                    self.schedule.step()
+                self.history.append(record)
+                self._log(record)
+                for cb in self.callbacks:
+                    cb(record)
+                if self.progress:
+                    msg = (f"[{self.rule.name}] epoch {self.epoch}/{cfg['epochs']}  "
+                           f"loss {record['train_loss']:.4f}  test acc {record.get('test_accuracy', float('nan')):.2f}%  "
+                           f"{record['epoch_time']:.1f}s ({record['samples_per_s']:.0f} ex/s)")
+                    print(msg, flush=True)
+                if self.epoch % cfg["checkpoint_every"] == 0 or self.epoch == cfg["epochs"]:
+                    self.save_checkpoint()
+        except DivergenceError as exc:
+            status, message = "diverged", str(exc)
+            self._log({"kind": "event", "event": "diverged", "epoch": self.epoch + 1,
+                       "step": self.step, "message": message})
+        except KeyboardInterrupt:
+            status, message = "interrupted", "interrupted by the user; continue with --resume"
+            self._write_summary(status, message, started)
+            raise
+        summary = self._write_summary(status, message, started)
+        if self.run_dir is not None and status == "completed":
+            plain = {k: v for k, v in self.model.state_dict().items() if k in set(self.plain_keys)}
+            _atomic_torch_save(plain, self.run_dir / "model.pt")
+        return FitResult(self.model, self.rule, self.history, summary, self.run_dir)
+
+
+_SHORTCUTS = {"lr": ("optimizer", "lr"), "loss": ("loss",), "epochs": ("epochs",),
+              "batch_size": ("batch_size",), "seed": ("seed",), "probe_every": ("probe_every",),
+              "device": ("device",), "dtype": ("dtype",), "optimizer": ("optimizer", "name"),
+              "progress": ("progress",), "deterministic": ("deterministic",)}
+
+
+def fit(model: nn.Module, rule: Rule | str, data: Any, *, config: TrainConfig | dict | None = None,
+        out: str | os.PathLike | None = None, resume: bool = False, **options: Any) -> FitResult:
+    """Train ``model`` with ``rule`` on ``data`` (a DataBundle or a dataset name).
+
+    Keyword shortcuts override the config: ``lr``, ``loss``, ``epochs``, ``batch_size``,
+    ``seed``, ``probe_every``, ``device``, ``dtype``, ``optimizer`` (a name). With ``out`` a run
+    directory is written; ``resume=True`` continues from its checkpoint.
+    """
+    if not isinstance(config, TrainConfig):
+        config = TrainConfig.from_dict(config or {"progress": False})
+    update: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in _SHORTCUTS:
+            raise ConfigError(f"fit() got an unknown option {key!r}; use {', '.join(sorted(_SHORTCUTS))} or config=")
+        node = update
+        path = _SHORTCUTS[key]
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    if isinstance(rule, str):
+        update.setdefault("rule", {})["name"] = rule
+    if isinstance(data, str):
+        update.setdefault("dataset", {})["name"] = data
+    config = config.updated(update)
+    if isinstance(data, str):
+        from .data import load_dataset
+
+        data = load_dataset(data, **{k: v for k, v in config.dataset_options().items() if v is not None})
+    if config["deterministic"]:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(config["seed"])
+    trainer = Trainer(model, rule, data, config, out=out)
+    return trainer.run(resume=resume)

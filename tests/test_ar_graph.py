@@ -1,0 +1,151 @@
+"""Activation relaxation on arbitrary graphs (paper App. A), bad input and divergence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import bioplausible as bp
+from bioplausible.errors import ConfigError, DivergenceError, IncompatibleModelError
+from bioplausible.losses import get_loss
+from bioplausible.models import LeNet5
+from bioplausible.rules.ar_graph import graph_relax
+
+CE = get_loss("cross_entropy")
+MSE_SUM = get_loss("mse_sum")
+
+
+def _lenet():
+    torch.manual_seed(0)
+    model = LeNet5(input_shape=(1, 16, 16)).double()
+    g = torch.Generator().manual_seed(2)
+    return model, torch.randn(3, 1, 16, 16, generator=g, dtype=torch.float64), torch.tensor([1, 7, 3])
+
+
+def _node_gradients(model, x, y, loss):
+    """∂loss/∂(output of every module) by plain autograd."""
+    outs, h = {}, x
+    for name, module in model.named_children():
+        h = module(h)
+        outs[name] = h
+    grads = torch.autograd.grad(loss(h, y), list(outs.values())[:-1])
+    return dict(zip(list(outs)[:-1], grads))
+
+
+def _rel(a, b):
+    return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-30)
+
+
+@pytest.mark.parametrize("sweep", ["gauss_seidel", "jacobi"])
+def test_graph_mode_converges_to_autograd_on_lenet(sweep):
+    model, x, y = _lenet()
+    truth = _node_gradients(model, x, y, CE)
+    rule = bp.make("ar", graph=True, sweep=sweep, relax_steps=150, eta_x=0.3)
+    rule.prepare(model)
+    first = {}
+    res = graph_relax(rule, model, x, y, CE, callback=lambda k, xs: first.setdefault(k, [
+        None if v is None else v.clone() for v in xs]))
+    assert set(res.relaxed) == set(truth)  # every module output is a relaxed node
+    for name, g in truth.items():
+        assert _rel(res.relaxed[name], g) < 1e-9, name
+    # and it is a relaxation, not a one-shot backward pass: one step is far from the gradient
+    assert _rel(first[1][0], truth["0"]) > 1e-2
+    rule.train_step(model, x, y, CE)
+    want = rule.bp_gradients(model, x, y, CE)
+    for name, p in model.named_parameters():
+        assert _rel(p.grad, want[name]) < 1e-9, name
+
+
+class Skip(nn.Module):
+    """A DAG: ``h`` feeds three children, ``l2``'s weight is used twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.l3 = nn.Linear(6, 5), nn.Linear(5, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.l1(x))
+        z = h + torch.relu(self.l2(h))
+        return self.l3(z * h) + self.l2(z)[:, :3]
+
+
+def test_graph_mode_on_a_dag_with_shared_weights_equals_backprop():
+    torch.manual_seed(1)
+    model = Skip().double()
+    x, y = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    for solver, steps in (("fixed_point", 1), ("loop", 300)):
+        rule = bp.make("ar", graph=True, solver=solver, relax_steps=steps, eta_x=0.3)
+        rule.train_step(model, x, y, MSE_SUM)
+        want = rule.bp_gradients(model, x, y, MSE_SUM)
+        for name, p in model.named_parameters():
+            assert _rel(p.grad, want[name]) < 1e-9, (solver, name)
+
+
+def test_mlp_path_rejects_other_models_and_points_to_graph_mode():
+    conv, _, _ = _lenet()
+    with pytest.raises(IncompatibleModelError, match=r"Conv2d.*graph=True"):
+        bp.make("ar").prepare(conv)
+    drop = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Dropout(0.5), nn.Linear(3, 2))
+    with pytest.raises(IncompatibleModelError, match="Dropout"):
+        bp.make("ar").train_step(drop, torch.randn(2, 4), torch.tensor([0, 1]), MSE_SUM)
+    with pytest.raises(IncompatibleModelError, match="Skip"):
+        bp.make("ar").prepare(Skip())
+
+
+def test_graph_mode_rejects_untraceable_models():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.l(x) if x.sum() > 0 else -self.l(x)
+
+    with pytest.raises(IncompatibleModelError, match="torch.fx"):
+        bp.make("ar", graph=True).prepare(Branchy())
+
+
+@pytest.mark.parametrize("options,pattern", [
+    ({"eta_x": 0.0}, r"eta_x must be in \(0, 1\]"),
+    ({"eta_x": 1.5}, r"eta_x must be in \(0, 1\]"),
+    ({"eta_x": -0.1}, r"eta_x"),
+    ({"eta_x": "0.1"}, r"eta_x"),
+    ({"relax_steps": 0}, r"relax_steps must be an integer >= 1"),
+    ({"relax_steps": 2.5}, r"relax_steps"),
+    ({"relax_steps": True}, r"relax_steps"),
+    ({"solver": "newton"}, r"closed_form, loop, fixed_point"),
+    ({"sweep": "red_black"}, r"gauss_seidel, jacobi"),
+    ({"backward_weights": "mirror"}, r"transpose, random, learned"),
+    ({"variant": "fancy"}, r"full_construct"),
+    ({"variant": "fa", "backward_weights": "learned"}, r"contradicts"),
+    ({"graph": True, "backward_weights": "random"}, r"graph mode"),
+    ({"graph": True, "solver": "closed_form"}, r"no closed form"),
+    ({"feedback_std": 0}, r"feedback_std"),
+    ({"relax_step": 3}, r"accepted options"),
+])
+def test_bad_options_are_config_errors(options, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        bp.make("ar", **options)
+
+
+def test_variant_sets_the_flags():
+    rule = bp.make("ar", variant="full_construct")
+    assert rule.config["backward_weights"] == "learned" and rule.config["derivative"] is False
+    assert bp.make("ar", graph=True).config["solver"] == "loop"
+
+
+def test_divergence_stops_with_a_clear_message():
+    torch.manual_seed(0)
+    model = bp.build_model("mlp:8-20-20-20-3", activation="relu", init="normal:0.3")
+    rule = bp.make("ar", variant="fa", feedback_std=1e4)  # a blown-up FA variant
+    rule.prepare(model)
+    x, y = torch.rand(4, 8), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(DivergenceError, match=r"diverged at training step 1.*FA"):
+        rule.train_step(model, x, y, MSE_SUM)
+    assert rule.metrics(model)["relax_max_abs"] > 1e6
+    with pytest.raises(DivergenceError, match="loss is (inf|nan)"):
+        bp.make("ar").train_step(model, torch.full((4, 8), float("inf")), y, MSE_SUM)
+    graph = bp.make("ar", graph=True, divergence_threshold=1e-9)
+    with pytest.raises(DivergenceError, match="relaxed node"):
+        graph.train_step(model, x, y, MSE_SUM)

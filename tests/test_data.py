@@ -97,6 +97,8 @@ def write_cifar10(root: Path, n: int = 4, style: str = "py2") -> dict:
             blob = py2_pickle(entry)
         elif style == "py3-bytes":
             blob = pickle.dumps(entry, protocol=2)
+        elif style == "py3-default":
+            blob = pickle.dumps(entry)
         else:  # str keys, as a Python 3 re-pickling with encoding="latin1" would produce
             blob = pickle.dumps({k.decode(): v for k, v in entry.items()}, protocol=2)
         (d / name).write_bytes(blob)
@@ -212,7 +214,7 @@ def test_missing_files_give_one_actionable_line(tmp_path):
     with pytest.raises(MissingDataError) as err:
         load_dataset("mnist", tmp_path, download=False)
     msg = str(err.value)
-    assert "\n" not in msg and "train-images-idx3-ubyte" in msg
+    assert "\n" not in msg and "train-images-idx3-ubyte[.gz]" in msg and "download=True" in msg
     assert str(tmp_path / "mnist") in msg and "BIOPLAUSIBLE_DATA" in msg
     assert isinstance(err.value, ValueError)
 
@@ -267,7 +269,7 @@ def test_label_count_mismatch_is_detected(tmp_path):
 # --------------------------------------------------------------------------- CIFAR-10
 
 
-@pytest.mark.parametrize("style", ["py2", "py3-bytes", "py3-str"])
+@pytest.mark.parametrize("style", ["py2", "py3-bytes", "py3-str", "py3-default"])
 def test_cifar10_pickles(tmp_path, style):
     ref = write_cifar10(tmp_path, style=style)
     b = load_dataset("cifar10", tmp_path, normalize="none", download=False)

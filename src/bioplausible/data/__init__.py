@@ -7,13 +7,15 @@
 
 Files are looked up under :func:`resolve_root` (argument, then ``$BIOPLAUSIBLE_DATA``, then
 ``~/.cache/bioplausible``), each dataset in its usual folder (``mnist/``, ``fashion-mnist/``,
-``cifar-10-batches-py/``...). Missing files are downloaded and checksum-verified when allowed;
+``cifar-10-batches-py/``, ``cifar-100-python/``, ``svhn/``,
+``stl10_binary/``, ``medmnist/``). Missing files are downloaded and checksum-verified when allowed;
 see :mod:`bioplausible.data.datasets` for the sources and :mod:`.formats` for the formats.
 """
 
 from .api import dataset_status, fetch, list_datasets, load_dataset, verify
 from .core import DataBundle, DatasetInfo, RawData, Split, resolve_root
 from .download import Remote
+from .metrics import multilabel_metrics
 from .registry import DATASETS, DatasetSpec, FileSpec, register
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "fetch",
     "list_datasets",
     "load_dataset",
+    "multilabel_metrics",
     "register",
     "resolve_root",
     "verify",

@@ -40,14 +40,25 @@ def _locate(files: list[FileSpec], root: Path) -> tuple[dict[str, Path], list[Fi
     return found, missing
 
 
-def _missing_message(spec: DatasetSpec, root: Path, missing: list[FileSpec], why: str) -> str:
-    names = ", ".join(Path(f.paths[0]).name for f in missing)
+def _display_name(f: FileSpec) -> str:
+    first = Path(f.paths[0]).name
+    if first.endswith(".gz") and any(Path(p).name == first[:-3] for p in f.paths[1:]):
+        return f"{first[:-3]}[.gz]"
+    return first
+
+
+def _missing_message(
+    spec: DatasetSpec, root: Path, missing: list[FileSpec], failure: str | None = None
+) -> str:
+    """One line: what is missing, where to put it, and how else to get it."""
+    names = ", ".join(_display_name(f) for f in missing)
     archives = sorted({f.remote.filename for f in missing if f.remote and f.remote.archive})
     alt = f" (or the archive {', '.join(archives)} in {root})" if archives else ""
+    tail = f"; download failed: {failure}" if failure else ", or allow download=True"
     return (
         f"dataset {spec.name!r} not found: missing {names} in {root / spec.folder}; put the "
         f"files there{alt}, or point root= or BIOPLAUSIBLE_DATA at the folder that contains "
-        f"{spec.folder}/, or allow download=True{why}"
+        f"{spec.folder}/{tail}"
     )
 
 
@@ -96,10 +107,10 @@ def ensure_files(
     if not missing:
         return found
     if download is False:
-        raise MissingDataError(_missing_message(spec, root, missing, ""))
+        raise MissingDataError(_missing_message(spec, root, missing))
     no_source = [f for f in missing if f.remote is None]
     if no_source:
-        raise MissingDataError(_missing_message(spec, root, missing, " (no download source)"))
+        raise MissingDataError(_missing_message(spec, root, missing, "no download source known"))
     try:
         root.mkdir(parents=True, exist_ok=True)
         done: set[Remote] = set()
@@ -108,13 +119,13 @@ def ensure_files(
                 _obtain(spec, root, f, mirror)
                 done.add(f.remote)  # type: ignore[arg-type]
     except MissingDataError as exc:
-        raise MissingDataError(_missing_message(spec, root, missing, f"; {exc}")) from exc
+        raise MissingDataError(_missing_message(spec, root, missing, str(exc))) from exc
     except PermissionError as exc:
-        why = f"; cannot write to {root}: {exc.strerror}"
+        why = f"cannot write to {root}: {exc.strerror}"
         raise MissingDataError(_missing_message(spec, root, missing, why)) from exc
     found, missing = _locate(files, root)
     if missing:
-        why = " (the download did not contain them)"
+        why = "the downloaded archive did not contain them"
         raise MissingDataError(_missing_message(spec, root, missing, why))
     return found
 

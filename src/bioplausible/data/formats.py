@@ -191,3 +191,120 @@ def check_labels(path: Path, labels: np.ndarray, num_classes: int) -> np.ndarray
             f"{_REDOWNLOAD}"
         )
     return labels
+
+
+# --------------------------------------------------------------------------- .mat (SVHN)
+
+
+def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read an SVHN cropped-digits file (``train_32x32.mat``...), a MATLAB v5 file.
+
+    ``X`` is uint8 (32, 32, 3, N) (height, width, channel, image); ``y`` is (N, 1) with labels
+    1..10, where 10 stands for the digit 0. Returns images (N, 3, 32, 32) and labels 0..9.
+    Needs scipy (imported here only): ``pip install 'bioplausible[mat]'``.
+    """
+    try:
+        from scipy.io import loadmat
+    except ImportError as exc:
+        raise DataError(
+            f"reading {path.name} needs scipy, which is not installed: "
+            "pip install 'bioplausible[mat]'"
+        ) from exc
+    try:
+        mat = loadmat(str(path), variable_names=("X", "y"))
+    except Exception as exc:  # scipy raises ValueError, TypeError, OSError... on bad files
+        raise CorruptDataError(
+            f"{path}: unreadable .mat file ({type(exc).__name__}: {exc}); {_REDOWNLOAD}"
+        ) from exc
+    x, y = mat.get("X"), mat.get("y")
+    if x is None or y is None:
+        raise CorruptDataError(f"{path}: .mat file lacks the variables X and y; {_REDOWNLOAD}")
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+        raise CorruptDataError(
+            f"{path}: X should be uint8 (32, 32, 3, N), found {x.dtype} {x.shape}; {_REDOWNLOAD}"
+        )
+    labels = np.asarray(y).reshape(-1).astype(np.int64)
+    if labels.size != x.shape[3] or (labels.size and (labels.min() < 1 or labels.max() > 10)):
+        raise CorruptDataError(f"{path}: y should hold {x.shape[3]} labels in 1..10; {_REDOWNLOAD}")
+    return x.transpose(3, 2, 0, 1), labels % 10
+
+
+# --------------------------------------------------------------------------- STL-10 binaries
+
+STL10_SIDE = 96
+
+
+def read_stl10(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read STL-10 ``*_X.bin`` / ``*_y.bin`` (uint8, no header).
+
+    Each image is 3 x 96 x 96 bytes: the red, green and blue planes in turn, each plane stored
+    column-major (MATLAB order). Reading row-major as (N, 3, 96, 96) therefore gives
+    (N, C, W, H), and the last two axes are swapped. Labels are bytes 1..10, mapped to 0..9.
+    """
+    per_image = 3 * STL10_SIDE * STL10_SIDE
+    data = np.fromfile(images_path, dtype=np.uint8)
+    if data.size == 0 or data.size % per_image:
+        raise CorruptDataError(
+            f"{images_path}: {data.size} bytes is not a whole number of 3x96x96 images "
+            f"(truncated?); {_REDOWNLOAD}"
+        )
+    images = data.reshape(-1, 3, STL10_SIDE, STL10_SIDE).transpose(0, 1, 3, 2)
+    labels = np.fromfile(labels_path, dtype=np.uint8).astype(np.int64)
+    if labels.size != images.shape[0]:
+        raise CorruptDataError(
+            f"{labels_path}: {labels.size} labels for {images.shape[0]} images in "
+            f"{images_path.name}; {_REDOWNLOAD}"
+        )
+    if labels.size and (labels.min() < 1 or labels.max() > 10):
+        raise CorruptDataError(f"{labels_path}: labels should be 1..10; {_REDOWNLOAD}")
+    return images, labels - 1
+
+
+# --------------------------------------------------------------------------- .npz (MedMNIST)
+
+MEDMNIST_KEYS = tuple(f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels"))
+
+
+def read_medmnist(path: Path, size: int) -> dict[str, np.ndarray]:
+    """Read a MedMNIST ``.npz`` (opened with ``allow_pickle=False``).
+
+    Keys ``{train,val,test}_{images,labels}``; images are uint8 (N, size, size) for grey or
+    (N, size, size, 3) for RGB and are returned as (N, C, size, size); labels are (N, 1)
+    class indices or (N, K) 0/1 multi-label targets and are returned unchanged.
+    """
+    import zipfile
+
+    bad = (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error)
+    out: dict[str, np.ndarray] = {}
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise CorruptDataError(f"{path}: a single .npy array, not an .npz; {_REDOWNLOAD}")
+        with npz:
+            missing = [k for k in MEDMNIST_KEYS if k not in npz.files]
+            if missing:
+                raise CorruptDataError(f"{path}: missing arrays {missing}; {_REDOWNLOAD}")
+            for key in MEDMNIST_KEYS:
+                out[key] = npz[key]
+    except bad as exc:
+        raise CorruptDataError(
+            f"{path}: unreadable .npz ({type(exc).__name__}: {exc}); {_REDOWNLOAD}"
+        ) from exc
+    for split in ("train", "val", "test"):
+        x, y = out[f"{split}_images"], out[f"{split}_labels"]
+        if x.ndim == 3:
+            x = x[:, None]
+        elif x.ndim == 4 and x.shape[3] in (1, 3):
+            x = x.transpose(0, 3, 1, 2)
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[2:] != (size, size):
+            raise CorruptDataError(
+                f"{path}: {split}_images should be uint8 {size}x{size} images, found "
+                f"{out[f'{split}_images'].dtype} {out[f'{split}_images'].shape}; {_REDOWNLOAD}"
+            )
+        if y.shape[0] != x.shape[0]:
+            raise CorruptDataError(
+                f"{path}: {y.shape[0]} {split}_labels for {x.shape[0]} images; {_REDOWNLOAD}"
+            )
+        out[f"{split}_images"] = x
+        out[f"{split}_labels"] = y.reshape(len(y), -1)
+    return out

@@ -77,7 +77,7 @@ def register(spec: DatasetSpec) -> DatasetSpec:
 
 def get_spec(name: str) -> DatasetSpec:
     """The spec registered as ``name`` (case-insensitive, ``_`` read as ``-``)."""
-    from . import datasets as _builtin  # noqa: F401  (importing registers the built-ins)
+    from . import datasets, medmnist  # noqa: F401  (importing registers the built-ins)
 
     return DATASETS.get(str(name).lower().replace("_", "-"))
 

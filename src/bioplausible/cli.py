@@ -82,9 +82,9 @@ def _prepare(config):
     ds_opts = {k: v for k, v in config.dataset_options().items() if v is not None}
     data = load_dataset(config["dataset"]["name"], **ds_opts)
     make(config["rule"]["name"], **config.rule_options())  # validate rule options early
-    from .losses import get_loss
+    from .train import resolve_loss
 
-    get_loss(config["loss"])
+    resolve_loss(config["loss"], data.info.task)
     torch.manual_seed(config["seed"])
     model = build_model(config["model"]["spec"], input_shape=data.info.input_shape,
                         num_classes=data.info.num_classes, **config.model_options())

@@ -6,7 +6,7 @@ key=value`` overrides or a preset::
     dataset:   {name: mnist, normalize: standardize, flatten: false, val_size: 0, subset: null}
     model:     {spec: "mlp:784-500-10", activation: sigmoid}   # other keys: model options
     rule:      {name: fa}                                      # other keys: rule hyperparameters
-    loss:      cross_entropy
+    loss:      auto                # cross_entropy, or bce for multi-label data
     optimizer: {name: sgd, lr: 0.1, groups: {feedback: {lr: 0.01}}}  # other keys: optimizer options
     schedule:  {name: none}                                    # step | cosine | exponential | multistep
     epochs: 10
@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
                 "val_size": 0, "subset": None},
     "model": {"spec": "mlp:784-500-10"},
     "rule": {"name": "bp"},
-    "loss": "cross_entropy",
+    "loss": "auto",
     "optimizer": {"name": "sgd", "lr": 0.1, "groups": {}},
     "schedule": {"name": "none"},
     "epochs": 10,

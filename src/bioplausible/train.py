@@ -86,6 +86,16 @@ def build_schedule(optimizer: torch.optim.Optimizer, options: dict[str, Any], ep
         raise ConfigError(f"schedule {name!r}: {exc}") from None
 
 
+def resolve_loss(name: str, task: str) -> Loss:
+    """``auto`` is cross-entropy for single-label data and sigmoid BCE for multi-label data."""
+    if name == "auto":
+        name = "bce" if task == "multilabel" else "cross_entropy"
+    loss = get_loss(name)
+    if task == "multilabel" and loss.name == "cross_entropy":
+        raise ConfigError("this dataset is multi-label: use --loss bce (per-label sigmoid) or an mse loss")
+    return loss
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -157,11 +167,11 @@ class Trainer:
         self.config = config
         self.device = resolve_device(config["device"])
         self.dtype = DTYPES[config["dtype"]]
-        self.loss = get_loss(config["loss"])
+        self.task = getattr(getattr(data, "info", None), "task", "multiclass")
+        self.loss = resolve_loss(config["loss"], self.task)
         self.rule = make(rule, **config.rule_options()) if isinstance(rule, str) else rule
         self.rule.set_seed(config["seed"])
         self.data = data
-        self.task = getattr(getattr(data, "info", None), "task", "multiclass")
         self.train_split = data.train.to(self.device, self.dtype)
         self.eval_splits = {"test": data.test.to(self.device, self.dtype)}
         if getattr(data, "val", None) is not None:

@@ -1,5 +1,40 @@
-"""Layers whose backward pass uses a feedback tensor instead of the weight transpose."""
+"""Layers whose backward pass uses a feedback tensor instead of the weight transpose.
+
+``convert(model, rule)`` swaps every ``nn.Linear``/``nn.Conv2d`` for :class:`FeedbackLinear` /
+:class:`FeedbackConv2d`; the user's loop stays ``loss.backward(); opt.step()`` (plus
+``rule.after_step(model)`` for the weight mirror)::
+
+    import torch, bioplausible as bp
+    rule = bp.make("kp", decay=1e-3)
+    model = bp.convert(bp.build_model("mlp:784-500-10", activation="sigmoid"), rule)
+    opt = torch.optim.SGD(rule.param_groups(model, lr=0.1))
+    loss = torch.nn.functional.mse_loss(model(torch.rand(8, 784)), torch.rand(8, 10))
+    loss.backward(); opt.step(); rule.after_step(model)
+
+Inside :func:`exact_backward` every feedback layer and DFA tap backpropagates exactly.
+"""
 
 from .context import exact_backward, exact_backward_enabled
+from .convert import convert, feedback_layers, swap_layers, to_feedback_layer
+from .dfa import DirectFeedbackFunction, DirectFeedbackHead
+from .functional import Conv2dFeedbackFunction, LinearFeedbackFunction
+from .layers import FeedbackConv2d, FeedbackLinear, FeedbackSpec, init_feedback
+from .mirror import mirror_update
 
-__all__ = ["exact_backward", "exact_backward_enabled"]
+__all__ = [
+    "Conv2dFeedbackFunction",
+    "DirectFeedbackFunction",
+    "DirectFeedbackHead",
+    "FeedbackConv2d",
+    "FeedbackLinear",
+    "FeedbackSpec",
+    "LinearFeedbackFunction",
+    "convert",
+    "exact_backward",
+    "exact_backward_enabled",
+    "feedback_layers",
+    "init_feedback",
+    "mirror_update",
+    "swap_layers",
+    "to_feedback_layer",
+]

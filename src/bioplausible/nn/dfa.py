@@ -1,0 +1,167 @@
+"""Direct feedback alignment without a per-layer chain (Nøkland 2016; spec §1 row "DFA").
+
+DFA sends the output error ``e = ∂loss/∂output`` straight to every hidden layer:
+``δ_l = (B_l e) ⊙ f′(a_l)`` with fixed random ``B_l``. Here:
+
+* **taps** — every feedback layer whose input ``h`` requires a gradient records ``h`` as a
+  root and computes on ``h.detach()``: the graph is cut there, so no error travels from layer
+  to layer;
+* **head** — a forward hook on the converted model passes its output through
+  :class:`DirectFeedbackFunction`. In the backward pass it receives ``e`` once, computes every
+  layer's signal with **one GEMM** ``e @ [B_1 … B_L]`` (each ``B_l`` stored as
+  ``direct_feedback`` of shape ``(n_out, n_l)``, ``n_l`` = the layer input's flattened size,
+  so conv layers get feedback in their flattened activation shape) and returns the slices as
+  the gradients of the roots, so autograd applies all of them in the same backward pass (one
+  multi-root backward). ``loss.backward()`` is all a training loop needs.
+
+Because the signal enters at the *input* of the next parametric layer, autograd applies the
+exact local Jacobian of whatever lies in between (``⊙ f′(a_l)`` of the activation, max-pool
+routing, flatten, dropout masks) — for an MLP this is exactly Nøkland's ``(B_l e) ⊙ f′(a_l)``.
+
+Output layer (``output_layer``):
+
+* ``"bp"`` (default): ``e`` flows back through the modules after the last layer, so the output
+  layer is trained by its true gradient ``δ_L = ∂loss/∂a_L``;
+* ``"dfa"``: ``e`` is injected directly at the last layer's output ``a_L`` (``δ_L = e``, i.e.
+  ``B_L = I``), skipping the output nonlinearity's derivative. Identical to ``"bp"`` when the
+  last layer is the model output (identity output activation, the library's MLPs); they
+  differ with e.g. a sigmoid output. The last *hidden* layer always gets ``B_{L−1} e``.
+
+``B_l`` is created at the first forward pass (its size depends on activation shapes), drawn
+U(−1/√n_l, 1/√n_l) — PyTorch's default init of a Linear(n_l → n_out) — from a generator seeded
+by the rule's seed; ``load_state_dict`` recreates it with the loaded shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.autograd import Function
+
+from ..errors import ConfigError, IncompatibleModelError
+from .context import exact_backward_enabled
+from .layers import Streams
+
+OUTPUT_POLICIES = ("bp", "dfa")
+
+
+class DirectFeedbackFunction(Function):
+    """Identity on the model output; backward: ``e`` → (``e`` or ``None``, ``e @ B_cat`` split)."""
+
+    @staticmethod
+    def forward(ctx, b_cat, inject_at_last, output, last, *roots):
+        ctx.save_for_backward(b_cat)
+        ctx.inject_at_last = inject_at_last
+        ctx.shapes = [r.shape for r in roots]
+        ctx.sizes = [math.prod(r.shape[1:]) for r in roots]
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, e):
+        (b_cat,) = ctx.saved_tensors
+        grads = []
+        if ctx.sizes:
+            signal = e.reshape(e.shape[0], -1).mm(b_cat)  # one GEMM for every layer
+            parts = signal.split(ctx.sizes, dim=1) if len(ctx.sizes) > 1 else (signal,)
+            grads = [p.reshape(s) for p, s in zip(parts, ctx.shapes)]
+        if ctx.inject_at_last:
+            return (None, None, None, e, *grads)
+        return (None, None, e, None, *grads)
+
+
+class DirectFeedbackHead:
+    """The taps' recorder and the model-output hook of a DFA-converted model."""
+
+    def __init__(self, output_layer: str = "bp", seed: int = 0) -> None:
+        if output_layer not in OUTPUT_POLICIES:
+            raise ConfigError(
+                f"unknown DFA output_layer {output_layer!r}; accepted values: "
+                f"{', '.join(repr(p) for p in OUTPUT_POLICIES)}")
+        self.output_layer = output_layer
+        self.streams = Streams(seed)
+        self._taps: list[tuple[nn.Module, torch.Tensor]] = []
+        self._last: tuple[nn.Module, torch.Tensor] | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_taps"], state["_last"] = [], None  # never copy graph tensors
+        return state
+
+    # ---------------------------------------------------------------- hooks
+    def layer_forward(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Forward of a DFA layer: record and cut its input, remember its output."""
+        if x.requires_grad:
+            self._taps.append((layer, x))
+            x = x.detach()
+        out = layer.plain_forward(x)
+        self._last = (layer, out)
+        return out
+
+    def pre_hook(self, module: nn.Module, args) -> None:
+        self._taps, self._last = [], None
+
+    def hook(self, module: nn.Module, args, output):
+        taps, last = self._taps, self._last
+        self._taps, self._last = [], None
+        if exact_backward_enabled() or not torch.is_grad_enabled():
+            return None
+        inject_at_last = self.output_layer == "dfa"
+        if not taps and not inject_at_last:
+            return None
+        if not isinstance(output, torch.Tensor) or output.dim() < 1:
+            raise IncompatibleModelError(
+                f"DFA needs {type(module).__name__}'s forward to return one batched tensor, "
+                f"got {type(output).__name__}")
+        last_out = None
+        if inject_at_last:
+            if last is None or last[1].shape != output.shape:
+                name = last[0].layer_name if last is not None else "?"
+                raise IncompatibleModelError(
+                    f"output_layer='dfa' injects the error at the last layer {name!r}, whose "
+                    f"output shape must equal the model output's {tuple(output.shape)}; "
+                    f"use output_layer='bp'")
+            last_out = last[1]
+        n_out = math.prod(output.shape[1:])
+        blocks = [self._feedback_for(layer, root, n_out) for layer, root in taps]
+        b_cat = None
+        if blocks:
+            b_cat = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+        return DirectFeedbackFunction.apply(b_cat, inject_at_last, output, last_out,
+                                            *(root for _, root in taps))
+
+    def _feedback_for(self, layer: nn.Module, root: torch.Tensor, n_out: int) -> torch.Tensor:
+        n_in = math.prod(root.shape[1:])
+        b = layer.direct_feedback
+        if b is None:
+            w = layer.weight
+            bound = 1.0 / math.sqrt(n_in)
+            data = torch.empty(n_out, n_in, device=w.device, dtype=w.dtype)
+            data.uniform_(-bound, bound, generator=self.streams.get(w.device))
+            b = layer.direct_feedback = nn.Parameter(data, requires_grad=False)
+        elif b.shape != (n_out, n_in):
+            raise IncompatibleModelError(
+                f"layer {layer.layer_name!r}: direct_feedback has shape {tuple(b.shape)} but the "
+                f"network has {n_out} outputs and the layer's input has {n_in} values per sample; "
+                f"expected ({n_out}, {n_in})")
+        return b.detach()
+
+
+def attach_direct_feedback(model: nn.Module, layers, output_layer: str = "bp",
+                           seed: int = 0) -> DirectFeedbackHead:
+    """Turn the feedback ``layers`` of ``model`` into DFA taps and hook the model output."""
+    from .layers import FeedbackSpec
+
+    head = DirectFeedbackHead(output_layer, seed)
+    spec = FeedbackSpec(kind="direct")
+    for layer in layers:
+        layer.feedback_spec = spec
+        layer.dfa_head = head
+    model.register_forward_pre_hook(head.pre_hook)
+    model.register_forward_hook(head.hook)
+    return head
+
+
+__all__ = ["OUTPUT_POLICIES", "DirectFeedbackFunction", "DirectFeedbackHead",
+           "attach_direct_feedback"]

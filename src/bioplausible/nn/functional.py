@@ -1,0 +1,95 @@
+"""The two autograd Functions of the feedback pathway (public ``torch.autograd.Function`` API).
+
+For a layer ``a = W h + b`` the backward pass returns
+
+* ``∂/∂h = δ · B_eff``       — the *feedback* signal (B_eff in W's layout, so for Linear this is
+  ``δ @ B_eff`` = the spec's ``B_l δ`` with ``B_l = B_effᵀ``); BP would use ``W`` here;
+* ``∂/∂W = δᵀ h (+ λ W)``     — the usual weight gradient, plus KP's decay when ``decay > 0``;
+* ``∂/∂b = Σ_batch δ``;
+* ``∂/∂B = δᵀ h + λ B``       — only when the stored feedback is learned by the matched rule
+  (Kolen & Pollack 1994; Akrout et al. 2019): B receives W's update, so that under SGD
+  ``W − B`` shrinks by exactly ``(1 − lr·λ)`` per step.
+
+For Conv2d the feedback signal is the transposed convolution with ``B_eff`` as kernel
+(:func:`torch.nn.grad.conv2d_input`) and the weight gradient is
+:func:`torch.nn.grad.conv2d_weight`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import Function
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+
+def _weight_and_feedback_grads(raw, weight, feedback, decay, need_w, need_b):
+    """Split the raw outer product ``δᵀh`` into W's and B's gradients (see module docstring)."""
+    grad_feedback = None
+    if need_b:
+        grad_feedback = torch.add(raw, feedback, alpha=decay) if decay else raw.clone()
+    grad_weight = None
+    if need_w:
+        grad_weight = raw.add_(weight, alpha=decay) if decay else raw
+    return grad_weight, grad_feedback
+
+
+class LinearFeedbackFunction(Function):
+    """``F.linear`` whose input gradient uses ``backward_weight`` instead of ``weight``.
+
+    ``feedback`` is passed only when B is learned (it then receives a gradient);
+    ``backward_weight`` is the tensor used in place of W (``None`` when the input needs no
+    gradient). Both are in W's layout ``(out_features, in_features)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback, backward_weight, decay):
+        ctx.save_for_backward(x, weight, feedback, backward_weight)
+        ctx.decay = decay
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, feedback, backward_weight = ctx.saved_tensors
+        need_x, need_w, need_bias, need_b = ctx.needs_input_grad[:4]
+        grad_x = grad_w = grad_bias = grad_b = None
+        if need_x:
+            grad_x = grad_out.matmul(backward_weight)
+        if need_w or need_b:
+            g2 = grad_out.reshape(-1, grad_out.shape[-1])
+            raw = g2.t().mm(x.reshape(-1, x.shape[-1]))
+            grad_w, grad_b = _weight_and_feedback_grads(raw, weight, feedback, ctx.decay,
+                                                        need_w, need_b)
+        if need_bias:
+            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+        return grad_x, grad_w, grad_bias, grad_b, None, None
+
+
+class Conv2dFeedbackFunction(Function):
+    """``F.conv2d`` (numeric zero padding) whose input gradient uses ``backward_weight``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback, backward_weight, decay,
+                stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight, feedback, backward_weight)
+        ctx.decay = decay
+        ctx.conv = (stride, padding, dilation, groups)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, feedback, backward_weight = ctx.saved_tensors
+        need_x, need_w, need_bias, need_b = ctx.needs_input_grad[:4]
+        grad_x = grad_w = grad_bias = grad_b = None
+        if need_x:
+            grad_x = conv2d_input(x.shape, backward_weight, grad_out, *ctx.conv)
+        if need_w or need_b:
+            raw = conv2d_weight(x, weight.shape, grad_out, *ctx.conv)
+            grad_w, grad_b = _weight_and_feedback_grads(raw, weight, feedback, ctx.decay,
+                                                        need_w, need_b)
+        if need_bias:
+            grad_bias = grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_bias, grad_b, None, None, None, None, None, None
+
+
+__all__ = ["Conv2dFeedbackFunction", "LinearFeedbackFunction"]

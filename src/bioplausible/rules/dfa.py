@@ -1,0 +1,60 @@
+"""Direct feedback alignment (Nøkland 2016, "Direct feedback alignment provides learning in deep
+neural networks"; spec §1 row "DFA").
+
+``δ_l = (B_l e) ⊙ f′(a_l)`` for every hidden layer, with the output error ``e = ∂loss/∂output``
+and fixed random ``B_l`` (stored as ``direct_feedback``, shape ``(n_out, n_l)``). Taps cut the
+graph at every layer input, the error is computed once, one GEMM ``e @ [B_1 … B_L]`` gives every
+layer's signal and one backward pass applies them all (:mod:`bioplausible.nn.dfa`); the
+training loop stays ``loss.backward(); opt.step()``.
+
+Option ``output_layer``: ``"bp"`` (default; the output layer is trained by its true gradient)
+or ``"dfa"`` (``e`` injected directly at the last layer's output, ``δ_L = e``); they differ only
+when modules such as an output nonlinearity follow the last layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..nn.convert import feedback_layers, swap_layers
+from ..nn.dfa import OUTPUT_POLICIES, attach_direct_feedback
+from ..registry import register
+from .base import FeedbackPair, Rule
+
+
+@register("dfa")
+class DirectFeedbackAlignment(Rule):
+    family = "feedback"
+    paper = "Nøkland 2016"
+    summary = "direct random feedback of the output error: δ_l = (B_l e) ⊙ f′(a_l)"
+    defaults: ClassVar[dict[str, Any]] = {"output_layer": "bp"}
+
+    def validate(self) -> None:
+        policy = self.config["output_layer"]
+        if policy not in OUTPUT_POLICIES:
+            raise ConfigError(
+                f"rule 'dfa': unknown output_layer {policy!r}; accepted values: "
+                f"{', '.join(repr(p) for p in OUTPUT_POLICIES)} ('bp': the output layer is "
+                f"trained by its true gradient; 'dfa': by the output error e directly)")
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = swap_layers(model, feedback=False)
+        layers = [layer for _, layer in feedback_layers(model)]
+        attach_direct_feedback(model, layers, self.config["output_layer"], seed=self.seed + 7_877)
+        return model
+
+    def feedback_pairs(self, model: nn.Module) -> list[FeedbackPair]:
+        """DFA's ``B_l`` has shape ``(n_out, n_l)``, not W's: pairs carry ``feedback=None``."""
+        return [FeedbackPair(name, layer.weight, None) for name, layer in feedback_layers(model)]
+
+    def direct_feedback(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The created direct feedback matrices ``B_l`` by layer name (after a forward pass)."""
+        return {name: layer.direct_feedback for name, layer in feedback_layers(model)
+                if layer.direct_feedback is not None}
+
+
+__all__ = ["DirectFeedbackAlignment"]

@@ -1,0 +1,247 @@
+"""Feedback-pathway rules in W's layout: FA, sign symmetry (uSF, brSF, frSF), KP and WM.
+
+All of them train a converted model (:func:`bioplausible.nn.convert`): the backward pass of
+every Linear/Conv2d uses ``B_eff`` in place of ``W`` (``δ_l = (B_l δ_{l+1}) ⊙ f′(a_l)``, spec
+§1) and leaves the weight gradient ``δ_{l+1} h_lᵀ`` as it is. They differ only in ``B``:
+
+* ``fa``   — fixed random B (Lillicrap et al. 2016).
+* ``usf``  — ``B = sign(W)·c`` (uniform sign-concordant feedback; Liao, Leibo & Poggio 2016;
+  Xiao et al. 2018).
+* ``brsf`` — ``B = sign(W) ⊙ M·c``, magnitudes M redrawn every batch (Liao et al. 2016).
+* ``frsf`` — ``B = sign(W) ⊙ M·c``, M drawn once at ``prepare`` (Liao et al. 2016).
+* ``kp``   — Kolen-Pollack (Kolen & Pollack 1994; Akrout et al. 2019): B gets W's gradient,
+  both decay: ``ΔW = −η(δhᵀ + λW)``, ``ΔB = −η(δhᵀ + λB)``, so under SGD
+  ``W − B ← (1 − ηλ)(W − B)`` every step. ``decay=0`` is the "matched" rule of Lansdell et
+  al. 2020 and the learned backward weights of activation relaxation. The gradients are
+  written by the backward pass itself (no extra call). A layer whose input needs no gradient
+  (the first layer) never uses its B; by default KP does not update that B (``.grad`` stays
+  ``None``, which saves an O(params) update per step, ~30% of an MNIST MLP step);
+  ``learn_unused=True`` learns it too, e.g. to plot its alignment.
+* ``wm``   — weight mirrors (Akrout et al. 2019): fixed during learning steps; after every
+  ``mirror_every`` optimizer steps, :meth:`WeightMirror.after_step` runs ``mirror_steps``
+  mirror steps per layer (:mod:`bioplausible.nn.mirror`).
+
+The sign rules' scale ``c`` (``scale``) and the magnitudes M are described in
+:mod:`bioplausible.nn.layers`. Feedback initialisation (``feedback_init``, FA/KP/WM):
+``default`` U(±1/√fan_in) like PyTorch's weight init, ``weight_std`` N(0, std(W)²), ``weight``
+a copy of W. All random draws come from the rule's seeded generator.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..nn.convert import feedback_layers, swap_layers
+from ..nn.layers import (
+    FEEDBACK_INITS,
+    SCALES,
+    FeedbackSpec,
+    Streams,
+    draw_magnitudes,
+    init_feedback,
+)
+from ..nn.mirror import mirror_update
+from ..registry import register
+from .base import FeedbackPair, Rule
+
+
+def _check_choice(rule: Rule, key: str, choices) -> None:
+    value = rule.config[key]
+    if value not in choices:
+        raise ConfigError(f"rule {rule.name!r}: {key} must be one of "
+                          f"{', '.join(repr(c) for c in choices)}; got {value!r}")
+
+
+def _check_number(rule: Rule, key: str, low: float, high: float = float("inf"),
+                  integer: bool = False, positive: bool = False) -> None:
+    """``key`` must be a number (an int if ``integer``) in [low, high] (> low if ``positive``)."""
+    value = rule.config[key]
+    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > low if positive else value >= low) and value <= high
+    if not ok:
+        what = "an integer" if integer else "a number"
+        limits = f"{'>' if positive else '>='} {low}" + (f" and <= {high}" if high < float("inf") else "")
+        raise ConfigError(f"rule {rule.name!r}: {key} must be {what} {limits}; got {value!r}")
+
+
+class FeedbackRule(Rule):
+    """Common part: convert the model, set every layer's :class:`FeedbackSpec`, initialise B."""
+
+    family = "feedback"
+
+    def layer_spec(self) -> FeedbackSpec:
+        return FeedbackSpec(kind="fixed")
+
+    def validate(self) -> None:
+        if "feedback_init" in self.config:
+            _check_choice(self, "feedback_init", FEEDBACK_INITS)
+        if "scale" in self.config:
+            _check_choice(self, "scale", SCALES)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        model = swap_layers(model, feedback=True, generator=self.generator(device))
+        spec = self.layer_spec()
+        for _, layer in feedback_layers(model):
+            layer.feedback_spec = spec
+            self.init_layer(layer)
+            if layer.feedback is not None:
+                layer.feedback.requires_grad_(spec.learn)
+        return model
+
+    def init_layer(self, layer: nn.Module) -> None:
+        init_feedback(layer, self.config["feedback_init"], self.generator(layer.weight.device))
+
+    def aux_parameters(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
+        if not self.layer_spec().learn:
+            return {}
+        return {"feedback": [layer.feedback for _, layer in feedback_layers(model)
+                             if layer.feedback is not None]}
+
+    def feedback_pairs(self, model: nn.Module) -> list[FeedbackPair]:
+        return [FeedbackPair(name, layer.weight, layer.effective_feedback())
+                for name, layer in feedback_layers(model)]
+
+
+@register("fa")
+class FeedbackAlignment(FeedbackRule):
+    paper = "Lillicrap, Cownden, Tweed & Akerman 2016"
+    summary = "fixed random feedback: δ_l = (B_l δ_{l+1}) ⊙ f′(a_l)"
+    defaults: ClassVar[dict[str, Any]] = {"feedback_init": "default"}
+
+
+class _SignSymmetry(FeedbackRule):
+    paper = "Liao, Leibo & Poggio 2016; Xiao, Chen, Liao & Poggio 2018"
+    defaults: ClassVar[dict[str, Any]] = {"scale": "mean_abs"}
+    kind = "sign_random"
+    redraw = False
+
+    def layer_spec(self) -> FeedbackSpec:
+        return FeedbackSpec(kind=self.kind, scale=self.config["scale"], redraw=self.redraw)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        self._streams = Streams(self.seed + 104_729)
+        return super().prepare(model)
+
+    def init_layer(self, layer: nn.Module) -> None:
+        if self.kind == "sign":
+            layer.feedback = None  # sign(W) needs no stored tensor
+            return
+        draw_magnitudes(layer.feedback, self.generator(layer.weight.device))
+        layer.feedback_streams = self._streams
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        streams = getattr(self, "_streams", None)
+        if streams is not None:
+            state["magnitude_streams"] = {k: g.get_state() for k, g in streams.generators.items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        streams = getattr(self, "_streams", None)
+        if streams is not None:
+            for key, st in state.get("magnitude_streams", {}).items():
+                streams.get(key).set_state(st)
+
+
+@register("usf")
+class UniformSignFeedback(_SignSymmetry):
+    summary = "B = sign(W)·c (uniform sign-concordant feedback)"
+    kind = "sign"
+
+
+@register("brsf")
+class BatchRandomSignFeedback(_SignSymmetry):
+    summary = "B = sign(W) ⊙ M·c, magnitudes M redrawn every batch"
+    redraw = True
+
+
+@register("frsf")
+class FixedRandomSignFeedback(_SignSymmetry):
+    summary = "B = sign(W) ⊙ M·c, magnitudes M fixed at prepare"
+
+
+@register("kp")
+class KolenPollack(FeedbackRule):
+    paper = "Kolen & Pollack 1994; Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019"
+    summary = "B learns W's update; decay λ on both: W − B shrinks by (1 − lr·λ) per SGD step"
+    defaults: ClassVar[dict[str, Any]] = {"decay": 1e-3, "feedback_init": "default", "learn_unused": False}
+
+    def validate(self) -> None:
+        super().validate()
+        _check_number(self, "decay", 0.0)
+        if not isinstance(self.config["learn_unused"], bool):
+            raise ConfigError(f"rule 'kp': learn_unused must be true or false; "
+                              f"got {self.config['learn_unused']!r}")
+
+    def layer_spec(self) -> FeedbackSpec:
+        return FeedbackSpec(kind="fixed", learn=True, decay=float(self.config["decay"]),
+                            learn_unused=self.config["learn_unused"])
+
+
+@register("wm")
+class WeightMirror(FeedbackRule):
+    paper = "Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019"
+    summary = "B learned in a mirror phase: B ← (1−λ)B + η yᵀξ/(mσ²), y = Wξ, ξ ~ N(0, σ²)"
+    defaults: ClassVar[dict[str, Any]] = {
+        "feedback_init": "default",
+        "mirror_lr": 0.01,      # η: Hebbian rate (E[ΔB] = η W − λ B)
+        "mirror_decay": 0.01,   # λ: decay per mirror step; B → (η/λ) W
+        "mirror_noise": 1.0,    # σ: noise std
+        "mirror_batch": 64,     # m: noise samples per mirror step
+        "mirror_every": 1,      # optimizer steps between mirror phases
+        "mirror_steps": 1,      # mirror steps per phase
+        "mirror_warmup": 0,     # mirror steps run once at prepare, before training
+    }
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        self._step = 0
+        self._buffers: dict = {}  # reused noise/response tensors, per layer
+
+    def validate(self) -> None:
+        super().validate()
+        _check_number(self, "mirror_lr", 0.0, positive=True)
+        _check_number(self, "mirror_decay", 0.0, 1.0)
+        _check_number(self, "mirror_noise", 0.0, positive=True)
+        for key in ("mirror_batch", "mirror_every", "mirror_steps"):
+            _check_number(self, key, 1, integer=True)
+        _check_number(self, "mirror_warmup", 0, integer=True)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = super().prepare(model)
+        self.mirror(model, self.config["mirror_warmup"])
+        return model
+
+    def mirror(self, model: nn.Module, steps: int | None = None) -> None:
+        """Run ``steps`` (default ``mirror_steps``) mirror steps on every feedback layer."""
+        cfg = self.config
+        steps = cfg["mirror_steps"] if steps is None else int(steps)
+        layers = [layer for _, layer in feedback_layers(model)]
+        for _ in range(steps):
+            for layer in layers:
+                mirror_update(layer, lr=cfg["mirror_lr"], decay=cfg["mirror_decay"],
+                              noise_std=cfg["mirror_noise"], batch=cfg["mirror_batch"],
+                              generator=self.generator(layer.weight.device), cache=self._buffers)
+
+    def after_step(self, model: nn.Module) -> None:
+        """The mirror phase, every ``mirror_every`` optimizer steps (call after ``opt.step()``)."""
+        self._step += 1
+        if self._step % self.config["mirror_every"] == 0:
+            self.mirror(model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "mirror_step": self._step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._step = int(state.get("mirror_step", 0))
+
+
+__all__ = ["BatchRandomSignFeedback", "FeedbackAlignment", "FeedbackRule",
+           "FixedRandomSignFeedback", "KolenPollack", "UniformSignFeedback", "WeightMirror"]

@@ -90,14 +90,13 @@ def swap_layers(model: nn.Module, feedback: bool = True,
         swapped[id(model)] = (root, model)
         model = root
     else:
-        for parent_name, parent in list(model.named_modules()):
-            for child_name, child in list(parent.named_children()):
-                if id(child) not in swapped:
-                    name = f"{parent_name}.{child_name}" if parent_name else child_name
-                    swapped[id(child)] = (to_feedback_layer(child, name), child)
-                new = swapped[id(child)][0]
-                if new is not None:
-                    setattr(parent, child_name, new)
+        for name, child in list(model.named_modules(remove_duplicate=False))[1:]:
+            if id(child) not in swapped:
+                swapped[id(child)] = (to_feedback_layer(child, name), child)
+            new = swapped[id(child)][0]
+            if new is not None:
+                parent_name, _, child_name = name.rpartition(".")
+                setattr(model.get_submodule(parent_name), child_name, new)
     pairs = [(new, old) for new, old in swapped.values() if new is not None]
     if not pairs:
         raise IncompatibleModelError(

@@ -208,3 +208,21 @@ def test_rules_run_on_cuda(name):
     assert torch.isfinite(out.loss)
     for p in rule.forward_weights(model).values():
         assert p.grad is not None and p.grad.device.type == "cuda"
+
+
+@pytest.mark.parametrize("name", ["fa", "kp", "dfa"])
+def test_autocast_runs_the_backward_in_the_weight_dtype(name):
+    net = bp.build_model("lenet", input_shape=(1, 28, 28))
+    model = bp.convert(net, name)
+    if name == "fa":
+        symmetric(model)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x).float().square().sum()
+    loss.backward()
+    for p in bp.make(name).forward_weights(model).values():
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+    if name == "fa":  # symmetric feedback: close to the float32 BP gradient
+        ref = bp_grads(net, x)
+        g, r = model[0].weight.grad.flatten(), ref["0.weight"].flatten()
+        assert torch.dot(g, r) / (g.norm() * r.norm()) > 0.99

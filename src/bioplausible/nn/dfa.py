@@ -63,7 +63,10 @@ class DirectFeedbackFunction(Function):
         (b_cat,) = ctx.saved_tensors
         grads = []
         if ctx.sizes:
-            signal = e.reshape(e.shape[0], -1).mm(b_cat)  # one GEMM for every layer
+            e_flat = e.reshape(e.shape[0], -1)
+            if e_flat.dtype != b_cat.dtype:  # autocast: the signal is computed in B's dtype
+                e_flat = e_flat.to(b_cat.dtype)
+            signal = e_flat.mm(b_cat)  # one GEMM for every layer
             parts = signal.split(ctx.sizes, dim=1) if len(ctx.sizes) > 1 else (signal,)
             grads = [p.reshape(s) for p, s in zip(parts, ctx.shapes)]
         if ctx.inject_at_last:

@@ -23,6 +23,15 @@ from torch.autograd import Function
 from torch.nn.grad import conv2d_input, conv2d_weight
 
 
+def _common_dtype(grad_out, x, weight):
+    """Under autocast the forward ran in low precision; the backward runs in W's dtype."""
+    if grad_out.dtype != weight.dtype:
+        grad_out = grad_out.to(weight.dtype)
+    if x.dtype != weight.dtype:
+        x = x.to(weight.dtype)
+    return grad_out, x
+
+
 def _weight_and_feedback_grads(raw, weight, feedback, decay, need_w, need_b):
     """Split the raw outer product ``δᵀh`` into W's and B's gradients (see module docstring)."""
     grad_feedback = None
@@ -52,6 +61,7 @@ class LinearFeedbackFunction(Function):
     def backward(ctx, grad_out):
         x, weight, feedback, backward_weight = ctx.saved_tensors
         need_x, need_w, need_bias, need_b = ctx.needs_input_grad[:4]
+        grad_out, x = _common_dtype(grad_out, x, weight)
         grad_x = grad_w = grad_bias = grad_b = None
         if need_x:
             grad_x = grad_out.matmul(backward_weight)
@@ -80,6 +90,7 @@ class Conv2dFeedbackFunction(Function):
     def backward(ctx, grad_out):
         x, weight, feedback, backward_weight = ctx.saved_tensors
         need_x, need_w, need_bias, need_b = ctx.needs_input_grad[:4]
+        grad_out, x = _common_dtype(grad_out, x, weight)
         grad_x = grad_w = grad_bias = grad_b = None
         if need_x:
             grad_x = conv2d_input(x.shape, backward_weight, grad_out, *ctx.conv)

@@ -20,8 +20,8 @@ $(BIN)/bioplausible: pyproject.toml
 install: $(BIN)/bioplausible
 
 demo: install
-	$(BIN)/bioplausible compare --dataset mnist --model mlp:784-500-10,activation=sigmoid \
-		--loss mse --lr 0.5 --rules bp,fa,dfa,kp --epochs 3 --batch-size 100 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/bioplausible compare --dataset mnist --model mlp:784-500-10 --loss cross_entropy \
+		--lr 0.05 --rules bp,fa,dfa,kp,usf --epochs 3 --batch-size 100 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests

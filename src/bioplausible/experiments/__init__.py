@@ -12,7 +12,10 @@ as in the paper), the numbers the paper reports and checks that compare ours wit
     seeds: [0, 1, 2, 3, 4]
     scales: {quick: {epochs: 2, seeds: [0]}, full: {}}
     paper_results: {metric: test_accuracy, values: {bp: 98.0, ar: null}, note: ...}
-    checks: [{type: max_gap, metric: test_accuracy, runs: [ar, bp], max: 0.3}]
+    checks: [{type: within, metric: test_accuracy, runs: [ar, bp], max: 0.3}]
+
+Check types: ``within`` (|a − b| ≤ max), ``max_gap`` (run a at most ``max`` below run b),
+``min_value`` (a run's metric at least ``min``), ``within_paper`` (|ours − paper| ≤ ``tol``).
 
 ``bioplausible reproduce NAME --scale quick`` trains every run with every seed and prints the
 mean ± std beside the paper's values.
@@ -78,7 +81,7 @@ def _parse(text: str, source: str) -> Preset:
         if "name" not in rule:
             raise ConfigError(f"preset {source}: run {label!r} needs a rule name")
     for check in raw.get("checks") or []:
-        if check.get("type") not in ("max_gap", "min_value", "within_paper"):
+        if check.get("type") not in ("max_gap", "within", "min_value", "within_paper"):
             raise ConfigError(f"preset {source}: unknown check type {check.get('type')!r}")
     return Preset(name=raw["name"], title=raw.get("title", raw["name"]), paper=raw.get("paper", ""),
                   config=raw["config"], runs=runs, seeds=list(raw.get("seeds", [0])),
@@ -138,13 +141,15 @@ def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]]) -> list[di
         metric = check.get("metric", preset.paper_results.get("metric", "test_accuracy"))
         kind = check["type"]
         ok, text = False, ""
-        if kind == "max_gap":
+        if kind in ("max_gap", "within"):
+            # max_gap: run a is at most `max` below run b; within: |a − b| <= max
             a, b = check["runs"]
             ma, mb = stats.get(a, {}).get(metric, (None, None))[0], stats.get(b, {}).get(metric, (None, None))[0]
             if ma is not None and mb is not None:
                 gap = mb - ma
-                ok = gap <= float(check["max"])
-                text = f"{metric}: {b} − {a} = {gap:+.2f} (at most {check['max']})"
+                ok = (abs(gap) if kind == "within" else gap) <= float(check["max"])
+                bound = f"|{b} − {a}| at most" if kind == "within" else "at most"
+                text = f"{metric}: {b} − {a} = {gap:+.2f} ({bound} {check['max']})"
         elif kind == "min_value":
             label = check["run"]
             m = stats.get(label, {}).get(metric, (None, None))[0]
@@ -230,6 +235,9 @@ def format_report(report: dict[str, Any]) -> str:
         paper = values.get(label)
         lines.append(f"| {label} | {ours} | {'–' if paper is None else paper} | "
                      f"{'–' if ang is None else f'{ang:.1f}'} | {', '.join(report['status'][label])} |")
+    for label, paper in values.items():
+        if label not in report["stats"] and paper is not None:
+            lines.append(f"| {label} | not run (rule not in this preset) | {paper} | – | – |")
     note = report["paper_results"].get("note")
     if note:
         lines += ["", f"Paper values: {note}"]

@@ -1,0 +1,42 @@
+"""Built-in presets are valid data: configs resolve at every scale and every run's rule exists."""
+
+from __future__ import annotations
+
+import pytest
+
+import bioplausible as bp
+from bioplausible.cli import main
+from bioplausible.experiments import evaluate_checks, get_preset, list_presets
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_preset_resolves_at_every_scale(name):
+    preset = get_preset(name)
+    assert {"quick", "full"} <= set(preset.scales)
+    for scale in preset.scales:
+        config, seeds = preset.resolved(scale)
+        assert seeds and config["epochs"] >= 1
+    for rule in preset.runs.values():
+        bp.make(rule["name"], **{k: v for k, v in rule.items() if k != "name"})
+    quick, _ = preset.resolved("quick")
+    full, full_seeds = preset.resolved("full")
+    assert quick["epochs"] <= full["epochs"]
+
+
+def test_checks_follow_their_definitions():
+    preset = get_preset("fb-mnist-sigmoid")
+    stats = {"bp": {"test_accuracy": (98.0, 0.0)}, "kp": {"test_accuracy": (97.6, 0.0)},
+             "wm": {"test_accuracy": (97.4, 0.0)}, "fa": {"test_accuracy": (96.6, 0.0)}}
+    passed = [c["passed"] for c in evaluate_checks(preset, stats)]
+    assert passed == [True, False, True]  # kp 0.4 below, wm 0.6 below (> 0.5), fa 1.4 below
+
+
+@pytest.mark.parametrize("name", ["sal-table1-svhn", "sal-table1-stl10", "np-table1-cifar100"])
+def test_presets_needing_absent_data_fail_with_the_missing_data_line(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BIOPLAUSIBLE_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("BIOPLAUSIBLE_MIRROR", "http://127.0.0.1:9")  # nothing listens: no network used
+    out = tmp_path / "out"
+    assert main(["reproduce", name, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not found" in err
+    assert not out.exists()

@@ -102,7 +102,10 @@ def markdown(result: dict, command: str) -> str:
              f"Command: `{command}`  ", f"Machine: {result['machine']}  ",
              (f"torch {result['torch']}, {result['threads']} thread, round-robin, "
               f"{result['reps']} repetitions, median; denormals flushed: "
-              f"{result['flush_denormal']}."), ""]
+              f"{result['flush_denormal']}.  "),
+             (f"Load average (1, 5, 15 min) before: {result['load_average']['before']}, after: "
+              f"{result['load_average']['after']} (other processes share the machine's cores)."),
+             ""]
     for task in result["tasks"]:
         lines += [f"## {task['task']}", "",
                   (f"{task['model']}, {task['loss']}, SGD lr {task['lr']}, batch 100, "
@@ -147,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
               "machine": f"{platform.machine()} {platform.processor() or ''} "
                          f"{os.cpu_count()} CPUs".strip(),
               "python": sys.version.split()[0], "tasks": []}
+    load_before = os.getloadavg()
     for key in args.tasks.split(","):
         task = tasks[key]
         result["tasks"].append(run_task(task, rules, reps, task["batches"]))
+    result["load_average"] = {"before": load_before, "after": os.getloadavg()}
     command = "python benchmarks/bench_feedback.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     result["command"] = command
     out = Path(args.out)

@@ -19,7 +19,13 @@ every Linear/Conv2d uses ``B_eff`` in place of ``W`` (``δ_l = (B_l δ_{l+1}) �
   ``learn_unused=True`` learns it too, e.g. to plot its alignment.
 * ``wm``   — weight mirrors (Akrout et al. 2019): fixed during learning steps; after every
   ``mirror_every`` optimizer steps, :meth:`WeightMirror.after_step` runs ``mirror_steps``
-  mirror steps per layer (:mod:`bioplausible.nn.mirror`).
+  mirror steps per layer (:mod:`bioplausible.nn.mirror`): ``B ← (1 − λ)B + η yᵀξ/(mσ²)``,
+  ``y = Wξ``. B is updated in place by this Hebbian rule with its own rate η (the paper's
+  mirror mode), so it is not an optimizer parameter (``requires_grad=False``): momentum, Adam
+  and weight decay never touch it. Defaults η = λ = 0.01 (B tracks W with a time constant of
+  100 mirror steps; the residual angle from the noise is ≈ √(n_in·η/(2m)) rad, 11° for
+  n_in = 500, m = 64) and m = 64 noise samples per step (cost ≈ 0.64 of a BP step at batch
+  100).
 
 The sign rules' scale ``c`` (``scale``) and the magnitudes M are described in
 :mod:`bioplausible.nn.layers`. Feedback initialisation (``feedback_init``, FA/KP/WM):

@@ -16,8 +16,10 @@ def test_preset_resolves_at_every_scale(name):
     for scale in preset.scales:
         config, seeds = preset.resolved(scale)
         assert seeds and config["epochs"] >= 1
-    for rule in preset.runs.values():
-        bp.make(rule["name"], **{k: v for k, v in rule.items() if k != "name"})
+    for run in preset.runs.values():
+        bp.make(run["name"], **{k: v for k, v in run.items() if k not in ("name", "config")})
+        for scale in preset.scales:
+            preset.resolved(scale)[0].updated(run.get("config") or {})
     quick, _ = preset.resolved("quick")
     full, full_seeds = preset.resolved("full")
     assert quick["epochs"] <= full["epochs"]

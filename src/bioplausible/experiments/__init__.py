@@ -8,7 +8,7 @@ as in the paper), the numbers the paper reports and checks that compare ours wit
     title: ...
     paper: ...
     config: {dataset: {...}, model: {...}, loss: ..., optimizer: {...}, epochs: 50, batch_size: 64}
-    runs: {bp: {name: bp}, ar: {name: ar, relax_steps: 100}}
+    runs: {bp: {name: bp}, ar: {name: ar, relax_steps: 100}}   # a run may add `config:` overrides
     seeds: [0, 1, 2, 3, 4]
     scales: {quick: {epochs: 2, seeds: [0]}, full: {}}
     paper_results: {metric: test_accuracy, values: {bp: 98.0, ar: null}, note: ...}
@@ -182,16 +182,19 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
     # Validate every run's rule and the model before any training starts or anything is written.
     from ..registry import make
 
-    for rule in preset.runs.values():
-        make(rule["name"], **{k: v for k, v in rule.items() if k != "name"})
+    for run in preset.runs.values():
+        make(run["name"], **{k: v for k, v in run.items() if k not in ("name", "config")})
+        config.updated(run.get("config") or {})  # a run's own config overrides must be valid too
     build_model(config["model"]["spec"], input_shape=data.info.input_shape,
                 num_classes=data.info.num_classes, **config.model_options())
     out_dir = Path(out or Path("runs") / f"reproduce-{preset.name}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}")
     summaries: dict[str, list[dict[str, Any]]] = {}
     run_dirs: list[tuple[str, Path]] = []
-    for label, rule in preset.runs.items():
+    for label, run in preset.runs.items():
+        rule = {k: v for k, v in run.items() if k != "config"}
         for seed in seeds:
-            cfg = config.updated({"rule": rule, "seed": seed, "progress": progress})
+            cfg = config.updated(run.get("config") or {}).updated(
+                {"rule": rule, "seed": seed, "progress": progress})
             import torch
 
             torch.manual_seed(seed)

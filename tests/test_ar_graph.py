@@ -149,3 +149,20 @@ def test_divergence_stops_with_a_clear_message():
     graph = bp.make("ar", graph=True, divergence_threshold=1e-9)
     with pytest.raises(DivergenceError, match="relaxed node"):
         graph.train_step(model, x, y, MSE_SUM)
+
+
+@pytest.mark.parametrize("sweep", ["gauss_seidel", "jacobi"])
+def test_graph_mode_matches_the_mlp_path_step_by_step_on_a_linear_chain(sweep):
+    # with Linear layers only, graph nodes are exactly the MLP path's layers, so the K-step
+    # results (not only the fixed points) must agree
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4), nn.Linear(4, 4), nn.Linear(4, 2)).double()
+    x, y = torch.randn(3, 6, dtype=torch.float64), torch.tensor([0, 1, 1])
+    grads = {}
+    for graph in (True, False):
+        rule = bp.make("ar", graph=graph, sweep=sweep, relax_steps=3, eta_x=0.4)
+        rule.train_step(model, x, y, MSE_SUM)
+        grads[graph] = [p.grad.clone() for p in model.parameters()]
+    for a, b in zip(grads[True], grads[False]):
+        assert _rel(a, b) < 1e-12
+    assert _rel(grads[False][0], rule.bp_gradients(model, x, y, MSE_SUM)["0.weight"]) > 1e-3

@@ -65,7 +65,8 @@ def relaxation_convergence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, l
 
     Returns a JSON-ready dict: ``layers`` (names), ``iterations`` (0..steps) and ``runs``,
     one per ``η_x`` with ``mse[layer][k]``, the ``fold_reduction`` ``MSE(0)/MSE(steps)`` and
-    ``iters_to_100x`` (first ``k`` with a 100-fold reduction, ``None`` if never). Extra
+    ``iters_to_100x`` (first ``k`` with a 100-fold reduction, ``None`` if never) and
+    ``final_relative_rms_error`` ``sqrt(MSE(steps) / mean(grad²))``. Extra
     ``rule_options`` go to ``make("ar", ...)`` (e.g. ``backward_weights``).
     """
     loss_fn = get_loss(loss_fn) if isinstance(loss_fn, str) else loss_fn
@@ -91,6 +92,8 @@ def relaxation_convergence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, l
             "mse": curves,
             "fold_reduction": [c[0] / c[-1] if c[-1] > 0 else math.inf for c in curves],
             "iters_to_100x": [_iters_to(c, 100.0) for c in curves],
+            "final_relative_rms_error": [math.sqrt(c[-1] / ms) if ms > 0 else math.nan
+                                         for c, ms in zip(curves, result["gradient_mean_square"])],
         }
     return result
 
@@ -173,7 +176,8 @@ def run_relaxation_diagnostic(out_dir: str | os.PathLike, dataset: str = "mnist"
     model = build_model(PAPER_MODEL).to(torch_dtype)
     gen = torch.Generator().manual_seed(seed)
     train = data.train
-    idx = torch.randperm(len(train), generator=gen)
+    n_train = int(train.x.shape[0])
+    idx = torch.randperm(n_train, generator=gen)
     x = train.x[idx[:batch_size]].to(torch_dtype)
     y = train.y[idx[:batch_size]]
     loss_fn = get_loss("mse_sum")
@@ -185,7 +189,7 @@ def run_relaxation_diagnostic(out_dir: str | os.PathLike, dataset: str = "mnist"
         model = rule.prepare(model)
         opt = torch.optim.SGD(rule.param_groups(model, lr=lr))
         for i in range(int(train_steps)):
-            j = idx[(batch_size * (i + 1) + torch.arange(batch_size)) % len(train)]  # after the probe batch
+            j = idx[(batch_size * (i + 1) + torch.arange(batch_size)) % n_train]  # after the probe batch
             rule.train_step(model, train.x[j].to(torch_dtype), train.y[j], loss_fn)
             opt.step()
         measurements.append({

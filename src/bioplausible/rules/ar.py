@@ -177,12 +177,6 @@ class ActivationRelaxation(Rule):
             return {}
         return {"feedback": [self._psi(lin) for lin in self._feedback_layers(model)]}
 
-    def forward_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        ids = set()
-        if not self.config["graph"] and self.config["backward_weights"] != "transpose":
-            ids = {id(self._psi(lin)) for lin in self._feedback_layers(model)}
-        return {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in ids}
-
     def feedback_pairs(self, model: nn.Module) -> list[FeedbackPair]:
         if self.config["graph"] or self.config["backward_weights"] == "transpose":
             return []

@@ -124,7 +124,7 @@ def activation_derivative(acts: list[nn.Module], a: Tensor, h: Tensor) -> Tensor
         m = acts[0]
         kind = type(m)
         if kind is nn.ReLU:
-            return (h > 0).to(h.dtype)
+            return torch.sign(h)  # h = relu(a) >= 0, so sign(h) = 1[a > 0] in one float op
         if kind is nn.Sigmoid:
             return h * (1.0 - h)
         if kind is nn.Tanh:

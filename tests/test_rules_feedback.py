@@ -184,9 +184,10 @@ def test_random_magnitudes_have_mean_one():
 # ------------------------------------------------------------------ KP
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_kp_difference_shrinks_by_exact_factor(kind, bias):
+@pytest.mark.parametrize("decay_in", ["backward", "optimizer"])
+def test_kp_difference_shrinks_by_exact_factor(kind, bias, decay_in):
     lr, decay = 0.05, 0.3
-    rule = bp.make("kp", decay=decay, learn_unused=True)
+    rule = bp.make("kp", decay=decay, learn_unused=True, decay_in=decay_in)
     model = rule.prepare(NETS[kind](bias))
     opt = torch.optim.SGD(rule.param_groups(model, lr=lr))
     layers = [layer for _, layer in feedback_layers(model)]
@@ -215,6 +216,21 @@ def test_kp_gradients_are_fa_gradients_plus_decay(kind):
         torch.testing.assert_close(kp_g[f"{name}.feedback"], raw + decay * layer.feedback.detach())
         if layer.bias is not None:
             torch.testing.assert_close(kp_g[f"{name}.bias"], fa_g[f"{name}.bias"])
+
+
+def test_kp_decay_in_optimizer_moves_lambda_to_weight_decay():
+    rule = bp.make("kp", decay=0.2, decay_in="optimizer")
+    model = rule.prepare(mlp())
+    groups = {g["name"]: g for g in rule.param_groups(model, lr=0.1)}
+    assert groups["forward"]["weight_decay"] == 0.2 and groups["feedback"]["weight_decay"] == 0.2
+    assert "weight_decay" not in groups["forward_other"]
+    assert {id(p) for p in groups["forward"]["params"]} == {
+        id(layer.weight) for _, layer in feedback_layers(model)}
+    x, t = batch("mlp")
+    got = rule_grads(model, x, t)
+    fa = bp.make("fa").prepare(mlp())
+    fa.load_state_dict(model.state_dict())
+    torch.testing.assert_close(got["2.weight"], rule_grads(fa, x, t)["2.weight"])  # no λW here
 
 
 def test_kp_without_decay_is_the_matched_rule():

@@ -148,7 +148,7 @@ class DirectFeedbackHead:
                 f"layer {layer.layer_name!r}: direct_feedback has shape {tuple(b.shape)} but the "
                 f"network has {n_out} outputs and the layer's input has {n_in} values per sample; "
                 f"expected ({n_out}, {n_in})")
-        return b.detach()
+        return b
 
 
 def attach_direct_feedback(model: nn.Module, layers, output_layer: str = "bp",

@@ -65,13 +65,13 @@ class LinearFeedbackFunction(Function):
         grad_x = grad_w = grad_bias = grad_b = None
         if need_x:
             grad_x = grad_out.matmul(backward_weight)
+        if grad_out.dim() != 2:  # (batch, ..., features): flatten the leading dimensions
+            grad_out, x = grad_out.reshape(-1, grad_out.shape[-1]), x.reshape(-1, x.shape[-1])
         if need_w or need_b:
-            g2 = grad_out.reshape(-1, grad_out.shape[-1])
-            raw = g2.t().mm(x.reshape(-1, x.shape[-1]))
-            grad_w, grad_b = _weight_and_feedback_grads(raw, weight, feedback, ctx.decay,
-                                                        need_w, need_b)
+            grad_w, grad_b = _weight_and_feedback_grads(grad_out.t().mm(x), weight, feedback,
+                                                        ctx.decay, need_w, need_b)
         if need_bias:
-            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+            grad_bias = grad_out.sum(0)
         return grad_x, grad_w, grad_bias, grad_b, None, None
 
 

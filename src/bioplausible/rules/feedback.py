@@ -16,7 +16,10 @@ every Linear/Conv2d uses ``B_eff`` in place of ``W`` (``δ_l = (B_l δ_{l+1}) �
   written by the backward pass itself (no extra call). A layer whose input needs no gradient
   (the first layer) never uses its B; by default KP does not update that B (``.grad`` stays
   ``None``, which saves an O(params) update per step, ~30% of an MNIST MLP step);
-  ``learn_unused=True`` learns it too, e.g. to plot its alignment.
+  ``learn_unused=True`` learns it too, e.g. to plot its alignment. ``decay_in="optimizer"``
+  hands λ to the optimizer's ``weight_decay`` instead (see :meth:`KolenPollack.param_groups`):
+  the same update, free with a fused optimizer, but lost if the optimizer is not built from
+  :meth:`param_groups`.
 * ``wm``   — weight mirrors (Akrout et al. 2019): fixed during learning steps; after every
   ``mirror_every`` optimizer steps, :meth:`WeightMirror.after_step` runs ``mirror_steps``
   mirror steps per layer (:mod:`bioplausible.nn.mirror`): ``B ← (1 − λ)B + η yᵀξ/(mσ²)``,
@@ -176,7 +179,8 @@ class FixedRandomSignFeedback(_SignSymmetry):
 class KolenPollack(FeedbackRule):
     paper = "Kolen & Pollack 1994; Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019"
     summary = "B learns W's update; decay λ on both: W − B shrinks by (1 − lr·λ) per SGD step"
-    defaults: ClassVar[dict[str, Any]] = {"decay": 1e-3, "feedback_init": "default", "learn_unused": False}
+    defaults: ClassVar[dict[str, Any]] = {"decay": 1e-3, "feedback_init": "default",
+                                          "learn_unused": False, "decay_in": "backward"}
 
     def validate(self) -> None:
         super().validate()
@@ -184,10 +188,39 @@ class KolenPollack(FeedbackRule):
         if not isinstance(self.config["learn_unused"], bool):
             raise ConfigError(f"rule 'kp': learn_unused must be true or false; "
                               f"got {self.config['learn_unused']!r}")
+        _check_choice(self, "decay_in", ("backward", "optimizer"))
 
     def layer_spec(self) -> FeedbackSpec:
-        return FeedbackSpec(kind="fixed", learn=True, decay=float(self.config["decay"]),
-                            learn_unused=self.config["learn_unused"])
+        in_backward = self.config["decay_in"] == "backward"
+        return FeedbackSpec(kind="fixed", learn=True, learn_unused=self.config["learn_unused"],
+                            decay=float(self.config["decay"]) if in_backward else 0.0)
+
+    def param_groups(self, model: nn.Module, lr: float | None = None,
+                     group_options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """With ``decay_in="optimizer"`` the decay λ becomes the optimizer's ``weight_decay``.
+
+        The feedback-layer weights stay in the group ``forward`` and B in ``feedback``, both with
+        ``weight_decay`` = λ (plus any ``weight_decay`` given in ``group_options``); the other
+        forward parameters (biases, other modules) form ``forward_other`` without it. Optimizers that implement ``weight_decay`` as ``grad +=
+        λp`` (SGD, Adam, RMSprop, ...) then make the same update as ``decay_in="backward"``,
+        and a fused optimizer (``torch.optim.SGD(..., fused=True)``) applies it without an extra
+        pass over the weights.
+        """
+        groups = super().param_groups(model, lr, group_options)
+        if self.config["decay_in"] != "optimizer":
+            return groups
+        decayed = {id(layer.weight) for _, layer in feedback_layers(model)}
+        out = []
+        for group in groups:
+            if group["name"] == "forward":
+                rest = {**group, "name": "forward_other",
+                        "params": [p for p in group["params"] if id(p) not in decayed]}
+                group = {**group, "params": [p for p in group["params"] if id(p) in decayed]}
+                out.append(rest)
+            if group["name"] in ("forward", "feedback"):
+                group["weight_decay"] = group.get("weight_decay", 0.0) + float(self.config["decay"])
+            out.append(group)
+        return [g for g in out if g["params"]]
 
 
 @register("wm")

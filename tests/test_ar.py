@@ -368,3 +368,17 @@ def test_every_fig3_variant_trains(variant):
         rule.train_step(model, x, y, MSE_SUM)
         opt.step()
     assert rule.train_step(model, x, y, MSE_SUM).loss < before
+
+
+def test_other_activations_and_inplace_modules_equal_bp_at_the_fixed_point():
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(12, 9), nn.LeakyReLU(0.2), nn.Linear(9, 8), nn.Softplus(),
+        nn.Linear(8, 7), nn.ReLU(inplace=True), nn.ELU(), nn.Linear(7, 4), nn.Tanh(),
+    ).double()
+    x, y = _batch()
+    rule = bp.make("ar", solver="fixed_point")
+    got = _grads(rule, model, x, y)
+    want = rule.bp_gradients(model, x, y, MSE_SUM)
+    for name, g in want.items():
+        assert _close(got[name], g, 1e-12), name

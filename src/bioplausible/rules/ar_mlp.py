@@ -130,7 +130,7 @@ def activation_derivative(acts: list[nn.Module], a: Tensor, h: Tensor) -> Tensor
         if kind is nn.Tanh:
             return 1.0 - h * h
         if kind is nn.LeakyReLU and m.negative_slope >= 0:
-            return torch.where(a > 0, 1.0, float(m.negative_slope)).to(a.dtype)
+            return torch.full_like(a, float(m.negative_slope)).masked_fill_(a > 0, 1.0)
     with torch.enable_grad():
         a_ = a.detach().clone().requires_grad_(True)
         out = _apply(acts, a_)

@@ -4,7 +4,7 @@ Two tasks: MNIST 784-1000-10 sigmoid MLP (MSE, batch 100, 600 batches = one epoc
 on CIFAR-10 (cross-entropy, batch 100, 100 batches). Every rule trains its own copy of the same
 initial model with SGD through the minimal loop ``rule.train_step`` + ``opt.step()`` +
 ``rule.after_step`` over pre-drawn index batches (``torch.optim.SGD(fused=True)`` for every
-rule; ``kp[decay_in=optimizer]`` hands KP's decay to it); the rules take turns (round-robin) for
+rule; ``kp`` hands its decay to it by default; ``kp[decay_in=backward]`` adds it in the backward pass); the rules take turns (round-robin) for
 ``--reps`` repetitions on one thread, and the ratio is median(rule) / median(bp).
 
     BIOPLAUSIBLE_DATA=/work/shared/datasets python benchmarks/bench_feedback.py
@@ -36,7 +36,7 @@ import torch
 
 import bioplausible as bp
 
-RULES = ["bp", "fa", "usf", "brsf", "frsf", "kp", "kp[decay_in=optimizer]", "wm", "dfa"]
+RULES = ["bp", "fa", "usf", "brsf", "frsf", "kp", "kp[decay_in=backward]", "wm", "dfa"]
 LIMITS = {"fa": 1.10, "usf": 1.10, "brsf": 1.10, "frsf": 1.10, "kp": 1.10, "dfa": 1.05, "wm": 2.0}
 
 

@@ -204,7 +204,7 @@ def test_kp_difference_shrinks_by_exact_factor(kind, bias, decay_in):
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 def test_kp_gradients_are_fa_gradients_plus_decay(kind):
     decay = 0.2
-    rule = bp.make("kp", decay=decay, learn_unused=True)
+    rule = bp.make("kp", decay=decay, learn_unused=True, decay_in="backward")
     model = rule.prepare(NETS[kind]())
     fa = bp.make("fa").prepare(NETS[kind]())
     fa.load_state_dict(model.state_dict())

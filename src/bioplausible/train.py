@@ -59,10 +59,21 @@ def build_optimizer(params: list[dict[str, Any]], options: dict[str, Any]) -> to
                and n != "Optimizer"}
     if name.lower() not in classes:
         raise UnknownNameError(f"unknown optimizer {name!r}; choose from {', '.join(sorted(classes))}")
+    cls = classes[name.lower()]
+    if "fused" not in opts and "foreach" not in opts and cls in _FUSABLE:
+        # One fused kernel per step instead of a loop over parameters: same update up to
+        # rounding, and it makes a decay in weight_decay (KP) nearly free.
+        try:
+            return cls(params, fused=True, **opts)
+        except (TypeError, ValueError, RuntimeError):
+            pass
     try:
-        return classes[name.lower()](params, **opts)
+        return cls(params, **opts)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"optimizer {name!r}: {exc}") from None
+
+
+_FUSABLE = {torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW}
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, options: dict[str, Any], epochs: int):

@@ -17,7 +17,8 @@ every Linear/Conv2d uses ``B_eff`` in place of ``W`` (``δ_l = (B_l δ_{l+1}) �
   (the first layer) never uses its B; by default KP does not update that B (``.grad`` stays
   ``None``, which saves an O(params) update per step, ~30% of an MNIST MLP step);
   ``learn_unused=True`` learns it too, e.g. to plot its alignment. ``decay_in="optimizer"``
-  hands λ to the optimizer's ``weight_decay`` instead (see :meth:`KolenPollack.param_groups`):
+  (the default) hands λ to the optimizer's ``weight_decay`` of the W and B groups; ``"backward"``
+  adds λW and λB to the gradients in the backward pass instead (see :meth:`KolenPollack.param_groups`):
   the same update, free with a fused optimizer, but lost if the optimizer is not built from
   :meth:`param_groups`.
 * ``wm``   — weight mirrors (Akrout et al. 2019): fixed during learning steps; after every
@@ -180,7 +181,7 @@ class KolenPollack(FeedbackRule):
     paper = "Kolen & Pollack 1994; Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019"
     summary = "B learns W's update; decay λ on both: W − B shrinks by (1 − lr·λ) per SGD step"
     defaults: ClassVar[dict[str, Any]] = {"decay": 1e-3, "feedback_init": "default",
-                                          "learn_unused": False, "decay_in": "backward"}
+                                          "learn_unused": False, "decay_in": "optimizer"}
 
     def validate(self) -> None:
         super().validate()

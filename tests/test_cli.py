@@ -118,3 +118,12 @@ checks: [{type: min_value, run: bp, metric: test_accuracy, min: 0.0}]
     rep = json.loads((out / "reproduce.json").read_text())
     assert rep["seeds"] == [0, 1] and sorted(p.name for p in out.iterdir() if p.is_dir()) == ["bp-seed0", "bp-seed1"]
     assert main(["reproduce", str(preset), "--scale", "huge"]) == 2
+
+
+def test_relax_diagnostic_writes_numbers_and_plot(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "relax"
+    assert main(["relax-diagnostic", "--eta-x", "0.1,0.5", "--steps", "10", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "error reduction per hidden layer" in text and "larger eta_x no slower: yes" in text
+    data = json.loads((out / "convergence.json").read_text())
+    assert data["measurements"] and (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"

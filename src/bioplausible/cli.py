@@ -211,8 +211,15 @@ def cmd_relax(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"dataset": args.dataset, "steps": args.steps}
     if eta:
         kwargs["eta_xs"] = eta
-    result = run_relaxation_diagnostic(args.out, **kwargs)
-    print(f"wrote {args.out}" if result is None else result)
+    result = run_relaxation_diagnostic(args.out, **kwargs) or {}
+    for m in result.get("measurements", []):
+        chk = m.get("checks", {})
+        folds = ", ".join(f"{f:.3g}x" for f in chk.get("fold_reduction", []))
+        print(f"{m['label']}: error reduction per hidden layer at eta_x={chk.get('eta_x')} after "
+              f"{args.steps} iterations: {folds} (>= 100x in every layer: "
+              f"{'yes' if chk.get('passed') else 'no'}; larger eta_x no slower: "
+              f"{'yes' if chk.get('larger_eta_no_slower') else 'no'})")
+    print(f"wrote {Path(args.out) / 'convergence.json'} and {Path(args.out) / 'convergence.png'}")
     return 0
 
 

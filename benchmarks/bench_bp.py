@@ -110,7 +110,7 @@ def main() -> None:
           f"torch {torch.__version__}, {result['date']}.\n\n"
           "| loop | median s/epoch | ratio to hand loop |\n|---|---|---|\n"
           f"| hand-written (`nn.Sequential`, `loss.backward()`, `optim.SGD`) | {med['hand']:.3f} | 1.00 |\n"
-          f"| library (`Trainer.train_epoch`, rule `bp`) | {med['library']:.3f} | "
+          f"| library (`Trainer.train_epoch`, rule `bp`, its default fused SGD) | {med['library']:.3f} | "
           f"{result['ratio_library_over_hand']:.3f} |\n\n"
           f"Per-repetition ratios: {', '.join(f'{r:.3f}' for r in ratios)}. Target ≤ 1.05.\n")
     (RESULTS / f"bp_vs_hand{suffix}.md").write_text(md)

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import bioplausible as bp
 from bioplausible.config import TrainConfig

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-
-from bioplausible.cli import main
 from test_data import write_cifar10, write_mnist
 from test_data_more import write_cifar100, write_medmnist, write_stl10, write_svhn
+
+from bioplausible.cli import main
 
 
 def _write(name: str, root):

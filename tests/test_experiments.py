@@ -21,7 +21,7 @@ def test_preset_resolves_at_every_scale(name):
         for scale in preset.scales:
             preset.resolved(scale)[0].updated(run.get("config") or {})
     quick, _ = preset.resolved("quick")
-    full, full_seeds = preset.resolved("full")
+    full, _ = preset.resolved("full")
     assert quick["epochs"] <= full["epochs"]
 
 

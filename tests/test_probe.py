@@ -9,7 +9,7 @@ import torch
 
 import bioplausible as bp
 from bioplausible.probe import Probe, relative_error, sign_congruence, tensor_angle
-from bioplausible.rules.base import FeedbackPair, Rule, StepResult
+from bioplausible.rules.base import FeedbackPair, Rule
 
 
 def test_metric_formulas_on_hand_examples():

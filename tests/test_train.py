@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
+from conftest import make_bundle
 
 import bioplausible as bp
 from bioplausible.config import TrainConfig
 from bioplausible.errors import ConfigError, UnknownNameError
 from bioplausible.train import Trainer, build_optimizer, evaluate
-
-from conftest import make_bundle
 
 
 def _model(seed=0, dim=20, classes=4):

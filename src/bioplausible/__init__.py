@@ -41,7 +41,7 @@ _EXPORTS = {
     "list_presets": "experiments", "get_preset": "experiments",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
 
 def __getattr__(name: str) -> Any:

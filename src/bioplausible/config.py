@@ -188,13 +188,13 @@ class TrainConfig:
     data: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULTS))
 
     @classmethod
-    def from_dict(cls, mapping: dict[str, Any] | None = None, overrides: list[str] | None = None) -> "TrainConfig":
+    def from_dict(cls, mapping: dict[str, Any] | None = None, overrides: list[str] | None = None) -> TrainConfig:
         cfg = _merge(DEFAULTS, dict(mapping or {}))
         if overrides:
             cfg = _merge(cfg, overrides_to_dict(overrides))
         return cls(_validate(cfg))
 
-    def updated(self, mapping: dict[str, Any] | None = None, overrides: list[str] | None = None) -> "TrainConfig":
+    def updated(self, mapping: dict[str, Any] | None = None, overrides: list[str] | None = None) -> TrainConfig:
         return TrainConfig.from_dict(_merge(self.data, dict(mapping or {})), overrides)
 
     def __getitem__(self, key: str) -> Any:

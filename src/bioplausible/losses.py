@@ -20,8 +20,8 @@ Float targets with the output's shape are used as they are (multi-label data, au
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

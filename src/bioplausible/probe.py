@@ -19,7 +19,7 @@ import math
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .rules.base import LossFn, Rule
 

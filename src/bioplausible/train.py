@@ -18,12 +18,13 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .config import TrainConfig
 from .errors import ConfigError, DivergenceError, UnknownNameError

@@ -7,9 +7,10 @@ after commas: ``"mlp:784-300-300-100-10,activation=relu,init=normal:0.05"``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-import torch.nn as nn
+from torch import nn
 
 from ..errors import ConfigError
 from ..registry import Registry
@@ -108,9 +109,9 @@ def list_models() -> list[str]:
 __all__ = [
     "ACTIVATIONS",
     "MLP",
+    "MODELS",
     "LeNet5",
     "NPConvNet",
-    "MODELS",
     "build_model",
     "init_weights",
     "list_models",

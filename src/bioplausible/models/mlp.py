@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..errors import ConfigError
 

@@ -8,8 +8,8 @@ converted model. The probe uses it to compare a rule's update with BP on the sam
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 _state = threading.local()
 

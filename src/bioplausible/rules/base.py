@@ -27,11 +27,12 @@ Life cycle, as driven by :func:`bioplausible.train.fit` or a hand-written loop::
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..errors import ConfigError
 

@@ -163,15 +163,17 @@ class _FeedbackMixin:
             return self.checked_feedback()
         w = self.weight.detach()
         with torch.no_grad():
-            b = torch.sign(w)
             if spec.kind == "sign_random":
                 m = self.checked_feedback()
                 if redraw:
                     streams = self.feedback_streams
                     draw_magnitudes(m, streams.get(m.device) if streams is not None else None)
-                b.mul_(m)
-            if spec.scale == "mean_abs":
-                b.mul_(w.abs().mean())
+                # sign(W) ⊙ M in one pass; an exactly-zero weight gets 0 as with sign(W)
+                b = torch.copysign(m, w).mul_(w != 0) if not w.all() else torch.copysign(m, w)
+            else:
+                b = torch.sign(w)
+            if spec.scale == "mean_abs":  # c = mean|W| without a |W| temporary
+                b.mul_(torch.linalg.vector_norm(w, 1) / w.numel())
         return b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,7 @@ def test_run_directory_contents_and_plain_state_dict(tmp_path):
     probes = [ln for ln in lines if ln["kind"] == "probe"]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert probes and all(abs(p["grad_angle"]) < 1e-3 for p in probes)  # BP vs BP: angle 0
+    assert all(e["probe_time"] > 0 for e in epochs)  # probing is timed apart from the rule's cost
     state = torch.load(out / "model.pt", weights_only=True)
     fresh = _model(seed=5)
     fresh.load_state_dict(state)  # strict: exactly the plain model's keys

@@ -132,7 +132,8 @@ def write_report(runs: Sequence[RunRecord], out_dir: str | os.PathLike, title: s
           f"batch {cfg.get('batch_size', '?')}, seed {cfg.get('seed', '?')}.", "",
           markdown_table(rows), "",
           "Angle to BP: mean over probe steps of the per-layer angle between the rule's weight update "
-          "and the true BP gradient on the same batch. s/epoch: training time only (no evaluation).", "",
+          "and the true BP gradient on the same batch. s/epoch: training time only (no evaluation, "
+          "no probe measurements).", "",
           "![learning curves](curves.png)", ""]
     for r in runs:
         if r.summary.get("status") != "completed":

@@ -183,7 +183,6 @@ class Trainer:
         self.loss = resolve_loss(config["loss"], self.task)
         self.rule = make(rule, **config.rule_options()) if isinstance(rule, str) else rule
         self.rule.set_seed(config["seed"])
-        self.data = data
         self.train_split = data.train.to(self.device, self.dtype)
         self.eval_splits = {"test": data.test.to(self.device, self.dtype)}
         if getattr(data, "val", None) is not None:
@@ -284,15 +283,18 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.float64, device=self.device)
         n = 0
+        probe_time = 0.0  # diagnostics are not part of the rule's cost: excluded from epoch_time
         start = time.perf_counter()
         for xb, yb in self.train_split.batches(cfg["batch_size"], shuffle=True, generator=gen):
             self.step += 1
             res = rule.train_step(model, xb, yb, loss_fn)
             if self.probe.due(self.step):
+                probe_start = time.perf_counter()
                 record = self.probe.measure(rule, model, xb, yb, loss_fn)
                 if "grad_angle" in record:
                     self.probe_angles.append(record["grad_angle"])
                 self._log({"kind": "probe", "epoch": self.epoch + 1, "step": self.step, **record})
+                probe_time += time.perf_counter() - probe_start
             opt.step()
             rule.after_step(model)
             batch = yb.shape[0]
@@ -305,11 +307,12 @@ class Trainer:
                     bar.update(min(n - bar.n, bar.total - bar.n))
                     bar.set_postfix(loss=f"{float(loss_sum) / n:.4g}",
                                     samples_s=f"{n / (time.perf_counter() - start):.0f}")
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start - probe_time
         train_loss = float(loss_sum) / max(n, 1)
         self._check(train_loss, f"the end of epoch {self.epoch + 1}")
         return {"train_loss": train_loss, "train_accuracy": 100.0 * float(correct) / max(n, 1),
-                "epoch_time": elapsed, "samples_per_s": n / elapsed if elapsed > 0 else None}
+                "epoch_time": elapsed, "probe_time": probe_time,
+                "samples_per_s": n / elapsed if elapsed > 0 else None}
 
     def run(self, resume: bool = False) -> FitResult:
         cfg = self.config

@@ -287,6 +287,7 @@ class _NodePerturbation(Rule):
                 errors = [e] * len(self._feedback)
             self._update_feedback(errors, targets)
         self._last = (errors, targets)
+        self.last_noise = self._xi  # ξ of this step per tap (for tests and diagnostics)
         self._xi = [None] * len(self._xi)
         if self._step < self.config["warmup"]:  # W frozen: a zero update (exact under SGD/Adam
             for p in model.parameters():         # without weight decay; the probe reads 90°)

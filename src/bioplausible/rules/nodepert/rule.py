@@ -162,22 +162,27 @@ class _NodePerturbation(Rule):
                                 * float(self.config["gamma"]))
                 self.own_buffer(f"ridge.S.{k + 1}", torch.zeros_like(b))
         self._step = 0
-        # hooks: noise at the taps' inputs (post) or at the layers' outputs (pre); a1 cache
         self._mode: str | None = None
         self._xi: list[torch.Tensor | None] = [None] * len(feedback)
         self._inputs: list[torch.Tensor | None] = [None] * len(feedback)
+        self._layers = layers
+        self._params = [p for p in model.parameters()]
+        self._dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+        # The noisy pass of an nn.Sequential whose layers are direct children runs the children
+        # after the first layer by hand, from the cached clean W₁x (+b₁); others use hooks.
+        self._tail = None
+        children = list(model) if isinstance(model, nn.Sequential) else []
+        ids = [id(m) for m in children]
+        if all(id(layer) in ids for layer in layers):
+            tap = {id(layer): k for k, layer in enumerate(layers[1:])}
+            pre = {id(layer): i for i, layer in enumerate(layers[:-1])}
+            self._tail = [(m, tap.get(id(m)), pre.get(id(m))) for m in children[ids.index(id(layers[0])) + 1:]]
         for i, layer in enumerate(layers):
             hooks = _Hooks(self, i)
-            if i >= 1:
+            if i >= 1 and (self._tail is None or self.target == "sg"):
                 layer.register_forward_pre_hook(hooks.pre)
-            if i == 0 or (self.config["noise_at"] == "pre" and i < len(layers) - 1):
+            if i == 0 or (self._tail is None and self.config["noise_at"] == "pre" and i < len(layers) - 1):
                 layer.register_forward_hook(hooks.post)
-        self._layers = layers
-        self._start = None
-        if isinstance(model, nn.Sequential):
-            children = list(model)
-            self._start = next((j for j, m in enumerate(children) if m is layers[0]), None)
-        self._dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
         return model
 
     # ------------------------------------------------------------------ hooks
@@ -214,19 +219,30 @@ class _NodePerturbation(Rule):
             torch.cuda.set_rng_state(saved[1], device)
 
     def _noisy_output(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        self._mode = "noisy"
-        try:
-            with torch.no_grad():
-                if self._start is None:
+        with torch.no_grad():
+            if self._tail is None:  # any other model: hooks add the noise
+                self._mode = "noisy"
+                try:
                     return model(x)
-                h = self._a1
-                if self.config["noise_at"] == "pre":
-                    h = self._noise(0, h)
-                for module in list(model)[self._start + 1:]:
-                    h = module(h)
-                return h
-        finally:
-            self._mode = None
+                finally:
+                    self._mode = None
+            c, post = self.config["c_h"], self.config["noise_at"] == "post"
+            h = self._a1
+            gen = self.generator(h.device)
+            if not post:
+                h = self._add_noise(0, h, c, gen)
+            for module, tap, pre in self._tail:
+                if post and tap is not None:
+                    h = self._add_noise(tap, h, c, gen)
+                h = module(h)
+                if not post and pre is not None:
+                    h = self._add_noise(pre, h, c, gen)
+            return h
+
+    def _add_noise(self, k: int, h: torch.Tensor, c: float, gen: torch.Generator) -> torch.Tensor:
+        xi = torch.randn(h.shape, generator=gen, device=h.device, dtype=h.dtype)
+        self._xi[k] = xi
+        return torch.add(h, xi, alpha=c)
 
     def _true_gradients(self, model, x, y, loss_fn, scale: float) -> list[torch.Tensor]:
         """SG's target: ``λ_n = ∂ℓ_n/∂h_n`` at every tap input, by exact backprop."""
@@ -241,7 +257,7 @@ class _NodePerturbation(Rule):
         return [g.detach() / scale for g in grads]
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
-        for p in model.parameters():
+        for p in self._params:
             p.grad = None
         device = x.device
         saved = self._rng_state(device) if self._dropout else None
@@ -252,10 +268,11 @@ class _NodePerturbation(Rule):
             self._mode = None
         if self.form == "dfa":
             output.retain_grad()
+        y = self._dense_target(loss_fn, output, y)
         loss = loss_fn(output, y)
         loss.backward()
-        with torch.no_grad():
-            clean, scale = per_example_losses(loss_fn, output.detach().double(), y)
+        n = output.shape[0]
+        scale = 1.0 if getattr(loss_fn, "reduction", "mean") == "sum" else 1.0 / n
         if self.target == "np":
             if saved is not None:
                 after = self._rng_state(device)
@@ -263,8 +280,10 @@ class _NodePerturbation(Rule):
             noisy_out = self._noisy_output(model, x)
             if saved is not None:
                 self._set_rng_state(after, device)
-            with torch.no_grad():
-                noisy, _ = per_example_losses(loss_fn, noisy_out.double(), y)
+            with torch.no_grad():  # both losses per example, in one call, in float64
+                both, _ = per_example_losses(loss_fn, torch.cat([output.detach(), noisy_out]).double(),
+                                             torch.cat([y, y]))
+                clean, noisy = both[:n], both[n:]
                 if bool((noisy == clean).all()):
                     raise UserError(
                         f"rule {self.name!r}: the perturbation c_h={self.config['c_h']} changed no "
@@ -290,11 +309,21 @@ class _NodePerturbation(Rule):
         self.last_noise = self._xi  # ξ of this step per tap (for tests and diagnostics)
         self._xi = [None] * len(self._xi)
         if self._step < self.config["warmup"]:  # W frozen: a zero update (exact under SGD/Adam
-            for p in model.parameters():         # without weight decay; the probe reads 90°)
+            for p in self._params:               # without weight decay; the probe reads 90°)
                 if p.grad is not None:
                     p.grad.zero_()
         self._step += 1
         return StepResult(loss.detach(), output.detach())
+
+    @staticmethod
+    def _dense_target(loss_fn, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Class indices → one-hot once per step for the MSE/BCE losses (same loss values; the
+        per-example losses of both passes then reuse it)."""
+        name = getattr(loss_fn, "name", "")
+        if (name.startswith("mse") or name == "bce") and y.dim() == 1 and not y.is_floating_point() \
+                and output.dim() == 2:
+            return torch.zeros_like(output, requires_grad=False).scatter_(1, y.view(-1, 1).long(), 1.0)
+        return y
 
     def _update_feedback(self, errors: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
         for k, (b, err, tgt) in enumerate(zip(self._feedback, errors, targets)):

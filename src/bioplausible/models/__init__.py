@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .autoencoder import autoencoder
 from .cnn import LeNet5, NPConvNet
 from .mlp import ACTIVATIONS, MLP, init_weights
 
@@ -100,6 +101,7 @@ def _npcnn(arg, *, input_shape=None, num_classes=None, **opts) -> nn.Module:
 MODELS.add("mlp", _mlp)
 MODELS.add("lenet", _lenet)
 MODELS.add("npcnn", _npcnn)
+MODELS.add("autoencoder", autoencoder)
 
 
 def list_models() -> list[str]:

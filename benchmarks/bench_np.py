@@ -106,9 +106,9 @@ def markdown(result: dict) -> str:
              (f"Load average (1, 5, 15 min) before: {result['load_average']['before']}, after: "
               f"{result['load_average']['after']} (other processes share the machine's cores)."), ""]
     for task in result["tasks"]:
-        lines += [f"## {task['task']}", "",
-                  f"{task['model']}, batch {task['batch_size']}, {task['batches']} batches per "
-                  f"repetition; data: {task['data']}.", "",
+        about = (f"{task['model']}, batch {task['batch_size']}, {task['batches']} batches per "
+                 f"repetition; data: {task['data']}.")
+        lines += [f"## {task['task']}", "", about, "",
                   "| rule | median time (s) | ratio to BP | limit | ok |", "|---|---:|---:|---:|:---:|"]
         for r, row in task["rules"].items():
             limit = f"{row['limit']:.2f}" if row["limit"] else "—"

@@ -43,7 +43,7 @@ def fig2(run_dir: Path, tag: str, out: Path) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = {label: sorted(run_dir.glob(f"{label}-seed*"))[0] for label in ("np", "fa", "bp")}
+    runs = {label: min(run_dir.glob(f"{label}-seed*")) for label in ("np", "fa", "bp")}
     data = {label: _records(path) for label, path in runs.items()}
     np_probe = data["np"][0]
     layers = sorted({k.split("/", 1)[1] for k in np_probe[-1] if k.startswith("relative_error/")})
@@ -187,8 +187,8 @@ def fig4(quick: bool, tag: str, out: Path) -> dict:
     for label, trace in {**sweep, **wsweep}.items():
         rel = ", ".join(f"{k}: {v:.4f}" for k, v in trace[-1]["relative_error"].items())
         lines.append(f"| {label} | {trace[-1]['step']} | {rel} |")
-    lines += ["", f"Check: {check['metric']} = {check['value']:.4f} (at most 0.05): "
-                  f"{'pass' if check['passed'] else 'FAIL'}"]
+    verdict = "pass" if check["passed"] else "FAIL"
+    lines += ["", f"Check: {check['metric']} = {check['value']:.4f} (at most 0.05): {verdict}"]
     (out / f"np_fig4_{tag}.json").write_text(json.dumps(result, indent=2))
     (out / f"np_fig4_{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

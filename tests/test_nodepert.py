@@ -152,7 +152,7 @@ def test_per_example_losses_recompose_the_batch_loss():
         loss = get_loss(name)
         per, s = per_example_losses(loss, o, y)
         torch.testing.assert_close(s * per.sum(), loss(o, y))
-    plain = lambda a, b: torch.nn.functional.cross_entropy(a, b)  # noqa: E731
+    plain = lambda a, b: torch.nn.functional.cross_entropy(a, b)
     per, s = per_example_losses(plain, o, y)
     torch.testing.assert_close(s * per.sum(), plain(o, y))
 
@@ -205,7 +205,7 @@ def _rel(b, w):
 def test_theorem1_top_feedback_converges_to_w_as_c_h_shrinks():
     errs = {}
     for c in (0.5, 0.01):
-        rule, model = _fixed_w_run("np", [10, 8, 3], "sigmoid", c)
+        _, model = _fixed_w_run("np", [10, 8, 3], "sigmoid", c)
         top = _linears(model)[-1]
         errs[c] = _rel(top.feedback.detach(), top.weight.detach())
     assert errs[0.01] < 0.05, errs
@@ -215,13 +215,13 @@ def test_theorem1_top_feedback_converges_to_w_as_c_h_shrinks():
 def test_theorem2_every_feedback_converges_in_a_deep_linear_net():
     # widths ≤ the output's, so that every ẽẽᵀ has full rank (the theorem's assumption; with a
     # narrower output ẽ lives in a subspace and B is identifiable only there)
-    rule, model = _fixed_w_run("np", [8, 6, 6, 6], "identity", 0.01, steps=800, batch=256)
+    _, model = _fixed_w_run("np", [8, 6, 6, 6], "identity", 0.01, steps=800, batch=256)
     for layer in _linears(model)[1:]:
         assert _rel(layer.feedback.detach(), layer.weight.detach()) < 0.1
 
 
 def test_corollary1_dfa_form_converges_to_product_of_weights_above():
-    rule, model = _fixed_w_run("np-dfa", [8, 7, 6, 4], "identity", 0.01, steps=600)
+    _, model = _fixed_w_run("np-dfa", [8, 7, 6, 4], "identity", 0.01, steps=600)
     layers = _linears(model)
     for i in range(1, len(layers)):
         prod = layers[-1].weight.detach()
@@ -231,7 +231,7 @@ def test_corollary1_dfa_form_converges_to_product_of_weights_above():
 
 
 def test_sg_regresses_onto_the_true_gradient():
-    rule, model = _fixed_w_run("sg", [10, 8, 3], "sigmoid", 0.5, steps=60)
+    _, model = _fixed_w_run("sg", [10, 8, 3], "sigmoid", 0.5, steps=60)
     top = _linears(model)[-1]
     assert _rel(top.feedback.detach(), top.weight.detach()) < 0.01
 
@@ -239,14 +239,15 @@ def test_sg_regresses_onto_the_true_gradient():
 def test_sgd_solver_aligns_feedback_and_probe_metrics():
     torch.manual_seed(6)
     x0 = torch.randn(32, 10, dtype=torch.float64)
-    rule, model, opt = _prepared("np", _mlp([10, 8, 3]), x0, fb_lr=0.005, lr=0.0, c_h=0.01)
+    rule, model, _ = _prepared("np", _mlp([10, 8, 3]), x0, fb_lr=0.005, lr=0.0, c_h=0.01)
     top = _linears(model)[-1]
     before = _rel(top.feedback.detach(), top.weight.detach())
     g = torch.Generator().manual_seed(7)
     for _ in range(300):
         rule.train_step(model, torch.randn(32, 10, generator=g, dtype=torch.float64),
                         torch.randint(0, 3, (32,), generator=g), get_loss("mse_half_sum"))
-    assert _rel(top.feedback.detach(), top.weight.detach()) < 0.2 < 1.0 < before
+    assert _rel(top.feedback.detach(), top.weight.detach()) < 0.2
+    assert before > 1.0
     m = rule.metrics(model)
     assert m[f"signal_angle/{rule.feedback_pairs(model)[-1].name}"] < 15.0
 

@@ -28,6 +28,7 @@ import torch
 
 from ...errors import ConfigError
 
+
 def per_example_losses(loss_fn: Callable, output: torch.Tensor,
                        target: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``(ℓ, s)``: the per-example losses ``ℓ`` (shape ``(N,)``) and ``s`` with ``loss = s Σ ℓ``.
@@ -108,4 +109,4 @@ def signal_angle(synthetic: torch.Tensor, true: torch.Tensor) -> float:
     return float(theta.mean())
 
 
-__all__ = ["RidgeState", "np_estimate", "ridge_update", "per_example_losses", "regression_grad", "signal_angle"]
+__all__ = ["RidgeState", "np_estimate", "per_example_losses", "regression_grad", "ridge_update", "signal_angle"]

@@ -44,21 +44,23 @@ class Matched(KolenPollack):
 class _ActivationNoise:
     """Forward pre-hook: ``h ← h + c_h ξ`` on a layer's input in training passes."""
 
-    def __init__(self, rule: Rule) -> None:
-        self.rule = rule
+    def __init__(self, rule: Rule, std: float) -> None:
+        self.rule, self.std = rule, float(std)
 
     def __call__(self, module: nn.Module, args):
         if not (module.training and torch.is_grad_enabled()) or exact_backward_enabled():
             return None
         h = args[0]
         xi = torch.randn(h.shape, generator=self.rule.generator(h.device), device=h.device, dtype=h.dtype)
-        return (h + self.rule.config["c_h"] * xi, *args[1:])
+        return (h + self.std * xi, *args[1:])
 
 
-def add_activation_noise(rule: Rule, model: nn.Module) -> nn.Module:
-    """Hook every Linear/Conv2d of ``model`` after the first to perturb its input."""
+def add_activation_noise(rule: Rule, model: nn.Module, std: float | None = None) -> nn.Module:
+    """Hook every Linear/Conv2d of ``model`` after the first to perturb its input in training
+    passes, with std ``std`` (default the rule's ``c_h``) drawn from ``rule``'s generator. Any
+    rule's prepared model can be given activation noise this way (e.g. ``matched`` + noise)."""
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    hook = _ActivationNoise(rule)
+    hook = _ActivationNoise(rule, rule.config["c_h"] if std is None else std)
     for layer in layers[1:]:
         layer.register_forward_pre_hook(hook)
     return model

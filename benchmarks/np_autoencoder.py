@@ -135,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     check = {"text": "FA (with and without noise) has the highest test loss",
              "passed": bool(fa_rows and others and min(fa_rows) > max(others))}
     command = "python benchmarks/np_autoencoder.py " + " ".join(argv or sys.argv[1:])
+    about = (f"Command: `{command}`; {args.epochs} epoch(s), one seed, batch 32; load average before "
+             f"{load}, after {os.getloadavg()}.")
     lines = [f"# Table 2a / Fig. 3: MNIST autoencoder 784-{args.width}-2-{args.width}-784, {args.tag}", "",
-             f"Command: `{command}`; {args.epochs} epoch(s), one seed, batch 32; load average before "
-             f"{load}, after {os.getloadavg()}.", "",
+             about, "",
              "| method | ours: test loss per example (Σ pixels) | paper (noise / no noise) |", "|---|---:|---|"]
     for label, row in table.items():
         base = label.split("+")[0]

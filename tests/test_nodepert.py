@@ -275,6 +275,18 @@ def test_warmup_freezes_forward_weights():
         assert same == (step < 2)
 
 
+def test_warmup_longer_than_the_run_warns():
+    from bioplausible.config import TrainConfig
+    from bioplausible.train import Trainer
+
+    cfg = TrainConfig.from_dict({"epochs": 1, "batch_size": 64, "progress": False, "loss": "mse_half_sum",
+                                 "optimizer": {"name": "sgd", "lr": 0.001}})
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="warm-up of 100 steps"):
+        Trainer(bp.build_model("mlp:20-8-4", activation="sigmoid"), bp.make("np", warmup=100),
+                make_bundle(), cfg).run()
+
+
 def test_dfa_conv_taps_are_scaled_and_fa_form_refuses_convolutions():
     torch.manual_seed(9)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(),

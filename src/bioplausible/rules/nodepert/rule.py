@@ -36,6 +36,7 @@ CNN). The scaling changes only the random start; NP still regresses D onto the t
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -313,7 +314,11 @@ class _NodePerturbation(Rule):
                 if p.grad is not None:
                     p.grad.zero_()
         self._step += 1
+        self._in_step = True  # until after_step: metrics() is then a probe's call
         return StepResult(loss.detach(), output.detach())
+
+    def after_step(self, model: nn.Module) -> None:
+        self._in_step = False
 
     @staticmethod
     def _dense_target(loss_fn, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -356,6 +361,14 @@ class _NodePerturbation(Rule):
         Linear (the limit for linear networks; only a reference for nonlinear ones).
         """
         out: dict[str, float] = {}
+        step, warmup = getattr(self, "_step", 0), self.config["warmup"]
+        if 0 < step < warmup and not getattr(self, "_warned", False) and not getattr(self, "_in_step", False):
+            self._warned = True  # between steps: the trainer's end-of-epoch call (not a probe's)
+            warnings.warn(f"rule {self.name!r}: the warm-up of {warmup} steps (W frozen) is not over "
+                          f"after {step} steps; the forward weights have not learned yet. Lower "
+                          f"warmup or train longer", UserWarning, stacklevel=2)
+        if step < warmup:
+            out["warmup_left"] = float(warmup - step)
         last = getattr(self, "_last", None)
         names, layers = self._names[1:], self._layers[1:]
         if self.form == "fa" and last is not None:

@@ -50,7 +50,7 @@ from ...nn.layers import FEEDBACK_INITS, FeedbackConv2d, FeedbackLinear, init_fe
 from ...nn.pathway import FixedFeedback
 from ...registry import register
 from ..base import FeedbackPair, Rule, StepResult
-from .estimator import np_estimate, per_example_losses, regression_grad, ridge_update, signal_angle
+from .estimator import per_example_losses, regression_grad, ridge_update, signal_angle
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -134,8 +134,8 @@ class _NodePerturbation(Rule):
                         f"rule {self.name!r} (FA form) learns W-shaped feedback for Linear layers "
                         f"only; layer {name!r} is {type(layer).__name__}: use "
                         f"{self.name}-dfa, whose feedback maps the output error to any layer")
-            for layer in layers:
-                layer.pathway = FixedFeedback(record=True)
+            for i, layer in enumerate(layers):  # the first layer's B is never used: plain autograd
+                layer.pathway = FixedFeedback(record=i > 0)
                 init_feedback(layer, self.config["feedback_init"], self.generator(device))
                 layer.feedback.requires_grad_(False)
             feedback = [layer.feedback for layer in layers[1:]]
@@ -289,7 +289,8 @@ class _NodePerturbation(Rule):
                     raise UserError(
                         f"rule {self.name!r}: the perturbation c_h={self.config['c_h']} changed no "
                         f"example's loss in {output.dtype}; raise c_h or train in float64")
-                targets = [np_estimate(noisy, clean, xi, self.config["c_h"]) for xi in self._xi]
+                coef = (noisy - clean) / self.config["c_h"]  # λ̂ = (ℓ̃ − ℓ)ξ/c_h, eq 2
+                targets = [xi * coef.to(xi.dtype).view((-1,) + (1,) * (xi.dim() - 1)) for xi in self._xi]
         else:
             if saved is not None:
                 after = self._rng_state(device)

@@ -300,6 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bioplausible: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from .jobs import clear_data_cache
+
+        clear_data_cache()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -168,13 +168,21 @@ _DATA_CACHE: dict[str, Any] = {}
 def load_data(config: TrainConfig) -> Any:
     """The config's dataset; the last one loaded in this process is reused."""
     from .data import load_dataset
+    from .data.core import resolve_root
 
     options = {k: v for k, v in config.dataset_options().items() if v is not None}
-    key = json.dumps([config["dataset"]["name"], options], sort_keys=True, default=str)
+    where = str(resolve_root(options.get("root")).resolve())
+    key = json.dumps([config["dataset"]["name"], options, where, os.environ.get("BIOPLAUSIBLE_MIRROR")],
+                     sort_keys=True, default=str)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = load_dataset(config["dataset"]["name"], **options)
     return _DATA_CACHE[key]
+
+
+def clear_data_cache() -> None:
+    """Forget the dataset :func:`load_data` keeps (the CLI does this after every command)."""
+    _DATA_CACHE.clear()
 
 
 def _tiny(data: Any, n: int = 2) -> Any:

@@ -53,6 +53,8 @@ CASES = [
     ("init normal:nan", TRAIN + OUT + ["--model", "mlp:784-16-10,init=normal:nan"], 2, ["init"]),
     ("device tpu", TRAIN + OUT + ["--device", "tpu"], 2, ["device", "cpu, cuda"]),
     ("device meta", TRAIN + OUT + ["--device", "meta"], 2, ["device"]),
+    ("adam eps underflows in float16", TRAIN + OUT + ["--dtype", "float16", "--optimizer", "adam",
+                                                      "--set", "optimizer.foreach=false"], 2, ["eps", "float16"]),
     ("fused half on cpu", TRAIN + OUT + ["--dtype", "float16", "--set", "optimizer.fused=true"], 2, ["fused"]),
     # ---- files and folders (#16 item 9)
     ("out is a file", TRAIN + ["--out", "{tmp}/afile"], 2, ["is a file"]),

@@ -67,9 +67,10 @@ def build_optimizer(params: list[dict[str, Any]], options: dict[str, Any]) -> to
     tensors = [p for g in params for p in g["params"]]
     if opts.get("fused") and not _fused_ok(cls, tensors):
         raise ConfigError(f"optimizer {name!r}: fused=True does not update float16/bfloat16 tensors on the "
-                          f"CPU correctly in this torch; remove the option")
+                          f"CPU correctly in this torch (SGD); remove the option")
     if "fused" not in opts and "foreach" not in opts and _fused_ok(cls, tensors):
         opts["fused"] = True  # same update up to rounding; makes KP's decay nearly free
+    _check_half_eps(cls, name, opts, tensors)
     try:
         return cls(params, **opts)
     except (TypeError, ValueError) as exc:
@@ -79,6 +80,23 @@ def build_optimizer(params: list[dict[str, Any]], options: dict[str, Any]) -> to
 _FUSABLE = {torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW}
 
 
+def _check_half_eps(cls: type, name: str, opts: dict[str, Any], tensors: list[torch.Tensor]) -> None:
+    """An adaptive optimizer stepping float16 tensors in float16 needs an eps float16 can hold."""
+    import inspect
+
+    if opts.get("fused") or not any(t.dtype == torch.float16 for t in tensors):
+        return
+    default = inspect.signature(cls.__init__).parameters.get("eps")
+    if default is None:
+        return
+    eps = float(opts.get("eps", default.default))
+    tiny = torch.finfo(torch.float16).tiny
+    if eps < tiny:
+        raise ConfigError(f"optimizer {name!r}: eps={eps:g} is below float16's smallest normal number "
+                          f"({tiny:.2g}), so the step divides by zero; set optimizer.eps to 1e-4 or use "
+                          f"dtype bfloat16/float32")
+
+
 def _fused_ok(cls: type, tensors: list[torch.Tensor]) -> bool:
     """Whether ``cls(..., fused=True)`` updates every tensor in ``tensors`` correctly."""
     if cls not in _FUSABLE or not tensors:
@@ -86,8 +104,8 @@ def _fused_ok(cls: type, tensors: list[torch.Tensor]) -> bool:
     devices = {t.device.type for t in tensors}
     if len(devices) != 1 or devices.pop() not in ("cpu", "cuda"):
         return False
-    cpu = tensors[0].device.type == "cpu"
-    return all(t.is_floating_point() and not (cpu and t.dtype in (torch.float16, torch.bfloat16))
+    half_broken = cls is torch.optim.SGD and tensors[0].device.type == "cpu"
+    return all(t.is_floating_point() and not (half_broken and t.dtype in (torch.float16, torch.bfloat16))
                for t in tensors)
 
 

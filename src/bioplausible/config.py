@@ -13,6 +13,12 @@ key=value`` overrides or a preset::
     batch_size: 100
     ...
 
+``deterministic: true`` makes torch use deterministic algorithms for the run (same seed, same
+bits); ``flush_denormal: true`` (default false) flushes subnormal floats to zero on the CPU,
+which can make GEMMs several times faster in epochs where weights or errors decay towards zero
+but changes results slightly. Both are applied by :func:`bioplausible.jobs.run_job` (and
+:func:`bioplausible.fit`) for the run only. Every number in a config must be finite.
+
 Sections ``dataset``, ``model``, ``rule``, ``optimizer`` and ``schedule`` accept extra keys that
 are passed on (and validated) where they are used; every other key is checked here, by name and
 by type, so a typo or ``--set optimizer.lr=abc`` fails before anything runs.

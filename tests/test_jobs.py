@@ -196,3 +196,12 @@ def test_check_jobs_finds_an_incompatible_rule_before_anything_runs(synthetic_ro
 def test_job_is_plain_data():
     job = Job({"epochs": 1}, "runs/x", "bp", 0)
     assert pickle.loads(pickle.dumps(job)) == job
+
+
+def test_train_and_compare_without_out_write_under_runs(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["--dataset", "mnist", "--model", "mlp:784-16-10", "--epochs", "1", "--quiet"]
+    assert main(["train", "--rule", "bp"] + args) == 0
+    assert main(["compare", "--rules", "bp"] + args) == 0
+    made = sorted(p.name.split("-")[0] for p in (tmp_path / "runs").iterdir())
+    assert made == ["compare", "train"]

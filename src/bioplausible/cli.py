@@ -76,6 +76,11 @@ def _config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = N
     return base.updated(_flags(args, extra), args.set)
 
 
+def _default_out(kind: str, config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{kind}-{config['rule']['name']}-{config['dataset']['name']}-{stamp}"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .data import list_datasets
     from .experiments import get_preset, list_presets

@@ -63,11 +63,11 @@ def load_run(path: str | os.PathLike, label: str | None = None) -> RunRecord:
         raise UserError(f"{str(p)!r} is not a run directory (no summary.json); pass directories written by train/compare")
     try:
         summary = json.loads((p / "summary.json").read_text())
-        if not isinstance(summary, dict):
-            raise ValueError("not a mapping")
     except (OSError, ValueError) as exc:
         raise UserError(f"{str(p / 'summary.json')!r} cannot be read ({type(exc).__name__}); the run was "
                         f"interrupted while writing it or the file is damaged: rerun or --resume it") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"{str(p / 'summary.json')!r} is not a run summary; the run directory is damaged")
     try:
         config = yaml.safe_load((p / "config.yaml").read_text()) if (p / "config.yaml").exists() else {}
     except (OSError, ValueError, yaml.YAMLError):

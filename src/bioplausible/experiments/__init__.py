@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -128,7 +129,7 @@ def _parse(text: str, source: str) -> Preset:
             raise ConfigError(f"preset {source}: check {i + 1} ({check['type']}): {run_key} must name "
                               f"{'two runs' if run_key == 'runs' else 'a run'} of this preset, got {named!r}")
         value = check.get(bound)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"preset {source}: check {i + 1} ({check['type']}) needs a number {bound}:")
         if "metric" in check and check["metric"] not in _METRICS:
             raise ConfigError(f"preset {source}: check {i + 1}: unknown metric {check['metric']!r}; "
@@ -250,7 +251,7 @@ def format_report(report: dict[str, Any]) -> str:
              "|---|---|---|---|---|"]
     for label, st in report["stats"].items():
         m, s = tuple(st.get(metric, (None, None)))[:2]
-        ang = tuple(st.get("grad_angle", (None, None)))[0]
+        ang = next(iter(st.get("grad_angle", (None, None))))
         ours = "–" if m is None else f"{m:.2f} ± {s:.2f}"
         paper = values.get(label)
         lines.append(f"| {label} | {ours} | {'–' if paper is None else paper} | "

@@ -79,6 +79,8 @@ CASES = [
     ("compare duplicate rules", ["compare", "--rules", "bp,fa,bp"] + COMPARE[1:], 2, ["'bp' twice"]),
     ("compare bad option of second rule", ["compare", "--rules", "bp,kp", "--set", "rule.decay=-1"] + COMPARE[1:],
      2, ["decay"]),
+    ("reproduce workers 0", ["reproduce", "{tmp}/tiny.yaml", "--workers", "0"] + OUT, 2, ["--workers"]),
+    ("compare workers -1", ["compare", "--rules", "bp", "--workers", "-1"] + COMPARE[1:], 2, ["--workers"]),
     ("reproduce non-empty out", ["reproduce", "{tmp}/tiny.yaml", "--out", "{tmp}/done"], 2, ["already exists"]),
     ("reproduce seeds 1,a", ["reproduce", "{tmp}/tiny.yaml", "--seeds", "1,a"] + OUT, 2, ["--seeds", "'a'"]),
     ("reproduce seeds -1", ["reproduce", "{tmp}/tiny.yaml", "--seeds", "-1"] + OUT, 2, ["--seeds", "seed"]),

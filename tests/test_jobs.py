@@ -205,3 +205,14 @@ def test_train_and_compare_without_out_write_under_runs(synthetic_root, tmp_path
     assert main(["compare", "--rules", "bp"] + args) == 0
     made = sorted(p.name.split("-")[0] for p in (tmp_path / "runs").iterdir())
     assert made == ["compare", "train"]
+
+
+def test_worker_processes_give_the_same_runs_as_one_process(synthetic_root, preset_file, tmp_path, capsys):
+    """Jobs are plain data: run in spawned workers they train exactly what this process trains."""
+    assert main(["reproduce", str(preset_file), "--out", str(tmp_path / "seq"), "--quiet"]) == 0
+    assert main(["reproduce", str(preset_file), "--out", str(tmp_path / "par"), "--quiet", "--workers", "2"]) == 0
+    seq = json.loads((tmp_path / "seq" / "reproduce.json").read_text())
+    par = json.loads((tmp_path / "par" / "reproduce.json").read_text())
+    assert seq["stats"] == par["stats"] and len(seq["runs"]) == 4
+    for run in ("bp-seed0", "bp-seed1", "fa-seed0", "fa-seed1"):
+        assert (tmp_path / "seq" / run / "model.pt").read_bytes() == (tmp_path / "par" / run / "model.pt").read_bytes()

@@ -131,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .jobs import check_jobs, check_run_dir, plan, run_job
+    from .jobs import check_jobs, check_run_dir, plan, run_jobs
     from .report import load_run, write_report
 
     rules = [r.strip() for item in args.rules for r in item.split(",") if r.strip()]
@@ -148,7 +148,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_run_dir(out)
     jobs = [plan(base.updated({"rule": {"name": r}}), out=out / r)[0] for r in rules]
     check_jobs(jobs)  # every rule, model and option is valid before the first run trains
-    summaries = [run_job(job) for job in jobs]
+    summaries = run_jobs(jobs, workers=_workers(args))
     runs = [load_run(job.run_dir, job.label) for job in jobs]
     paths = write_report(runs, out, title=f"Learning rules on {base['dataset']['name']}")
     print(paths["report"].read_text())
@@ -164,7 +164,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .jobs import parse_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    report = run_preset(args.name, args.scale, out=args.out, progress=not args.quiet, seeds=seeds)
+    report = run_preset(args.name, args.scale, out=args.out, progress=not args.quiet, seeds=seeds,
+                        workers=_workers(args))
     print(format_report(report))
     print(f"\nresults: {report['out_dir']}")
     failed = [c for c in report["checks"] if not c["passed"]]
@@ -180,6 +181,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(paths["report"].read_text())
     print(f"report: {paths['report']}\nplot:   {paths['plot']}")
     return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    return args.workers
 
 
 def _float_list(text: str, flag: str) -> list[float]:
@@ -261,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several rules on one dataset/model and write a report")
     p.add_argument("--rules", action="append", required=True, help="comma-separated rule names")
     _add_train_flags(p, rule_flag=False)
+    p.add_argument("--workers", type=int, default=1, help="run the rules in N worker processes (1 thread each)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("reproduce", help="run a paper's experiment preset")
@@ -270,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    p.add_argument("--workers", type=int, default=1, help="run the jobs in N worker processes (1 thread each)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("report", help="rebuild a comparison report from run directories")

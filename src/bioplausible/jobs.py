@@ -354,6 +354,24 @@ def run_job_in_worker(job: Job) -> dict[str, Any]:
     return run_job(job, progress=False, worker=True)
 
 
+def run_jobs(jobs: Sequence[Job], workers: int = 1, progress: bool | None = None) -> list[dict[str, Any]]:
+    """Run ``jobs`` in this process (``workers=1``) or in a pool of ``workers`` spawned processes.
+
+    Each worker runs :func:`run_job_in_worker` (one torch thread unless ``$BIOPLAUSIBLE_THREADS``
+    says otherwise, no progress bar); summaries come back in the order of ``jobs``.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    if workers == 1 or len(jobs) <= 1:
+        return [run_job(job, progress=progress) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(run_job_in_worker, jobs))
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
@@ -465,4 +483,4 @@ def job_dict(job: Job) -> dict[str, Any]:
 
 
 __all__ = ["Job", "aggregate", "check_jobs", "load_data", "mean_std", "parse_seeds", "plan",
-           "resume_job", "run_job", "run_job_in_worker", "runtime", "statuses"]
+           "resume_job", "run_job", "run_job_in_worker", "run_jobs", "runtime", "statuses"]

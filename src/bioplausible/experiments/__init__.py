@@ -207,13 +207,15 @@ def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]]) -> list[di
 
 
 def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
-               progress: bool = True, seeds: list[int] | None = None) -> dict[str, Any]:
+               progress: bool = True, seeds: list[int] | None = None, workers: int = 1) -> dict[str, Any]:
     """Train every run of preset ``name`` at ``scale`` with every seed; write and return a report.
+
+    ``workers > 1`` runs the jobs in that many worker processes (one torch thread each).
 
     ``plan`` + ``run_job`` per job + ``aggregate`` + the report; every job is checked (configs,
     rules, model, data, ``out``) before the first one trains.
     """
-    from ..jobs import aggregate, check_jobs, plan, run_job, statuses
+    from ..jobs import aggregate, check_jobs, plan, run_jobs, statuses
 
     preset = get_preset(name)
     out_dir = Path(out or Path("runs") / f"reproduce-{preset.name}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -221,7 +223,7 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
         raise UserError(f"output directory {str(out_dir)!r} already exists; choose another --out")
     jobs = plan(preset, scale, seeds=seeds, out=out_dir)
     check_jobs(jobs)
-    summaries = [run_job(job, progress=progress) for job in jobs]
+    summaries = run_jobs(jobs, workers=workers, progress=progress)
     metrics = sorted({preset.paper_results.get("metric", "test_accuracy"), "test_accuracy",
                       "best_test_accuracy", "grad_angle"})
     stats = aggregate(summaries, metrics)

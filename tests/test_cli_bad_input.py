@@ -242,3 +242,19 @@ def test_a_missing_dataset_offline_creates_no_folders(tmp_path, monkeypatch, cap
     monkeypatch.setenv("BIOPLAUSIBLE_DATA", str(absent))
     assert main(TRAIN + ["--out", str(tmp_path / "out")]) == 2
     assert not absent.exists()
+
+
+@pytest.mark.parametrize("what", ["out", "data"])
+def test_permission_checks_as_any_user(tmp, capsys, monkeypatch, what):
+    """The same refusals as test_read_only_folders, with os.access answering as for a normal user."""
+    ro = tmp / "ro"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(ro) else real_access(p, mode))
+    args = TRAIN + (["--out", str(ro / "run")] if what == "out" else ["--data-root", str(ro), "--out",
+                                                                        str(tmp / "out")])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert ("not writable" if what == "out" else "cannot be read") in err, err
+    assert not (ro / "run").exists() and not (tmp / "out").exists()

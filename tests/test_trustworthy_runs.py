@@ -136,3 +136,18 @@ def test_reproduce_refuses_a_non_empty_out(synthetic_root, tmp_path, capsys):
     assert main(["reproduce", "fb-mnist-sigmoid", "--out", str(out), "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("rule", ["fa", "kp"])
+def test_feedback_rules_train_in_half_precision(dtype, rule):
+    from conftest import make_bundle
+
+    torch.manual_seed(0)
+    data = make_bundle(n_train=256, n_test=64)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    start = evaluate(model, data.train, "cross_entropy")["loss"]
+    result = fit(model, rule, data, epochs=3, batch_size=32, lr=0.05, dtype=dtype, loss="cross_entropy")
+    assert result.status == "completed"
+    end = evaluate(result.model, data.train.to(dtype=getattr(torch, dtype)), "cross_entropy")["loss"]
+    assert end < 0.8 * start, (start, end)

@@ -134,6 +134,10 @@ def _parse(text: str, source: str) -> Preset:
         if "metric" in check and check["metric"] not in _METRICS:
             raise ConfigError(f"preset {source}: check {i + 1}: unknown metric {check['metric']!r}; "
                               f"use {', '.join(sorted(_METRICS))}")
+    metric = (raw.get("paper_results") or {}).get("metric")
+    if metric is not None and metric not in _METRICS:
+        raise ConfigError(f"preset {source}: paper_results.metric {metric!r} is not one of "
+                          f"{', '.join(sorted(_METRICS))}")
     return Preset(name=str(raw["name"]), title=str(raw.get("title", raw["name"])),
                   paper=str(raw.get("paper", "")), config=raw["config"], runs=runs, seeds=seeds,
                   scales=scales, paper_results=dict(raw.get("paper_results") or {}),

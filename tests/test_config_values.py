@@ -36,7 +36,7 @@ def test_flush_denormal_is_off_by_default_and_a_bool():
     ({"name": "adam", "lr": 0.1, "betas": [0.9, 1.5]}, "betas"),
     ({"name": "adam", "lr": 0.1, "betas": 0.9}, "betas"),
     ({"name": "sgd", "lr": 0.1, "groups": {"feedback": {"lr": "x"}}}, "must be a number"),
-    ({"name": "sgd", "lr": 0.1, "groups": {"feedback": {"lr": 0}}}, "must be positive"),
+    ({"name": "sgd", "lr": 0, "groups": {"feedback": {"lr": 0.1}}}, "optimizer.lr must be positive"),
     ({"name": "sgd", "lr": 0.1, "groups": {"feedback": 0.1}}, "must map options"),
     ({"name": "sgd", "lr": 0.1, "groups": [1]}, "optimizer.groups must map"),
 ])
@@ -47,7 +47,7 @@ def test_optimizer_options_are_checked_by_name_type_and_range(section, needle):
 
 def test_valid_optimizer_options_pass():
     check_optimizer_options({"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8,
-                             "groups": {"forward.1": {"lr": 0.01, "weight_decay": 0.0}}})
+                             "groups": {"forward.1": {"lr": 0.01, "weight_decay": 0.0}, "feedback": {"lr": 0}}})
     with pytest.raises(UnknownNameError):
         check_optimizer_options({"name": "sgdd"})
 

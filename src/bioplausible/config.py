@@ -241,8 +241,8 @@ def check_optimizer_options(section: dict[str, Any]) -> None:
                     raise ConfigError(f"{where}.{key} must be a number, got {value!r}")
                 if any(v < 0 for v in values):
                     raise ConfigError(f"{where}.{key} must be >= 0, got {value!r}")
-                if key == "lr" and any(v == 0 for v in values):
-                    raise ConfigError(f"{where}.lr must be positive, got {value!r}")
+                if key == "lr" and where == "optimizer" and any(v == 0 for v in values):
+                    raise ConfigError(f"{where}.lr must be positive, got {value!r}")  # 0 in a group: frozen
 
 
 def _is_number(value: Any) -> bool:

@@ -431,6 +431,7 @@ class Trainer:
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
                 (self.run_dir / "summary.json").unlink(missing_ok=True)
                 (self.run_dir / "model.pt").unlink(missing_ok=True)
+                (self.run_dir / "rule_state.pt").unlink(missing_ok=True)
             _atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
         status, message = "completed", ""
         try:

@@ -121,7 +121,7 @@ def _fixed_w(spec: str, c_h: float, steps: int, x, y, every: int, seed: int = 0)
     rule = bp.make("np", c_h=c_h, solver="ridge", gamma=0.1)
     rule.set_seed(seed)
     model = rule.prepare(model, example=x[:2])
-    rule.build_optimizer(model, {"name": "sgd", "lr": 0.0})
+    rule.build_optimizer(model, {"name": "sgd", "lr": 1.0, "groups": {"forward": {"lr": 0.0}}})  # W fixed
     loss = bp.get_loss("mse_half_sum")
     g = torch.Generator().manual_seed(seed + 1)
     trace = []

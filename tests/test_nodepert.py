@@ -29,7 +29,10 @@ def _mlp(sizes, act="sigmoid", seed=0, dtype=torch.float64):
 def _prepared(name, model, x, fb_lr=0.05, lr=0.1, **cfg):
     rule = bp.make(name, **cfg)
     model = rule.prepare(model, example=x[:2])
-    opt = rule.build_optimizer(model, {"name": "sgd", "lr": lr, "groups": {"feedback": {"lr": fb_lr}}})
+    groups = {"feedback": {"lr": fb_lr}}
+    if lr == 0:  # frozen forward weights: a group rate of 0 (the optimizer's own rate must be > 0)
+        groups["forward"] = {"lr": 0.0}
+    opt = rule.build_optimizer(model, {"name": "sgd", "lr": lr or 1.0, "groups": groups})
     return rule, model, opt
 
 

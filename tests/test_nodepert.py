@@ -298,9 +298,14 @@ def test_dfa_conv_taps_are_scaled_and_fa_form_refuses_convolutions():
     x, y = torch.randn(4, 1, 6, 6), torch.randint(0, 3, (4,))
     with pytest.raises(IncompatibleModelError, match="np-dfa"):
         bp.make("np").prepare(net, example=x)
-    scaled = _linears(bp.make("np-dfa").prepare(net, example=x))[1].direct_feedback
+    scaled = _linears(bp.make("np-dfa", conv_scale="positions").prepare(net, example=x))[1].direct_feedback
+    root = _linears(bp.make("np-dfa").prepare(net, example=x))[1].direct_feedback
     plain = _linears(bp.make("np-dfa", conv_scale="none").prepare(net, example=x))[1].direct_feedback
-    torch.testing.assert_close(scaled * 36, plain)
+    torch.testing.assert_close(scaled * 36, plain)  # the conv tap's input has 6·6 positions
+    torch.testing.assert_close(root * 6, plain)
+    dense = [_linears(bp.make("np-dfa", conv_scale=c).prepare(net, example=x))[2].direct_feedback
+             for c in ("positions", "none")]
+    torch.testing.assert_close(dense[0], dense[1])  # a Linear tap is never scaled
     rule, model, opt = _prepared("np-dfa", net, x, c_h=0.05)
     rule.train_step(model, x, y, get_loss("cross_entropy"))
     opt.step()

@@ -57,9 +57,9 @@ def main() -> int:
     scaled = norms("np-dfa", {"c_h": 0.067, "conv_scale": "positions"}, x, y, args.batches)
     rows = {n: {"bp": ref[n], "dfa": plain.get(n), "dfa_sqrt": root.get(n), "dfa_scaled": scaled.get(n)}
             for n in ref}
-    lines = ["# DFA on the CIFAR CNN: ‖ΔW‖ per layer relative to BP's, at init", "",
-             f"Command: `python benchmarks/np_conv_scale.py --batches {args.batches}`; load average "
-             f"{os.getloadavg()}. npcnn (eval mode, no dropout), cross-entropy, batches of 128.", "",
+    about = (f"Command: `python benchmarks/np_conv_scale.py --batches {args.batches}`; load average "
+             f"{os.getloadavg()}. npcnn (eval mode, no dropout), cross-entropy, batches of 128.")
+    lines = ["# DFA on the CIFAR CNN: ‖ΔW‖ per layer relative to BP's, at init", "", about, "",
              "| layer | ‖ΔW‖ BP | DFA / BP | conv taps ÷ √P / BP | conv taps ÷ P / BP |",
              "|---|---:|---:|---:|---:|"]
     for n, r in rows.items():

@@ -18,7 +18,7 @@ from conftest import make_bundle
 import bioplausible as bp
 from bioplausible.errors import ConfigError, IncompatibleModelError, UserError
 from bioplausible.losses import get_loss
-from bioplausible.rules.nodepert import RidgeState, np_estimate, per_example_losses, regression_grad
+from bioplausible.rules.nodepert import RidgeState, loss_difference, np_estimate, per_example_losses, regression_grad
 
 
 def _mlp(sizes, act="sigmoid", seed=0, dtype=torch.float64):
@@ -158,6 +158,20 @@ def test_per_example_losses_recompose_the_batch_loss():
     plain = lambda a, b: torch.nn.functional.cross_entropy(a, b)
     per, s = per_example_losses(plain, o, y)
     torch.testing.assert_close(s * per.sum(), plain(o, y))
+
+
+@pytest.mark.parametrize("name", ["mse", "mse_batchmean", "mse_sum", "mse_half_sum", "cross_entropy", "bce"])
+def test_loss_difference_equals_difference_of_per_example_losses(name):
+    torch.manual_seed(10)
+    o, t = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    noisy = o + 1e-3 * torch.randn(6, 4, dtype=torch.float64)
+    if name == "cross_entropy":
+        t = t.softmax(1)
+    if name == "bce":
+        t = (t > 0).double()
+    loss = get_loss(name)
+    direct = loss.per_sample(noisy, t) - loss.per_sample(o, t)
+    torch.testing.assert_close(loss_difference(loss, noisy, o, t), direct, rtol=1e-9, atol=1e-12)
 
 
 def test_regression_grad_is_gradient_of_squared_residual():

@@ -46,6 +46,28 @@ def per_example_losses(loss_fn: Callable, output: torch.Tensor,
     return values, (1.0 if summed else 1.0 / n)
 
 
+# ℓ = w Σ_k (o_k − t_k)² per example for the library's MSE losses: w by name
+_MSE_WEIGHT = {"mse_half_sum": 0.5, "mse_sum": 1.0, "mse_batchmean": 1.0}
+
+
+def loss_difference(loss_fn: Callable, noisy: torch.Tensor, clean: torch.Tensor,
+                    target: torch.Tensor) -> torch.Tensor:
+    """``ℓ̃_n − ℓ_n`` per example, shape ``(N,)``, in float64 or better.
+
+    For the MSE losses it is ``w Σ_k (õ − o)(õ + o − 2t)``: exact algebra, no cancellation of two
+    large losses, in the outputs' dtype promoted to float64. Otherwise both per-example losses
+    are computed in float64 (:func:`per_example_losses`) and subtracted.
+    """
+    name = getattr(loss_fn, "name", None)
+    n = clean.shape[0]
+    if (name in _MSE_WEIGHT or name == "mse") and target.shape == clean.shape:
+        d, s = noisy.double() - clean.double(), noisy.double() + clean.double() - 2 * target.double()
+        w = _MSE_WEIGHT.get(name, 1.0 / max(clean[0].numel(), 1))
+        return (d * s).reshape(n, -1).sum(1) * w
+    both, _ = per_example_losses(loss_fn, torch.cat([noisy, clean]).double(), torch.cat([target, target]))
+    return both[:n] - both[n:]
+
+
 def np_estimate(noisy_loss: torch.Tensor, clean_loss: torch.Tensor, xi: torch.Tensor,
                 c_h: float) -> torch.Tensor:
     """``λ̂_n = (ℓ̃_n − ℓ_n) ξ_n / c_h`` for every example (eq 2), in ``xi``'s shape and dtype."""
@@ -109,4 +131,4 @@ def signal_angle(synthetic: torch.Tensor, true: torch.Tensor) -> float:
     return float(theta.mean())
 
 
-__all__ = ["RidgeState", "np_estimate", "per_example_losses", "regression_grad", "ridge_update", "signal_angle"]
+__all__ = ["RidgeState", "loss_difference", "np_estimate", "per_example_losses", "regression_grad", "ridge_update", "signal_angle"]

@@ -52,7 +52,7 @@ from ...nn.layers import FEEDBACK_INITS, FeedbackConv2d, FeedbackLinear, init_fe
 from ...nn.pathway import FixedFeedback
 from ...registry import register
 from ..base import FeedbackPair, Rule, StepResult
-from .estimator import per_example_losses, regression_grad, ridge_update, signal_angle
+from .estimator import loss_difference, regression_grad, ridge_update, signal_angle
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 CONV_SCALES = ("sqrt_positions", "positions", "none")
@@ -286,15 +286,13 @@ class _NodePerturbation(Rule):
             noisy_out = self._noisy_output(model, x)
             if saved is not None:
                 self._set_rng_state(after, device)
-            with torch.no_grad():  # both losses per example, in one call, in float64
-                both, _ = per_example_losses(loss_fn, torch.cat([output.detach(), noisy_out]).double(),
-                                             torch.cat([y, y]))
-                clean, noisy = both[:n], both[n:]
-                if self._step < 10 and bool((noisy == clean).all()):  # checked on the first steps
+            with torch.no_grad():  # ℓ̃ − ℓ per example in float64
+                diff = loss_difference(loss_fn, noisy_out, output.detach(), y)
+                if self._step < 10 and not bool(diff.any()):  # checked on the first steps
                     raise UserError(
                         f"rule {self.name!r}: the perturbation c_h={self.config['c_h']} changed no "
                         f"example's loss in {output.dtype}; raise c_h or train in float64")
-                coef = (noisy - clean) / self.config["c_h"]  # λ̂ = (ℓ̃ − ℓ)ξ/c_h, eq 2
+                coef = diff / self.config["c_h"]  # λ̂ = (ℓ̃ − ℓ)ξ/c_h, eq 2
                 targets = [xi * coef.to(xi.dtype).view((-1,) + (1,) * (xi.dim() - 1)) for xi in self._xi]
         else:
             if saved is not None:

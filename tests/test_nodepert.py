@@ -18,7 +18,13 @@ from conftest import make_bundle
 import bioplausible as bp
 from bioplausible.errors import ConfigError, IncompatibleModelError, UserError
 from bioplausible.losses import get_loss
-from bioplausible.rules.nodepert import RidgeState, loss_difference, np_estimate, per_example_losses, regression_grad
+from bioplausible.rules.nodepert import (
+    RidgeState,
+    loss_difference,
+    np_estimate,
+    per_example_losses,
+    regression_grad,
+)
 
 
 def _mlp(sizes, act="sigmoid", seed=0, dtype=torch.float64):

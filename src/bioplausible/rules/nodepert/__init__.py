@@ -5,6 +5,13 @@
 """
 
 from . import controls, rule  # noqa: F401  (registers the rules)
-from .estimator import RidgeState, loss_difference, np_estimate, per_example_losses, regression_grad, ridge_update
+from .estimator import (
+    RidgeState,
+    loss_difference,
+    np_estimate,
+    per_example_losses,
+    regression_grad,
+    ridge_update,
+)
 
 __all__ = ["RidgeState", "loss_difference", "np_estimate", "per_example_losses", "regression_grad", "ridge_update"]

@@ -12,9 +12,11 @@ Per batch (spec §5.2, §5.5):
    authors' code), or to the output of every layer but the last (``"pre"``, the paper's
    equation, where σ′ enters the estimate). It starts from the clean pass's first-layer
    pre-activation (exact: the noise enters after ``W₁x``) when the model is an
-   ``nn.Sequential`` with that layer as a direct child; dropout masks are the clean pass's;
-3. **estimate** ``λ̂_n = (ℓ̃_n − ℓ_n) ξ_n / c_h`` from per-example losses in float64 (``sg``:
-   the true ``λ_n = ∂ℓ_n/∂h_n`` from an exact backward pass instead);
+   ``nn.Sequential`` whose Linear/Conv2d layers are direct children (otherwise forward hooks add
+   the noise in a full second pass); dropout masks are the clean pass's;
+3. **estimate** ``λ̂_n = (ℓ̃_n − ℓ_n) ξ_n / c_h`` with ``ℓ̃_n − ℓ_n`` per example in float64
+   (for the MSE losses as ``w Σ_k (õ − o)(õ + o − 2t)``, free of cancellation; ``sg``: the true
+   ``λ_n = ∂ℓ_n/∂h_n`` from an exact backward pass instead);
 4. **regress** every B onto it: ``solver="sgd"`` (eq 3), ``B ← B − η_B Σ_n ẽ_nᵀ(ẽ_n B − λ̂_n)``
    with ``η_B`` the learning rate of the parameter group ``feedback`` (the rule applies it
    itself: ``optimizer.groups.feedback.lr``); ``solver="ridge"`` (App. C.3),
@@ -22,8 +24,10 @@ Per batch (spec §5.2, §5.5):
 
 ``ẽ`` and ``λ̂`` are per example (the batch backward's errors divided by the loss's batch factor,
 see :func:`~.estimator.per_example_losses`), so with the paper's batch-summed loss the update
-is exactly eq 3 summed over the batch. ``warmup``: that many first steps leave the forward
-weights untouched (their ``.grad`` is ``None``); only B learns. ``η_B = 0`` is FA / DFA.
+is exactly eq 3 summed over the batch. ``warmup``: for that many first steps the forward
+weights get a zero ``.grad`` (frozen under SGD, momentum or Adam; an optimizer weight decay
+would still shrink them) and only B learns (the paper: 1000 steps). ``η_B = 0`` is FA / DFA
+exactly. Each step's noise is kept in ``rule.last_noise`` (one tensor per learned layer).
 
 DFA conv taps (``conv_scale``): the random initial ``D`` of a tap whose layer is a convolution
 is divided by ``√P`` (``"sqrt_positions"``, default), ``P`` (``"positions"``) or 1 (``"none"``),

@@ -31,7 +31,7 @@ from .errors import ConfigError, DivergenceError, UnknownNameError
 from .losses import Loss, get_loss
 from .probe import Probe
 from .registry import make
-from .rules.base import Rule
+from .rules.base import Rule, call_prepare
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
@@ -128,6 +128,19 @@ def _accuracy_counts(output: torch.Tensor, y: torch.Tensor, task: str) -> torch.
     return (output.argmax(dim=1) == y).sum()
 
 
+def _correct_counter(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The per-batch correct count for ``task`` (class-index targets in three ops)."""
+    if task == "multilabel":
+        return lambda output, y: _accuracy_counts(output, y, task)
+
+    def count(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.dim() > 1:
+            y = y.argmax(dim=1)
+        return torch.eq(output.argmax(dim=1), y).sum()
+
+    return count
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Any, loss: Loss | str, batch_size: int = 1000,
              task: str = "multiclass") -> dict[str, float]:
@@ -140,7 +153,7 @@ def evaluate(model: nn.Module, split: Any, loss: Loss | str, batch_size: int = 1
     try:
         for xb, yb in split.batches(batch_size, shuffle=False):
             out = model(xb)
-            total += float(loss.per_example(out, yb)) * out.shape[0]
+            total += float(loss.mean_per_example(out, yb)) * out.shape[0]
             correct += float(_accuracy_counts(out, yb, task))
             n += out.shape[0]
             if task == "multilabel":
@@ -189,10 +202,10 @@ class Trainer:
             self.eval_splits["val"] = data.val.to(self.device, self.dtype)
         self.plain_keys = list(model.state_dict().keys())
         model = model.to(device=self.device, dtype=self.dtype)
-        self.model = self.rule.prepare(model)
-        groups = self.rule.param_groups(self.model, config["optimizer"]["lr"],
-                                        config["optimizer"].get("groups") or {})
-        self.optimizer = build_optimizer(groups, config["optimizer"])
+        example = next(iter(self.train_split.batches(2, shuffle=False)))[0]
+        self.model = call_prepare(self.rule, model, example)
+        self.rule.to(self.device, self.dtype)
+        self.optimizer = self.rule.build_optimizer(self.model, config["optimizer"])
         self.schedule = build_schedule(self.optimizer, config["schedule"], config["epochs"])
         self.probe = Probe(config["probe_every"])
         self.progress = config["progress"] if progress is None else progress
@@ -202,12 +215,16 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.probe_angles: list[float] = []
         self.callbacks: list[Callable[[dict[str, Any]], None]] = []
+        #: objects with ``log(record)``, called for every record written to metrics.jsonl
+        self.loggers: list[Any] = []
 
     # -------------------------------------------------------------- run directory
     def _log(self, record: dict[str, Any]) -> None:
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+        for logger in self.loggers:
+            logger.log(record)
 
     def _checkpoint_state(self) -> dict[str, Any]:
         return {
@@ -280,17 +297,28 @@ class Trainer:
         gen = torch.Generator()
         gen.manual_seed(cfg["seed"] * 1_000_003 + self.epoch)
         model.train()
+        # Per-step sums in the loss's own dtype (no type promotion per step), folded into
+        # float64 every 50 steps so long epochs keep full precision.
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        loss_part: torch.Tensor | None = None
+        summed = loss_fn.reduction == "sum"
+        count_correct = _correct_counter(self.task)
+        correct = torch.zeros((), dtype=torch.float64 if self.task == "multilabel" else torch.int64,
+                              device=self.device)
         n = 0
         probe_time = 0.0  # diagnostics are not part of the rule's cost: excluded from epoch_time
         start = time.perf_counter()
         for xb, yb in self.train_split.batches(cfg["batch_size"], shuffle=True, generator=gen):
             self.step += 1
-            res = rule.train_step(model, xb, yb, loss_fn)
-            if self.probe.due(self.step):
+            probing = self.probe.due(self.step)
+            if probing:  # BP's reference on the same batch, before the rule's step (like for like)
                 probe_start = time.perf_counter()
-                record = self.probe.measure(rule, model, xb, yb, loss_fn)
+                reference = self.probe.reference(rule, model, xb, yb, loss_fn)
+                probe_time += time.perf_counter() - probe_start
+            res = rule.train_step(model, xb, yb, loss_fn)
+            if probing:
+                probe_start = time.perf_counter()
+                record = self.probe.compare(rule, model, reference)
                 if "grad_angle" in record:
                     self.probe_angles.append(record["grad_angle"])
                 self._log({"kind": "probe", "epoch": self.epoch + 1, "step": self.step, **record})
@@ -298,16 +326,22 @@ class Trainer:
             opt.step()
             rule.after_step(model)
             batch = yb.shape[0]
-            loss_sum += res.loss.double() * (1 if loss_fn.reduction == "sum" else batch)
-            correct += _accuracy_counts(res.output, yb, self.task)
+            if loss_part is None:
+                loss_part = torch.zeros((), dtype=res.loss.dtype, device=self.device)
+            loss_part.add_(res.loss, alpha=1 if summed else batch)
+            correct.add_(count_correct(res.output, yb))
             n += batch
             if self.step % 50 == 0:
+                loss_sum.add_(loss_part)
+                loss_part.zero_()
                 self._check(float(res.loss), f"epoch {self.epoch + 1}, step {self.step}")
                 if bar is not None and not bar.disable:
                     bar.update(min(n - bar.n, bar.total - bar.n))
                     bar.set_postfix(loss=f"{float(loss_sum) / n:.4g}",
                                     samples_s=f"{n / (time.perf_counter() - start):.0f}")
         elapsed = time.perf_counter() - start - probe_time
+        if loss_part is not None:
+            loss_sum.add_(loss_part)
         train_loss = float(loss_sum) / max(n, 1)
         self._check(train_loss, f"the end of epoch {self.epoch + 1}")
         return {"train_loss": train_loss, "train_accuracy": 100.0 * float(correct) / max(n, 1),
@@ -374,6 +408,9 @@ class Trainer:
         if self.run_dir is not None and status == "completed":
             plain = {k: v for k, v in self.model.state_dict().items() if k in set(self.plain_keys)}
             _atomic_torch_save(plain, self.run_dir / "model.pt")
+            owned = self.rule.owned.state_dict()
+            if owned:  # the rule's own tensors beside the plain model
+                _atomic_torch_save(dict(owned), self.run_dir / "rule_state.pt")
         return FitResult(self.model, self.rule, self.history, summary, self.run_dir)
 
 

@@ -18,8 +18,8 @@ each node's local VJP with respect to its parameters with the relaxed ``x_j`` as
 
 Solvers: ``"closed_form"`` (default) evaluates the exact K-step result as a polynomial in
 ``M`` (:mod:`.ar_graph_closed`); ``"loop"`` runs the literal Euler steps; ``"fixed_point"`` is
-one backward sweep (BP). Batch-mean losses (``Loss.reduction == "mean"``, or a torch loss
-module with ``reduction="mean"``) are relaxed on per-example errors ``N·∂loss/∂out`` and the
+one backward sweep (BP). Batch-mean losses (``Loss.reduction == "mean"``, as in the MLP
+path) are relaxed on per-example errors ``N·∂loss/∂out`` and the
 weight update is divided by ``N``, so the finite-K error relative to BP does not grow with the
 batch; summed losses (and plain callables) relax ``∂loss/∂out`` itself.
 
@@ -236,8 +236,10 @@ def relax_graph_loop(nodes: list[_Node], top: int, start: list[Tensor], steps: i
 
 
 def batch_scale(loss_fn: Any, output: Tensor) -> float:
-    """``N`` for a batch-mean loss (its ``reduction`` is ``"mean"``), else 1."""
-    return float(output.shape[0]) if getattr(loss_fn, "reduction", None) == "mean" else 1.0
+    """``N`` for a batch-mean loss (as the MLP path: :func:`.ar.batch_mean`), else 1."""
+    from .ar import batch_mean
+
+    return float(output.shape[0]) if batch_mean(loss_fn) else 1.0
 
 
 def graph_relax(rule, model: nn.Module, x: Tensor, y: Tensor, loss_fn,

@@ -216,8 +216,14 @@ def relax_graph_loop(nodes: list[_Node], top: int, start: list[Tensor], steps: i
     order = range(len(nodes) - 1, -1, -1)
 
     def settle(i: int, d: Tensor | None) -> None:
-        if i != top:
-            xs[i] = xs[i] * keep if d is None else xs[i] * keep + eta * d
+        if i == top:
+            return
+        if d is None:
+            xs[i] = torch.zeros_like(xs[i]) if keep == 0.0 else xs[i] * keep
+        elif keep == 0.0:  # η = 1: the drive itself
+            xs[i] = d
+        else:  # a fresh tensor, so no value is ever aliased
+            xs[i] = xs[i].mul(keep).add_(d, alpha=eta)
 
     for k in range(steps):
         drive: list[Tensor | None] = [None] * len(nodes)

@@ -67,14 +67,18 @@ def distances_below(nodes: list[_Node]) -> list[set[int]]:
     return below
 
 
-def _axpy(acc: dict, key, v: Tensor, alpha: float = 1.0) -> None:
-    if alpha == 0.0:
-        return
+def _add(acc: dict, key, v: Tensor) -> None:
     old = acc.get(key)
-    if old is None:
-        acc[key] = v if alpha == 1.0 else v * alpha
-    else:
-        acc[key] = old + v if alpha == 1.0 else torch.add(old, v, alpha=alpha)
+    acc[key] = v if old is None else old + v
+
+
+def _combine(vecs: list[Tensor], weights: list[list[float]]) -> list[Tensor]:
+    """``[Σ_r w[i][r] vecs[r] for each row i]`` in one matrix product (one pass over memory)."""
+    if len(vecs) == 1:
+        return [vecs[0] * w[0] for w in weights]
+    flat = torch.stack([v.reshape(-1) for v in vecs])
+    w = torch.tensor(weights, dtype=flat.dtype, device=flat.device)
+    return list((w @ flat).reshape(len(weights), *vecs[0].shape).unbind(0))
 
 
 def relax_graph_closed_form(nodes: list[_Node], top: int, start: list[Tensor], steps: int,
@@ -99,28 +103,29 @@ def relax_graph_closed_form(nodes: list[_Node], top: int, start: list[Tensor], s
         if k == top:
             bank = {("b", 0): start[k]}  # clamped: what its children send is ignored
         else:
-            _axpy(bank, ("c", 0), start[k])
+            _add(bank, ("c", 0), start[k])
+        wanted = sorted({t + 1 for p in nd.parents for t in below[p]})
         raw = [(key, v) for key, v in bank.items() if key[0] != "t"]
-        out = bank.get(("t", 0))
-        for (kind, m), v in raw:
-            piece = v * coef[kind][m]
-            out = piece if out is None else out + piece
-        xs[k] = out if out is not None else torch.zeros_like(start[k])
+        comb = {key[1]: v for key, v in bank.items() if key[0] == "t" and (key[1] in wanted or key[1] == 0)}
+        combine = len(wanted) < len(raw) + len(comb) - (0 in comb)
+        targets = [0] + wanted if combine else [0]
+        # every target t gets Σ_raw coef[kind][m + t]·v (+ the combined vector already there)
+        sums = _combine([v for _, v in raw], [[coef[kind][m + t] for (kind, m), _ in raw] for t in targets])
+        for t, v in zip(targets, sums):
+            if t in comb:
+                v = v + comb[t]
+            if t == 0:
+                xs[k] = v
+            else:
+                comb[t] = v
         if not nd.parents:
             continue
-        wanted = sorted({t + 1 for p in nd.parents for t in below[p]})
-        comb = [(key, v) for key, v in bank.items() if key[0] == "t" and key[1] in wanted]
-        if len(wanted) < len(raw) + len(comb):  # combine: one vector per distance below
-            send: dict[tuple[str, int], Tensor] = dict(comb)
-            for t in wanted:
-                for (kind, m), v in raw:
-                    _axpy(send, ("t", t), v, coef[kind][m + t])
-            items = list(send.items())
-        else:
-            items = raw + comb
+        items = [(("t", t), v) for t, v in comb.items() if t != 0]
+        if not combine:
+            items += raw
         for (kind, m), v in items:
             new = (kind, m - 1) if kind == "t" else (kind, m + 1)
             for p, g in zip(nd.parents, _vjp(nd, v, nd.leaves)):
                 if g is not None and (kind != "t" or new[1] in below[p]):
-                    _axpy(banks[p], new, g)
+                    _add(banks[p], new, g)
     return xs

@@ -112,14 +112,15 @@ def graph_main(args) -> None:
     from bioplausible.rules.ar_graph_closed import distances_below
 
     batch, steps, eta = 64, 100, 0.1
-    batches, source, n_train = load_cifar(args.batches, batch)
+    batches, source, _ = load_cifar(args.batches, batch)
     loss = get_loss("cross_entropy")
     builders = {"lenet5_cifar10": lambda: LeNet5(input_shape=(3, 32, 32)),
                 "resnet2_nobn_cifar10": SmallResNet}
     options = {"bp": ("bp", {}),
-               "ar_graph_closed_form": ("ar", dict(graph=True, relax_steps=steps, eta_x=eta)),
-               "ar_graph_loop": ("ar", dict(graph=True, relax_steps=steps, eta_x=eta, solver="loop")),
-               "ar_graph_fixed_point": ("ar", dict(graph=True, solver="fixed_point"))}
+               "ar_graph_closed_form": ("ar", {"graph": True, "relax_steps": steps, "eta_x": eta}),
+               "ar_graph_loop": ("ar", {"graph": True, "relax_steps": steps, "eta_x": eta,
+                                        "solver": "loop"}),
+               "ar_graph_fixed_point": ("ar", {"graph": True, "solver": "fixed_point"})}
     result = {"batch_size": batch, "relax_steps": steps, "eta_x": eta, "loss": "cross_entropy",
               "sweep": "gauss_seidel", "dtype": "float32", "threads": args.threads, "reps": args.reps,
               "data": source, "torch": torch.__version__,
@@ -165,9 +166,10 @@ def graph_main(args) -> None:
                   "| contender | ms / batch | × BP |", "|---|---|---|"]
         lines += [f"| {k} | {r['per_batch_ms'][k]:.1f} | {r['ratio_to_bp'][k]:.2f} |" for k in runs]
         lines += ["", f"Loop / closed form: {r['loop_over_closed_form']:.1f}×.", ""]
-    lines += ["Command: `BIOPLAUSIBLE_DATA=../shared/datasets OMP_NUM_THREADS=1 python "
-              f"benchmarks/bench_ar.py --graph --reps {args.reps} --batches {args.batches} "
-              f"--loop-batches {args.loop_batches}`", ""]
+    command = ("Command: `BIOPLAUSIBLE_DATA=../shared/datasets OMP_NUM_THREADS=1 python "
+               f"benchmarks/bench_ar.py --graph --reps {args.reps} --batches {args.batches} "
+               f"--loop-batches {args.loop_batches}`")
+    lines += [command, ""]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ar_graph_speed.json").write_text(json.dumps(result, indent=1))
     (args.out / "ar_graph_speed.md").write_text("\n".join(lines))

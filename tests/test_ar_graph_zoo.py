@@ -298,7 +298,7 @@ def test_eta_one_is_exact_where_theory_says(name, loss):
     assert torch.allclose(dense.run(d, 1.0, "jacobi"), dense.star, rtol=0, atol=1e-12)
     for solver in ("loop", "closed_form"):
         for sweep, steps in (("jacobi", d), ("gauss_seidel", 1)):
-            opts = dict(relax_steps=steps, eta_x=1.0, sweep=sweep, solver=solver)
+            opts = {"relax_steps": steps, "eta_x": 1.0, "sweep": sweep, "solver": solver}
             assert _rel(_flat(_relax(model, x, y, lf, **opts), dense), dense.star) < 1e-8
             assert _grad_error(model, x, y, lf, **opts) < 1e-8, (solver, sweep)
         if d > 1:
@@ -314,7 +314,7 @@ def test_eta_below_one_converges_by_the_bound(name, loss):
     dense = _Dense(model, x, y, lf)
     for sweep in ("jacobi", "gauss_seidel"):
         steps = _bound_steps(dense, 0.5, sweep)
-        opts = dict(relax_steps=steps, eta_x=0.5, sweep=sweep)
+        opts = {"relax_steps": steps, "eta_x": 0.5, "sweep": sweep}
         assert _rel(_flat(_relax(model, x, y, lf, **opts), dense), dense.star) < 1e-8
         assert _grad_error(model, x, y, lf, **opts) < 1e-8, (sweep, steps)
         assert _grad_error(model, x, y, lf, relax_steps=3, eta_x=0.5, sweep=sweep) > 1e-4

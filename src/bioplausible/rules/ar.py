@@ -129,11 +129,11 @@ class ActivationRelaxation(Rule):
         if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float))
                                 or not thr > 0):
             raise ConfigError(f"ar option divergence_threshold must be > 0 or null, got {thr!r}")
-        if c["graph"]:
-            if c["backward_weights"] != "transpose" or not c["derivative"] or not c["weight_derivative"]:
-                raise ConfigError("ar graph mode relaxes with each node's exact local "
-                                  "vector-Jacobian product; it supports backward_weights="
-                                  "'transpose' with derivative=true and weight_derivative=true only")
+        if c["graph"] and (c["backward_weights"] != "transpose" or not c["derivative"]
+                           or not c["weight_derivative"]):
+            raise ConfigError("ar graph mode relaxes with each node's exact local "
+                              "vector-Jacobian product; it supports backward_weights="
+                              "'transpose' with derivative=true and weight_derivative=true only")
 
     # ------------------------------------------------------------------ model
     def _layout(self, model: nn.Module) -> MLPLayout:

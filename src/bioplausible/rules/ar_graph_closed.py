@@ -30,10 +30,12 @@ vectors (a path product of some ``h_j`` or ``e`` with the path length ``m`` as i
 coefficient for a node ``t`` further down is ``c_{m+t}`` or ``β_{m+t}``; vectors with the same
 key from different children are summed) or *combined* vectors ``q_k[t]``, one per distance
 ``t`` at which some relaxed node lies below ``k``. It sends to its parents whichever set is
-smaller (raw vectors are combined on the spot when that is cheaper, as the MLP path does).
-Each sent vector costs one local VJP of node ``k``, so the total is at most
-``Σ_k min(#raw_k, #distances_k)`` VJPs — for a chain of ``L`` nodes about ``L²/4``, i.e. fewer
-than ``depth`` backward passes — against ``K`` VJPs per node for the literal loop.
+smaller (raw vectors are combined on the spot, in one small matrix product, when that is
+cheaper, as the MLP path does). Each sent vector costs one local VJP of node ``k``, so the
+total is ``Σ_k min(#raw_k, #distances_k)`` VJPs — for a chain of ``L`` nodes about ``L²/4``,
+i.e. fewer than ``depth`` backward passes — against ``K`` VJPs per node for the literal loop.
+Skip connections add path lengths, so a ResNet's middle convolutions need more VJPs than a
+chain's (benchmarks/results/ar_graph_speed.md).
 """
 
 from __future__ import annotations

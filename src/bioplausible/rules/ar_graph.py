@@ -31,9 +31,11 @@ longest chain; Jacobi ``w_m`` = Binomial(K, η) probabilities), so K·η must cl
 BP's, at η_x = 0.5 (or K = 400) it is BP's to rounding (benchmarks/results/ar_graph_speed.md). Supported: fan-out, fan-in (add,
 concatenation, products of activations), modules called twice, in-place ops (the mutated
 value is used by every later consumer, as in eager mode), pooling, BatchNorm in eval and
-train mode (its batch coupling is part of the local Jacobian). Not supported, with an
-IncompatibleModelError: untraceable models, several inputs or outputs, nodes returning tuples
-of trained tensors (``chunk``, ``split``, LSTMs) and item assignment on trained tensors.
+train mode (its batch coupling is part of the local Jacobian), ops returning several tensors
+(``chunk``, ``split``, ``max_pool2d(return_indices=True)``: each item used is a node that re-runs
+the op, so a random op inside would draw twice). Not supported, with an
+IncompatibleModelError: untraceable models, several inputs or outputs, a tuple of trained
+tensors used whole, and item assignment on trained tensors.
 """
 
 from __future__ import annotations
@@ -120,6 +122,17 @@ def _mutates_first_arg(n: fx.Node, module: nn.Module | None) -> bool:
             or (name.endswith("_") and not name.endswith("__")))
 
 
+class _Several:
+    """The value of a node that returns several trained tensors (``chunk``, ``split``, an RNN).
+
+    It is not relaxed itself: each ``getitem`` of it becomes a relaxed node whose local
+    function re-runs the op on the same parents and picks its item.
+    """
+
+    def __init__(self, node: fx.Node) -> None:
+        self.node = node
+
+
 def _run_forward(gm: fx.GraphModule, x: Tensor) -> tuple[list[_Node], int]:
     """Execute the graph node by node, keeping each relaxed node's local autograd graph."""
     nodes: list[_Node] = []
@@ -138,23 +151,33 @@ def _run_forward(gm: fx.GraphModule, x: Tensor) -> tuple[list[_Node], int]:
         if n.op == "output":
             src = n.args[0]
             top = index.get(current.get(src, src), -1)
+            if isinstance(env.get(src), _Several):
+                raise IncompatibleModelError("ar graph mode needs one tensor output; the model "
+                                             "returns several")
             break
         if n.target is operator.setitem:
             raise IncompatibleModelError(
                 f"ar graph mode cannot relax item assignment ({n.name}); build the tensor "
                 "with torch.cat/torch.stack or out-of-place ops instead")
-        module = gm.get_submodule(n.target) if n.op == "call_module" else None
+        run, pick = n, None  # the fx node whose op runs, and the item it yields
+        if n.target is operator.getitem and isinstance(env.get(n.args[0]), _Several):
+            run, pick = n.args[0], n.args[1]
+        module = gm.get_submodule(run.target) if run.op == "call_module" else None
         key = n.name
-        if module is not None:
+        if module is not None and pick is None:
             calls[n.target] = calls.get(n.target, 0) + 1
             key = n.target if calls[n.target] == 1 else f"{n.target}:{calls[n.target] - 1}"
         node = _Node(key, value=x)
-        inplace = _mutates_first_arg(n, module)
-        first = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
+        inplace = _mutates_first_arg(run, module)
+        first = run.args[0] if run.args and isinstance(run.args[0], fx.Node) else None
         sub: dict[fx.Node, Any] = {}
-        for p in n.all_input_nodes:
+        for p in run.all_input_nodes:
             src = current.get(p, p)
             v = env[src]
+            if isinstance(v, _Several):
+                raise IncompatibleModelError(
+                    f"ar graph mode: node {run.name!r} uses the several outputs of "
+                    f"{v.node.name!r} at once; index them (a, b = ...) before using them")
             if src in index:
                 leaf = v.detach().requires_grad_(True)
                 node.leaves.append(leaf)
@@ -166,18 +189,20 @@ def _run_forward(gm: fx.GraphModule, x: Tensor) -> tuple[list[_Node], int]:
                 v = v.detach()
             # an in-place op works on a copy, so stored values and leaves stay intact
             sub[p] = v.clone() if inplace and p is first and isinstance(v, Tensor) else v
-        args = fx.node.map_arg(n.args, sub.__getitem__)
-        kwargs = fx.node.map_arg(n.kwargs, sub.__getitem__)
+        args = fx.node.map_arg(run.args, sub.__getitem__)
+        kwargs = fx.node.map_arg(run.kwargs, sub.__getitem__)
         if module is not None:
             node.params += [p for p in module.parameters() if p.requires_grad]
         with torch.enable_grad():
-            if n.op == "call_module":
+            if run.op == "call_module":
                 out = module(*args, **kwargs)
-            elif n.op == "call_method":
-                out = getattr(args[0], n.target)(*args[1:], **kwargs)
+            elif run.op == "call_method":
+                out = getattr(args[0], run.target)(*args[1:], **kwargs)
             else:
-                out = n.target(*args, **kwargs)
-        if inplace and first is not None:
+                out = run.target(*args, **kwargs)
+            if pick is not None:
+                out = out[pick]
+        if inplace and first is not None and pick is None:
             current[first] = n  # later consumers of the mutated value read this node
         if isinstance(out, Tensor) and out.is_floating_point() and out.requires_grad:
             node.out, node.value = out, out.detach()
@@ -186,10 +211,10 @@ def _run_forward(gm: fx.GraphModule, x: Tensor) -> tuple[list[_Node], int]:
             env[n] = node.value
         elif isinstance(out, (tuple, list)) and any(
                 isinstance(o, Tensor) and o.requires_grad for o in out):
-            raise IncompatibleModelError(
-                f"ar graph mode cannot relax node {n.name!r}: it returns a {type(out).__name__} "
-                "of tensors; only tensor-valued nodes are supported (index or slice the tensor "
-                "instead of chunk/split)")
+            if inplace:
+                raise IncompatibleModelError(f"ar graph mode cannot relax the in-place node "
+                                             f"{n.name!r} that returns several tensors")
+            env[n] = _Several(n)
         else:
             env[n] = out.detach() if isinstance(out, Tensor) else out
     if top < 0:

@@ -98,7 +98,10 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(h, 1))
 
 
-class Concat(nn.Module):  # two branches, a product of activations, joined by concatenation
+class Concat(nn.Module):
+    """Two branches, a product of activations, joined by concatenation; plus a dead branch
+    (traced but unused: its units relax to 0, i.e. decay as (1 − η)^K)."""
+
     def __init__(self):
         super().__init__()
         self.a, self.b, self.c = nn.Linear(6, 4), nn.Linear(6, 4), nn.Linear(8, 3)
@@ -106,6 +109,7 @@ class Concat(nn.Module):  # two branches, a product of activations, joined by co
     def forward(self, x):
         a = torch.relu(self.a(x))
         b = torch.tanh(self.b(x))
+        torch.sigmoid(self.c(torch.cat([a, a], dim=1)))  # dead
         return self.c(torch.cat([a, b * a], dim=1))
 
 

@@ -12,6 +12,7 @@ name                      value for outputs ``o`` and targets ``t``   used by
 ``mse_half_sum``          ½ Σ_n Σ_k (o − t)²                           node perturbation
 ``cross_entropy``         (1/N) Σ_n −log softmax(o)_y                  classification
 ``bce``                   mean sigmoid binary cross-entropy            multi-label, NP AE
+``bce_sum``               Σ_n Σ_k sigmoid BCE (gradient σ(o) − t)      BFA/BDFA authors' code
 ========================  ==========================================  =======================
 
 Class-index targets are turned into one-hot vectors for the MSE and BCE losses.
@@ -94,6 +95,11 @@ def _cross_entropy(o, t):
 @_add("bce", "mean sigmoid binary cross-entropy (logits in, one-hot or multi-label targets)")
 def _bce(o, t):
     return F.binary_cross_entropy_with_logits(o, _dense_targets(o, t))
+
+
+@_add("bce_sum", "sum over batch and units of sigmoid binary cross-entropy", "sum")
+def _bce_sum(o, t):
+    return F.binary_cross_entropy_with_logits(o, _dense_targets(o, t), reduction="sum")
 
 
 def get_loss(name: str | Loss) -> Loss:

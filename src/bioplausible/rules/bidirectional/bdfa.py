@@ -1,0 +1,174 @@
+"""Bidirectional direct feedback alignment, BDFA (Luo, Fu & Glass 2017, §3.2; spec §6.3, §6.6).
+
+Forward learning is DFA through learned direct matrices ``B_l`` (stored ``(n_out, n_l)``, as in
+the authors' code: the signal to hidden layer l is ``e B_l`` in row form, eq 36–38)::
+
+    δ_{N+1} = e = ∂l→/∂a_{N+1},   δ_l = (e B_l) ⊙ σ'(a_l),   ∇W→_l = δ_l h_{l−1}ᵀ
+
+Each ``B_l`` is trained by a per-layer agreement loss between the label's projection
+``a←_l = y′ B_l`` (eq 39, linear) and the layer's activity ``h_l`` (treated as a constant),
+``s = sigmoid(a←_l · h_l)``, one scalar per sample, summed over the batch:
+
+* ``update="code"`` (default; the first author's code, spec §6.6): ascent on ``Σ log s``, i.e.
+  ``∇B_l = −Σ_n (1 − s_n) y′_n h_nᵀ`` (descent convention; the code steps it at rate 5e-5);
+* ``update="paper"`` (spec §6.3's reading of eq 40–42): descent on ``Σ (1 − s)``, i.e.
+  ``∇B_l = −Σ_n s_n(1 − s_n) y′_n h_nᵀ``.
+
+The target ``y′`` (``target``), with ``ŷ = sigmoid(a_{N+1})`` of the same forward pass:
+``"none"`` (default, the paper's MNIST setting) ``y′ = y``; ``"paper"`` ``y′ = y + αŷ`` (eq 51,
+the paper's CIFAR-10 setting); ``"code"`` ``y′`` = ``αŷ`` with the true class's entry set to 1
+(the code, on every dataset). ``alpha`` = 0.25.
+
+Pairing (``pairing``): eq 36–37 feed ``W←_1`` to the last hidden layer while eq 40–41 train
+``a←_1`` against ``h→_1``. ``"fed"`` (default) trains each matrix against the layer it feeds;
+``"index"`` trains the matrix feeding layer ``N+1−i`` against ``h_i`` (the literal indices),
+which needs mirrored hidden widths. ``B_l`` starts U(±1/√n_l) (the code). Both ``.grad`` are
+written in one step, so B is used for δ before its own update, as in the code. ``max_norm``: as
+in :mod:`.bfa`, applied to the forward matrices.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ...errors import ConfigError, IncompatibleModelError
+from ...registry import register
+from ..base import FeedbackPair, Rule, StepResult
+from .common import (
+    Chain,
+    apply_max_norm,
+    check_choice,
+    check_max_norm,
+    forward_chain,
+    mlp_chain,
+    mul_derivative,
+    one_hot,
+    output_error,
+    write_grad,
+)
+from .owned import OwnedMixin
+
+UPDATES = ("code", "paper")
+TARGETS = ("none", "paper", "code")
+PAIRINGS = ("fed", "index")
+
+
+def mixed_target(y1: torch.Tensor, y_hat: torch.Tensor, target: str, alpha: float) -> torch.Tensor:
+    """``y′`` from one-hot ``y1`` and the prediction ``ŷ`` (see the module docstring)."""
+    if target == "none":
+        return y1
+    if target == "paper":
+        return y1 + alpha * y_hat
+    return torch.where(y1 > 0.5, torch.ones_like(y1), alpha * y_hat)
+
+
+def agreement_grad(b: torch.Tensor, y_mix: torch.Tensor, h: torch.Tensor, update: str) -> torch.Tensor:
+    """Descent direction on ``B`` of the per-layer agreement loss (``−Σ log s`` or ``Σ (1 − s)``)."""
+    s = torch.sigmoid((y_mix.mm(b) * h).sum(1, keepdim=True))
+    weight = (1.0 - s) if update == "code" else s * (1.0 - s)
+    return -(y_mix.t().mm(weight * h))
+
+
+@register("bdfa")
+class BidirectionalDFA(OwnedMixin, Rule):
+    family = "feedback"
+    paper = "Luo, Fu & Glass 2017"
+    summary = "DFA through direct matrices learned by agreement of y′B_l with h_l"
+    defaults: ClassVar[dict[str, Any]] = {"update": "code", "target": "none", "alpha": 0.25,
+                                          "pairing": "fed", "max_norm": None}
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        self._init_owned()
+        self.chain: Chain | None = None
+        self.direct: list[nn.Parameter] = []  # B_l for hidden layer l = 1..N
+        self.partner: list[int] = []          # the hidden layer whose activity trains B_l
+
+    def validate(self) -> None:
+        check_choice("bdfa", "update", self.config["update"], UPDATES)
+        check_choice("bdfa", "target", self.config["target"], TARGETS)
+        check_choice("bdfa", "pairing", self.config["pairing"], PAIRINGS)
+        check_max_norm("bdfa", self.config["max_norm"])
+        a = self.config["alpha"]
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0:
+            raise ConfigError(f"rule 'bdfa': alpha must be a number >= 0 (the paper uses 0.25); got {a!r}")
+
+    def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
+        chain = mlp_chain(model, "bdfa")
+        sizes, n = chain.sizes, chain.n_hidden
+        if self.config["pairing"] == "index":
+            hidden = sizes[1:-1]
+            if hidden != hidden[::-1]:
+                raise IncompatibleModelError(
+                    f"rule 'bdfa': pairing='index' trains the matrix feeding hidden layer N+1-i on h_i, "
+                    f"which needs mirrored hidden widths; got {hidden}; use pairing='fed'")
+            self.partner = [n + 1 - l for l in range(1, n + 1)]
+        else:
+            self.partner = list(range(1, n + 1))
+        self.chain = chain
+        ref = chain.linears[0].weight
+        gen = torch.Generator(device=ref.device)
+        gen.manual_seed(self.seed * 7_919 + 7_877)
+        self.direct = []
+        for l in range(1, n + 1):
+            bound = 1.0 / math.sqrt(sizes[l])
+            b = torch.empty(sizes[-1], sizes[l], device=ref.device, dtype=ref.dtype).uniform_(
+                -bound, bound, generator=gen)
+            self.direct.append(self._own(f"B.{l}", b, group="feedback", layer=l))
+        return model
+
+    def aux_parameters(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
+        return self._fallback_groups()
+
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
+        chain = self.chain
+        if chain is None:
+            raise ConfigError("rule 'bdfa' is not prepared: call rule.prepare(model) before training")
+        n = chain.n_hidden
+        with torch.no_grad():
+            hs, a_out = forward_chain(chain, x)
+            loss, out, e = output_error(chain, a_out, y, loss_fn)
+            # one GEMM for every hidden layer's direct signal e B_l
+            signal = e.mm(torch.cat(self.direct, 1)) if n > 1 else (e.mm(self.direct[0]) if n else None)
+            parts = signal.split([b.shape[1] for b in self.direct], 1) if n else ()
+            last = chain.linears[-1]
+            write_grad(last.weight, e.t().mm(hs[n]))
+            if last.bias is not None:
+                write_grad(last.bias, e.sum(0))
+            for l in range(1, n + 1):
+                delta = mul_derivative(parts[l - 1].contiguous(), chain.acts[l - 1], hs[l])
+                lin = chain.linears[l - 1]
+                write_grad(lin.weight, delta.t().mm(hs[l - 1]))
+                if lin.bias is not None:
+                    write_grad(lin.bias, delta.sum(0))
+            if n:
+                y1 = one_hot(y, chain.sizes[-1], a_out)
+                y_hat = torch.sigmoid(a_out) if isinstance(chain.acts[-1], nn.Identity) else out
+                y_mix = mixed_target(y1, y_hat, self.config["target"], float(self.config["alpha"]))
+                for l, b in enumerate(self.direct, start=1):
+                    write_grad(b, agreement_grad(b, y_mix, hs[self.partner[l - 1]], self.config["update"]))
+        return StepResult(loss, out)
+
+    def after_step(self, model: nn.Module) -> None:
+        if self.config["max_norm"] is not None and self.chain is not None:
+            apply_max_norm([lin.weight for lin in self.chain.linears], self.config["max_norm"])
+
+    def feedback_pairs(self, model: nn.Module) -> list[FeedbackPair]:
+        """Direct matrices have shape ``(n_out, n_l)``, not W's: pairs carry ``feedback=None``."""
+        names = {id(m): name for name, m in model.named_modules()}
+        return [FeedbackPair(names.get(id(lin), f"linear{k}"), lin.weight, None)
+                for k, lin in enumerate(self.chain.linears)] if self.chain else []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "fallback_owned": self._fallback_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._load_fallback(state.get("fallback_owned", {}))
+
+
+__all__ = ["BidirectionalDFA", "agreement_grad", "mixed_target"]

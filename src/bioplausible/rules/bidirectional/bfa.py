@@ -1,0 +1,225 @@
+"""Bidirectional feedback alignment, BFA (Luo, Fu & Glass 2017, arXiv 1702.07097, §3.1; spec §6.2).
+
+Two networks train each other. The forward (recognition) MLP has weights ``W→_1 … W→_{N+1}``
+(``W→_k`` maps layer ``k−1`` to layer ``k``, sizes ``s_0 … s_{N+1}``). The rule owns a generative
+network of the mirrored shape that maps a one-hot label back to an input,
+
+    a←_1 = W←_1 y,  h←_j = σ(a←_j),  a←_{j+1} = W←_{j+1} h←_j,  x̂ = σ_x(a←_{N+1})   (eq 23–25)
+
+with ``W←_j`` of shape ``s_{N+1−j} × s_{N+2−j}`` (= the shape of ``(W→_{N+2−j})ᵀ``) and the hidden
+activation of the forward layer it mirrors. Each network's matrices are the other's feedback
+matrices, used as they are (no transposes in the maths). Per batch:
+
+1. forward learning phase, FA through the generative weights (eq 18–22)::
+
+       δ_{N+1} = e→ = ∂l→/∂a_{N+1}  (= ŷ − y for sigmoid outputs with BCE)
+       δ_k = (W←_{N+1−k} δ_{k+1}) ⊙ σ'(a_k),   ∇W→_k = δ_k h_{k−1}ᵀ
+
+2. backward learning phase, reconstruction ``l← = ½‖x̂ − x‖²`` (eq 26) with its error carried
+   by the forward weights (eq 27–29)::
+
+       δ←_{N+1} = e← = (x̂ − x) ⊙ σ_x'(a←_{N+1})
+       δ←_j = (W→_{N+1−j} δ←_{j+1}) ⊙ σ'(a←_j),   ∇W←_j = δ←_j h←_{j−1}ᵀ  (h←_0 = y)
+
+Depth: any number of hidden layers by this mirroring (``W←_k ↔ W→_{N+2−k}``, spec §6.2).
+Biases: both networks have them (the paper absorbs them into the weights); they are trained
+with their layer's δ and are not part of the feedback.
+
+Phases: ``phases = (("forward",), ("generative",))``. With the contract's phase optimizers the
+forward weights are stepped before the generative phase runs (``self.step_phase(0)``), as the
+paper states; without them both ``.grad`` are written and one optimizer step applies them, so
+the generative phase sees the forward weights of the start of the batch.
+
+Options (documented defaults for what the paper leaves open):
+
+* ``sigma_x``: ``"identity"`` (default; then ``e← = x̂ − x`` is exactly ∂l←/∂a←, spec §6.2) or
+  ``"sigmoid"`` (pixels in [0, 1]).
+* ``recon_reduction``: ``"auto"`` (default: a batch sum when the forward loss is a summed one,
+  such as ``bce_sum``, a batch mean otherwise), ``"sum"`` or ``"mean"``.
+* ``gen_bias``: generative biases (default True). ``W←`` is drawn U(±1/√fan_in) like a
+  PyTorch Linear (fan_in = its input width), biases start at zero; draws use the rule's seed.
+* ``max_norm``: ``None`` (default) or e.g. 400 — after every step each row and column of every
+  forward and generative matrix is renormalised to L2 norm ≤ max_norm (the authors' code).
+
+The generative network's rendering of each one-hot label is :meth:`generate` (Fig. 6).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ...registry import register
+from ..base import FeedbackPair, Rule, StepResult
+from .common import (
+    Chain,
+    apply_max_norm,
+    check_choice,
+    check_max_norm,
+    forward_chain,
+    mlp_chain,
+    mul_derivative,
+    one_hot,
+    output_error,
+    write_grad,
+)
+from .owned import OwnedMixin
+
+SIGMA_X = ("identity", "sigmoid")
+REDUCTIONS = ("auto", "sum", "mean")
+
+
+@register("bfa")
+class BidirectionalFA(OwnedMixin, Rule):
+    family = "feedback"
+    paper = "Luo, Fu & Glass 2017"
+    summary = "FA through a label→input generative net trained by FA through the forward weights"
+    defaults: ClassVar[dict[str, Any]] = {"sigma_x": "identity", "recon_reduction": "auto",
+                                          "gen_bias": True, "max_norm": None}
+    phases: ClassVar[tuple] = (("forward",), ("generative",))
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        self._init_owned()
+        self.chain: Chain | None = None
+        self.gen_w: list[nn.Parameter] = []
+        self.gen_b: list[nn.Parameter | None] = []
+        self.last_recon = float("nan")
+
+    def validate(self) -> None:
+        check_choice("bfa", "sigma_x", self.config["sigma_x"], SIGMA_X)
+        check_choice("bfa", "recon_reduction", self.config["recon_reduction"], REDUCTIONS)
+        check_max_norm("bfa", self.config["max_norm"])
+
+    # ------------------------------------------------------------------ setup
+    def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
+        chain = mlp_chain(model, "bfa")
+        self.chain = chain
+        sizes = chain.sizes
+        n = chain.n_hidden
+        ref = chain.linears[0].weight
+        gen = torch.Generator(device=ref.device)
+        gen.manual_seed(self.seed * 7_919 + 104_729)
+        self.gen_w, self.gen_b = [], []
+        for j in range(1, n + 2):  # W←_j: s_{N+1−j} × s_{N+2−j}
+            n_out, n_in = sizes[n + 1 - j], sizes[n + 2 - j]
+            bound = 1.0 / math.sqrt(n_in)
+            w = torch.empty(n_out, n_in, device=ref.device, dtype=ref.dtype).uniform_(-bound, bound, generator=gen)
+            # layer index: the forward layer W→_{N+2−j} it mirrors (0-based N+1−j)
+            self.gen_w.append(self._own(f"W_gen.{j}", w, group="generative", layer=n + 1 - j))
+            b = None
+            if self.config["gen_bias"]:
+                b = self._own(f"b_gen.{j}", torch.zeros(n_out, device=ref.device, dtype=ref.dtype),
+                              group="generative", layer=n + 1 - j)
+            self.gen_b.append(b)
+        return model
+
+    def aux_parameters(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
+        return self._fallback_groups()
+
+    def generative_parameters(self) -> list[nn.Parameter]:
+        return [p for pair in zip(self.gen_w, self.gen_b) for p in pair if p is not None]
+
+    # ------------------------------------------------------------------ step
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
+        chain = self._require_chain()
+        n = chain.n_hidden
+        with torch.no_grad():
+            # ---- phase 1: forward learning, FA through W← (eq 18–22)
+            hs, a_out = forward_chain(chain, x)
+            loss, out, delta = output_error(chain, a_out, y, loss_fn)
+            for k in range(n + 1, 0, -1):  # W→_k, 1-based
+                lin = chain.linears[k - 1]
+                write_grad(lin.weight, delta.t().mm(hs[k - 1]))
+                if lin.bias is not None:
+                    write_grad(lin.bias, delta.sum(0))
+                if k > 1:  # δ_{k−1} = (W←_{N+2−k} δ_k) ⊙ σ'(a_{k−1})
+                    delta = mul_derivative(delta.mm(self.gen_w[n + 1 - k].t()), chain.acts[k - 2], hs[k - 1])
+        self._end_phase(0)
+        with torch.no_grad():
+            # ---- phase 2: backward learning, FA through W→ (eq 23–29)
+            self.last_recon = self._generative_grads(chain, x.flatten(1), one_hot(y, chain.sizes[-1], a_out),
+                                                     loss_fn)
+        self._end_phase(1)
+        return StepResult(loss, out)
+
+    def _generative_grads(self, chain: Chain, x: torch.Tensor, y1: torch.Tensor, loss_fn) -> float:
+        n = chain.n_hidden
+        gs, a_x = self._generate(chain, y1)
+        x_hat = torch.sigmoid(a_x) if self.config["sigma_x"] == "sigmoid" else a_x
+        diff = x_hat - x
+        recon = 0.5 * float(diff.pow(2).sum()) / x.shape[0]
+        delta = diff
+        if self.config["sigma_x"] == "sigmoid":
+            delta = delta * x_hat * (1.0 - x_hat)
+        reduction = self.config["recon_reduction"]
+        if reduction == "auto":
+            reduction = "sum" if getattr(loss_fn, "reduction", "mean") == "sum" else "mean"
+        if reduction == "mean":
+            delta = delta / x.shape[0]
+        for j in range(n + 1, 0, -1):  # W←_j, 1-based
+            write_grad(self.gen_w[j - 1], delta.t().mm(gs[j - 1]))
+            if self.gen_b[j - 1] is not None:
+                write_grad(self.gen_b[j - 1], delta.sum(0))
+            if j > 1:  # δ←_{j−1} = (W→_{N+2−j} δ←_j) ⊙ σ'(a←_{j−1})
+                w = chain.linears[n + 1 - j].weight
+                delta = mul_derivative(delta.mm(w.t()), chain.acts[n + 1 - j], gs[j - 1])
+        return recon
+
+    def _generate(self, chain: Chain, y1: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Inputs of every generative layer ``[y, h←_1, …, h←_N]`` and ``a←_{N+1}``."""
+        n = chain.n_hidden
+        g = y1
+        gs = [g]
+        for j in range(1, n + 1):
+            g = chain.acts[n - j](nn.functional.linear(g, self.gen_w[j - 1], self.gen_b[j - 1]))
+            gs.append(g)
+        return gs, nn.functional.linear(g, self.gen_w[n], self.gen_b[n])
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``x̂`` for each label (class indices; default every class once), shape ``(n, s_0)``."""
+        chain = self._require_chain()
+        ref = self.gen_w[0]
+        n_cls = chain.sizes[-1]
+        if labels is None:
+            labels = torch.arange(n_cls, device=ref.device)
+        _, a_x = self._generate(chain, one_hot(labels.to(ref.device), n_cls, ref))
+        return torch.sigmoid(a_x) if self.config["sigma_x"] == "sigmoid" else a_x
+
+    def after_step(self, model: nn.Module) -> None:
+        if self.config["max_norm"] is not None:
+            chain = self._require_chain()
+            apply_max_norm([lin.weight for lin in chain.linears] + list(self.gen_w), self.config["max_norm"])
+
+    # ------------------------------------------------------------------ reporting
+    def feedback_pairs(self, model: nn.Module) -> list[FeedbackPair]:
+        """``W→_k`` with its feedback in W's layout, ``(W←_{N+2−k})ᵀ`` (k = 1 is never used)."""
+        chain = self._require_chain()
+        n = chain.n_hidden
+        names = {id(m): name for name, m in model.named_modules()}
+        return [FeedbackPair(names.get(id(lin), f"linear{k}"), lin.weight, self.gen_w[n - k].detach().t())
+                for k, lin in enumerate(chain.linears)]
+
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        return {"recon_loss": self.last_recon}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "fallback_owned": self._fallback_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._load_fallback(state.get("fallback_owned", {}))
+
+    def _require_chain(self) -> Chain:
+        if self.chain is None:
+            from ...errors import ConfigError
+
+            raise ConfigError("rule 'bfa' is not prepared: call rule.prepare(model) before training")
+        return self.chain
+
+
+__all__ = ["BidirectionalFA"]

@@ -148,7 +148,7 @@ class ActivationRelaxation(Rule):
         """The Linear layers whose backward map relaxes a hidden layer (all but the first)."""
         return [lin for lin, _ in self._layout(model).layers[1:]]
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
         """Check the model can be relaxed; attach ψ (``feedback``) for random/learned weights."""
         if self.config["graph"]:
             from .ar_graph import trace_model

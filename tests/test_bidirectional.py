@@ -46,11 +46,6 @@ def _tanh_d(a):
     return 1 - torch.tanh(a) ** 2
 
 
-def _phase_optimizers(rule, model, lr):
-    """One SGD per phase, stepped by ``step_phase`` like the contract's phase optimizers."""
-    fwd = torch.optim.SGD(model.parameters(), lr=lr)
-    gen = torch.optim.SGD(rule.generative_parameters(), lr=lr)
-    rule.step_phase = lambda i: (fwd, gen)[i].step()
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
@@ -64,10 +59,11 @@ def test_bfa_matches_literal_equations_in_phase_order(depth, sigma_x):
     b = [lin.bias.detach().clone() for lin in _linears(model)]
     G = [g.detach().clone() for g in rule.gen_w]
     c = [v.detach().clone() for v in rule.gen_b]
-    _phase_optimizers(rule, model, lr)
+    opt = rule.build_optimizer(model, {"name": "sgd", "lr": lr})  # one optimizer per phase
     for step in range(3):
         x, y = _batch(sizes, seed=step)
         rule.train_step(model, x, y, get_loss("bce_sum"))
+        opt.step()  # both phases were stepped inside train_step: nothing left to do
         W, b, G, c = literal.bfa_step(W, b, G, c, x, nn.functional.one_hot(y, sizes[-1]).double(), lr,
                                       torch.tanh, _tanh_d, sigma_x, sequential=True)
         for lin, w, v in zip(_linears(model), W, b):
@@ -86,8 +82,7 @@ def test_bfa_single_optimizer_step_matches_literal_without_phase_stepping():
     b = [lin.bias.detach().clone() for lin in _linears(model)]
     G = [g.detach().clone() for g in rule.gen_w]
     c = [v.detach().clone() for v in rule.gen_b]
-    rule.step_phase = lambda i: None
-    opt = torch.optim.SGD(list(model.parameters()) + rule.generative_parameters(), lr=lr)
+    opt = torch.optim.SGD(rule.param_groups(model, lr))  # a plain optimizer: no phase stepping
     x, y = _batch(sizes)
     rule.train_step(model, x, y, get_loss("bce_sum"))
     opt.step()
@@ -107,6 +102,7 @@ def test_bfa_phases_run_forward_then_generative():
         seen.append((i, all(p.grad is not None for p in model.parameters()),
                      any(p.grad is not None for p in rule.generative_parameters())))
 
+    rule.build_optimizer(model, {"name": "sgd", "lr": 0.1})
     rule.step_phase = record
     x, y = _batch(sizes)
     rule.train_step(model, x, y, get_loss("bce"))
@@ -125,7 +121,6 @@ def test_bfa_forward_phase_equals_fa_with_generative_weights(depth):
     with torch.no_grad():
         for k, layer in enumerate(layers):  # B for W→_{k+1} in W's layout: (W←_{N+1−k})ᵀ
             layer.feedback.copy_(rule.gen_w[n - k].t())
-    rule.step_phase = lambda i: None
     x, y = _batch(sizes)
     rule.train_step(model, x, y, get_loss("bce"))
     get_loss("bce")(fa_model(x), y).backward()
@@ -151,7 +146,6 @@ def test_bfa_backward_phase_equals_fa_on_generative_net_with_forward_weights(dep
             layer.weight.copy_(rule.gen_w[j])
             layer.bias.copy_(rule.gen_b[j])
             layer.feedback.copy_(lins[n - j].weight.t())
-    rule.step_phase = lambda i: None
     x, y = _batch(sizes)
     rule.train_step(model, x, y, get_loss("bce"))
     x_hat = gen_net(nn.functional.one_hot(y, sizes[-1]).double())
@@ -288,7 +282,25 @@ def test_float32_training_learns_and_resumes_exactly(tmp_path, name):
     resumed = Trainer(model(), name, data, cfg, out=tmp_path / "b").run(resume=True)
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
-    owned_a, owned_b = full.rule.state_dict(), resumed.rule.state_dict()
-    assert owned_a["fallback_owned"].keys() == owned_b["fallback_owned"].keys()
-    for k, v in owned_a["fallback_owned"].items():
-        assert torch.equal(v, owned_b["fallback_owned"][k]), k
+    owned_a, owned_b = full.rule.owned.state_dict(), resumed.rule.owned.state_dict()
+    assert owned_a.keys() == owned_b.keys() and len(owned_a) == (6 if name == "bfa" else 2)
+    for k, v in owned_a.items():
+        assert torch.equal(v, owned_b[k]), k
+    assert (tmp_path / "b" / "rule_state.pt").is_file()
+
+
+def test_owned_tensors_have_their_groups_and_layers():
+    sizes = SIZES[2]
+    bfa = bp.make("bfa")
+    model = bfa.prepare(_model(sizes))
+    table = {e.name: (e.group, e.layer) for e in bfa.param_table(model)}
+    assert table["W_gen.1"] == ("generative", 2) and table["W_gen.3"] == ("generative", 0)
+    assert table["0.weight"] == ("forward", 0) if "0.weight" in table else True
+    groups = [g["name"] for g in bfa.param_groups(model, 0.1, {"generative": {"lr": 0.01}})]
+    assert groups == ["forward", "generative"]
+    bdfa = bp.make("bdfa")
+    model = bdfa.prepare(_model(sizes))
+    table = {e.name: (e.group, e.layer) for e in bdfa.param_table(model)}
+    assert table["B.1"] == ("feedback", 1) and table["B.2"] == ("feedback", 2)
+    bdfa.to(dtype=torch.float32)
+    assert all(b.dtype == torch.float32 for b in bdfa.direct)

@@ -123,7 +123,12 @@ def _bce(o, t):
     return F.binary_cross_entropy_with_logits(o, _dense_targets(o, t))
 
 
-@_add("bce_sum", "sum over batch and units of sigmoid binary cross-entropy", "sum")
+def _bce_sum_samples(o, t):
+    per = F.binary_cross_entropy_with_logits(o, _dense_targets(o, t), reduction="none")
+    return per.reshape(o.shape[0], -1).sum(1)
+
+
+@_add("bce_sum", "sum over batch and units of sigmoid binary cross-entropy", _bce_sum_samples, "sum")
 def _bce_sum(o, t):
     return F.binary_cross_entropy_with_logits(o, _dense_targets(o, t), reduction="sum")
 

@@ -50,7 +50,6 @@ from .common import (
     output_error,
     write_grad,
 )
-from .owned import OwnedMixin
 
 UPDATES = ("code", "paper")
 TARGETS = ("none", "paper", "code")
@@ -74,7 +73,7 @@ def agreement_grad(b: torch.Tensor, y_mix: torch.Tensor, h: torch.Tensor, update
 
 
 @register("bdfa")
-class BidirectionalDFA(OwnedMixin, Rule):
+class BidirectionalDFA(Rule):
     family = "feedback"
     paper = "Luo, Fu & Glass 2017"
     summary = "DFA through direct matrices learned by agreement of y′B_l with h_l"
@@ -83,9 +82,8 @@ class BidirectionalDFA(OwnedMixin, Rule):
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
-        self._init_owned()
         self.chain: Chain | None = None
-        self.direct: list[nn.Parameter] = []  # B_l for hidden layer l = 1..N
+        self._n_direct = 0
         self.partner: list[int] = []          # the hidden layer whose activity trains B_l
 
     def validate(self) -> None:
@@ -113,28 +111,31 @@ class BidirectionalDFA(OwnedMixin, Rule):
         ref = chain.linears[0].weight
         gen = torch.Generator(device=ref.device)
         gen.manual_seed(self.seed * 7_919 + 7_877)
-        self.direct = []
+        self._n_direct = n
         for l in range(1, n + 1):
             bound = 1.0 / math.sqrt(sizes[l])
             b = torch.empty(sizes[-1], sizes[l], device=ref.device, dtype=ref.dtype).uniform_(
                 -bound, bound, generator=gen)
-            self.direct.append(self._own(f"B.{l}", b, group="feedback", layer=l))
+            self.own(f"B.{l}", b, group="feedback", layer=l)
         return model
 
-    def aux_parameters(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
-        return self._fallback_groups()
+    @property
+    def direct(self) -> list[torch.Tensor]:
+        """``[B_1, …, B_N]``, each ``(n_out, n_l)`` (owned tensors ``B.l``, group ``feedback``)."""
+        return [self.owned.get(f"B.{l}") for l in range(1, self._n_direct + 1)]
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
         chain = self.chain
         if chain is None:
             raise ConfigError("rule 'bdfa' is not prepared: call rule.prepare(model) before training")
         n = chain.n_hidden
+        direct = self.direct
         with torch.no_grad():
             hs, a_out = forward_chain(chain, x)
             loss, out, e = output_error(chain, a_out, y, loss_fn)
             # one GEMM for every hidden layer's direct signal e B_l
-            signal = e.mm(torch.cat(self.direct, 1)) if n > 1 else (e.mm(self.direct[0]) if n else None)
-            parts = signal.split([b.shape[1] for b in self.direct], 1) if n else ()
+            signal = e.mm(torch.cat(direct, 1)) if n > 1 else (e.mm(direct[0]) if n else None)
+            parts = signal.split([b.shape[1] for b in direct], 1) if n else ()
             last = chain.linears[-1]
             write_grad(last.weight, e.t().mm(hs[n]))
             if last.bias is not None:
@@ -149,7 +150,7 @@ class BidirectionalDFA(OwnedMixin, Rule):
                 y1 = one_hot(y, chain.sizes[-1], a_out)
                 y_hat = torch.sigmoid(a_out) if isinstance(chain.acts[-1], nn.Identity) else out
                 y_mix = mixed_target(y1, y_hat, self.config["target"], float(self.config["alpha"]))
-                for l, b in enumerate(self.direct, start=1):
+                for l, b in enumerate(direct, start=1):
                     write_grad(b, agreement_grad(b, y_mix, hs[self.partner[l - 1]], self.config["update"]))
         return StepResult(loss, out)
 
@@ -162,13 +163,6 @@ class BidirectionalDFA(OwnedMixin, Rule):
         names = {id(m): name for name, m in model.named_modules()}
         return [FeedbackPair(names.get(id(lin), f"linear{k}"), lin.weight, None)
                 for k, lin in enumerate(self.chain.linears)] if self.chain else []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "fallback_owned": self._fallback_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._load_fallback(state.get("fallback_owned", {}))
 
 
 __all__ = ["BidirectionalDFA", "agreement_grad", "mixed_target"]

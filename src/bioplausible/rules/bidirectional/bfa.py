@@ -66,14 +66,13 @@ from .common import (
     output_error,
     write_grad,
 )
-from .owned import OwnedMixin
 
 SIGMA_X = ("identity", "sigmoid")
 REDUCTIONS = ("auto", "sum", "mean")
 
 
 @register("bfa")
-class BidirectionalFA(OwnedMixin, Rule):
+class BidirectionalFA(Rule):
     family = "feedback"
     paper = "Luo, Fu & Glass 2017"
     summary = "FA through a label→input generative net trained by FA through the forward weights"
@@ -83,10 +82,8 @@ class BidirectionalFA(OwnedMixin, Rule):
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
-        self._init_owned()
         self.chain: Chain | None = None
-        self.gen_w: list[nn.Parameter] = []
-        self.gen_b: list[nn.Parameter | None] = []
+        self._n_gen = 0
         self.last_recon = float("nan")
 
     def validate(self) -> None:
@@ -103,22 +100,28 @@ class BidirectionalFA(OwnedMixin, Rule):
         ref = chain.linears[0].weight
         gen = torch.Generator(device=ref.device)
         gen.manual_seed(self.seed * 7_919 + 104_729)
-        self.gen_w, self.gen_b = [], []
+        self._n_gen = n + 1
         for j in range(1, n + 2):  # W←_j: s_{N+1−j} × s_{N+2−j}
             n_out, n_in = sizes[n + 1 - j], sizes[n + 2 - j]
             bound = 1.0 / math.sqrt(n_in)
             w = torch.empty(n_out, n_in, device=ref.device, dtype=ref.dtype).uniform_(-bound, bound, generator=gen)
             # layer index: the forward layer W→_{N+2−j} it mirrors (0-based N+1−j)
-            self.gen_w.append(self._own(f"W_gen.{j}", w, group="generative", layer=n + 1 - j))
-            b = None
+            self.own(f"W_gen.{j}", w, group="generative", layer=n + 1 - j)
             if self.config["gen_bias"]:
-                b = self._own(f"b_gen.{j}", torch.zeros(n_out, device=ref.device, dtype=ref.dtype),
-                              group="generative", layer=n + 1 - j)
-            self.gen_b.append(b)
+                self.own(f"b_gen.{j}", torch.zeros(n_out, device=ref.device, dtype=ref.dtype),
+                         group="generative", layer=n + 1 - j)
         return model
 
-    def aux_parameters(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
-        return self._fallback_groups()
+    @property
+    def gen_w(self) -> list[torch.Tensor]:
+        """``[W←_1, …, W←_{N+1}]`` (owned tensors ``W_gen.j``)."""
+        return [self.owned.get(f"W_gen.{j}") for j in range(1, self._n_gen + 1)]
+
+    @property
+    def gen_b(self) -> list[torch.Tensor | None]:
+        if not self.config["gen_bias"]:
+            return [None] * self._n_gen
+        return [self.owned.get(f"b_gen.{j}") for j in range(1, self._n_gen + 1)]
 
     def generative_parameters(self) -> list[nn.Parameter]:
         return [p for pair in zip(self.gen_w, self.gen_b) for p in pair if p is not None]
@@ -127,6 +130,7 @@ class BidirectionalFA(OwnedMixin, Rule):
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
         chain = self._require_chain()
         n = chain.n_hidden
+        gen_w = self.gen_w
         with torch.no_grad():
             # ---- phase 1: forward learning, FA through W← (eq 18–22)
             hs, a_out = forward_chain(chain, x)
@@ -137,14 +141,24 @@ class BidirectionalFA(OwnedMixin, Rule):
                 if lin.bias is not None:
                     write_grad(lin.bias, delta.sum(0))
                 if k > 1:  # δ_{k−1} = (W←_{N+2−k} δ_k) ⊙ σ'(a_{k−1})
-                    delta = mul_derivative(delta.mm(self.gen_w[n + 1 - k].t()), chain.acts[k - 2], hs[k - 1])
-        self._end_phase(0)
+                    delta = mul_derivative(delta.mm(gen_w[n + 1 - k].t()), chain.acts[k - 2], hs[k - 1])
+        self._end_phase(0)  # W→ is stepped here when the phase optimizers exist
         with torch.no_grad():
             # ---- phase 2: backward learning, FA through W→ (eq 23–29)
             self.last_recon = self._generative_grads(chain, x.flatten(1), one_hot(y, chain.sizes[-1], a_out),
                                                      loss_fn)
         self._end_phase(1)
         return StepResult(loss, out)
+
+    def _end_phase(self, index: int) -> None:
+        """Step phase ``index`` now (the contract's phase optimizers from ``build_optimizer``).
+
+        With a plain torch optimizer over :meth:`param_groups` there are none: both ``.grad``
+        are written and the caller's single ``opt.step()`` applies them (the generative phase
+        then uses the forward weights of the start of the batch).
+        """
+        if self._phase_optimizers:
+            self.step_phase(index)
 
     def _generative_grads(self, chain: Chain, x: torch.Tensor, y1: torch.Tensor, loss_fn) -> float:
         n = chain.n_hidden
@@ -206,13 +220,6 @@ class BidirectionalFA(OwnedMixin, Rule):
 
     def metrics(self, model: nn.Module) -> dict[str, float]:
         return {"recon_loss": self.last_recon}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "fallback_owned": self._fallback_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._load_fallback(state.get("fallback_owned", {}))
 
     def _require_chain(self) -> Chain:
         if self.chain is None:

@@ -92,6 +92,22 @@ def test_bfa_single_optimizer_step_matches_literal_without_phase_stepping():
         torch.testing.assert_close(g.detach(), w, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("sigma_x", ["identity", "sigmoid"])
+def test_bfa_class_grouped_generative_phase_equals_per_sample_phase(sigma_x):
+    """Class-index labels take the grouped path, one-hot float labels the per-sample one."""
+    sizes = SIZES[2]
+    x, y = _batch(sizes, n=9)
+    grads = []
+    for target in (y, nn.functional.one_hot(y, sizes[-1]).double()):
+        rule = bp.make("bfa", sigma_x=sigma_x)
+        model = rule.prepare(_model(sizes))
+        rule.train_step(model, x, target, get_loss("bce"))
+        grads.append(([p.grad.clone() for p in rule.generative_parameters()], rule.last_recon))
+    for a, b in zip(grads[0][0], grads[1][0]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    assert grads[0][1] == pytest.approx(grads[1][1], rel=1e-10)
+
+
 def test_bfa_phases_run_forward_then_generative():
     sizes = SIZES[2]
     rule = bp.make("bfa")

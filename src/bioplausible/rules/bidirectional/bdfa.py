@@ -44,6 +44,8 @@ from .common import (
     check_choice,
     check_max_norm,
     forward_chain,
+    grad_mm,
+    grad_sum,
     mlp_chain,
     mul_derivative,
     one_hot,
@@ -137,15 +139,15 @@ class BidirectionalDFA(Rule):
             signal = e.mm(torch.cat(direct, 1)) if n > 1 else (e.mm(direct[0]) if n else None)
             parts = signal.split([b.shape[1] for b in direct], 1) if n else ()
             last = chain.linears[-1]
-            write_grad(last.weight, e.t().mm(hs[n]))
+            grad_mm(last.weight, e.t(), hs[n])
             if last.bias is not None:
-                write_grad(last.bias, e.sum(0))
+                grad_sum(last.bias, e)
             for l in range(1, n + 1):
                 delta = mul_derivative(parts[l - 1].contiguous(), chain.acts[l - 1], hs[l])
                 lin = chain.linears[l - 1]
-                write_grad(lin.weight, delta.t().mm(hs[l - 1]))
+                grad_mm(lin.weight, delta.t(), hs[l - 1])
                 if lin.bias is not None:
-                    write_grad(lin.bias, delta.sum(0))
+                    grad_sum(lin.bias, delta)
             if n:
                 y1 = one_hot(y, chain.sizes[-1], a_out)
                 y_hat = torch.sigmoid(a_out) if isinstance(chain.acts[-1], nn.Identity) else out

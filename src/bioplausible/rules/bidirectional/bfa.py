@@ -64,7 +64,8 @@ from .common import (
     mul_derivative,
     one_hot,
     output_error,
-    write_grad,
+    grad_mm,
+    grad_sum,
 )
 
 SIGMA_X = ("identity", "sigmoid")
@@ -137,16 +138,15 @@ class BidirectionalFA(Rule):
             loss, out, delta = output_error(chain, a_out, y, loss_fn)
             for k in range(n + 1, 0, -1):  # W→_k, 1-based
                 lin = chain.linears[k - 1]
-                write_grad(lin.weight, delta.t().mm(hs[k - 1]))
+                grad_mm(lin.weight, delta.t(), hs[k - 1])
                 if lin.bias is not None:
-                    write_grad(lin.bias, delta.sum(0))
+                    grad_sum(lin.bias, delta)
                 if k > 1:  # δ_{k−1} = (W←_{N+2−k} δ_k) ⊙ σ'(a_{k−1})
                     delta = mul_derivative(delta.mm(gen_w[n + 1 - k].t()), chain.acts[k - 2], hs[k - 1])
         self._end_phase(0)  # W→ is stepped here when the phase optimizers exist
         with torch.no_grad():
             # ---- phase 2: backward learning, FA through W→ (eq 23–29)
-            self.last_recon = self._generative_grads(chain, x.flatten(1), one_hot(y, chain.sizes[-1], a_out),
-                                                     loss_fn)
+            self.last_recon = self._generative_grads(chain, x.flatten(1).to(a_out.dtype), y, loss_fn)
         self._end_phase(1)
         return StepResult(loss, out)
 
@@ -160,28 +160,47 @@ class BidirectionalFA(Rule):
         if self._phase_optimizers:
             self.step_phase(index)
 
-    def _generative_grads(self, chain: Chain, x: torch.Tensor, y1: torch.Tensor, loss_fn) -> float:
+    def _generative_grads(self, chain: Chain, x: torch.Tensor, y: torch.Tensor, loss_fn) -> float:
+        """Backward learning phase; returns the batch's ½‖x̂ − x‖² per example.
+
+        With class-index labels the generative activities depend on the class only, so the
+        network runs on the ``n_out`` one-hot rows and the errors enter as class sums
+        ``D_c = Σ_{n: y_n = c} e←_n`` — every gradient below is linear in e←, so this is the same
+        sum over samples, at ~n_out/N of the cost. Float (soft) targets run sample by sample.
+        """
         n = chain.n_hidden
-        gs, a_x = self._generate(chain, y1)
-        x_hat = torch.sigmoid(a_x) if self.config["sigma_x"] == "sigmoid" else a_x
-        diff = x_hat - x
-        recon = 0.5 * float(diff.pow(2).sum()) / x.shape[0]
-        delta = diff
-        if self.config["sigma_x"] == "sigmoid":
-            delta = delta * x_hat * (1.0 - x_hat)
+        n_cls = chain.sizes[-1]
+        sigmoid = self.config["sigma_x"] == "sigmoid"
+        if y.dim() == 1 and not y.is_floating_point():
+            rows = torch.eye(n_cls, device=x.device, dtype=x.dtype)
+            gs, a_x = self._generate(chain, rows)
+            x_hat = torch.sigmoid(a_x) if sigmoid else a_x
+            y = y.long()
+            counts = x.new_zeros(n_cls).index_add_(0, y, x.new_ones(x.shape[0]))
+            sums = x.new_zeros(n_cls, x.shape[1]).index_add_(0, y, x)
+            delta = x_hat * counts[:, None] - sums  # D_c = Σ_{n∈c} (x̂_c − x_n)
+            sq = (counts * x_hat.pow(2).sum(1)).sum() - 2 * (x_hat * sums).sum() + x.pow(2).sum()
+        else:
+            gs, a_x = self._generate(chain, one_hot(y, n_cls, x))
+            x_hat = torch.sigmoid(a_x) if sigmoid else a_x
+            delta = x_hat - x
+            sq = delta.pow(2).sum()
+        if sigmoid:
+            delta = delta * (x_hat * (1.0 - x_hat))
         reduction = self.config["recon_reduction"]
         if reduction == "auto":
             reduction = "sum" if getattr(loss_fn, "reduction", "mean") == "sum" else "mean"
         if reduction == "mean":
             delta = delta / x.shape[0]
+        gen_w, gen_b = self.gen_w, self.gen_b
         for j in range(n + 1, 0, -1):  # W←_j, 1-based
-            write_grad(self.gen_w[j - 1], delta.t().mm(gs[j - 1]))
-            if self.gen_b[j - 1] is not None:
-                write_grad(self.gen_b[j - 1], delta.sum(0))
+            grad_mm(gen_w[j - 1], delta.t(), gs[j - 1])
+            if gen_b[j - 1] is not None:
+                grad_sum(gen_b[j - 1], delta)
             if j > 1:  # δ←_{j−1} = (W→_{N+2−j} δ←_j) ⊙ σ'(a←_{j−1})
                 w = chain.linears[n + 1 - j].weight
                 delta = mul_derivative(delta.mm(w.t()), chain.acts[n + 1 - j], gs[j - 1])
-        return recon
+        return 0.5 * max(float(sq), 0.0) / x.shape[0]
 
     def _generate(self, chain: Chain, y1: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Inputs of every generative layer ``[y, h←_1, …, h←_N]`` and ``a←_{N+1}``."""

@@ -108,11 +108,29 @@ def output_error(chain: Chain, a_out: torch.Tensor, y: torch.Tensor, loss_fn
     return loss.detach(), out.detach(), e
 
 
+def _reusable(p: torch.Tensor, shape) -> bool:
+    g = p.grad
+    return g is not None and g.shape == shape and g.dtype == p.dtype and g.is_contiguous()
+
+
 def write_grad(p: torch.Tensor, g: torch.Tensor) -> None:
-    if p.grad is None:
-        p.grad = g
+    p.grad = g
+
+
+def grad_mm(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``p.grad = a @ b``, written into the existing ``.grad`` buffer when there is one."""
+    if _reusable(p, p.shape):
+        torch.mm(a, b, out=p.grad)
     else:
-        p.grad.copy_(g)
+        p.grad = a.mm(b)
+
+
+def grad_sum(p: torch.Tensor, delta: torch.Tensor) -> None:
+    """``p.grad = Σ_rows delta`` (a bias gradient)."""
+    if _reusable(p, p.shape):
+        torch.sum(delta, 0, out=p.grad)
+    else:
+        p.grad = delta.sum(0)
 
 
 def one_hot(y: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:

@@ -320,3 +320,23 @@ def test_owned_tensors_have_their_groups_and_layers():
     assert table["B.1"] == ("feedback", 1) and table["B.2"] == ("feedback", 2)
     bdfa.to(dtype=torch.float32)
     assert all(b.dtype == torch.float32 for b in bdfa.direct)
+
+
+def test_generate_cli_writes_png_and_rejects_other_runs(tmp_path, capsys):
+    from bioplausible.cli import main
+    from bioplausible.rules.bidirectional.generate import generated_images
+
+    data = make_bundle(dim=16)
+    cfg = TrainConfig.from_dict({"epochs": 1, "batch_size": 32, "progress": False, "loss": "bce",
+                                 "model": {"spec": "mlp:16-8-4", "activation": "tanh"},
+                                 "optimizer": {"name": "sgd", "lr": 0.05}})
+    torch.manual_seed(0)
+    result = Trainer(bp.build_model("mlp:16-8-4", activation="tanh"), "bfa", data,
+                     cfg.updated({"rule": {"name": "bfa"}}), out=tmp_path / "run").run()
+    images, _ = generated_images(tmp_path / "run")
+    torch.testing.assert_close(images, result.rule.generate().float())  # the trained generator
+    assert main(["generate", str(tmp_path / "run"), "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    Trainer(bp.build_model("mlp:16-8-4", activation="tanh"), "bp", data, cfg, out=tmp_path / "bp").run()
+    assert main(["generate", str(tmp_path / "bp")]) == 2
+    assert "rule 'bfa'" in capsys.readouterr().err

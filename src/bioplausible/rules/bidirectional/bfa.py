@@ -30,6 +30,12 @@ forward weights are stepped before the generative phase runs (``self.step_phase(
 paper states; without them both ``.grad`` are written and one optimizer step applies them, so
 the generative phase sees the forward weights of the start of the batch.
 
+Cost: with class-index labels the generative network's activities depend on the label only,
+so the backward phase runs it on the ``n_out`` one-hot rows and feeds it the class sums of the
+errors ``D_c = Σ_{n: y_n = c} e←_n`` (every gradient is linear in e←, so this is the same batch
+sum); a BFA step then costs little more than an FA step. Float (one-hot or soft) targets take
+the sample-by-sample path; both are tested against the literal per-sample equations.
+
 Options (documented defaults for what the paper leaves open):
 
 * ``sigma_x``: ``"identity"`` (default; then ``e← = x̂ − x`` is exactly ∂l←/∂a←, spec §6.2) or
@@ -52,6 +58,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ...errors import ConfigError
 from ...registry import register
 from ..base import FeedbackPair, Rule, StepResult
 from .common import (
@@ -60,12 +67,12 @@ from .common import (
     check_choice,
     check_max_norm,
     forward_chain,
+    grad_mm,
+    grad_sum,
     mlp_chain,
     mul_derivative,
     one_hot,
     output_error,
-    grad_mm,
-    grad_sum,
 )
 
 SIGMA_X = ("identity", "sigmoid")
@@ -242,8 +249,6 @@ class BidirectionalFA(Rule):
 
     def _require_chain(self) -> Chain:
         if self.chain is None:
-            from ...errors import ConfigError
-
             raise ConfigError("rule 'bfa' is not prepared: call rule.prepare(model) before training")
         return self.chain
 

@@ -9,6 +9,7 @@ one elementwise activation after each.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -68,7 +69,7 @@ def mlp_chain(model: nn.Module, rule: str) -> Chain:
         raise IncompatibleModelError(f"rule {rule!r} needs at least one Linear layer ({SUPPORTED})")
     if len(acts) < len(linears):
         acts.append(nn.Identity())
-    for prev, nxt in zip(linears, linears[1:]):
+    for prev, nxt in itertools.pairwise(linears):
         if prev.out_features != nxt.in_features:
             raise IncompatibleModelError(f"rule {rule!r}: Linear sizes do not chain "
                                          f"({prev.out_features} -> {nxt.in_features})")

@@ -14,6 +14,9 @@ One training step on a batch (spec §4; row-vector form, as the authors' code):
    ``f′`` factor (eq 7); learned ψ without it is the paper's combined rule (eq 8). The input
    layer is never relaxed. ``sweep`` is ``"gauss_seidel"`` (top-down, the code) or
    ``"jacobi"`` (parallel, the paper);
+   For a batch-mean loss (``cross_entropy``, ``mse_batchmean``, ``mse``) the clamped error is
+   each example's own error (N times the batch gradient) and the ``1/N`` is applied to the
+   update below, so finite-K results are as close to BP as with summed losses;
 4. the weight update from the relaxed ``x_{l+1}`` and the stored ``h_l`` (eq 1)::
 
        W_l.grad = (x_{l+1} ⊙ f′(a_{l+1}^fwd))ᵀ h_l,   b_l.grad = Σ_batch x_{l+1} ⊙ f′
@@ -64,11 +67,6 @@ VARIANTS: dict[str, tuple[str, bool]] = {
 }
 
 
-def _choice(config: dict[str, Any], key: str, accepted: tuple[str, ...]) -> None:
-    if config[key] not in accepted:
-        raise ConfigError(f"ar option {key}={config[key]!r} is not valid; accepted: {', '.join(accepted)}")
-
-
 @register("ar")
 class ActivationRelaxation(Rule):
     family = "circuit"
@@ -106,8 +104,8 @@ class ActivationRelaxation(Rule):
                 f"ar option eta_x must be in (0, 1], got {eta!r} (each Euler step keeps "
                 "(1 − eta_x) of a unit's value; the paper uses 0.1)")
         c["eta_x"] = float(eta)
-        _choice(c, "solver", SOLVERS)
-        _choice(c, "sweep", SWEEPS)
+        self.check_choice("solver", SOLVERS)
+        self.check_choice("sweep", SWEEPS)
         if c["variant"] is not None:
             if c["variant"] not in VARIANTS:
                 raise ConfigError(f"ar option variant={c['variant']!r} is not valid; accepted: "
@@ -118,10 +116,9 @@ class ActivationRelaxation(Rule):
                     raise ConfigError(f"ar variant {c['variant']!r} means {key}={value!r}, "
                                       f"which contradicts {key}={c[key]!r}; give only one")
                 c[key] = value
-        _choice(c, "backward_weights", BACKWARD_WEIGHTS)
+        self.check_choice("backward_weights", BACKWARD_WEIGHTS)
         for key in ("derivative", "weight_derivative", "graph"):
-            if not isinstance(c[key], bool):
-                raise ConfigError(f"ar option {key} must be true or false, got {c[key]!r}")
+            self.check_bool(key)
         std = c["feedback_std"]
         if isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0:
             raise ConfigError(f"ar option feedback_std must be > 0, got {std!r}")
@@ -249,6 +246,10 @@ class ActivationRelaxation(Rule):
             return StepResult(loss, out)
         c = self.config
         chain = self.forward_chain(model, x, y, loss_fn)
+        # Relax per-example errors; the loss's batch reduction goes into the weight update.
+        per_example = x.shape[0] if batch_mean(loss_fn) else 1
+        if per_example != 1:
+            chain.error = chain.error * per_example
         relaxed = self.relax(chain)
         self._check(chain.loss, relaxed + [chain.error], "activity")
         values = relaxed + [chain.error]  # x_{l+1} for l = 0..L−1
@@ -259,6 +260,8 @@ class ActivationRelaxation(Rule):
                 fp = chain.fprime[l]
                 if c["weight_derivative"] and fp is not None:
                     delta = delta * fp
+                if per_example != 1:
+                    delta = delta / per_example
                 gw = _grad_buffer(lin.weight)
                 torch.mm(delta.t(), chain.forward[l], out=gw)
                 if lin.bias is not None:
@@ -270,6 +273,16 @@ class ActivationRelaxation(Rule):
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """The largest |relaxed value| of the last step (a divergence indicator)."""
         return {"relax_max_abs": self._last_max}
+
+
+def batch_mean(loss_fn) -> bool:
+    """True for losses averaged over the batch (``Loss.reduction == "mean"``).
+
+    Their output error is ``1/N`` times each example's error; AR relaxes the per-example
+    errors (so the relaxation starts on the same scale as the stored activities) and applies
+    the ``1/N`` to the weight update. A plain callable is taken as a summed loss.
+    """
+    return getattr(loss_fn, "reduction", "sum") == "mean"
 
 
 def _grad_buffer(p: torch.Tensor) -> torch.Tensor:

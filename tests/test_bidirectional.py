@@ -256,6 +256,7 @@ def test_bad_input_is_one_line():
     with pytest.raises(IncompatibleModelError, match="mirrored hidden widths"):
         bp.make("bdfa", pairing="index").prepare(_model([7, 5, 4, 3]))
     bad = [("bfa", {"sigma_x": "tanh"}), ("bfa", {"recon_reduction": "max"}), ("bfa", {"max_norm": -1}),
+           ("bfa", {"gen_bias": 1}), ("bdfa", {"max_norm": float("nan")}), ("bdfa", {"alpha": float("inf")}),
            ("bdfa", {"update": "x"}), ("bdfa", {"target": "both"}), ("bdfa", {"alpha": -0.1}),
            ("bdfa", {"pairing": "any"}), ("bdfa", {"mix": 1})]
     for name, opts in bad:

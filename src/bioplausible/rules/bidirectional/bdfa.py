@@ -41,8 +41,6 @@ from ..base import FeedbackPair, Rule, StepResult
 from .common import (
     Chain,
     apply_max_norm,
-    check_choice,
-    check_max_norm,
     forward_chain,
     grad_mm,
     grad_sum,
@@ -89,13 +87,12 @@ class BidirectionalDFA(Rule):
         self.partner: list[int] = []          # the hidden layer whose activity trains B_l
 
     def validate(self) -> None:
-        check_choice("bdfa", "update", self.config["update"], UPDATES)
-        check_choice("bdfa", "target", self.config["target"], TARGETS)
-        check_choice("bdfa", "pairing", self.config["pairing"], PAIRINGS)
-        check_max_norm("bdfa", self.config["max_norm"])
-        a = self.config["alpha"]
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0:
-            raise ConfigError(f"rule 'bdfa': alpha must be a number >= 0 (the paper uses 0.25); got {a!r}")
+        self.check_choice("update", UPDATES)
+        self.check_choice("target", TARGETS)
+        self.check_choice("pairing", PAIRINGS)
+        self.check_number("alpha", 0.0)
+        if self.config["max_norm"] is not None:
+            self.check_number("max_norm", 0.0, positive=True)
 
     def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
         chain = mlp_chain(model, "bdfa")

@@ -64,8 +64,6 @@ from ..base import FeedbackPair, Rule, StepResult
 from .common import (
     Chain,
     apply_max_norm,
-    check_choice,
-    check_max_norm,
     forward_chain,
     grad_mm,
     grad_sum,
@@ -95,9 +93,11 @@ class BidirectionalFA(Rule):
         self.last_recon = float("nan")
 
     def validate(self) -> None:
-        check_choice("bfa", "sigma_x", self.config["sigma_x"], SIGMA_X)
-        check_choice("bfa", "recon_reduction", self.config["recon_reduction"], REDUCTIONS)
-        check_max_norm("bfa", self.config["max_norm"])
+        self.check_choice("sigma_x", SIGMA_X)
+        self.check_choice("recon_reduction", REDUCTIONS)
+        self.check_bool("gen_bias")
+        if self.config["max_norm"] is not None:
+            self.check_number("max_norm", 0.0, positive=True)
 
     # ------------------------------------------------------------------ setup
     def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:

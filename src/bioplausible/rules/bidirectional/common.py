@@ -151,15 +151,3 @@ def apply_max_norm(weights, max_norm: float | None) -> None:
     for w in weights:
         w.copy_(torch.renorm(w, 2, 0, max_norm))
         w.copy_(torch.renorm(w, 2, 1, max_norm))
-
-
-def check_max_norm(rule: str, value) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-        raise ConfigError(f"rule {rule!r}: max_norm must be a positive number or null "
-                          f"(the authors' code uses 400); got {value!r}")
-
-
-def check_choice(rule: str, key: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"rule {rule!r}: {key} must be one of {', '.join(repr(c) for c in choices)}; "
-                          f"got {value!r}")

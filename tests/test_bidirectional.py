@@ -293,10 +293,11 @@ def test_float32_training_learns_and_resumes_exactly(tmp_path, name):
         torch.manual_seed(0)
         return bp.build_model("mlp:20-16-16-4", activation="tanh")
 
-    full = Trainer(model(), name, data, cfg, out=tmp_path / "a").run()
+    full = bp.fit(model(), name, data, config=cfg, out=tmp_path / "a")
     assert full.history[-1]["test_accuracy"] >= 90.0
-    Trainer(model(), name, data, cfg.updated({"epochs": 2}), out=tmp_path / "b").run()
-    resumed = Trainer(model(), name, data, cfg, out=tmp_path / "b").run(resume=True)
+    bp.fit(model(), name, data, config=cfg.updated({"epochs": 2}), out=tmp_path / "b")
+    resumed = bp.fit(model(), name, data, config=cfg, out=tmp_path / "b", resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
     owned_a, owned_b = full.rule.owned.state_dict(), resumed.rule.owned.state_dict()

@@ -90,7 +90,8 @@ class BidirectionalFA(Rule):
         super().__init__(**config)
         self.chain: Chain | None = None
         self._n_gen = 0
-        self.last_recon = float("nan")
+        self._recon_inputs: tuple[torch.Tensor, ...] | None = None
+        self._eye_cache: tuple | None = None
 
     def validate(self) -> None:
         self.check_choice("sigma_x", SIGMA_X)
@@ -153,7 +154,7 @@ class BidirectionalFA(Rule):
         self._end_phase(0)  # W→ is stepped here when the phase optimizers exist
         with torch.no_grad():
             # ---- phase 2: backward learning, FA through W→ (eq 23–29)
-            self.last_recon = self._generative_grads(chain, x.flatten(1).to(a_out.dtype), y, loss_fn)
+            self._generative_grads(chain, x.flatten(1).to(a_out.dtype), y, loss_fn)
         self._end_phase(1)
         return StepResult(loss, out)
 
@@ -167,8 +168,8 @@ class BidirectionalFA(Rule):
         if self._phase_optimizers:
             self.step_phase(index)
 
-    def _generative_grads(self, chain: Chain, x: torch.Tensor, y: torch.Tensor, loss_fn) -> float:
-        """Backward learning phase; returns the batch's ½‖x̂ − x‖² per example.
+    def _generative_grads(self, chain: Chain, x: torch.Tensor, y: torch.Tensor, loss_fn) -> None:
+        """Backward learning phase (its reconstruction loss is :attr:`last_recon`).
 
         With class-index labels the generative activities depend on the class only, so the
         network runs on the ``n_out`` one-hot rows and the errors enter as class sums
@@ -179,19 +180,19 @@ class BidirectionalFA(Rule):
         n_cls = chain.sizes[-1]
         sigmoid = self.config["sigma_x"] == "sigmoid"
         if y.dim() == 1 and not y.is_floating_point():
-            rows = torch.eye(n_cls, device=x.device, dtype=x.dtype)
+            rows = self._eye(n_cls, x)
             gs, a_x = self._generate(chain, rows)
             x_hat = torch.sigmoid(a_x) if sigmoid else a_x
             y = y.long()
             counts = x.new_zeros(n_cls).index_add_(0, y, x.new_ones(x.shape[0]))
             sums = x.new_zeros(n_cls, x.shape[1]).index_add_(0, y, x)
             delta = x_hat * counts[:, None] - sums  # D_c = Σ_{n∈c} (x̂_c − x_n)
-            sq = (counts * x_hat.pow(2).sum(1)).sum() - 2 * (x_hat * sums).sum() + x.pow(2).sum()
+            self._recon_inputs = (x_hat, counts, sums, x)
         else:
             gs, a_x = self._generate(chain, one_hot(y, n_cls, x))
             x_hat = torch.sigmoid(a_x) if sigmoid else a_x
             delta = x_hat - x
-            sq = delta.pow(2).sum()
+            self._recon_inputs = (delta,)
         if sigmoid:
             delta = delta * (x_hat * (1.0 - x_hat))
         reduction = self.config["recon_reduction"]
@@ -207,7 +208,26 @@ class BidirectionalFA(Rule):
             if j > 1:  # δ←_{j−1} = (W→_{N+2−j} δ←_j) ⊙ σ'(a←_{j−1})
                 w = chain.linears[n + 1 - j].weight
                 delta = mul_derivative(delta.mm(w.t()), chain.acts[n + 1 - j], gs[j - 1])
-        return 0.5 * max(float(sq), 0.0) / x.shape[0]
+
+    def _eye(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        key = (n, like.device, like.dtype)
+        if self._eye_cache is None or self._eye_cache[0] != key:
+            self._eye_cache = (key, torch.eye(n, device=like.device, dtype=like.dtype))
+        return self._eye_cache[1]
+
+    @property
+    def last_recon(self) -> float:
+        """½‖x̂ − x‖² per example on the last batch (computed on demand, not every step)."""
+        parts = self._recon_inputs
+        if parts is None:
+            return float("nan")
+        with torch.no_grad():
+            if len(parts) == 1:
+                (diff,) = parts
+                return 0.5 * float(diff.pow(2).sum()) / diff.shape[0]
+            x_hat, counts, sums, x = parts  # Σ_n ‖x̂_{y_n} − x_n‖² from the class sums
+            sq = (counts * x_hat.pow(2).sum(1)).sum() - 2 * (x_hat * sums).sum() + x.pow(2).sum()
+            return 0.5 * max(float(sq), 0.0) / x.shape[0]
 
     def _generate(self, chain: Chain, y1: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Inputs of every generative layer ``[y, h←_1, …, h←_N]`` and ``a←_{N+1}``."""

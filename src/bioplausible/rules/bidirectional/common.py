@@ -17,12 +17,14 @@ from torch import nn
 
 from ...errors import ConfigError, IncompatibleModelError
 
-# Hidden activations whose derivative is computed from the activity h = f(a).
+# Hidden activations: ``signal ⊙ f'(a)`` from the activity ``h = f(a)`` in one fused kernel
+# (the ones autograd uses for these modules); ``None``: the identity, f' = 1.
+_aten = torch.ops.aten
 _DERIVATIVES = {
-    nn.Tanh: lambda h: 1.0 - h * h,
-    nn.Sigmoid: lambda h: h * (1.0 - h),
-    nn.ReLU: lambda h: (h > 0).to(h.dtype),
-    nn.Identity: None,  # f' = 1
+    nn.Tanh: lambda signal, h: _aten.tanh_backward(signal, h),  # signal ⊙ (1 − h²)
+    nn.Sigmoid: lambda signal, h: _aten.sigmoid_backward(signal, h),  # signal ⊙ h(1 − h)
+    nn.ReLU: lambda signal, h: _aten.threshold_backward(signal, h, 0),  # signal ⊙ [h > 0]
+    nn.Identity: None,
 }
 SUPPORTED = "Flatten, then Linear layers each followed by Tanh, Sigmoid, ReLU or Identity"
 
@@ -76,15 +78,10 @@ def mlp_chain(model: nn.Module, rule: str) -> Chain:
     return Chain(flatten, linears, acts)
 
 
-def act_derivative(act: nn.Module, h: torch.Tensor) -> torch.Tensor | None:
-    """``f'(a)`` from the activity ``h = f(a)``; ``None`` for the identity (f' = 1)."""
-    fn = _DERIVATIVES[type(act)]
-    return None if fn is None else fn(h)
-
-
 def mul_derivative(signal: torch.Tensor, act: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    d = act_derivative(act, h)
-    return signal if d is None else signal.mul_(d)
+    """``signal ⊙ f'(a)`` for the activation module ``act`` with activity ``h = f(a)``."""
+    fn = _DERIVATIVES[type(act)]
+    return signal if fn is None else fn(signal, h)
 
 
 def forward_chain(chain: Chain, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -1,0 +1,354 @@
+"""SAL, the self-assembling four-matrix learning circuit (Liao, Ziyin, Gan, Cheung, Harnett & Poggio
+2024, arXiv 2412.20018). **The rules are a reconstruction** (spec §7.2): the seed text lost every
+equation; each uncertain element of spec §7.4 is an option below.
+
+The user's MLP is the upstream stream. A downstream stream of width ``m_k = width·n_k`` per hidden
+layer runs top-down from the output error, ``g_L = e``, ``g_k = φ(B_k g_{k+1})``; it does not
+drive the upstream during learning. Four matrices per layer learn by heterosynaptic rules, each
+synapse gated by what arrives at its neuron through the *other* stream (column-vector form)::
+
+    ΔW_l = −η_W (Q_{l+1} g_{l+1}) h_lᵀ − γ W_l        ΔB_k = −η_B (R_k h_k) g_{k+1}ᵀ − γ B_k
+    ΔQ_k =  s η_Q h_k g_kᵀ − γ Q_k                     ΔR_k =  s η_R g_k h_kᵀ − γ R_k
+
+Special cases (paper Table 2): ``Q = R = I`` frozen with ``downstream="relu_jacobian"`` is KP
+(Kolen-Pollack) exactly; the same with B frozen is FA, with ``b_init="transpose"`` it is SGD.
+With ``Q = Rᵀ`` (zero init: ``Q ≡ Rᵀ`` forever) and B at its fixed point, the upstream error is
+the derivative-free BP signal preconditioned by ``R_kᵀR_k`` (positive definite iff ``m_k ≥ n_k``).
+
+Options (defaults from the search in ``benchmarks/results/sal_search.md``):
+
+* ``width``: downstream width per hidden layer as a multiple of the upstream width (a number or
+  a list, one per hidden layer); < 1 warns (the theorem needs an over-parametrised downstream).
+* ``downstream``: φ = ``identity`` (paper default), ``relu_jacobian`` (the upstream gate f′(u_k),
+  tiled over the ``width`` downstream copies of each unit; this gives KP), ``relu``, ``tanh``.
+* ``rates``: ``{W, B, Q, R}`` ratio of the learning rates; the optimizer's lr is the overall scale.
+* ``decay``: γ, weight decay on all four (the optimizer's ``weight_decay`` of each group);
+  ``decay_scaling="rate"`` shrinks X by ``η_X·γ`` per step (torch's convention), ``"absolute"``
+  by ``γ`` for every matrix. Biases are not decayed.
+* ``plastic``: the matrices that learn (paper Fig. 4 ablations); the others stay at their init.
+* §7.4 flags: ``sign`` s = ±1 of the Q/R data term; ``qr_term`` = ``activity`` (h, g) or
+  ``potential`` (u, v); ``read`` = W gated by g (``after`` φ) or v (``before``); ``top`` =
+  ``fixed`` (option a: Q_L = R_L = I) or ``plastic`` (option b); ``qr_init`` = ``zero``,
+  ``random`` (N(0, qr_init_scale²/fan_in)) or ``identity``; ``b_init`` = ``normal`` (N(0, 1/fan_in))
+  or ``transpose`` (Wᵀ, equal widths); ``timing`` = ``simultaneous`` (all four from one cycle) or
+  ``feedback_first`` (B, Q, R step first, in place at their rate, then W reads a fresh
+  downstream pass); ``output_error`` = ``loss`` (∂loss/∂h_L of the trainer's loss), ``mse``
+  ((h_L − y)/N) or ``cross_entropy`` ((softmax − y)/N).
+* ``modulation``: τ of the optional inference-time short-term modulation (:meth:`SAL.modulate`).
+
+B, Q, R are created in :meth:`prepare` on the model's device and dtype; they are trained through
+``.grad`` in the optimizer groups ``B``, ``Q``, ``R`` and saved in :meth:`state_dict`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import register
+from .ar_mlp import MLPLayout, mlp_layout
+from .base import FeedbackPair, Rule, StepResult
+from .sal_ops import NONLINEARITIES, downstream, fast_updates, upstream, upstream_signal
+
+MATRICES = ("W", "B", "Q", "R")
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "downstream": NONLINEARITIES, "qr_term": ("activity", "potential"), "read": ("after", "before"),
+    "top": ("fixed", "plastic"), "qr_init": ("zero", "random", "identity"),
+    "b_init": ("normal", "transpose"), "timing": ("simultaneous", "feedback_first"),
+    "output_error": ("loss", "mse", "cross_entropy"), "decay_scaling": ("rate", "absolute"),
+    "sign": (1, -1),
+}
+
+
+@register("sal")
+class SAL(Rule):
+    family = "circuit"
+    paper = "Liao, Ziyin, Gan, Cheung, Harnett & Poggio 2024 (arXiv 2412.20018), reconstructed"
+    summary = "four heterosynaptic matrices W, B, Q, R: ΔW = −η(Q g)hᵀ, ΔB = −η(R h)gᵀ, ΔQ = sη h gᵀ"
+    defaults: ClassVar[dict[str, Any]] = {
+        "width": 1, "downstream": "identity", "rates": {"W": 1.0, "B": 1.0, "Q": 10.0, "R": 10.0},
+        "decay": 1e-3, "decay_scaling": "rate", "plastic": ["W", "B", "Q", "R"], "sign": 1,
+        "qr_term": "activity", "read": "after", "top": "fixed", "qr_init": "zero",
+        "qr_init_scale": 0.1, "b_init": "normal", "timing": "simultaneous", "output_error": "loss",
+        "modulation": 0.0,
+    }
+
+    def __init__(self, **config: Any) -> None:
+        self.tensors: dict[str, nn.Parameter] = {}
+        self._lr: float | None = None
+        super().__init__(**config)
+
+    # ----------------------------------------------------------------- config
+    def validate(self) -> None:
+        c = self.config
+        for key, accepted in CHOICES.items():
+            if c[key] not in accepted or isinstance(c[key], bool):
+                raise ConfigError(f"sal option {key}={c[key]!r} is not valid; accepted: "
+                                  f"{', '.join(map(str, accepted))}")
+        plastic = c["plastic"]
+        if isinstance(plastic, str):
+            plastic = [p for p in plastic.replace(",", " ").split() if p]
+        if not isinstance(plastic, (list, tuple)) or any(p not in MATRICES for p in plastic):
+            raise ConfigError(f"sal option plastic={c['plastic']!r} is not valid: give a list of "
+                              f"matrices from {', '.join(MATRICES)} (e.g. [W, B])")
+        c["plastic"] = [m for m in MATRICES if m in plastic]
+        rates = c["rates"]
+        if not isinstance(rates, dict) or any(k not in MATRICES for k in rates):
+            raise ConfigError(f"sal option rates={rates!r} is not valid: a mapping from "
+                              f"{', '.join(MATRICES)} to learning-rate ratios")
+        rates = {**self.defaults["rates"], **rates}
+        for k, r in rates.items():
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not r >= 0:
+                raise ConfigError(f"sal rate ratio for {k} must be a number >= 0, got {r!r}")
+            if r == 0 and k in c["plastic"]:
+                raise ConfigError(f"sal: {k} is marked plastic but its rate ratio is 0; give it a "
+                                  f"positive ratio or remove it from plastic")
+        c["rates"] = {k: float(v) for k, v in rates.items()}
+        for key in ("decay", "qr_init_scale", "modulation"):
+            v = c[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ConfigError(f"sal option {key} must be a number >= 0, got {v!r}")
+            c[key] = float(v)
+        width = c["width"]
+        widths = width if isinstance(width, (list, tuple)) else [width]
+        for w in widths:
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+                raise ConfigError(f"sal option width must be a number > 0 or a list of them, got {width!r}")
+        if any(w < 1 for w in widths):
+            warnings.warn(f"sal: downstream width {width!r} is narrower than the upstream; the "
+                          "paper's theorem needs an over-parametrised downstream (width >= 1)",
+                          UserWarning, stacklevel=3)
+        if c["b_init"] == "transpose" and any(w != 1 for w in widths):
+            raise ConfigError("sal option b_init='transpose' needs equal widths (width=1)")
+
+    # ------------------------------------------------------------------ model
+    def _layout(self, model: nn.Module) -> MLPLayout:
+        return mlp_layout(model)
+
+    def widths(self, model: nn.Module) -> tuple[list[int], list[int]]:
+        """Upstream widths ``n_0..n_L`` and downstream widths ``m_0..m_L`` (``m_0`` unused, ``m_L = n_L``)."""
+        layers = self._layout(model).layers
+        n = [layers[0][0].in_features] + [lin.out_features for lin, _ in layers]
+        L = len(layers)
+        w = self.config["width"]
+        ratios = list(w) if isinstance(w, (list, tuple)) else [w] * (L - 1)
+        if len(ratios) != L - 1:
+            raise ConfigError(f"sal option width lists {len(ratios)} ratios but the model has "
+                              f"{L - 1} hidden layers; give one ratio per hidden layer")
+        m = [n[0]] + [max(1, round(r * n[k + 1])) for k, r in enumerate(ratios)] + [n[L]]
+        if self.config["downstream"] == "relu_jacobian":
+            for k in range(1, L):
+                if m[k] % n[k]:
+                    raise ConfigError(f"sal downstream='relu_jacobian' gates each downstream unit by "
+                                      f"an upstream one: layer {k} needs a width multiple of {n[k]}, got {m[k]}")
+        return n, m
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Create B, Q, R on the model's device and dtype (drawn from the rule's generator)."""
+        c = self.config
+        layers = self._layout(model).layers
+        n, m = self.widths(model)
+        L = len(layers)
+        w0 = layers[0][0].weight
+        dev, dt = w0.device, w0.dtype
+        gen = self.generator(dev)
+        self.tensors = {}
+
+        def new(name: str, t: torch.Tensor, matrix: str) -> None:
+            self.tensors[name] = nn.Parameter(t, requires_grad=matrix in c["plastic"])
+
+        for k in range(1, L):
+            if c["b_init"] == "transpose":
+                b = layers[k][0].weight.detach().t().clone()
+            else:
+                b = torch.randn(m[k], m[k + 1], generator=gen, device=dev, dtype=dt) / math.sqrt(m[k + 1])
+            new(f"B.{k}", b, "B")
+        qr_layers = list(range(1, L)) + ([L] if c["top"] == "plastic" else [])
+        for k in qr_layers:
+            new(f"Q.{k}", self._qr_init(n[k], m[k], gen, dev, dt), "Q")
+            new(f"R.{k}", self._qr_init(m[k], n[k], gen, dev, dt), "R")
+        return model
+
+    def _qr_init(self, rows: int, cols: int, gen: torch.Generator, dev, dt) -> torch.Tensor:
+        c = self.config
+        kw = {"device": dev, "dtype": dt}
+        if c["qr_init"] == "zero":
+            return torch.zeros(rows, cols, **kw)
+        if c["qr_init"] == "identity":
+            return torch.eye(rows, cols, **kw)
+        return torch.randn(rows, cols, generator=gen, **kw) * (c["qr_init_scale"] / math.sqrt(cols))
+
+    def _lists(self, model: nn.Module):
+        L = len(self._layout(model).layers)
+        get = self.tensors.get
+        B = [get(f"B.{k}") for k in range(L + 1)]
+        Q = [get(f"Q.{k}") for k in range(L + 1)]
+        R = [get(f"R.{k}") for k in range(L + 1)]
+        return B, Q, R
+
+    def aux_parameters(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
+        if self.config["timing"] == "feedback_first":
+            return {}
+        out: dict[str, list[nn.Parameter]] = {}
+        for kind in ("B", "Q", "R"):
+            ps = [p for name, p in self.tensors.items() if name.startswith(kind + ".") and p.requires_grad]
+            if ps:
+                out[kind] = ps
+        return out
+
+    def rate(self, matrix: str, lr: float) -> tuple[float, float]:
+        """``(η_X, weight_decay_X)`` for matrix X at overall rate ``lr``."""
+        c = self.config
+        eta = lr * c["rates"][matrix]
+        if c["decay_scaling"] == "absolute":
+            return eta, (c["decay"] / eta if eta > 0 else 0.0)
+        return eta, c["decay"]
+
+    def param_groups(self, model: nn.Module, lr: float | None = None,
+                     group_options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Groups ``forward`` (Linear weights), ``forward_other`` (biases), ``B``, ``Q``, ``R``.
+
+        Each gets ``lr × rates[X]`` and ``weight_decay`` γ (biases: none); ``group_options`` may
+        override any group's options.
+        """
+        if lr is None:
+            raise ConfigError("sal scales its rate ratios by the overall lr: pass lr to "
+                              "rule.param_groups(model, lr=...)")
+        self._lr = float(lr)
+        group_options = dict(group_options or {})
+        weights = {id(lin.weight) for lin, _ in self._layout(model).layers}
+        aux = self.aux_parameters(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        eta_w, wd_w = self.rate("W", lr)
+        groups = [{"name": "forward", "params": [p for p in params if id(p) in weights],
+                   "lr": eta_w, "weight_decay": wd_w},
+                  {"name": "forward_other", "params": [p for p in params if id(p) not in weights],
+                   "lr": eta_w, "weight_decay": 0.0}]
+        for kind, ps in aux.items():
+            eta, wd = self.rate(kind, lr)
+            groups.append({"name": kind, "params": ps, "lr": eta, "weight_decay": wd})
+        names = {g["name"] for g in groups}
+        for key in group_options:
+            if key not in names:
+                raise ConfigError(f"rule 'sal' has no parameter group {key!r}; groups: {', '.join(sorted(names))}")
+        for g in groups:
+            g.update(group_options.get(g["name"], {}))
+        return [g for g in groups if g["params"]]
+
+    def feedback_pairs(self, model: nn.Module) -> list[FeedbackPair]:
+        names = {id(m): n for n, m in model.named_modules()}
+        out = []
+        for k, (lin, _) in enumerate(self._layout(model).layers):
+            b = self.tensors.get(f"B.{k}")
+            if b is not None and b.shape[::-1] == lin.weight.shape:
+                out.append(FeedbackPair(f"{names[id(lin)]}.weight", lin.weight, b.t()))
+        return out
+
+    # ------------------------------------------------------------------ step
+    def output_error(self, output: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(e, loss)``: the downstream input ``g_L`` and the batch loss of the trainer's loss."""
+        kind = self.config["output_error"]
+        if kind == "loss":
+            with torch.enable_grad():
+                out = output.detach().requires_grad_(True)
+                loss = loss_fn(out, y)
+                (e,) = torch.autograd.grad(loss, out)
+            return e.detach(), loss.detach()
+        with torch.no_grad():
+            loss = loss_fn(output, y)
+            target = y if y.dim() == 2 else torch.nn.functional.one_hot(y.long(), output.shape[1])
+            target = target.to(output.dtype)
+            pred = output if kind == "mse" else torch.softmax(output, dim=1)
+            return (pred - target) / output.shape[0], loss
+
+    def cycle(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn):
+        """One upstream and downstream pass: ``(cycle, loss)``."""
+        layout = self._layout(model)
+        B, _, _ = self._lists(model)
+        with torch.no_grad():
+            cyc = upstream(layout, x, self.config["downstream"] == "relu_jacobian")
+        e, loss = self.output_error(cyc.output, y, loss_fn)
+        with torch.no_grad():
+            downstream(cyc, e, B, self.config["downstream"])
+        return cyc, loss
+
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
+        """Upstream pass, downstream pass, and the four updates as ``.grad`` (no autograd graph)."""
+        c = self.config
+        cyc, loss = self.cycle(model, x, y, loss_fn)
+        B, Q, R = self._lists(model)
+        plastic = set(c["plastic"])
+        opts = dict(sign=float(c["sign"]), term=c["qr_term"], read=c["read"])
+        with torch.no_grad():
+            if c["timing"] == "feedback_first":
+                self._apply_feedback_first(cyc, Q, R, plastic - {"W"}, opts)
+                downstream(cyc, cyc.g[-1], B, c["downstream"])
+                plastic &= {"W"}
+            grads = fast_updates(cyc, Q, R, want=plastic, **opts)
+            layers = self._layout(model).layers
+            for name, g in grads.items():
+                kind, k = name.split(".")
+                if kind in ("W", "b"):
+                    lin = layers[int(k)][0]
+                    p = lin.weight if kind == "W" else lin.bias
+                    if p is not None and p.requires_grad:
+                        p.grad = g
+                else:
+                    self.tensors[name].grad = g
+        return StepResult(loss, cyc.output.detach())
+
+    def _apply_feedback_first(self, cyc, Q, R, want: set[str], opts: dict[str, Any]) -> None:
+        if self._lr is None:
+            raise ConfigError("sal timing='feedback_first' steps B, Q, R itself at lr × ratio: build "
+                              "the optimizer from rule.param_groups(model, lr=...)")
+        for name, g in fast_updates(cyc, Q, R, want=want, **opts).items():
+            eta, wd = self.rate(name[0], self._lr)
+            p = self.tensors[name]
+            p.mul_(1.0 - eta * wd).sub_(g, alpha=eta)
+
+    @torch.no_grad()
+    def modulate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn,
+                 tau: float | None = None) -> torch.Tensor:
+        """Short-term modulation (paper §2.3), inference only: after one cycle every upstream layer
+        accumulates its downstream input, ``h_k ← h_k − τ Q_k g_k`` (top: ``−τ g_L``), and the
+        change is carried up through the layers above. Returns the modulated output; no weight changes.
+        """
+        tau = self.config["modulation"] if tau is None else float(tau)
+        cyc, _ = self.cycle(model, x, y, loss_fn)
+        _, Q, _ = self._lists(model)
+        layout = self._layout(model)
+        h = cyc.h[0]
+        for l, (lin, acts) in enumerate(layout.layers):
+            h = torch.nn.functional.linear(h, lin.weight, lin.bias)
+            for a in acts:
+                h = a(h.clone())
+            h = h - tau * upstream_signal(cyc, Q, l + 1, "after")
+        return h
+
+    # ------------------------------------------------------------------ diagnostics
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        """Per layer: ‖Q − Rᵀ‖/‖Q‖, λ_min of the symmetrised Q R, and effective ranks of W, B, Q, R."""
+        from .sal_diag import sal_metrics
+
+        return sal_metrics(self, model)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "sal": {k: v.detach().clone() for k, v in self.tensors.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        for k, v in state.get("sal", {}).items():
+            if k in self.tensors:
+                with torch.no_grad():
+                    self.tensors[k].copy_(v)
+            else:
+                self.tensors[k] = nn.Parameter(v.clone(), requires_grad=k[0] in self.config["plastic"])
+
+
+__all__ = ["SAL"]

@@ -86,6 +86,40 @@ def test_fast_path_equals_literal_loop(kind, sign, term, read, top, width):
         torch.testing.assert_close(got[k], ref[k], rtol=1e-12, atol=1e-14, msg=k)
 
 
+def _literal(rule, model, x, y, B=None, Q=None, R=None, **flags):
+    lins = _linears(model)
+    L = len(lins)
+    get = (lambda t: [None if rule.tensors.get(f"{t}.{k}") is None else rule.tensors[f"{t}.{k}"].detach()
+                      for k in range(L + 1)])
+    onehot = torch.nn.functional.one_hot(y, lins[-1].out_features).double()
+    opts = {"kind": rule.config["downstream"], "sign": rule.config["sign"], "term": rule.config["qr_term"],
+            "read": rule.config["read"], **flags}
+    return literal_updates([m.weight.detach() for m in lins], [m.bias.detach() for m in lins],
+                           ["relu"] * (L - 1) + ["linear"], B or get("B"), Q or get("Q"), R or get("R"), x,
+                           lambda hL, n: 2.0 * (hL - onehot[n].reshape(-1, 1)) / x.shape[0], **opts)
+
+
+def test_feedback_first_timing_steps_b_q_r_before_w_reads_the_circuit():
+    lr, gamma = 0.1, 0.05
+    rule, model, _ = _sal(_net(), lr=lr, timing="feedback_first", qr_init="random", decay=gamma,
+                          rates={"W": 1, "B": 2, "Q": 3, "R": 3})
+    x, y = _batch()
+    L = len(_linears(model))
+    first = _literal(rule, model, x, y)
+    new = {}
+    for name, t in rule.tensors.items():
+        eta = lr * {"B": 2, "Q": 3, "R": 3}[name[0]]
+        new[name] = t.detach() - eta * (first[name] + gamma * t.detach())
+    rule.train_step(model, x, y, MSE)
+    for name, t in new.items():
+        torch.testing.assert_close(rule.tensors[name].detach(), t, rtol=1e-12, atol=1e-14)
+        assert rule.tensors[name].grad is None
+    lists = {k: [new.get(f"{k}.{i}") for i in range(L + 1)] for k in "BQR"}
+    second = _literal(rule, model, x, y, B=lists["B"], Q=lists["Q"], R=lists["R"])
+    for l, lin in enumerate(_linears(model)):
+        torch.testing.assert_close(lin.weight.grad, second[f"W.{l}"], rtol=1e-12, atol=1e-14)
+
+
 def _kp_pair(decay=0.01, lr=0.05):
     base = _net()
     rule, sal_model, sal_opt = _sal(copy.deepcopy(base), lr=lr, qr_init="identity", plastic=["W", "B"],

@@ -29,8 +29,9 @@ Options (defaults from the search in ``benchmarks/results/sal_search.md``):
 * §7.4 flags: ``sign`` s = ±1 of the Q/R data term; ``qr_term`` = ``activity`` (h, g) or
   ``potential`` (u, v); ``read`` = W gated by g (``after`` φ) or v (``before``); ``top`` =
   ``fixed`` (option a: Q_L = R_L = I) or ``plastic`` (option b); ``qr_init`` = ``zero``,
-  ``random`` (N(0, qr_init_scale²/fan_in)) or ``identity``; ``b_init`` = ``normal`` (N(0, 1/fan_in))
-  or ``transpose`` (Wᵀ, equal widths); ``timing`` = ``simultaneous`` (all four from one cycle) or
+  ``random`` (independent N(0, qr_init_scale²/fan_in)), ``tied`` (random R, Q = Rᵀ) or
+  ``identity``; ``b_init`` = ``normal`` (N(0, 1/fan_in)), ``zero`` or ``transpose`` (Wᵀ, equal
+  widths); ``timing`` = ``simultaneous`` (all four from one cycle) or
   ``feedback_first`` (B, Q, R step first, in place at their rate, then W reads a fresh
   downstream pass); ``output_error`` = ``loss`` (∂loss/∂h_L of the trainer's loss), ``mse``
   ((h_L − y)/N) or ``cross_entropy`` ((softmax − y)/N).
@@ -58,8 +59,8 @@ from .sal_ops import NONLINEARITIES, downstream, fast_updates, upstream, upstrea
 MATRICES = ("W", "B", "Q", "R")
 CHOICES: dict[str, tuple[Any, ...]] = {
     "downstream": NONLINEARITIES, "qr_term": ("activity", "potential"), "read": ("after", "before"),
-    "top": ("fixed", "plastic"), "qr_init": ("zero", "random", "identity"),
-    "b_init": ("normal", "transpose"), "timing": ("simultaneous", "feedback_first"),
+    "top": ("fixed", "plastic"), "qr_init": ("zero", "random", "tied", "identity"),
+    "b_init": ("normal", "zero", "transpose"), "timing": ("simultaneous", "feedback_first"),
     "output_error": ("loss", "mse", "cross_entropy"), "decay_scaling": ("rate", "absolute"),
     "sign": (1, -1),
 }
@@ -165,13 +166,17 @@ class SAL(Rule):
         for k in range(1, L):
             if c["b_init"] == "transpose":
                 b = layers[k][0].weight.detach().t().clone()
+            elif c["b_init"] == "zero":
+                b = torch.zeros(m[k], m[k + 1], device=dev, dtype=dt)
             else:
                 b = torch.randn(m[k], m[k + 1], generator=gen, device=dev, dtype=dt) / math.sqrt(m[k + 1])
             new(f"B.{k}", b, "B")
         qr_layers = list(range(1, L)) + ([L] if c["top"] == "plastic" else [])
         for k in qr_layers:
-            new(f"Q.{k}", self._qr_init(n[k], m[k], gen, dev, dt), "Q")
-            new(f"R.{k}", self._qr_init(m[k], n[k], gen, dev, dt), "R")
+            r = self._qr_init(m[k], n[k], gen, dev, dt)
+            q = r.t().clone() if c["qr_init"] == "tied" else self._qr_init(n[k], m[k], gen, dev, dt)
+            new(f"Q.{k}", q, "Q")
+            new(f"R.{k}", r, "R")
         return model
 
     def _qr_init(self, rows: int, cols: int, gen: torch.Generator, dev, dt) -> torch.Tensor:

@@ -37,8 +37,10 @@ Options (defaults from the search in ``benchmarks/results/sal_search.md``):
   ((h_L − y)/N) or ``cross_entropy`` ((softmax − y)/N).
 * ``modulation``: τ of the optional inference-time short-term modulation (:meth:`SAL.modulate`).
 
-B, Q, R are created in :meth:`prepare` on the model's device and dtype; they are trained through
-``.grad`` in the optimizer groups ``B``, ``Q``, ``R`` and saved in :meth:`state_dict`.
+B, Q, R are rule-owned tensors (``rule.owned``, checkpointed and resumed) created in
+:meth:`prepare` on the model's device and dtype, in the parameter groups ``B``, ``Q``, ``R``
+(``layer=k``): the rule writes their ``.grad`` and the optimizer applies the rates and the decay
+(with ``timing="feedback_first"`` the rule applies them itself, at ``group_lr``).
 """
 
 from __future__ import annotations
@@ -79,10 +81,10 @@ class SAL(Rule):
         "modulation": 0.0,
     }
 
-    def __init__(self, **config: Any) -> None:
-        self.tensors: dict[str, nn.Parameter] = {}
-        self._lr: float | None = None
-        super().__init__(**config)
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The owned B, Q, R by name (``"B.1"``, ``"Q.2"``, ...), in :attr:`owned`."""
+        return {name: self.owned.get(name) for name in self._owned_meta}
 
     # ----------------------------------------------------------------- config
     def validate(self) -> None:
@@ -149,8 +151,12 @@ class SAL(Rule):
                                       f"an upstream one: layer {k} needs a width multiple of {n[k]}, got {m[k]}")
         return n, m
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Create B, Q, R on the model's device and dtype (drawn from the rule's generator)."""
+    def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
+        """Create B, Q, R on the model's device and dtype (drawn from the rule's generator).
+
+        They are owned tensors (``self.own``) in groups ``B``, ``Q``, ``R`` with ``layer=k``;
+        frozen ones (not in ``plastic``) are kept and saved but never stepped.
+        """
         c = self.config
         layers = self._layout(model).layers
         n, m = self.widths(model)
@@ -158,10 +164,12 @@ class SAL(Rule):
         w0 = layers[0][0].weight
         dev, dt = w0.device, w0.dtype
         gen = self.generator(dev)
-        self.tensors = {}
+        first = c["timing"] == "feedback_first"
 
-        def new(name: str, t: torch.Tensor, matrix: str) -> None:
-            self.tensors[name] = nn.Parameter(t, requires_grad=matrix in c["plastic"])
+        def new(name: str, t: torch.Tensor, matrix: str, k: int) -> None:
+            plastic = matrix in c["plastic"]
+            self.own(name, t, group=matrix, layer=k, trainable=plastic and not first,
+                     self_applied=plastic and first)
 
         for k in range(1, L):
             if c["b_init"] == "transpose":
@@ -170,13 +178,13 @@ class SAL(Rule):
                 b = torch.zeros(m[k], m[k + 1], device=dev, dtype=dt)
             else:
                 b = torch.randn(m[k], m[k + 1], generator=gen, device=dev, dtype=dt) / math.sqrt(m[k + 1])
-            new(f"B.{k}", b, "B")
+            new(f"B.{k}", b, "B", k)
         qr_layers = list(range(1, L)) + ([L] if c["top"] == "plastic" else [])
         for k in qr_layers:
             r = self._qr_init(m[k], n[k], gen, dev, dt)
             q = r.t().clone() if c["qr_init"] == "tied" else self._qr_init(n[k], m[k], gen, dev, dt)
-            new(f"Q.{k}", q, "Q")
-            new(f"R.{k}", r, "R")
+            new(f"Q.{k}", q, "Q", k)
+            new(f"R.{k}", r, "R", k)
         return model
 
     def _qr_init(self, rows: int, cols: int, gen: torch.Generator, dev, dt) -> torch.Tensor:
@@ -196,54 +204,47 @@ class SAL(Rule):
         R = [get(f"R.{k}") for k in range(L + 1)]
         return B, Q, R
 
-    def aux_parameters(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
-        if self.config["timing"] == "feedback_first":
-            return {}
-        out: dict[str, list[nn.Parameter]] = {}
-        for kind in ("B", "Q", "R"):
-            ps = [p for name, p in self.tensors.items() if name.startswith(kind + ".") and p.requires_grad]
-            if ps:
-                out[kind] = ps
-        return out
-
-    def rate(self, matrix: str, lr: float) -> tuple[float, float]:
-        """``(η_X, weight_decay_X)`` for matrix X at overall rate ``lr``."""
-        c = self.config
-        eta = lr * c["rates"][matrix]
-        if c["decay_scaling"] == "absolute":
-            return eta, (c["decay"] / eta if eta > 0 else 0.0)
-        return eta, c["decay"]
+    def decay_for(self, matrix: str, eta: float) -> float:
+        """The ``weight_decay`` of matrix X at rate η_X: γ (``rate``) or γ/η_X (``absolute``)."""
+        gamma = self.config["decay"]
+        if self.config["decay_scaling"] == "absolute":
+            return gamma / eta if eta > 0 else 0.0
+        return gamma
 
     def param_groups(self, model: nn.Module, lr: float | None = None,
                      group_options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Groups ``forward`` (Linear weights), ``forward_other`` (biases), ``B``, ``Q``, ``R``.
 
-        Each gets ``lr × rates[X]`` and ``weight_decay`` γ (biases: none); ``group_options`` may
-        override any group's options.
+        Each gets ``lr × rates[X]`` (unless ``group_options`` sets its lr) and ``weight_decay``
+        from γ (biases: none; groups the rule applies itself take the decay in the rule).
         """
         if lr is None:
             raise ConfigError("sal scales its rate ratios by the overall lr: pass lr to "
-                              "rule.param_groups(model, lr=...)")
-        self._lr = float(lr)
+                              "rule.param_groups(model, lr=...) or optimizer.lr")
         group_options = dict(group_options or {})
+        groups = super().param_groups(model, lr, group_options)
         weights = {id(lin.weight) for lin, _ in self._layout(model).layers}
-        aux = self.aux_parameters(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        eta_w, wd_w = self.rate("W", lr)
-        groups = [{"name": "forward", "params": [p for p in params if id(p) in weights],
-                   "lr": eta_w, "weight_decay": wd_w},
-                  {"name": "forward_other", "params": [p for p in params if id(p) not in weights],
-                   "lr": eta_w, "weight_decay": 0.0}]
-        for kind, ps in aux.items():
-            eta, wd = self.rate(kind, lr)
-            groups.append({"name": kind, "params": ps, "lr": eta, "weight_decay": wd})
-        names = {g["name"] for g in groups}
-        for key in group_options:
-            if key not in names:
-                raise ConfigError(f"rule 'sal' has no parameter group {key!r}; groups: {', '.join(sorted(names))}")
-        for g in groups:
-            g.update(group_options.get(g["name"], {}))
-        return [g for g in groups if g["params"]]
+        out = []
+        for group in groups:
+            name = group["name"]
+            base = name.partition(".")[0]
+            matrix = "W" if base == "forward" else base
+            if matrix not in MATRICES:
+                out.append(group)
+                continue
+            if "lr" not in {**group_options.get(base, {}), **group_options.get(name, {})}:
+                group["lr"] = float(lr) * self.config["rates"][matrix]
+            if base == "forward":
+                rest = {**group, "name": name.replace("forward", "forward_other", 1),
+                        "params": [p for p in group["params"] if id(p) not in weights]}
+                group = {**group, "params": [p for p in group["params"] if id(p) in weights]}
+                out.append(rest)
+            if not group.get("self_applied"):
+                group["weight_decay"] = group.get("weight_decay", 0.0) + self.decay_for(matrix, group["lr"])
+            out.append(group)
+        out = [g for g in out if g["params"] or g.get("self_applied")]
+        self._groups = {g["name"]: g for g in out}
+        return out
 
     def feedback_pairs(self, model: nn.Module) -> list[FeedbackPair]:
         names = {id(m): n for n, m in model.named_modules()}
@@ -304,17 +305,16 @@ class SAL(Rule):
                     if p is not None and p.requires_grad:
                         p.grad = g
                 else:
-                    self.tensors[name].grad = g
+                    self.owned.get(name).grad = g
         return StepResult(loss, cyc.output.detach())
 
     def _apply_feedback_first(self, cyc, Q, R, want: set[str], opts: dict[str, Any]) -> None:
-        if self._lr is None:
-            raise ConfigError("sal timing='feedback_first' steps B, Q, R itself at lr × ratio: build "
-                              "the optimizer from rule.param_groups(model, lr=...)")
+        """B, Q, R step in place: ``X ← X − η_X (grad + wd_X X)`` at their group rates."""
         for name, g in fast_updates(cyc, Q, R, want=want, **opts).items():
-            eta, wd = self.rate(name[0], self._lr)
-            p = self.tensors[name]
-            p.mul_(1.0 - eta * wd).sub_(g, alpha=eta)
+            kind, k = name.split(".")
+            eta = self.group_lr(kind, int(k))
+            p = self.owned.get(name)
+            p.mul_(1.0 - eta * self.decay_for(kind, eta)).sub_(g, alpha=eta)
 
     @torch.no_grad()
     def modulate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn,
@@ -341,19 +341,6 @@ class SAL(Rule):
         from .sal_diag import sal_metrics
 
         return sal_metrics(self, model)
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "sal": {k: v.detach().clone() for k, v in self.tensors.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        for k, v in state.get("sal", {}).items():
-            if k in self.tensors:
-                with torch.no_grad():
-                    self.tensors[k].copy_(v)
-            else:
-                self.tensors[k] = nn.Parameter(v.clone(), requires_grad=k[0] in self.config["plastic"])
 
 
 __all__ = ["SAL"]

@@ -23,6 +23,9 @@ from bioplausible.losses import get_loss
 from bioplausible.rules.sal_ops import literal_updates
 
 MSE = get_loss("mse_batchmean")
+#: The spec's reconstruction (§7.2 defaults), so that the tests do not depend on the rule's defaults.
+SPEC = {"downstream": "identity", "sign": 1, "top": "fixed", "qr_init": "zero", "b_init": "normal",
+        "rates": {"W": 1, "B": 1, "Q": 10, "R": 10}, "decay": 1e-3}
 #: A configuration that trains stably on the synthetic blobs (zero B, identity Q/R, slow Q/R).
 STABLE = {"qr_init": "identity", "b_init": "zero", "rates": {"W": 1, "B": 1, "Q": 0.1, "R": 0.1}}
 
@@ -44,7 +47,7 @@ def _linears(model):
 
 
 def _sal(model, lr=0.1, **opts):
-    rule = bp.make("sal", **opts)
+    rule = bp.make("sal", **{**SPEC, **opts})
     rule.set_seed(3)
     model = rule.prepare(model)
     opt = torch.optim.SGD(rule.param_groups(model, lr=lr))
@@ -298,7 +301,7 @@ def test_float32_and_training_on_blobs(tmp_path):
     data = make_bundle()
     torch.manual_seed(0)
     model = bp.build_model("mlp:20-32-32-4", activation="relu")
-    cfg = {"progress": False, "rule": {"name": "sal", **STABLE}}
+    cfg = {"progress": False, "rule": {"name": "sal", **SPEC, **STABLE}}
     res = bp.fit(model, "sal", data, config=cfg, epochs=3, lr=0.05, loss="mse_batchmean", batch_size=32)
     assert res.status == "completed"
     assert all(t.dtype == torch.float32 for t in res.rule.tensors.values())
@@ -313,7 +316,7 @@ def test_resume_is_bit_identical(tmp_path):
     def run(out, epochs, resume=False):
         torch.manual_seed(0)
         model = bp.build_model("mlp:20-16-16-4", activation="relu")
-        cfg = {"progress": False, "rule": {"name": "sal", **STABLE, "qr_init": "random"},
+        cfg = {"progress": False, "rule": {"name": "sal", **SPEC, **STABLE, "qr_init": "random"},
                "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}}
         return bp.fit(model, "sal", data, config=cfg, epochs=epochs, loss="mse_batchmean",
                       batch_size=32, out=out, resume=resume)

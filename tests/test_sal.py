@@ -351,3 +351,32 @@ def test_bad_input():
     with pytest.raises(ConfigError, match="lr"):
         rule = bp.make("sal")
         rule.param_groups(rule.prepare(_net()))
+
+
+def test_probe_logs_angle_and_circuit_metrics(tmp_path):
+    """The SGD configuration (B = Wᵀ, Q = R = I, ReLU Jacobian) has a 0° angle to BP."""
+    import json
+
+    from conftest import make_bundle
+
+    torch.manual_seed(0)
+    model = bp.build_model("mlp:20-16-16-4", activation="relu")
+    cfg = {"progress": False, "probe_every": 2, "dtype": "float64",
+           "rule": {"name": "sal", **SPEC, "qr_init": "identity", "b_init": "transpose",
+                    "plastic": ["W", "B"], "downstream": "relu_jacobian", "rates": {"W": 1, "B": 1}}}
+    bp.fit(model, "sal", make_bundle(), config=cfg, epochs=1, lr=0.01, loss="mse_batchmean",
+           batch_size=32, out=tmp_path)
+    probes = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()
+              if json.loads(ln)["kind"] == "probe"]
+    assert probes and all(p["grad_angle"] < 1e-3 for p in probes)
+    assert all("qr_lambda_min/1" in p and "erank/B.1" in p for p in probes)
+
+
+def test_frozen_upstream_ablation_trains_only_the_circuit():
+    rule, model, opt = _sal(_net(), plastic=["B", "Q", "R"])
+    before = [m.weight.detach().clone() for m in _linears(model)]
+    x, y = _batch()
+    rule.train_step(model, x, y, MSE)
+    opt.step()
+    assert all(torch.equal(a, m.weight) for a, m in zip(before, _linears(model)))
+    assert float(rule.tensors["Q.1"].detach().norm()) > 0

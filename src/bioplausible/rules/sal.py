@@ -171,9 +171,16 @@ class SAL(Rule):
         dev, dt = w0.device, w0.dtype
         gen = self.generator(dev)
         first = c["timing"] == "feedback_first"
+        if "W" not in c["plastic"]:  # frozen upstream (ablations): no optimizer group, no probe entry
+            for lin, _ in layers:
+                for p in lin.parameters():
+                    p.requires_grad_(False)
 
         def new(name: str, t: torch.Tensor, matrix: str, k: int) -> None:
             plastic = matrix in c["plastic"]
+            # contiguous: a transposed copy would keep W's strides, which the fused CPU SGD
+            # mis-steps when the .grad (from a matmul) is laid out differently
+            t = t.contiguous()
             self.own(name, t, group=matrix, layer=k, trainable=plastic and not first,
                      self_applied=plastic and first)
 

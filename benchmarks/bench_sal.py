@@ -114,12 +114,13 @@ def main(argv: list[str] | None = None) -> int:
               "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
               "load_average": {"before": load_before, "after": os.getloadavg()}, "rules": rows}
     lines = ["# SAL: epoch time relative to BP", "", f"Command: `{command}`  ",
-             f"Machine: {result['machine']}; torch {result['torch']}, 1 thread, round-robin, {reps} "
-             f"repetitions, median; denormals flushed.  ",
-             f"Load average (1, 5, 15 min) before: {tuple(round(v, 2) for v in load_before)}, after: "
-             f"{tuple(round(v, 2) for v in result['load_average']['after'])} (other processes share the cores).",
-             "", f"784-200-200-200-10 ReLU, MSE, fused SGD lr {args.lr}, batch 256, {n_batches} batches "
-             f"per repetition; data: {source}.", "",
+             (f"Machine: {result['machine']}; torch {result['torch']}, 1 thread, round-robin, {reps} "
+              f"repetitions, median; denormals flushed.  "),
+             (f"Load average (1, 5, 15 min) before: {tuple(round(v, 2) for v in load_before)}, after: "
+              f"{tuple(round(v, 2) for v in result['load_average']['after'])} (other processes share "
+              "the cores)."),
+             "", (f"784-200-200-200-10 ReLU, MSE, fused SGD lr {args.lr}, batch 256, {n_batches} batches "
+                  f"per repetition; data: {source}."), "",
              "| rule | median time (s) | ratio to BP | limit | ok |", "|---|---:|---:|---:|:---:|"]
     for r, row in rows.items():
         ok = {True: "yes", False: "**no**", None: "—"}[row["ok"]]

@@ -73,7 +73,6 @@ def main() -> None:
     log: dict = {"args": vars(args), "stages": {}, "machine": platform.processor() or platform.machine()}
     data = {ds: load_dataset(ds, flatten=True, subset=args.subset, val_size=args.val)
             for ds in ("mnist", "fashion_mnist")}
-    mn = data["mnist"]
     t0 = time.time()
 
     def stage(name: str, configs: list[tuple[float, dict]], ds: str = "mnist") -> list[dict]:
@@ -135,10 +134,11 @@ def main() -> None:
 
 def markdown(log: dict) -> str:
     a = log["args"]
-    lines = [f"# SAL search (quick scale: {a['subset']} training images incl. {a['val']} for validation, "
-             f"{a['epochs']} epochs, batch 256, MSE, plain SGD; selection on validation accuracy)", "",
-             "The rules are a reconstruction (spec §7.2); every row is one seed. "
-             f"Total {log.get('total_seconds', 0):.0f} s on one thread.", ""]
+    lines = [(f"# SAL search (quick scale: {a['subset']} training images, {a['val']} held out for "
+              f"validation, {a['epochs']} epochs, batch 256, MSE, plain SGD; selection on validation "
+              "accuracy)"), "",
+             ("The rules are a reconstruction (spec §7.2); every row is one seed. "
+              f"Total {log.get('total_seconds', 0):.0f} s on one thread."), ""]
     for name, rows in log["stages"].items():
         lines += [f"## Stage {name} ({len(rows)} runs, best 12 by validation accuracy)", "",
                   "| dataset | rule | lr | options | val % | test % | status |", "|---|---|---|---|---|---|---|"]
@@ -150,8 +150,8 @@ def markdown(log: dict) -> str:
         if name != "4-final":
             div = sum(r["status"] != "completed" for r in rows)
             vals = [r["val"] for r in rows if r["status"] == "completed" and not math.isnan(r["val"])]
-            lines += ["", f"{div} of {len(rows)} diverged; median validation accuracy of the rest "
-                          f"{sorted(vals)[len(vals) // 2] if vals else float('nan'):.2f}."]
+            median = sorted(vals)[len(vals) // 2] if vals else float("nan")
+            lines += ["", f"{div} of {len(rows)} diverged; median validation accuracy of the rest {median:.2f}."]
         lines.append("")
     return "\n".join(lines)
 

@@ -302,7 +302,7 @@ class SAL(Rule):
         cyc, loss = self.cycle(model, x, y, loss_fn)
         B, Q, R = self._lists(model)
         plastic = set(c["plastic"])
-        opts = dict(sign=float(c["sign"]), term=c["qr_term"], read=c["read"])
+        opts = {"sign": float(c["sign"]), "term": c["qr_term"], "read": c["read"]}
         with torch.no_grad():
             if c["timing"] == "feedback_first":
                 self._apply_feedback_first(cyc, Q, R, plastic - {"W"}, opts)

@@ -380,3 +380,30 @@ def test_frozen_upstream_ablation_trains_only_the_circuit():
     opt.step()
     assert all(torch.equal(a, m.weight) for a, m in zip(before, _linears(model)))
     assert float(rule.tensors["Q.1"].detach().norm()) > 0
+
+
+@pytest.mark.parametrize("kind,loss,scale", [("mse", "mse_batchmean", 0.5), ("cross_entropy", "cross_entropy", 1.0)])
+def test_explicit_output_errors_match_the_loss_gradient(kind, loss, scale):
+    """``mse``: g_L = (h_L − y)/N = ½ ∂/∂h_L of mse_batchmean; ``cross_entropy``: (softmax − y)/N."""
+    x, y = _batch()
+    got, ref = [], []
+    for mode, out in ((kind, got), ("loss", ref)):
+        rule, model, _ = _sal(_net(), output_error=mode, qr_init="random")
+        rule.train_step(model, x, y, get_loss(loss))
+        out.append(_grads(rule, model))
+    assert set(got[0]) == set(ref[0])
+    for k, v in ref[0].items():  # every update is linear in g_L (φ = identity in SPEC)
+        torch.testing.assert_close(got[0][k], scale * v, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_step_matches_cpu():
+    rule, model, _ = _sal(_net(dtype=torch.float32), qr_init="random")
+    x, y = _batch(dtype=torch.float32)
+    rule.train_step(model, x, y, MSE)
+    cpu = _grads(rule, model)
+    rule2, model2, _ = _sal(_net(dtype=torch.float32).cuda(), qr_init="random")
+    rule2.train_step(model2, x.cuda(), y.cuda(), MSE)
+    for k, v in _grads(rule2, model2).items():
+        assert v.device.type == "cuda"
+        torch.testing.assert_close(v.cpu(), cpu[k], rtol=1e-4, atol=1e-5)

@@ -407,3 +407,18 @@ def test_cuda_step_matches_cpu():
     for k, v in _grads(rule2, model2).items():
         assert v.device.type == "cuda"
         torch.testing.assert_close(v.cpu(), cpu[k], rtol=1e-4, atol=1e-5)
+
+
+def test_extra_downstream_units_stay_silent_from_identity_and_zero_init():
+    """Q = [I 0], R = [I; 0], B = 0: every update leaves the extra units' rows/columns at zero,
+    so a wider downstream computes exactly what the equal-width one does."""
+    opts = {"qr_init": "identity", "b_init": "zero", "downstream": "relu_jacobian", "sign": -1}
+    narrow, wide = (_sal(_net(), lr=0.1, width=w, **opts) for w in (1, 3))
+    for step in range(3):
+        x, y = _batch(seed=50 + step)
+        for rule, model, opt in (narrow, wide):
+            rule.train_step(model, x, y, MSE)
+            opt.step()
+    for a, b in zip(_linears(narrow[1]), _linears(wide[1])):
+        torch.testing.assert_close(a.weight, b.weight, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(wide[0].tensors["Q.1"][:, 5:], torch.zeros(5, 10, dtype=torch.float64))

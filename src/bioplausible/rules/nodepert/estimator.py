@@ -54,16 +54,18 @@ def loss_difference(loss_fn: Callable, noisy: torch.Tensor, clean: torch.Tensor,
                     target: torch.Tensor) -> torch.Tensor:
     """``ℓ̃_n − ℓ_n`` per example, shape ``(N,)``, in float64 or better.
 
-    For the MSE losses it is ``w Σ_k (õ − o)(õ + o − 2t)``: exact algebra, no cancellation of two
-    large losses, in the outputs' dtype promoted to float64. Otherwise both per-example losses
-    are computed in float64 (:func:`per_example_losses`) and subtracted.
+    For the MSE losses it is ``w Σ_k (õ − o)(õ + o − 2t)``: exact algebra with no cancellation of
+    two large losses, so float32 (or the outputs' wider dtype) keeps full relative precision.
+    Otherwise both per-example losses are computed in float64 (:func:`per_example_losses`) and
+    subtracted.
     """
     name = getattr(loss_fn, "name", None)
     n = clean.shape[0]
     if (name in _MSE_WEIGHT or name == "mse") and target.shape == clean.shape:
-        d, s = noisy.double() - clean.double(), noisy.double() + clean.double() - 2 * target.double()
+        dtype = torch.promote_types(clean.dtype, torch.float32)  # no cancellation: float32 suffices
+        o, t, no = clean.to(dtype), target.to(dtype), noisy.to(dtype)
         w = _MSE_WEIGHT.get(name, 1.0 / max(clean[0].numel(), 1))
-        return (d * s).reshape(n, -1).sum(1) * w
+        return ((no - o) * (no + o).sub_(t, alpha=2.0)).reshape(n, -1).sum(1).double().mul_(w)
     both, _ = per_example_losses(loss_fn, torch.cat([noisy, clean]).double(), torch.cat([target, target]))
     return both[:n] - both[n:]
 

@@ -14,9 +14,11 @@ Per batch (spec §5.2, §5.5):
    pre-activation (exact: the noise enters after ``W₁x``) when the model is an
    ``nn.Sequential`` whose Linear/Conv2d layers are direct children (otherwise forward hooks add
    the noise in a full second pass); dropout masks are the clean pass's;
-3. **estimate** ``λ̂_n = (ℓ̃_n − ℓ_n) ξ_n / c_h`` with ``ℓ̃_n − ℓ_n`` per example in float64
-   (for the MSE losses as ``w Σ_k (õ − o)(õ + o − 2t)``, free of cancellation; ``sg``: the true
-   ``λ_n = ∂ℓ_n/∂h_n`` from an exact backward pass instead);
+3. **estimate** ``λ̂_n = (ℓ̃_n − ℓ_n) ξ_n / c_h`` with ``ℓ̃_n − ℓ_n`` per example (for the MSE
+   losses as ``w Σ_k (õ − o)(õ + o − 2t)`` in float32 or wider, free of cancellation; otherwise
+   from float64 per-example losses); ``sg``: the true ``λ_n = ∂ℓ_n/∂h_n`` from an exact
+   backward pass instead. The SGD step uses ``Σ ẽᵀ(ẽB − λ̂) = (ẽᵀẽ)B − (c ẽ)ᵀξ`` with
+   ``c = (ℓ̃ − ℓ)/c_h``, so λ̂ itself is never materialised;
 4. **regress** every B onto it: ``solver="sgd"`` (eq 3), ``B ← B − η_B Σ_n ẽ_nᵀ(ẽ_n B − λ̂_n)``
    with ``η_B`` the learning rate of the parameter group ``feedback`` (the rule applies it
    itself: ``optimizer.groups.feedback.lr``); ``solver="ridge"`` (App. C.3),
@@ -66,6 +68,20 @@ def _positive(rule: Rule, key: str) -> None:
     v = rule.config[key]
     if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and math.isfinite(v)):
         raise ConfigError(f"rule {rule.name!r}: {key} must be a positive number; got {v!r}")
+
+
+class _Estimates:
+    """The step's λ̂_k = ξ_k · coef (coef = (ℓ̃ − ℓ)/c_h per example), built on indexing."""
+
+    def __init__(self, xi: list[torch.Tensor], coef: torch.Tensor) -> None:
+        self.xi, self.coef = list(xi), coef
+
+    def __len__(self) -> int:
+        return len(self.xi)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        xi = self.xi[k]
+        return xi * self.coef.to(xi.dtype).view((-1,) + (1,) * (xi.dim() - 1))
 
 
 class _Hooks:
@@ -290,14 +306,14 @@ class _NodePerturbation(Rule):
             noisy_out = self._noisy_output(model, x)
             if saved is not None:
                 self._set_rng_state(after, device)
-            with torch.no_grad():  # ℓ̃ − ℓ per example in float64
+            with torch.no_grad():  # ℓ̃ − ℓ per example, float32 or wider
                 diff = loss_difference(loss_fn, noisy_out, output.detach(), y)
                 if self._step < 10 and not bool(diff.any()):  # checked on the first steps
                     raise UserError(
                         f"rule {self.name!r}: the perturbation c_h={self.config['c_h']} changed no "
                         f"example's loss in {output.dtype}; raise c_h or train in float64")
                 coef = diff / self.config["c_h"]  # λ̂ = (ℓ̃ − ℓ)ξ/c_h, eq 2
-                targets = [xi * coef.to(xi.dtype).view((-1,) + (1,) * (xi.dim() - 1)) for xi in self._xi]
+                targets = _Estimates(self._xi, coef)  # λ̂_k = ξ_k coef, formed only where needed
         else:
             if saved is not None:
                 after = self._rng_state(device)
@@ -341,17 +357,26 @@ class _NodePerturbation(Rule):
             return torch.zeros_like(output, requires_grad=False).scatter_(1, y.view(-1, 1).long(), 1.0)
         return y
 
-    def _update_feedback(self, errors: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
-        for k, (b, err, tgt) in enumerate(zip(self._feedback, errors, targets)):
+    def _update_feedback(self, errors: list[torch.Tensor], targets) -> None:
+        ridge = self.config["solver"] == "ridge"
+        for k, (b, err) in enumerate(zip(self._feedback, errors)):
             err = err.reshape(err.shape[0], -1).to(b.dtype)
-            tgt = tgt.reshape(tgt.shape[0], -1).to(b.dtype)
-            if self.config["solver"] == "ridge":
+            if ridge:
                 v, s = self.owned.get(f"ridge.V.{k + 1}"), self.owned.get(f"ridge.S.{k + 1}")
-                b.copy_(ridge_update(v, s, err, tgt))
+                tgt = targets[k]
+                b.copy_(ridge_update(v, s, err, tgt.reshape(tgt.shape[0], -1).to(b.dtype)))
+                continue
+            lr = self.feedback_lr(k + 1)
+            if not lr:
+                continue
+            if isinstance(targets, _Estimates):  # Σ ẽᵀ(ẽB − ξ c) = (ẽᵀẽ)B − (c ẽ)ᵀξ: λ̂ never formed
+                xi = targets.xi[k].reshape(err.shape[0], -1).to(b.dtype)
+                grad = (err.t() @ err) @ b
+                grad.addmm_((err * targets.coef.to(b.dtype).unsqueeze(1)).t(), xi, alpha=-1.0)
+                b.sub_(grad, alpha=lr)
             else:
-                lr = self.feedback_lr(k + 1)
-                if lr:
-                    b.sub_(regression_grad(err, b, tgt), alpha=lr)
+                tgt = targets[k]
+                b.sub_(regression_grad(err, b, tgt.reshape(tgt.shape[0], -1).to(b.dtype)), alpha=lr)
 
     def feedback_lr(self, layer: int) -> float:
         """η_B of the tap ``layer`` (1-based among the converted layers), from group ``feedback``."""

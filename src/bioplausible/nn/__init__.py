@@ -20,6 +20,7 @@ from .dfa import DirectFeedbackFunction, DirectFeedbackHead
 from .functional import Conv2dFeedbackFunction, LinearFeedbackFunction
 from .layers import FeedbackConv2d, FeedbackLinear, FeedbackSpec, init_feedback
 from .mirror import mirror_update
+from .plain import plain_state_dict, to_plain
 
 __all__ = [
     "Conv2dFeedbackFunction",
@@ -35,6 +36,8 @@ __all__ = [
     "feedback_layers",
     "init_feedback",
     "mirror_update",
+    "plain_state_dict",
     "swap_layers",
     "to_feedback_layer",
+    "to_plain",
 ]

@@ -184,7 +184,9 @@ class Trainer:
         self.rule = make(rule, **config.rule_options()) if isinstance(rule, str) else rule
         self.rule.set_seed(config["seed"])
         self.train_split = data.train.to(self.device, self.dtype)
-        self.eval_splits = {"test": data.test.to(self.device, self.dtype)}
+        self.eval_splits = {}
+        if getattr(data, "test", None) is not None:  # a user's loader may come without one
+            self.eval_splits["test"] = data.test.to(self.device, self.dtype)
         if getattr(data, "val", None) is not None:
             self.eval_splits["val"] = data.val.to(self.device, self.dtype)
         self.plain_keys = list(model.state_dict().keys())
@@ -383,9 +385,15 @@ _SHORTCUTS = {"lr": ("optimizer", "lr"), "loss": ("loss",), "epochs": ("epochs",
               "progress": ("progress",), "deterministic": ("deterministic",)}
 
 
-def fit(model: nn.Module, rule: Rule | str, data: Any, *, config: TrainConfig | dict | None = None,
-        out: str | os.PathLike | None = None, resume: bool = False, **options: Any) -> FitResult:
-    """Train ``model`` with ``rule`` on ``data`` (a DataBundle or a dataset name).
+def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
+        config: TrainConfig | dict | None = None, out: str | os.PathLike | None = None,
+        resume: bool = False, **options: Any) -> FitResult:
+    """Train ``model`` with ``rule`` on ``data``.
+
+    ``data`` is a dataset name, a DataBundle, a ``DataLoader``, a ``Dataset``, ``(X, y)``
+    tensors or a dict ``{"train", "test", "val"}`` of these; ``eval_data`` (optional) is what
+    to evaluate on every epoch as ``test``, or a dict with ``test``/``val``
+    (:func:`bioplausible.data.as_bundle` explains batching and what ``resume`` guarantees).
 
     Keyword shortcuts override the config: ``lr``, ``loss``, ``epochs``, ``batch_size``,
     ``seed``, ``probe_every``, ``device``, ``dtype``, ``optimizer`` (a name). With ``out`` a run
@@ -411,6 +419,12 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, *, config: TrainConfig | 
         from .data import load_dataset
 
         data = load_dataset(data, **{k: v for k, v in config.dataset_options().items() if v is not None})
+    from .data.adapt import as_bundle
+
+    named = isinstance(data, str)
+    data = as_bundle(data, eval_data)
+    if not named:  # the summary names the data actually trained on, not the config's default
+        config = config.updated({"dataset": {"name": str(data.info.name)}})
     if config["deterministic"]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -47,7 +47,7 @@ class PairDataset(Dataset):
         return self.x[i], self.y[i]
 
 
-OPTS = dict(epochs=2, batch_size=16, lr=0.05, dtype="float64", seed=3, loss="cross_entropy")
+OPTS = {"epochs": 2, "batch_size": 16, "lr": 0.05, "dtype": "float64", "seed": 3, "loss": "cross_entropy"}
 
 
 @pytest.mark.parametrize("rule", ["fa", "dfa", "ar"])
@@ -151,7 +151,7 @@ def test_multilabel_targets_are_recognised():
     assert "test_auc" in result.history[-1]
 
 
-@pytest.mark.parametrize("bad", [42, "not a tensor pair".split(), (torch.zeros(3, 2),),
+@pytest.mark.parametrize("bad", [42, ["not", "a", "tensor", "pair"], (torch.zeros(3, 2),),
                                  {"weights": torch.zeros(2)}, np.zeros((4, 2))])
 def test_other_types_are_a_type_error_naming_what_is_accepted(bad):
     with pytest.raises((TypeError, bp.ConfigError)) as info:

@@ -69,7 +69,7 @@ def _train(rule_name: str, steps: int = 3):
 
 @pytest.mark.parametrize("rule_name", RULES)
 def test_plain_state_dict_loads_strictly_and_predicts_the_same(rule_name):
-    net, model, initial = _train(rule_name)
+    _, model, initial = _train(rule_name)
     assert any(isinstance(m, (FeedbackLinear, FeedbackConv2d)) for m in model.modules())
     state = bp.plain_state_dict(model)
     assert list(state) == list(initial)  # same keys, same order as the user's module
@@ -85,7 +85,7 @@ def test_plain_state_dict_loads_strictly_and_predicts_the_same(rule_name):
 
 @pytest.mark.parametrize("rule_name", RULES)
 def test_to_plain_gives_an_ordinary_module(rule_name):
-    net, model, _ = _train(rule_name)
+    _, model, _ = _train(rule_name)
     plain = bp.to_plain(model)
     types = {type(m) for m in plain.modules()}
     assert FeedbackLinear not in types and FeedbackConv2d not in types

@@ -19,8 +19,8 @@ from bioplausible.config import TrainConfig
 from bioplausible.data import as_bundle
 from bioplausible.loggers import TensorBoardLogger, make_logger, scalars
 
-pytest.importorskip("tensorboard")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+EventAccumulator = pytest.importorskip(
+    "tensorboard.backend.event_processing.event_accumulator").EventAccumulator
 
 
 def read_scalars(log_dir) -> dict[str, dict[int, float]]:

@@ -84,7 +84,7 @@ class TensorBoardLogger:
     def close(self) -> None:
         self.writer.close()
 
-    def __enter__(self) -> TensorBoardLogger:
+    def __enter__(self) -> TensorBoardLogger:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:

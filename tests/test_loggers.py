@@ -75,3 +75,15 @@ def test_a_training_run_logs_what_metrics_jsonl_holds(tmp_path):
 def test_unknown_logger_is_a_config_error(tmp_path):
     with pytest.raises(bp.ConfigError, match="unknown logger 'wandb'; accepted: tensorboard"):
         make_logger("wandb", tmp_path)
+
+
+def test_fit_passes_loggers_on(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 4, generator=g), torch.randint(0, 2, (32,), generator=g)
+    torch.manual_seed(0)
+    with TensorBoardLogger(tmp_path / "tb") as logger:
+        result = bp.fit(nn.Linear(4, 2), "bp", (x, y), (x, y), epochs=2, batch_size=8,
+                        loggers=[logger])
+    got = read_scalars(tmp_path / "tb")
+    assert got["test_accuracy"] == {e: pytest.approx(h["test_accuracy"]) for e, h in
+                                    zip((1, 2), result.history)}

@@ -399,7 +399,7 @@ _SHORTCUTS = {"lr": ("optimizer", "lr"), "loss": ("loss",), "epochs": ("epochs",
 
 def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
         config: TrainConfig | dict | None = None, out: str | os.PathLike | None = None,
-        resume: bool = False, **options: Any) -> FitResult:
+        resume: bool = False, loggers: list[Any] | None = None, **options: Any) -> FitResult:
     """Train ``model`` with ``rule`` on ``data``.
 
     ``data`` is a dataset name, a DataBundle, a ``DataLoader``, a ``Dataset``, ``(X, y)``
@@ -409,7 +409,8 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
 
     Keyword shortcuts override the config: ``lr``, ``loss``, ``epochs``, ``batch_size``,
     ``seed``, ``probe_every``, ``device``, ``dtype``, ``optimizer`` (a name). With ``out`` a run
-    directory is written; ``resume=True`` continues from its checkpoint.
+    directory is written; ``resume=True`` continues from its checkpoint. ``loggers``: objects
+    with ``log(record)`` given every metrics record, e.g. :class:`bioplausible.loggers.TensorBoardLogger`.
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config or {"progress": False})
@@ -433,13 +434,13 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
         data = load_dataset(data, **{k: v for k, v in config.dataset_options().items() if v is not None})
     from .data.adapt import as_bundle
 
-    named = isinstance(data, str)
     data = as_bundle(data, eval_data)
-    if not named:  # the summary names the data actually trained on, not the config's default
-        config = config.updated({"dataset": {"name": str(data.info.name)}})
+    # the summary names the data actually trained on, not the config's default
+    config = config.updated({"dataset": {"name": str(data.info.name)}})
     if config["deterministic"]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(config["seed"])
     trainer = Trainer(model, rule, data, config, out=out)
+    trainer.loggers.extend(loggers or [])
     return trainer.run(resume=resume)

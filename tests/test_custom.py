@@ -239,3 +239,19 @@ def test_cli_bad_inputs_one_line_exit_2(user_dir, capsys, args, needle):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("bioplausible: error:") and needle in err, err
     assert not out.exists()
+
+
+def test_fit_and_configs_take_the_names_too(user_dir):
+    from bioplausible.config import TrainConfig
+
+    torch.manual_seed(0)
+    model = bp.build_model("tests_pkg.nets:mlp,hidden=5", input_shape=(3, 8, 8), num_classes=4)
+    result = bp.fit(model, "fa", "npz:data.npz", epochs=1, batch_size=16)
+    assert result.status == "completed" and result.summary["dataset"] == "npz:data.npz"
+    config = TrainConfig.from_dict({"model": {"spec": "tests_pkg.nets:mlp", "hidden": 7},
+                                    "dataset": {"name": "tests_pkg.data:load", "n": 20}})
+    data = bp.load_dataset(config["dataset"]["name"],
+                           **{k: v for k, v in config.dataset_options().items() if v is not None})
+    assert len(data.train) == 20
+    net = bp.build_model(config["model"]["spec"], **config.model_options())
+    assert net[1].out_features == 7

@@ -170,3 +170,20 @@ def test_type_error_message():
         bp.fit(net(), "fa", bad, epochs=1)
     with pytest.raises(bp.ConfigError, match="same first dimension"):
         bp.as_bundle((torch.zeros(4, 2), torch.zeros(3)))
+
+
+def test_loader_over_an_iterable_dataset_trains():
+    from torch.utils.data import IterableDataset
+
+    x, y = blobs()
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(x, y))
+
+    loader = DataLoader(Stream(), batch_size=16)
+    assert len(bp.as_bundle(loader).train) == 0  # unknown length: no progress total
+    result = bp.fit(net(), "fa", loader, (x, y), **OPTS)
+    assert result.status == "completed" and result.history[-1]["test_accuracy"] > 80
+    with pytest.raises(TypeError, match="IterableDataset"):
+        bp.as_bundle(Stream())

@@ -128,6 +128,19 @@ def _accuracy_counts(output: torch.Tensor, y: torch.Tensor, task: str) -> torch.
     return (output.argmax(dim=1) == y).sum()
 
 
+def _correct_counter(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The per-batch correct count for ``task`` (class-index targets in three ops)."""
+    if task == "multilabel":
+        return lambda output, y: _accuracy_counts(output, y, task)
+
+    def count(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.dim() > 1:
+            y = y.argmax(dim=1)
+        return torch.eq(output.argmax(dim=1), y).sum()
+
+    return count
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Any, loss: Loss | str, batch_size: int = 1000,
              task: str = "multiclass") -> dict[str, float]:
@@ -286,8 +299,14 @@ class Trainer:
         gen = torch.Generator()
         gen.manual_seed(cfg["seed"] * 1_000_003 + self.epoch)
         model.train()
+        # Per-step sums in the loss's own dtype (no type promotion per step), folded into
+        # float64 every 50 steps so long epochs keep full precision.
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        loss_part: torch.Tensor | None = None
+        summed = loss_fn.reduction == "sum"
+        count_correct = _correct_counter(self.task)
+        correct = torch.zeros((), dtype=torch.float64 if self.task == "multilabel" else torch.int64,
+                              device=self.device)
         n = 0
         probe_time = 0.0  # diagnostics are not part of the rule's cost: excluded from epoch_time
         start = time.perf_counter()
@@ -309,16 +328,22 @@ class Trainer:
             opt.step()
             rule.after_step(model)
             batch = yb.shape[0]
-            loss_sum += res.loss.double() * (1 if loss_fn.reduction == "sum" else batch)
-            correct += _accuracy_counts(res.output, yb, self.task)
+            if loss_part is None:
+                loss_part = torch.zeros((), dtype=res.loss.dtype, device=self.device)
+            loss_part.add_(res.loss, alpha=1 if summed else batch)
+            correct.add_(count_correct(res.output, yb))
             n += batch
             if self.step % 50 == 0:
+                loss_sum.add_(loss_part)
+                loss_part.zero_()
                 self._check(float(res.loss), f"epoch {self.epoch + 1}, step {self.step}")
                 if bar is not None and not bar.disable:
                     bar.update(min(n - bar.n, bar.total - bar.n))
                     bar.set_postfix(loss=f"{float(loss_sum) / n:.4g}",
                                     samples_s=f"{n / (time.perf_counter() - start):.0f}")
         elapsed = time.perf_counter() - start - probe_time
+        if loss_part is not None:
+            loss_sum.add_(loss_part)
         train_loss = float(loss_sum) / max(n, 1)
         self._check(train_loss, f"the end of epoch {self.epoch + 1}")
         return {"train_loss": train_loss, "train_accuracy": 100.0 * float(correct) / max(n, 1),

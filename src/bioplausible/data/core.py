@@ -82,9 +82,10 @@ class Split:
         perm = torch.randperm(n, generator=generator)
         if self.x.device.type != "cpu":
             perm = perm.to(self.x.device)
+        x, y = self.x, self.y
         for i in range(0, stop, bs):
             idx = perm[i : i + bs]
-            yield self.x[idx], self.y[idx]
+            yield x.index_select(0, idx), y.index_select(0, idx)
 
 
 @dataclass

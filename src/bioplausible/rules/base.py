@@ -187,12 +187,22 @@ class Rule:
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> StepResult:
         """Fill ``.grad`` of every trained tensor for the batch ``(x, y)`` (default: backprop)."""
-        for p in model.parameters():
+        for p in self._parameters_of(model):
             p.grad = None
         output = model(x)
         loss = loss_fn(output, y)
         loss.backward()
         return StepResult(loss.detach(), output.detach())
+
+    def _parameters_of(self, model: nn.Module) -> list[torch.Tensor]:
+        """``list(model.parameters())``, cached per model (walking the modules costs more than
+        a batch-1 step's arithmetic); refreshed when the model's parameter count changes."""
+        cache = self.__dict__.setdefault("_param_cache", {})
+        hit = cache.get(id(model))
+        if hit is None or hit[0] is not model or hit[2] != len(model._parameters) + len(model._modules):
+            params = list(model.parameters())
+            hit = cache[id(model)] = (model, params, len(model._parameters) + len(model._modules))
+        return hit[1]
 
     def after_step(self, model: nn.Module) -> None:
         """Called after the optimizer step (weight mirroring, transpose-feedback copies, ...)."""

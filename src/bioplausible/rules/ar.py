@@ -67,11 +67,6 @@ VARIANTS: dict[str, tuple[str, bool]] = {
 }
 
 
-def _choice(config: dict[str, Any], key: str, accepted: tuple[str, ...]) -> None:
-    if config[key] not in accepted:
-        raise ConfigError(f"ar option {key}={config[key]!r} is not valid; accepted: {', '.join(accepted)}")
-
-
 @register("ar")
 class ActivationRelaxation(Rule):
     family = "circuit"
@@ -109,8 +104,8 @@ class ActivationRelaxation(Rule):
                 f"ar option eta_x must be in (0, 1], got {eta!r} (each Euler step keeps "
                 "(1 − eta_x) of a unit's value; the paper uses 0.1)")
         c["eta_x"] = float(eta)
-        _choice(c, "solver", SOLVERS)
-        _choice(c, "sweep", SWEEPS)
+        self.check_choice("solver", SOLVERS)
+        self.check_choice("sweep", SWEEPS)
         if c["variant"] is not None:
             if c["variant"] not in VARIANTS:
                 raise ConfigError(f"ar option variant={c['variant']!r} is not valid; accepted: "
@@ -121,10 +116,9 @@ class ActivationRelaxation(Rule):
                     raise ConfigError(f"ar variant {c['variant']!r} means {key}={value!r}, "
                                       f"which contradicts {key}={c[key]!r}; give only one")
                 c[key] = value
-        _choice(c, "backward_weights", BACKWARD_WEIGHTS)
+        self.check_choice("backward_weights", BACKWARD_WEIGHTS)
         for key in ("derivative", "weight_derivative", "graph"):
-            if not isinstance(c[key], bool):
-                raise ConfigError(f"ar option {key} must be true or false, got {c[key]!r}")
+            self.check_bool(key)
         std = c["feedback_std"]
         if isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0:
             raise ConfigError(f"ar option feedback_std must be > 0, got {std!r}")

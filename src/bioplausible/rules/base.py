@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -167,7 +168,36 @@ class Rule:
 
     # ------------------------------------------------------------------ hooks
     def validate(self) -> None:
-        """Check ``self.config``; raise ConfigError with a clear message on bad values."""
+        """Check ``self.config``; raise ConfigError with a clear message on bad values.
+
+        Use :meth:`check_choice`, :meth:`check_number` and :meth:`check_bool` (one way of
+        validating, one style of message for every rule).
+        """
+
+    # ------------------------------------------------------------- validation
+    def check_choice(self, key: str, choices) -> None:
+        """``config[key]`` must be one of ``choices``."""
+        value = self.config[key]
+        if value not in choices:
+            raise ConfigError(f"rule {self.name!r}: {key}={value!r} is not valid; accepted: "
+                              f"{', '.join(str(c) for c in choices)}")
+
+    def check_number(self, key: str, low: float, high: float = math.inf, integer: bool = False,
+                     positive: bool = False) -> None:
+        """``config[key]`` must be a finite number (an int if ``integer``) in [low, high]
+        (> low if ``positive``)."""
+        value = self.config[key]
+        ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+        ok = ok and (value > low if positive else value >= low) and value <= high
+        if not ok:
+            what = "an integer" if integer else "a finite number"
+            limits = f"{'>' if positive else '>='} {low}" + (f" and <= {high}" if high < math.inf else "")
+            raise ConfigError(f"rule {self.name!r}: {key} must be {what} {limits}; got {value!r}")
+
+    def check_bool(self, key: str) -> None:
+        if not isinstance(self.config[key], bool):
+            raise ConfigError(f"rule {self.name!r}: {key} must be true or false; got {self.config[key]!r}")
 
     def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
         """Return the model this rule trains (the same module or a converted copy).

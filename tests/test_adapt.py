@@ -162,7 +162,8 @@ def test_other_types_are_a_type_error_naming_what_is_accepted(bad):
 def test_type_error_message():
     with pytest.raises(TypeError, match=r"cannot use a int as train data; accepted: a DataLoader"):
         bp.as_bundle(42)
-    with pytest.raises(TypeError, match="cannot use a tuple of 2 .DataLoader, DataLoader."):
+    with pytest.raises(TypeError, match=r"cannot use a tuple of 2 .DataLoader, DataLoader. as train data "
+                                        r"\(give evaluation data separately"):
         loader = DataLoader(TensorDataset(torch.zeros(2, 1), torch.zeros(2)))
         bp.as_bundle((loader, loader))
     bad = DataLoader(TensorDataset(torch.zeros(4, 2), torch.zeros(4), torch.zeros(4)), batch_size=2)

@@ -255,3 +255,18 @@ def test_fit_and_configs_take_the_names_too(user_dir):
     assert len(data.train) == 20
     net = bp.build_model(config["model"]["spec"], **config.model_options())
     assert net[1].out_features == 7
+
+
+def test_the_installed_command_reports_a_bad_import_path(user_dir):
+    """The real entry point, with the user's folder on PYTHONPATH as the README says."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(user_dir), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bioplausible", "compare", "--rules", "bp,fa",
+                           "--model", "tests_pkg.nets:tiny_resnett", "--dataset", "npz:data.npz",
+                           "--out", str(user_dir / "cmp")], check=False, cwd=user_dir, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "has no 'tiny_resnett'" in err, err

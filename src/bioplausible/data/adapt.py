@@ -152,7 +152,10 @@ def _split(obj: Any, role: str) -> Split | LoaderSplit:
         return DatasetSplit(obj)
     if isinstance(obj, (tuple, list)) and len(obj) == 2 and not any(map(_is_source, obj)):
         return _xy(obj[0], obj[1], role)
-    raise TypeError(f"cannot use {_describe(obj)} as {role} data; accepted: {ACCEPTED}")
+    hint = ""
+    if isinstance(obj, (tuple, list)) and any(map(_is_source, obj)):
+        hint = " (give evaluation data separately: fit(model, rule, train, test) or a dict)"
+    raise TypeError(f"cannot use {_describe(obj)} as {role} data{hint}; accepted: {ACCEPTED}")
 
 
 def _xy(x: Any, y: Any, role: str) -> Split:

@@ -102,6 +102,8 @@ def user_dir(tmp_path, monkeypatch):
     (pkg / "__init__.py").write_text("")
     (pkg / "nets.py").write_text(textwrap.dedent(NETS))
     (pkg / "data.py").write_text(textwrap.dedent(DATA))
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip")
+    np.save(tmp_path / "single.npy", np.zeros(3))
     xtr, ytr = _images(64, 0)
     xte, yte = _images(24, 1)
     np.savez(tmp_path / "data.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
@@ -158,6 +160,8 @@ def test_dataset_from_a_callable(user_dir, kind):
 
 @pytest.mark.parametrize("name,options,error,needle", [
     ("npz:nothere.npz", {}, bp.MissingDataError, "no file nothere.npz"),
+    ("npz:garbage.npz", {}, bp.CorruptDataError, r"is not an .npz file \(a zip of .npy arrays\); save it"),
+    ("npz:single.npy", {}, bp.CorruptDataError, "is a single .npy array"),
     ("tests_pkg.nodata:load", {}, bp.UnknownNameError, "cannot import 'tests_pkg.nodata'"),
     ("tests_pkg.data:nope", {}, bp.UnknownNameError, "has no 'nope'"),
     ("tests_pkg.nets:NOT_CALLABLE", {}, bp.ConfigError, "not a callable"),

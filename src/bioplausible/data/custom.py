@@ -65,13 +65,17 @@ def _npz_path(name: str, root) -> Path:
 def read_npz(name: str, root=None) -> dict[str, np.ndarray]:
     """The arrays of an ``npz:PATH`` dataset, read without unpickling anything."""
     path = _npz_path(name, root)
+    save = "save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+    if not zipfile.is_zipfile(path):  # checked first: np.load would offer to unpickle it
+        with open(path, "rb") as f:
+            single = f.read(6) == b"\x93NUMPY"
+        what = "a single .npy array" if single else "not an .npz file (a zip of .npy arrays)"
+        raise CorruptDataError(f"dataset {name!r}: {path} is {what}; {save}")
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CorruptDataError(f"dataset {name!r}: {path} is not a readable .npz file ({exc})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"dataset {name!r}: {path} holds a single array; save a .npz with np.savez("
-                        f"path, x_train=..., y_train=..., x_test=..., y_test=...)")
+        raise CorruptDataError(f"dataset {name!r}: {path} is not a readable .npz file ({exc}); "
+                               f"{save}") from None
     with archive:
         keys = set(archive.files)
         _check_keys(name, keys)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .errors import ConfigError, DivergenceError, UnknownNameError
+from .errors import ConfigError, DivergenceError, UnknownNameError, UserError
 from .losses import Loss, get_loss
 from .probe import Probe
 from .registry import make
@@ -51,23 +51,26 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_optimizer(params: list[dict[str, Any]], options: dict[str, Any]) -> torch.optim.Optimizer:
-    """``{"name": "sgd", "lr": 0.1, "momentum": 0.9}`` -> ``torch.optim.SGD(params, ...)``."""
+    """``{"name": "sgd", "lr": 0.1, "momentum": 0.9}`` -> ``torch.optim.SGD(params, ...)``.
+
+    The implementation is chosen per dtype and device: the fused kernel (one kernel per step)
+    where it updates every element correctly — CUDA, or float32/float64 on the CPU — and the
+    per-tensor loop otherwise. (In this torch the fused CPU SGD updates only a few elements of
+    float16/bfloat16 tensors, so a half-precision run would silently train nothing.)
+    """
+    from .config import check_optimizer_options, optimizer_class
+
+    check_optimizer_options(options)
     opts = {k: v for k, v in options.items() if k not in ("name", "groups")}
     name = str(options.get("name", "sgd"))
-    classes = {n.lower(): getattr(torch.optim, n) for n in dir(torch.optim)
-               if isinstance(getattr(torch.optim, n), type)
-               and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
-               and n != "Optimizer"}
-    if name.lower() not in classes:
-        raise UnknownNameError(f"unknown optimizer {name!r}; choose from {', '.join(sorted(classes))}")
-    cls = classes[name.lower()]
-    if "fused" not in opts and "foreach" not in opts and cls in _FUSABLE:
-        # One fused kernel per step instead of a loop over parameters: same update up to
-        # rounding, and it makes a decay in weight_decay (KP) nearly free.
-        try:
-            return cls(params, fused=True, **opts)
-        except (TypeError, ValueError, RuntimeError):
-            pass
+    cls = optimizer_class(name)
+    tensors = [p for g in params for p in g["params"]]
+    if opts.get("fused") and not _fused_ok(cls, tensors):
+        raise ConfigError(f"optimizer {name!r}: fused=True does not update float16/bfloat16 tensors on the "
+                          f"CPU correctly in this torch (SGD); remove the option")
+    if "fused" not in opts and "foreach" not in opts and _fused_ok(cls, tensors):
+        opts["fused"] = True  # same update up to rounding; makes KP's decay nearly free
+    _check_half_eps(cls, name, opts, tensors)
     try:
         return cls(params, **opts)
     except (TypeError, ValueError) as exc:
@@ -75,6 +78,35 @@ def build_optimizer(params: list[dict[str, Any]], options: dict[str, Any]) -> to
 
 
 _FUSABLE = {torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW}
+
+
+def _check_half_eps(cls: type, name: str, opts: dict[str, Any], tensors: list[torch.Tensor]) -> None:
+    """An adaptive optimizer stepping float16 tensors in float16 needs an eps float16 can hold."""
+    import inspect
+
+    if opts.get("fused") or not any(t.dtype == torch.float16 for t in tensors):
+        return
+    default = inspect.signature(cls.__init__).parameters.get("eps")
+    if default is None:
+        return
+    eps = float(opts.get("eps", default.default))
+    tiny = torch.finfo(torch.float16).tiny
+    if eps < tiny:
+        raise ConfigError(f"optimizer {name!r}: eps={eps:g} is below float16's smallest normal number "
+                          f"({tiny:.2g}), so the step divides by zero; set optimizer.eps to 1e-4 or use "
+                          f"dtype bfloat16/float32")
+
+
+def _fused_ok(cls: type, tensors: list[torch.Tensor]) -> bool:
+    """Whether ``cls(..., fused=True)`` updates every tensor in ``tensors`` correctly."""
+    if cls not in _FUSABLE or not tensors:
+        return False
+    devices = {t.device.type for t in tensors}
+    if len(devices) != 1 or devices.pop() not in ("cpu", "cuda"):
+        return False
+    half_broken = cls is torch.optim.SGD and tensors[0].device.type == "cpu"
+    return all(t.is_floating_point() and not (half_broken and t.dtype in (torch.float16, torch.bfloat16))
+               for t in tensors)
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, options: dict[str, Any], epochs: int):
@@ -118,6 +150,32 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def load_checkpoint_file(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)``; anything unreadable that way is one UserError line."""
+    import pickle
+    import zipfile
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError,
+            KeyError, IndexError, zipfile.BadZipFile, UnicodeDecodeError, OSError) as exc:
+        first = (" ".join(str(exc).split()) or type(exc).__name__)[:160]
+        raise UserError(f"checkpoint {str(path)!r} cannot be loaded safely ({first}); it is corrupt, "
+                        f"truncated or not written by bioplausible: delete it to restart the run "
+                        f"or start a new one with --out") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step"} <= set(state):
+        raise UserError(f"checkpoint {str(path)!r} is not a bioplausible checkpoint; delete it to restart "
+                        f"the run or start a new one with --out")
+    return state
+
+
+def _before_checkpoint(record: dict[str, Any], epoch: int, step: int) -> bool:
+    """Whether a metrics line describes training up to the checkpoint (epoch ``epoch``, step ``step``)."""
+    if record.get("kind") == "probe":
+        return int(record.get("step", 0)) <= step
+    return int(record.get("epoch", 0)) <= epoch
 
 
 def _accuracy_counts(output: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
@@ -222,9 +280,10 @@ class Trainer:
 
     # -------------------------------------------------------------- run directory
     def _log(self, record: dict[str, Any]) -> None:
+        """Append one JSON line; a kill mid-append leaves a torn last line that readers drop."""
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(record, default=float) + "\n")
         for logger in self.loggers:
             logger.log(record)
 
@@ -245,23 +304,35 @@ class Trainer:
             _atomic_torch_save(self._checkpoint_state(), self.run_dir / "checkpoint.pt")
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.schedule is not None and state.get("schedule") is not None:
-            self.schedule.load_state_dict(state["schedule"])
-        self.rule.load_state_dict(state["rule"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.history = list(state["history"])
-        self.probe_angles = list(state.get("probe_angles", []))
+        """Restore the state :meth:`save_checkpoint` wrote; drop metric lines written after it.
+
+        The file is read with ``weights_only=True`` (tensors, numbers, strings, containers: a
+        crafted checkpoint cannot run code); a file that cannot be read that way, or that does
+        not hold this run's state, is a :class:`UserError` in one line.
+        """
+        state = load_checkpoint_file(path, self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.schedule is not None and state.get("schedule") is not None:
+                self.schedule.load_state_dict(state["schedule"])
+            self.rule.load_state_dict(state["rule"])
+            torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            self.history = list(state["history"])
+            self.probe_angles = list(state.get("probe_angles", []))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            detail = " ".join(str(exc).split())[:160]
+            raise UserError(f"checkpoint {str(path)!r} does not match this run ({type(exc).__name__}: "
+                            f"{detail}); start a new run with --out") from None
         metrics = self.run_dir / "metrics.jsonl" if self.run_dir else None
-        if metrics is not None and metrics.exists():  # drop lines of the unfinished epoch
-            kept = [ln for ln in metrics.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("epoch", 0) <= self.epoch]
-            _atomic_write_text(metrics, "".join(ln + "\n" for ln in kept))
+        if metrics is not None and metrics.exists():  # drop lines written after the checkpoint
+            from .report import read_metrics
+
+            kept = [r for r in read_metrics(metrics) if _before_checkpoint(r, self.epoch, self.step)]
+            _atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
     def _write_summary(self, status: str, message: str = "", started: float | None = None) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
@@ -358,8 +429,11 @@ class Trainer:
             ckpt = self.run_dir / "checkpoint.pt"
             if resume and ckpt.exists():
                 self.load_checkpoint(ckpt)
-            elif not resume:
+            else:  # a fresh start, or a resume with nothing to resume from: no older lines kept
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+                (self.run_dir / "summary.json").unlink(missing_ok=True)
+                (self.run_dir / "model.pt").unlink(missing_ok=True)
+                (self.run_dir / "rule_state.pt").unlink(missing_ok=True)
             _atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
         status, message = "completed", ""
         try:
@@ -458,14 +532,19 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
 
         data = load_dataset(data, **{k: v for k, v in config.dataset_options().items() if v is not None})
     from .data.adapt import as_bundle
+    from .jobs import check_run_dir, run_lock, runtime
 
     data = as_bundle(data, eval_data)
     # the summary names the data actually trained on, not the config's default
     config = config.updated({"dataset": {"name": str(data.info.name)}})
-    if config["deterministic"]:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.manual_seed(config["seed"])
-    trainer = Trainer(model, rule, data, config, out=out)
-    trainer.loggers.extend(loggers or [])
-    return trainer.run(resume=resume)
+    with runtime(config):  # threads, determinism and denormal flushing, as run_job applies them
+        torch.manual_seed(config["seed"])
+        trainer = Trainer(model, rule, data, config, out=out)
+        trainer.loggers.extend(loggers or [])
+        if out is None:
+            return trainer.run(resume=resume)
+        run_dir = Path(out)
+        check_run_dir(run_dir, resume=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(run_dir):
+            return trainer.run(resume=resume)

@@ -87,3 +87,31 @@ def test_fit_passes_loggers_on(tmp_path):
     got = read_scalars(tmp_path / "tb")
     assert got["test_accuracy"] == {e: pytest.approx(h["test_accuracy"]) for e, h in
                                     zip((1, 2), result.history)}
+
+
+def test_cli_logger_flag_writes_events_that_survive_resume(synthetic_root, tmp_path, capsys):
+    from bioplausible.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--rule", "fa", "--dataset", "mnist", "--model", "mlp:784-16-10", "--epochs", "1",
+            "--batch-size", "40", "--probe-every", "2", "--quiet", "--logger", "tensorboard"]
+    assert main(args + ["--out", str(out)]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
+    got = read_scalars(out / "tensorboard")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert got["test_accuracy"] == {r["epoch"]: pytest.approx(r["test_accuracy"]) for r in epochs}
+    probes = {r["step"]: r["grad_angle"] for r in records if r["kind"] == "probe"}
+    assert got["grad_angle"] == pytest.approx(probes)
+
+
+def test_unknown_logger_name_is_refused_before_anything_runs(synthetic_root, tmp_path, capsys):
+    from bioplausible.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--rule", "fa", "--dataset", "mnist", "--model", "mlp:784-16-10",
+                 "--logger", "wandb", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown logger 'wandb'; accepted: none, tensorboard" in err
+    assert not out.exists()

@@ -41,6 +41,7 @@ def _add_train_flags(p: argparse.ArgumentParser, rule_flag: bool = True) -> None
                    help="override a config key, e.g. --set optimizer.lr=0.01 --set rule.decay=1e-4")
     p.add_argument("--out", help="run directory (default: runs/<command>-<rule>-<dataset>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--logger", help="also log metrics to: tensorboard (events in RUN_DIR/tensorboard)")
 
 
 def _flags(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -65,6 +66,8 @@ def _flags(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dic
             flags[key] = getattr(args, key)
     if args.quiet:
         flags["progress"] = False
+    if getattr(args, "logger", None):
+        flags["logger"] = args.logger
     flags.update(extra or {})
     return flags
 

@@ -60,14 +60,14 @@ class TensorBoardLogger:
     epoch record and on :meth:`close`.
     """
 
-    def __init__(self, log_dir: str | os.PathLike) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("TensorBoard logging needs the tensorboard package: "
-                              "pip install 'bioplausible[tensorboard]'") from None
+    def __init__(self, log_dir: str | os.PathLike, purge_step: int | None = None) -> None:
+        require("tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
         self.log_dir = str(log_dir)
-        self.writer = SummaryWriter(log_dir=self.log_dir)
+        # purge_step: a resumed run drops the events it wrote at steps >= purge_step before
+        # it stopped (the probe records of the unfinished epoch), so no point appears twice.
+        self.writer = SummaryWriter(log_dir=self.log_dir, purge_step=purge_step)
 
     def log(self, record: dict[str, Any]) -> None:
         step = record_step(record)
@@ -91,11 +91,34 @@ class TensorBoardLogger:
         self.close()
 
 
-def make_logger(name: str, run_dir: str | os.PathLike) -> TensorBoardLogger:
-    """The logger called ``name`` (``tensorboard``) writing under ``run_dir``."""
+#: Names accepted by the config key ``logger`` / the CLI flag ``--logger`` (comma-separated).
+LOGGERS = ("none", "tensorboard")
+
+
+def logger_names(value: str) -> list[str]:
+    """``"tensorboard"`` -> ``["tensorboard"]``; ``"none"`` -> ``[]``; unknown names: ConfigError."""
+    names = [n.strip().lower() for n in str(value).split(",") if n.strip()]
+    for name in names:
+        if name not in LOGGERS:
+            raise ConfigError(f"unknown logger {name!r}; accepted: {', '.join(LOGGERS)}")
+    return [n for n in names if n != "none"]
+
+
+def require(name: str) -> None:
+    """Raise a one-line ConfigError now if logger ``name`` cannot work here (missing package)."""
+    import importlib.util
+
+    if name == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("TensorBoard logging needs the tensorboard package: "
+                          "pip install 'bioplausible[tensorboard]'")
+
+
+def make_logger(name: str, run_dir: str | os.PathLike, purge_step: int | None = None) -> TensorBoardLogger:
+    """The logger called ``name`` (``tensorboard``: events in ``run_dir/tensorboard``)."""
     if name == "tensorboard":
-        return TensorBoardLogger(os.path.join(os.fspath(run_dir), "tensorboard"))
+        return TensorBoardLogger(os.path.join(os.fspath(run_dir), "tensorboard"), purge_step=purge_step)
     raise ConfigError(f"unknown logger {name!r}; accepted: tensorboard")
 
 
-__all__ = ["AXIS_KEYS", "TensorBoardLogger", "make_logger", "record_step", "scalars"]
+__all__ = ["AXIS_KEYS", "LOGGERS", "TensorBoardLogger", "logger_names", "make_logger", "record_step",
+           "require", "scalars"]

@@ -277,6 +277,11 @@ class Trainer:
         self.callbacks: list[Callable[[dict[str, Any]], None]] = []
         #: objects with ``log(record)``, called for every record written to metrics.jsonl
         self.loggers: list[Any] = []
+        from .loggers import logger_names, require
+
+        self.logger_names = logger_names(config["logger"])  # created by run() in the run directory
+        for name in self.logger_names:
+            require(name)  # a missing package is a user error before anything is written
 
     # -------------------------------------------------------------- run directory
     def _log(self, record: dict[str, Any]) -> None:
@@ -435,6 +440,11 @@ class Trainer:
                 (self.run_dir / "model.pt").unlink(missing_ok=True)
                 (self.run_dir / "rule_state.pt").unlink(missing_ok=True)
             _atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+        from .loggers import make_logger
+
+        made = [make_logger(name, self.run_dir, purge_step=self.step + 1 if self.step else None)
+                for name in self.logger_names] if self.run_dir is not None else []
+        self.loggers.extend(made)
         status, message = "completed", ""
         try:
             from tqdm import tqdm
@@ -480,6 +490,10 @@ class Trainer:
             status, message = "interrupted", "interrupted by the user; continue with --resume"
             self._write_summary(status, message, started)
             raise
+        finally:
+            for logger in made:  # the loggers this run made (not those the caller passed in)
+                logger.close()
+                self.loggers.remove(logger)
         summary = self._write_summary(status, message, started)
         if self.run_dir is not None and status == "completed":
             plain = {k: v for k, v in self.model.state_dict().items() if k in set(self.plain_keys)}

@@ -274,3 +274,13 @@ def test_the_installed_command_reports_a_bad_import_path(user_dir):
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "has no 'tiny_resnett'" in err, err
+
+
+def test_default_run_directories_name_the_data_without_path_separators(user_dir):
+    from bioplausible.data.custom import run_label
+    from bioplausible.jobs import plan
+
+    assert run_label("npz:/data/my set.npz") == "npz-my_set"
+    assert run_label("tests_pkg.data:load") == "tests_pkg.data-load" and run_label("mnist") == "mnist"
+    (job,) = plan({"rule": "fa", "dataset": {"name": f"npz:{user_dir / 'data.npz'}"}})
+    assert job.run_dir.startswith("runs/train-fa-npz-data-") and job.run_dir.count("/") == 1

@@ -48,6 +48,16 @@ def is_custom(name: Any) -> bool:
     return isinstance(name, str) and (name.startswith("npz:") or bool(_IMPORT_PATH.match(name)))
 
 
+def run_label(name: str) -> str:
+    """A dataset name fit for a run directory name: ``npz:/data/my set.npz`` -> ``npz-my_set``,
+    ``pkg.data:load`` -> ``pkg.data-load``; built-in names are returned unchanged."""
+    if not is_custom(name):
+        return name
+    if name.startswith("npz:"):
+        name = "npz-" + Path(name[len("npz:"):]).stem
+    return re.sub(r"[^\w.+-]", "_", name.replace(":", "-"))
+
+
 # ----------------------------------------------------------------------------- reading
 def _npz_path(name: str, root) -> Path:
     raw = name[len("npz:"):]
@@ -284,4 +294,5 @@ def load_custom(name: str, root=None, *, normalize: str = "standardize", flatten
                            one_hot=one_hot, device=device, dtype=dtype, subset=subset)
 
 
-__all__ = ["OPTIONAL", "REQUIRED", "assemble_arrays", "call_loader", "is_custom", "load_custom", "read_npz"]
+__all__ = ["OPTIONAL", "REQUIRED", "assemble_arrays", "call_loader", "is_custom", "load_custom", "read_npz",
+           "run_label"]

@@ -142,3 +142,30 @@ def test_non_modules_are_rejected():
         bp.to_plain({"weight": torch.zeros(2)})
     with pytest.raises(bp.ConfigError, match="nn.Module"):
         bp.plain_state_dict(None)
+
+
+@pytest.mark.parametrize("rule_name", bp.list_rules())
+def test_every_registered_rule_gives_the_plain_mlp_back(rule_name):
+    """Any rule (circuit rules too) trained a step: the MLP's own class takes the state strictly."""
+
+    def mlp():
+        return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
+
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 6, dtype=DT), torch.randint(0, 3, (5,))
+    rule = bp.make(rule_name)
+    try:
+        model = rule.prepare(mlp(), example=x[:2])
+    except bp.IncompatibleModelError as exc:  # a rule for other architectures only
+        pytest.skip(str(exc))
+    opt = rule.build_optimizer(model, {"name": "sgd", "lr": 0.1})
+    rule.train_step(model, x, y, bp.get_loss("cross_entropy"))
+    opt.step()
+    rule.after_step(model)
+    fresh = mlp()
+    fresh.load_state_dict(bp.plain_state_dict(model))
+    plain = bp.to_plain(model)
+    assert [type(m) for m in plain] == [nn.Linear, nn.Tanh, nn.Linear]
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x)) and torch.equal(plain(x), model(x))

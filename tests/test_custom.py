@@ -262,18 +262,40 @@ def test_fit_and_configs_take_the_names_too(user_dir):
 
 
 def test_the_installed_command_reports_a_bad_import_path(user_dir):
-    """The real entry point, with the user's folder on PYTHONPATH as the README says."""
+    """The console script, run from the folder that holds the user's package (no PYTHONPATH)."""
     import os
     import subprocess
+    from pathlib import Path
 
-    env = {**os.environ, "PYTHONPATH": str(user_dir), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "bioplausible", "compare", "--rules", "bp,fa",
+    script = Path(sys.executable).with_name("bioplausible")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([str(script), "compare", "--rules", "bp,fa",
                            "--model", "tests_pkg.nets:tiny_resnett", "--dataset", "npz:data.npz",
-                           "--out", str(user_dir / "cmp")], check=False, cwd=user_dir, env=env,
-                          capture_output=True, text=True, timeout=120)
+                           "--out", str(user_dir / "cmp")], check=False, cwd=user_dir,
+                          env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     err = proc.stderr.strip()
-    assert len(err.splitlines()) == 1 and "has no 'tiny_resnett'" in err, err
+    assert len(err.splitlines()) == 1 and "module 'tests_pkg.nets' has no 'tiny_resnett'" in err, err
+
+
+def test_the_working_directory_is_searched_last(tmp_path, monkeypatch):
+    import os
+
+    pkg = tmp_path / "own_cwd_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(textwrap.dedent(NETS))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd())])
+    try:
+        net = bp.build_model("own_cwd_pkg.nets:mlp,hidden=3")
+        assert net[1].out_features == 3 and sys.path[-1] == os.getcwd()
+        needle = r"cannot import 'no_such_pkg_xyz.nets' \(No module named 'no_such_pkg_xyz'\)"
+        with pytest.raises(bp.UnknownNameError, match=needle):
+            bp.build_model("no_such_pkg_xyz.nets:mlp")
+    finally:
+        for name in [m for m in sys.modules if m.startswith("own_cwd_pkg")]:
+            del sys.modules[name]
 
 
 def test_default_run_directories_name_the_data_without_path_separators(user_dir):

@@ -25,7 +25,6 @@ row is one-hot, which is read as class indices).
 
 from __future__ import annotations
 
-import importlib
 import re
 import zipfile
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, CorruptDataError, DataError, MissingDataError, UnknownNameError
+from ..errors import ConfigError, CorruptDataError, DataError, MissingDataError
 from .core import DataBundle, DatasetInfo, Split, as_dtype, check_args, resolve_root
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
@@ -112,19 +111,12 @@ def _check_keys(name: str, keys: set[str]) -> None:
 
 
 def _resolve(name: str) -> Any:
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UnknownNameError(f"dataset {name!r}: cannot import {module_name!r} ({exc}); "
-                               f"is its folder on PYTHONPATH?") from None
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UnknownNameError(f"dataset {name!r}: module {module_name!r} has no {attr!r}")
-        obj = getattr(obj, part)
+    from ..imports import resolve
+
+    obj = resolve(name, "dataset")
     if not callable(obj):
-        raise ConfigError(f"dataset {name!r}: {attr!r} is a {type(obj).__name__}, not a callable")
+        raise ConfigError(f"dataset {name!r}: {name.partition(':')[2]!r} is a {type(obj).__name__}, "
+                          f"not a callable")
     return obj
 
 

@@ -14,7 +14,6 @@ before anything trains: a model that cannot take the inputs, or whose output is 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, IncompatibleModelError, UnknownNameError
+from ..errors import ConfigError, IncompatibleModelError
 
 _IMPORT_HEAD = re.compile(r"^\s*[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\s*$")
 
@@ -56,18 +55,11 @@ def parse_import_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
 
 def resolve_callable(spec: str) -> Callable[..., Any]:
     """Import the callable named by ``spec`` (one-line errors for every way this can fail)."""
-    module_name, attr, _ = parse_import_spec(spec)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UnknownNameError(f"model {spec!r}: cannot import {module_name!r} ({exc}); is its folder "
-                               f"on PYTHONPATH?") from None
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UnknownNameError(f"model {spec!r}: module {module_name!r} has no {attr!r}")
-        obj = getattr(obj, part)
+    from ..imports import resolve
+
+    obj = resolve(spec, "model")
     if not callable(obj):
+        attr = spec.split(",", 1)[0].partition(":")[2].strip()
         raise ConfigError(f"model {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable "
                           f"returning an nn.Module")
     return obj

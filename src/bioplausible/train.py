@@ -68,13 +68,28 @@ def build_optimizer(params: list[dict[str, Any]], options: dict[str, Any]) -> to
     if opts.get("fused") and not _fused_ok(cls, tensors):
         raise ConfigError(f"optimizer {name!r}: fused=True does not update float16/bfloat16 tensors on the "
                           f"CPU correctly in this torch (SGD); remove the option")
-    if "fused" not in opts and "foreach" not in opts and _fused_ok(cls, tensors):
+    if "fused" not in opts and "foreach" not in opts and _fused_ok(cls, tensors) \
+            and all(t.is_contiguous() for t in tensors):
         opts["fused"] = True  # same update up to rounding; makes KP's decay nearly free
     _check_half_eps(cls, name, opts, tensors)
     try:
-        return cls(params, **opts)
+        optimizer = cls(params, **opts)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"optimizer {name!r}: {exc}") from None
+    if opts.get("fused"):
+        optimizer.register_step_pre_hook(_contiguous_grads)
+    return optimizer
+
+
+def _contiguous_grads(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """Fused CPU SGD/Adam in this torch mis-step a parameter whose ``.grad`` (or which itself)
+    is not contiguous — a transposed gradient a rule wrote moves the wrong entries. Make every
+    gradient contiguous before a fused step (a no-op check for the usual contiguous ones)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            g = p.grad
+            if g is not None and not g.is_contiguous():
+                p.grad = g.contiguous()
 
 
 _FUSABLE = {torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW}

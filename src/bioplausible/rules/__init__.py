@@ -11,7 +11,7 @@ from .base import FeedbackPair, Rule, StepResult
 from .bp import BP
 
 # Optional rule modules, imported if present (each registers itself).
-for _mod in ("feedback", "dfa", "ar"):
+for _mod in ("feedback", "dfa", "ar", "ghost"):
     try:
         importlib.import_module(f"{__name__}.{_mod}")
     except ModuleNotFoundError as _exc:  # pragma: no cover - only while a module is absent

@@ -49,6 +49,7 @@ class FastCircuit:
             "D": [None] + [z(B, n[l]) for l in range(1, L + 1)],
             "Q": [None] + [z(B, n[h + 1] + k[h]) for h in range(1, L)],
             "b1": [z(B, n[1])],
+            "T": [None] + [z(B, n[l]) for l in range(1, L + 1)],
         }
         self._bufs = {B: bufs}
         return bufs
@@ -58,7 +59,7 @@ class FastCircuit:
         c, hp, L, n = self.c, self.hp, self.L, self.n
         B = x.shape[0]
         bufs = self._buffers(B, c.W[0])
-        R, r, rg, Z, E, D, Q = (bufs[key] for key in ("R", "r", "rg", "Z", "E", "D", "Q"))
+        R, r, rg, Z, E, D, Q, T = (bufs[key] for key in ("R", "r", "rg", "Z", "E", "D", "Q", "T"))
         b1 = bufs["b1"][0]
         red, kdt = _red(hp, B), hp.dt / hp.tau
         r0 = input_rate(x, hp)
@@ -109,19 +110,21 @@ class FastCircuit:
                         if l == L and not nudged:
                             D[l].zero_()
                         else:
-                            torch.mul(r[l], 1.0 - r[l], out=D[l]).mul_(E[l])
+                            torch.addcmul(r[l], r[l], r[l], value=-1.0, out=D[l]).mul_(E[l])
                 if do_vf:
                     for h in range(1, L):
                         torch.sub(s[h + 1], g[h], out=Q[h][:, n[h + 1]:])
                         if do_w and hp.eta_v[h] != 0.0:
                             Q[h][:, :n[h + 1]].copy_(D[h + 1]).mul_(hp.eta_w[h] / hp.eta_v[h])
                 # state update (eqs 2-3)
-                for l in range(1, L + 1):
-                    s[l].mul_(1.0 - kdt).add_(drive1 if l == 1 else Z[l - 1][:, :n[l]], alpha=kdt)
+                for l in range(1, L + 1):  # s ← s + k(−s + b + e) = lerp(s, b + e, k)
+                    drive = drive1 if l == 1 else Z[l - 1][:, :n[l]]
                     if l < L or nudged:
-                        s[l].add_(E[l], alpha=kdt)
+                        s[l].lerp_(torch.add(drive, E[l], out=T[l]), kdt)
+                    else:
+                        s[l].lerp_(drive, kdt)
                 for h in range(1, L):
-                    g[h].mul_(1.0 - kdt).add_(Z[h][:, n[h + 1]:], alpha=kdt)
+                    g[h].lerp_(Z[h][:, n[h + 1]:], kdt)
                 # weight updates
                 for h in range(1, L):
                     cv = hp.eta_v[h] * hp.dt * red

@@ -140,10 +140,11 @@ def _example(x, target, Ws, bs, has_bias, Wbs, Vfs, Vbs, s, g, dt, tau, beta, et
 
 
 if AVAILABLE:  # pragma: no branch
-    _sig = numba.njit(cache=True)(_sig)
-    _matvec = numba.njit(cache=True)(_matvec)
-    _matvec_t = numba.njit(cache=True)(_matvec_t)
-    _example = numba.njit(cache=True)(_example)
+    _FM = {"reassoc", "contract", "nsz", "arcp"}  # vectorised sums and FMA; NaN/inf semantics kept
+    _sig = numba.njit(cache=True, fastmath=_FM)(_sig)
+    _matvec = numba.njit(cache=True, fastmath=_FM)(_matvec)
+    _matvec_t = numba.njit(cache=True, fastmath=_FM)(_matvec_t)
+    _example = numba.njit(cache=True, fastmath=_FM)(_example)
 
 
 def _np(t: torch.Tensor | None, like: torch.Tensor) -> np.ndarray:
@@ -175,11 +176,14 @@ class MBKernel:
     def run(self, x: torch.Tensor, target: torch.Tensor, free_steps: int, clamped_steps: int) -> None:
         c, hp = self.c, self.hp
         w1 = c.W[0][0]
-        s = _TypedList([_np(c.s[l][0] if l else None, w1) for l in range(c.L + 1)])
-        g = _TypedList([_np(c.g[h][0] if h else None, w1) for h in range(c.L)])
+        key = tuple(t.data_ptr() for t in c.s[1:] + c.g[1:])
+        if getattr(self, "_state_key", None) != key:  # typed lists are slow to build: cache them
+            self._s = _TypedList([_np(c.s[l][0] if l else None, w1) for l in range(c.L + 1)])
+            self._g = _TypedList([_np(c.g[h][0] if h else None, w1) for h in range(c.L)])
+            self._state_key = key
         clip = -1.0 if hp.weight_clip is None else float(hp.weight_clip)
         _example(x[0].detach().numpy(), target[0].detach().numpy(), self.Ws, self.bs, self.has_bias,
-                 self.Wbs, self.Vfs, self.Vbs, s, g, float(hp.dt), float(hp.tau), float(hp.beta),
+                 self.Wbs, self.Vfs, self.Vbs, self._s, self._g, float(hp.dt), float(hp.tau), float(hp.beta),
                  self.eta_w, self.eta_v, bool(hp.transpose), int(free_steps), int(clamped_steps),
                  clip, hp.input_rate == "rho")
         if hp.transpose:

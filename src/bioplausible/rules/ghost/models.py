@@ -136,13 +136,14 @@ class GhostMB(GhostRule):
                               f"circuit state carried over, so batch_size must be 1 (got {x.shape[0]})")
         started = self._get("state.started")
         mode = self.config["state_init"]
-        if mode == "carry" and started is not None and float(started) > 0:
-            c.s = [None] + [self._get(f"state.s.{l}") for l in range(1, c.L + 1)]
-            c.g = [None] + [self._get(f"state.g.{h}") for h in range(1, c.L)]
-        elif mode == "zero":
-            zero_state(c, 1)
-        else:
-            feedforward_state(c, x, self.hparams(c.L))
+        if not (mode == "carry" and started is not None and float(started) > 0):
+            if mode == "zero":
+                zero_state(c, 1)
+            else:
+                feedforward_state(c, x, self.hparams(c.L))
+            self.save_state(c)  # the persistent buffers hold the state the step starts from
+        c.s = [None] + [self._get(f"state.s.{l}") for l in range(1, c.L + 1)]
+        c.g = [None] + [self._get(f"state.g.{h}") for h in range(1, c.L)]
 
     def save_state(self, c: Circuit) -> None:
         for l in range(1, c.L + 1):
@@ -164,8 +165,6 @@ class GhostMB(GhostRule):
     def run_circuit(self, c: Circuit, x: torch.Tensor, target: torch.Tensor, hp: HParams,
                     callback=None) -> None:
         if self.config["solver"] == "fast" and callback is None and self._use_numba(c):
-            c.s = [None] + [s.contiguous() for s in c.s[1:]]
-            c.g = [None] + [g.contiguous() for g in c.g[1:]]
             key = tuple(t.data_ptr() for t in c.W + c.Vb[1:] + c.Vf[1:] + c.Wb[1:] + c.bias if t is not None)
             if self._kernel is None or self._kernel[0] != key:
                 self._kernel = (key, mb_kernel.MBKernel(c, hp))

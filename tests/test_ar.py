@@ -382,3 +382,46 @@ def test_other_activations_and_inplace_modules_equal_bp_at_the_fixed_point():
     want = rule.bp_gradients(model, x, y, MSE_SUM)
     for name, g in want.items():
         assert _close(got[name], g, 1e-12), name
+
+
+# ------------------------------------------------------- batch-mean losses (issue: core contract)
+def _per_example_grads(rule, model, x, y, loss):
+    """The oracle: relax each example alone (a batch of one, where a batch-mean loss is that
+    example's own loss, so no reduction is involved) and combine the per-example updates with
+    the loss's batch reduction (mean or sum)."""
+    total = None
+    for n in range(x.shape[0]):
+        g = _grads(rule, model, x[n : n + 1], y[n : n + 1], loss)
+        total = g if total is None else {k: total[k] + g[k] for k in g}
+    scale = 1.0 / x.shape[0] if loss.reduction == "mean" else 1.0
+    return {k: v * scale for k, v in total.items()}
+
+
+@pytest.mark.parametrize("loss_name", ["cross_entropy", "mse_batchmean", "mse_sum"])
+@pytest.mark.parametrize("steps", [1, 5, 100])
+@pytest.mark.parametrize("solver", ["closed_form", "loop"])
+def test_batch_update_is_the_per_example_relaxation_with_the_losss_reduction(loss_name, steps, solver):
+    loss = get_loss(loss_name)
+    model = _model()
+    x, y = _batch(n=6)
+    rule = bp.make("ar", relax_steps=steps, solver=solver)
+    got = _grads(rule, model, x, y, loss)
+    want = _per_example_grads(rule, model, x, y, loss)
+    for name, g in want.items():
+        assert torch.allclose(got[name], g, rtol=1e-8, atol=1e-12 * float(g.abs().max())), name
+
+
+def test_batch_mean_loss_at_finite_k_is_as_close_to_bp_as_a_summed_loss():
+    """Relaxing per-example errors makes the relative error to BP independent of the batch
+    reduction: cross-entropy's and mse_batchmean's equal mse_sum's on the same model and K."""
+    model = _model()
+    x, y = _batch(n=7)
+    rule = bp.make("ar", relax_steps=40)
+
+    def rel_err(loss):
+        got = _grads(rule, model, x, y, loss)
+        want = rule.bp_gradients(model, x, y, loss)
+        return float((got["3.weight"] - want["3.weight"]).norm() / want["3.weight"].norm())
+
+    summed, averaged = rel_err(get_loss("mse_sum")), rel_err(get_loss("mse_batchmean"))
+    assert averaged == pytest.approx(summed, rel=1e-9)

@@ -48,7 +48,7 @@ def test_mse_conventions_relate_as_their_definitions_say():
     assert torch.isclose(get_loss("mse_half_sum")(o, y), by_hand / 2)
     assert torch.isclose(get_loss("mse_batchmean")(o, y), by_hand / 8)
     assert torch.isclose(get_loss("mse")(o, y), by_hand / 40)
-    assert torch.isclose(get_loss("mse_sum").per_example(o, y), by_hand / 8)
+    assert torch.isclose(get_loss("mse_sum").mean_per_example(o, y), by_hand / 8)
     assert torch.isclose(get_loss("mse")(o, t), by_hand / 40)  # dense targets pass through
 
 
@@ -111,3 +111,19 @@ def test_unknown_rule_and_option():
         bp.make("bpp")
     with pytest.raises(ConfigError, match="no option"):
         bp.make("bp", decay=0.1)
+
+
+@pytest.mark.parametrize("name", ["mse", "mse_batchmean", "mse_sum", "mse_half_sum", "cross_entropy", "bce"])
+def test_per_sample_is_each_examples_loss_in_the_losss_convention(name):
+    """Each entry is the loss of that example alone (batch of one, times N for mean losses,
+    since a batch-mean loss of one example is that example's loss); mean/sum give the batch loss."""
+    torch.manual_seed(1)
+    o, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 4, (6,))
+    loss = get_loss(name)
+    per = loss.per_sample(o, y)
+    assert per.shape == (6,)
+    for i in range(6):
+        alone = loss(o[i : i + 1], y[i : i + 1])
+        assert torch.isclose(per[i], alone), (name, i)
+    total = per.sum() if loss.reduction == "sum" else per.mean()
+    assert torch.isclose(total, loss(o, y))

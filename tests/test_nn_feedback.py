@@ -48,12 +48,12 @@ def test_functions_with_weight_as_feedback_pass_gradcheck():
     w = torch.randn(2, 4, dtype=DT, generator=g, requires_grad=True)
     b = torch.randn(2, dtype=DT, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, w, b: LinearFeedbackFunction.apply(x, w, b, None, w.detach(), 0.0), (x, w, b))
+        lambda x, w, b: LinearFeedbackFunction.apply(x, w, b, None, w.detach(), None), (x, w, b))
     xc = torch.randn(2, 2, 5, 5, dtype=DT, generator=g, requires_grad=True)
     wc = torch.randn(3, 2, 3, 3, dtype=DT, generator=g, requires_grad=True)
     bc = torch.randn(3, dtype=DT, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, w, b: Conv2dFeedbackFunction.apply(x, w, b, None, w.detach(), 0.0,
+        lambda x, w, b: Conv2dFeedbackFunction.apply(x, w, b, None, w.detach(), None,
                                                      (2, 1), (1, 0), (1, 2), 1), (xc, wc, bc))
 
 

@@ -37,15 +37,25 @@ def _dense_targets(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Loss:
-    """A named scalar loss ``loss(output, target)`` with its reduction convention."""
+    """A named scalar loss ``loss(output, target)`` with its reduction convention.
+
+    ``per_sample(output, target)`` gives the ``(N,)`` vector of each example's loss in the same
+    convention, so that ``loss = per_sample.mean()`` for ``reduction="mean"`` and
+    ``loss = per_sample.sum()`` for ``reduction="sum"`` (node perturbation needs it per example).
+    """
 
     name: str
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     description: str
     reduction: str = "mean"  # "sum" losses grow with the batch; reports divide them by N
+    sample_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
-    def per_example(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The loss averaged per example, comparable across batch sizes."""
+    def per_sample(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Each example's loss, shape ``(N,)`` (see the class docstring for the convention)."""
+        return self.sample_fn(output, target)
+
+    def mean_per_example(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The batch's loss per example, comparable across batch sizes (``per_sample().mean()``)."""
         value = self.fn(output, target)
         return value / output.shape[0] if self.reduction == "sum" else value
 
@@ -56,42 +66,58 @@ class Loss:
 LOSSES: Registry[Loss] = Registry("loss")
 
 
-def _add(name: str, description: str, reduction: str = "mean"):
+def _add(name: str, description: str, sample_fn, reduction: str = "mean"):
     def wrap(fn):
-        LOSSES.add(name, Loss(name, fn, description, reduction))
+        LOSSES.add(name, Loss(name, fn, description, reduction, sample_fn))
         return fn
 
     return wrap
 
 
-@_add("mse", "mean over batch and units of (o - t)^2")
+def _sq(o, t):
+    """Per-example squared errors, flattened: ``(N, units)``."""
+    return (o - _dense_targets(o, t)).pow(2).reshape(o.shape[0], -1)
+
+
+def _ce_samples(o, t):
+    if t.dim() == 1 and not t.is_floating_point():
+        return F.cross_entropy(o, t.long(), reduction="none")
+    return F.cross_entropy(o, t.to(o.dtype), reduction="none")
+
+
+def _bce_samples(o, t):
+    per = F.binary_cross_entropy_with_logits(o, _dense_targets(o, t), reduction="none")
+    return per.reshape(o.shape[0], -1).mean(1)
+
+
+@_add("mse", "mean over batch and units of (o - t)^2", lambda o, t: _sq(o, t).mean(1))
 def _mse(o, t):
     return F.mse_loss(o, _dense_targets(o, t), reduction="mean")
 
 
-@_add("mse_batchmean", "(1/N) sum_n sum_k (o - t)^2")
+@_add("mse_batchmean", "(1/N) sum_n sum_k (o - t)^2", lambda o, t: _sq(o, t).sum(1))
 def _mse_batchmean(o, t):
     return F.mse_loss(o, _dense_targets(o, t), reduction="sum") / o.shape[0]
 
 
-@_add("mse_sum", "sum_n sum_k (o - t)^2", "sum")
+@_add("mse_sum", "sum_n sum_k (o - t)^2", lambda o, t: _sq(o, t).sum(1), "sum")
 def _mse_sum(o, t):
     return F.mse_loss(o, _dense_targets(o, t), reduction="sum")
 
 
-@_add("mse_half_sum", "1/2 sum_n sum_k (o - t)^2", "sum")
+@_add("mse_half_sum", "1/2 sum_n sum_k (o - t)^2", lambda o, t: 0.5 * _sq(o, t).sum(1), "sum")
 def _mse_half_sum(o, t):
     return 0.5 * F.mse_loss(o, _dense_targets(o, t), reduction="sum")
 
 
-@_add("cross_entropy", "(1/N) sum_n -log softmax(o)_y")
+@_add("cross_entropy", "(1/N) sum_n -log softmax(o)_y", _ce_samples)
 def _cross_entropy(o, t):
     if t.dim() == 1 and not t.is_floating_point():
         return F.cross_entropy(o, t.long())
     return F.cross_entropy(o, t.to(o.dtype))
 
 
-@_add("bce", "mean sigmoid binary cross-entropy (logits in, one-hot or multi-label targets)")
+@_add("bce", "mean sigmoid binary cross-entropy (logits in, one-hot or multi-label targets)", _bce_samples)
 def _bce(o, t):
     return F.binary_cross_entropy_with_logits(o, _dense_targets(o, t))
 

@@ -31,7 +31,7 @@ from .errors import ConfigError, DivergenceError, UnknownNameError
 from .losses import Loss, get_loss
 from .probe import Probe
 from .registry import make
-from .rules.base import Rule
+from .rules.base import Rule, call_prepare
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
@@ -140,7 +140,7 @@ def evaluate(model: nn.Module, split: Any, loss: Loss | str, batch_size: int = 1
     try:
         for xb, yb in split.batches(batch_size, shuffle=False):
             out = model(xb)
-            total += float(loss.per_example(out, yb)) * out.shape[0]
+            total += float(loss.mean_per_example(out, yb)) * out.shape[0]
             correct += float(_accuracy_counts(out, yb, task))
             n += out.shape[0]
             if task == "multilabel":
@@ -189,10 +189,10 @@ class Trainer:
             self.eval_splits["val"] = data.val.to(self.device, self.dtype)
         self.plain_keys = list(model.state_dict().keys())
         model = model.to(device=self.device, dtype=self.dtype)
-        self.model = self.rule.prepare(model)
-        groups = self.rule.param_groups(self.model, config["optimizer"]["lr"],
-                                        config["optimizer"].get("groups") or {})
-        self.optimizer = build_optimizer(groups, config["optimizer"])
+        example = next(iter(self.train_split.batches(2, shuffle=False)))[0]
+        self.model = call_prepare(self.rule, model, example)
+        self.rule.to(self.device, self.dtype)
+        self.optimizer = self.rule.build_optimizer(self.model, config["optimizer"])
         self.schedule = build_schedule(self.optimizer, config["schedule"], config["epochs"])
         self.probe = Probe(config["probe_every"])
         self.progress = config["progress"] if progress is None else progress
@@ -202,12 +202,16 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.probe_angles: list[float] = []
         self.callbacks: list[Callable[[dict[str, Any]], None]] = []
+        #: objects with ``log(record)``, called for every record written to metrics.jsonl
+        self.loggers: list[Any] = []
 
     # -------------------------------------------------------------- run directory
     def _log(self, record: dict[str, Any]) -> None:
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+        for logger in self.loggers:
+            logger.log(record)
 
     def _checkpoint_state(self) -> dict[str, Any]:
         return {
@@ -287,10 +291,15 @@ class Trainer:
         start = time.perf_counter()
         for xb, yb in self.train_split.batches(cfg["batch_size"], shuffle=True, generator=gen):
             self.step += 1
-            res = rule.train_step(model, xb, yb, loss_fn)
-            if self.probe.due(self.step):
+            probing = self.probe.due(self.step)
+            if probing:  # BP's reference on the same batch, before the rule's step (like for like)
                 probe_start = time.perf_counter()
-                record = self.probe.measure(rule, model, xb, yb, loss_fn)
+                reference = self.probe.reference(rule, model, xb, yb, loss_fn)
+                probe_time += time.perf_counter() - probe_start
+            res = rule.train_step(model, xb, yb, loss_fn)
+            if probing:
+                probe_start = time.perf_counter()
+                record = self.probe.compare(rule, model, reference)
                 if "grad_angle" in record:
                     self.probe_angles.append(record["grad_angle"])
                 self._log({"kind": "probe", "epoch": self.epoch + 1, "step": self.step, **record})
@@ -374,6 +383,9 @@ class Trainer:
         if self.run_dir is not None and status == "completed":
             plain = {k: v for k, v in self.model.state_dict().items() if k in set(self.plain_keys)}
             _atomic_torch_save(plain, self.run_dir / "model.pt")
+            owned = self.rule.owned.state_dict()
+            if owned:  # the rule's own tensors beside the plain model
+                _atomic_torch_save(dict(owned), self.run_dir / "rule_state.pt")
         return FitResult(self.model, self.rule, self.history, summary, self.run_dir)
 
 

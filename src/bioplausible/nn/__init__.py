@@ -18,17 +18,28 @@ from .context import exact_backward, exact_backward_enabled
 from .convert import convert, feedback_layers, swap_layers, to_feedback_layer
 from .dfa import DirectFeedbackFunction, DirectFeedbackHead
 from .functional import Conv2dFeedbackFunction, LinearFeedbackFunction
-from .layers import FeedbackConv2d, FeedbackLinear, FeedbackSpec, init_feedback
+from .layers import FeedbackConv2d, FeedbackLinear, init_feedback
 from .mirror import mirror_update
+from .pathway import (
+    DirectFeedback,
+    FeedbackPathway,
+    FixedFeedback,
+    SignFeedback,
+    SignRandomFeedback,
+)
 
 __all__ = [
     "Conv2dFeedbackFunction",
+    "DirectFeedback",
     "DirectFeedbackFunction",
     "DirectFeedbackHead",
     "FeedbackConv2d",
     "FeedbackLinear",
-    "FeedbackSpec",
+    "FeedbackPathway",
+    "FixedFeedback",
     "LinearFeedbackFunction",
+    "SignFeedback",
+    "SignRandomFeedback",
     "convert",
     "exact_backward",
     "exact_backward_enabled",

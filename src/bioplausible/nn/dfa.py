@@ -27,9 +27,12 @@ Output layer (``output_layer``):
   last layer is the model output (identity output activation, the library's MLPs); they
   differ with e.g. a sigmoid output. The last *hidden* layer always gets ``B_{L−1} e``.
 
-``B_l`` is created at the first forward pass (its size depends on activation shapes), drawn
-U(−1/√n_l, 1/√n_l) — PyTorch's default init of a Linear(n_l → n_out) — from a generator seeded
-by the rule's seed; ``load_state_dict`` recreates it with the loaded shape.
+``B_l`` is drawn U(−1/√n_l, 1/√n_l) — PyTorch's default init of a Linear(n_l → n_out) — from a
+generator seeded by the rule's seed. Its size depends on activation shapes, so it is created
+when the rule is prepared with an ``example`` input (one forward pass that only records shapes;
+the trainer always passes one), otherwise at the first forward pass; ``trainable=True`` makes
+the matrices parameters with ``requires_grad`` for rules that learn them (their ``.grad`` is the
+rule's to write). ``load_state_dict`` recreates them with the loaded shape.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from torch.autograd import Function
 
 from ..errors import ConfigError, IncompatibleModelError
 from .context import exact_backward_enabled
-from .layers import Streams
+from .pathway import DirectFeedback, Streams
 
 OUTPUT_POLICIES = ("bp", "dfa")
 
@@ -77,12 +80,14 @@ class DirectFeedbackFunction(Function):
 class DirectFeedbackHead:
     """The taps' recorder and the model-output hook of a DFA-converted model."""
 
-    def __init__(self, output_layer: str = "bp", seed: int = 0) -> None:
+    def __init__(self, output_layer: str = "bp", seed: int = 0, trainable: bool = False) -> None:
         if output_layer not in OUTPUT_POLICIES:
             raise ConfigError(
                 f"unknown DFA output_layer {output_layer!r}; accepted values: "
                 f"{', '.join(repr(p) for p in OUTPUT_POLICIES)}")
         self.output_layer = output_layer
+        self.trainable = bool(trainable)
+        self.discovering = False
         self.streams = Streams(seed)
         self._taps: list[tuple[nn.Module, torch.Tensor]] = []
         self._last: tuple[nn.Module, torch.Tensor] | None = None
@@ -117,6 +122,11 @@ class DirectFeedbackHead:
             raise IncompatibleModelError(
                 f"DFA needs {type(module).__name__}'s forward to return one batched tensor, "
                 f"got {type(output).__name__}")
+        if self.discovering:  # prepare-time pass: create every B_l, build no graph
+            n_out = math.prod(output.shape[1:])
+            for layer, root in taps:
+                self._feedback_for(layer, root, n_out)
+            return None
         last_out = None
         if inject_at_last:
             if last is None or last[1].shape != output.shape:
@@ -142,7 +152,7 @@ class DirectFeedbackHead:
             bound = 1.0 / math.sqrt(n_in)
             data = torch.empty(n_out, n_in, device=w.device, dtype=w.dtype)
             data.uniform_(-bound, bound, generator=self.streams.get(w.device))
-            b = layer.direct_feedback = nn.Parameter(data, requires_grad=False)
+            b = layer.direct_feedback = nn.Parameter(data, requires_grad=self.trainable)
         elif b.shape != (n_out, n_in):
             raise IncompatibleModelError(
                 f"layer {layer.layer_name!r}: direct_feedback has shape {tuple(b.shape)} but the "
@@ -151,20 +161,37 @@ class DirectFeedbackHead:
         return b
 
 
-def attach_direct_feedback(model: nn.Module, layers, output_layer: str = "bp",
-                           seed: int = 0) -> DirectFeedbackHead:
-    """Turn the feedback ``layers`` of ``model`` into DFA taps and hook the model output."""
-    from .layers import FeedbackSpec
+def attach_direct_feedback(model: nn.Module, layers, output_layer: str = "bp", seed: int = 0,
+                           example: torch.Tensor | None = None,
+                           trainable: bool = False) -> DirectFeedbackHead:
+    """Turn the feedback ``layers`` of ``model`` into DFA taps and hook the model output.
 
-    head = DirectFeedbackHead(output_layer, seed)
-    spec = FeedbackSpec(kind="direct")
+    With ``example`` (an input batch) every ``B_l`` is created now, from one forward pass in
+    eval mode that records the taps' shapes (no BatchNorm statistics change, nothing learns).
+    """
+    head = DirectFeedbackHead(output_layer, seed, trainable)
     for layer in layers:
-        layer.feedback_spec = spec
-        layer.dfa_head = head
+        layer.pathway = DirectFeedback(head)
     model.register_forward_pre_hook(head.pre_hook)
     model.register_forward_hook(head.hook)
+    if example is not None:
+        create_direct_feedback(model, head, example)
     return head
 
 
+def create_direct_feedback(model: nn.Module, head: DirectFeedbackHead, example: torch.Tensor) -> None:
+    """Create the DFA matrices of ``model`` from one shape-recording forward pass."""
+    was_training = model.training
+    head.discovering = True
+    model.eval()
+    try:
+        with torch.enable_grad():
+            model(example[:1] if example.dim() > 0 and example.shape[0] > 1 else example)
+    finally:
+        head.discovering = False
+        model.train(was_training)
+        model.zero_grad(set_to_none=True)
+
+
 __all__ = ["OUTPUT_POLICIES", "DirectFeedbackFunction", "DirectFeedbackHead",
-           "attach_direct_feedback"]
+           "attach_direct_feedback", "create_direct_feedback"]

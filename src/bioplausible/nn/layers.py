@@ -1,25 +1,10 @@
 """``FeedbackLinear`` and ``FeedbackConv2d``: drop-in layers whose backward pass uses feedback.
 
-Each layer keeps ``nn.Linear``/``nn.Conv2d``'s forward and weight gradient and replaces ``Wᵀ`` in
-the input gradient by a feedback tensor (design.md §2). The stored ``feedback`` parameter has
-the **layout of** ``weight`` — the spec's ``B_l`` is ``feedback.T`` — and the tensor actually
-used in the backward pass (``B_eff``) is computed at every forward call from ``feedback``,
-``weight`` and the layer's :class:`FeedbackSpec`:
-
-============  ==========================================  ======================================
-kind          B_eff                                       rule
-============  ==========================================  ======================================
-fixed         feedback                                    FA (Lillicrap et al. 2016), KP, WM
-sign          sign(W) · c                                 uSF (Liao, Leibo & Poggio 2016)
-sign_random   sign(W) ⊙ M · c,  M = feedback ≥ 0           frSF (M fixed), brSF (M redrawn each
-                                                          batch); Liao et al. 2016
-direct        — (input cut; DFA signal from the head)      DFA (Nøkland 2016), see ``nn.dfa``
-============  ==========================================  ======================================
-
-Magnitudes are ``M = |z|·√(π/2)``, ``z ~ N(0, 1)`` (so E[M] = 1). The scale ``c`` is 1 for
-``scale="unit"`` (the papers' feedback, which multiplies every backward signal by ≈ 1/mean|W|
-per layer and needs batch normalisation or tiny learning rates in deep nets) and ``mean|W|``
-for ``scale="mean_abs"`` (default): the same direction per layer, with BP's magnitude.
+Each layer keeps ``nn.Linear``/``nn.Conv2d``'s forward and weight gradient and hands its
+backward path to ``layer.pathway``, a :class:`~bioplausible.nn.pathway.FeedbackPathway` the rule
+supplies (what B is, how the input gradient is formed from it, how B learns; see
+:mod:`bioplausible.nn.pathway`). A stored ``feedback`` parameter, when the pathway uses one, has
+the **layout of** ``weight`` — the spec's ``B_l`` is ``feedback.T``.
 
 Inside :func:`~bioplausible.nn.exact_backward` (and under ``torch.no_grad``) the layers run the
 plain ``F.linear``/``F.conv2d``, so autograd computes exact BP.
@@ -28,7 +13,6 @@ plain ``F.linear``/``F.conv2d``, so autograd computes exact BP.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,57 +21,9 @@ from torch import nn
 from ..errors import IncompatibleModelError
 from .context import exact_backward_enabled
 from .functional import Conv2dFeedbackFunction, LinearFeedbackFunction
+from .pathway import FeedbackPathway, FixedFeedback, Streams, checked_feedback, draw_magnitudes
 
-KINDS = ("fixed", "sign", "sign_random", "direct")
-SCALES = ("unit", "mean_abs")
 FEEDBACK_INITS = ("default", "weight_std", "weight")
-_SQRT_HALF_PI = math.sqrt(math.pi / 2)
-
-
-@dataclass(frozen=True)
-class FeedbackSpec:
-    """How a layer builds and learns its feedback (set by the rule at ``prepare``).
-
-    ``learn``: B receives W's gradient (matched / Kolen-Pollack); ``decay``: KP's λ, added as
-    ``λW`` to W's gradient and ``λB`` to B's; ``learn_unused``: also learn B in a forward call
-    whose input needs no gradient (B is then never used, e.g. the first layer's);
-    ``redraw``: brSF's per-batch magnitudes.
-    """
-
-    kind: str = "fixed"
-    scale: str = "mean_abs"
-    redraw: bool = False
-    learn: bool = False
-    decay: float = 0.0
-    learn_unused: bool = False
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"feedback kind must be one of {KINDS}, got {self.kind!r}")
-        if self.scale not in SCALES:
-            raise ValueError(f"feedback scale must be one of {SCALES}, got {self.scale!r}")
-
-
-class Streams:
-    """Per-device ``torch.Generator``s seeded from one integer (deep-copyable, picklable)."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = int(seed)
-        self.generators: dict[str, torch.Generator] = {}
-
-    def get(self, device: torch.device | str) -> torch.Generator:
-        key = str(torch.device(device))
-        if key not in self.generators:
-            g = torch.Generator(device=device)
-            g.manual_seed(self.seed)
-            self.generators[key] = g
-        return self.generators[key]
-
-
-def draw_magnitudes(tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Fill ``tensor`` in place with ``|z|·√(π/2)``, ``z ~ N(0, 1)`` (mean 1)."""
-    with torch.no_grad():
-        return tensor.normal_(0.0, 1.0, generator=generator).abs_().mul_(_SQRT_HALF_PI)
 
 
 def init_feedback(layer: nn.Module, how: str = "default",
@@ -118,9 +54,7 @@ class _FeedbackMixin:
     bias: nn.Parameter | None
 
     def _init_feedback(self, feedback: bool) -> None:
-        self.feedback_spec = FeedbackSpec()
-        self.feedback_streams: Streams | None = None
-        self.dfa_head = None  # set by nn.dfa for kind "direct"
+        self.pathway: FeedbackPathway = FixedFeedback()
         self.layer_name = ""
         self.register_parameter("direct_feedback", None)
         self.register_parameter("feedback", None)
@@ -134,65 +68,21 @@ class _FeedbackMixin:
         if self.weight.device.type != "meta":
             init_feedback(self, "default", generator)
 
-    def _name(self) -> str:
-        return self.layer_name or type(self).__name__
-
     def checked_feedback(self) -> torch.Tensor:
         """The stored feedback, after checking that it exists and has the weight's shape."""
-        b = self.feedback
-        if b is None:
-            raise IncompatibleModelError(
-                f"layer {self._name()!r} has no feedback tensor; convert the model with a "
-                f"feedback rule (fa, usf, brsf, frsf, kp, wm)")
-        if b.shape != self.weight.shape:
-            raise IncompatibleModelError(
-                f"layer {self._name()!r}: feedback has shape {tuple(b.shape)} but must have its "
-                f"weight's shape {tuple(self.weight.shape)} (B is stored in W's layout)")
-        return b
+        return checked_feedback(self)
 
-    def effective_feedback(self, redraw: bool = False) -> torch.Tensor | None:
-        """``B_eff`` in W's layout, the tensor that replaces W in the backward pass.
-
-        ``redraw`` draws fresh sign-random magnitudes first (brSF, once per forward call).
-        Returns ``None`` for DFA layers, whose feedback is not in W's layout.
-        """
-        spec = self.feedback_spec
-        if spec.kind == "direct":
-            return None
-        if spec.kind == "fixed":
-            return self.checked_feedback()
-        w = self.weight.detach()
-        with torch.no_grad():
-            if spec.kind == "sign_random":
-                m = self.checked_feedback()
-                if redraw:
-                    streams = self.feedback_streams
-                    draw_magnitudes(m, streams.get(m.device) if streams is not None else None)
-                # sign(W) ⊙ M in one pass; an exactly-zero weight gets 0 as with sign(W)
-                b = torch.copysign(m, w).mul_(w != 0) if not w.all() else torch.copysign(m, w)
-            else:
-                b = torch.sign(w)
-            if spec.scale == "mean_abs":  # c = mean|W| without a |W| temporary
-                b.mul_(torch.linalg.vector_norm(w, 1) / w.numel())
-        return b
+    def effective_feedback(self) -> torch.Tensor | None:
+        """``B_eff`` in W's layout as it stands (``None`` for DFA taps), for metrics."""
+        return self.pathway.current(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled() or exact_backward_enabled():
             return self.plain_forward(x)
-        spec = self.feedback_spec
-        if spec.kind == "direct":
-            head = self.dfa_head
-            return head.layer_forward(self, x) if head is not None else self.plain_forward(x)
-        need_x = x.requires_grad
-        if not (need_x or spec.learn):
-            return self.plain_forward(x)  # first layer: the weight gradient is the usual one
-        backward_weight = self.effective_feedback(redraw=spec.redraw) if need_x else None
-        learn_b = spec.learn and (need_x or spec.learn_unused)
-        feedback = self.checked_feedback() if learn_b else None
-        return self._feedback_function(x, feedback, backward_weight, spec.decay if spec.learn else 0.0)
+        return self.pathway.forward(self, x)
 
     def extra_repr(self) -> str:  # type: ignore[override]
-        return f"{super().extra_repr()}, feedback={self.feedback_spec.kind}"  # type: ignore[misc]
+        return f"{super().extra_repr()}, feedback={self.pathway.describe()}"  # type: ignore[misc]
 
 
 def _check_loaded_feedback(module, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -228,8 +118,8 @@ class FeedbackLinear(_FeedbackMixin, nn.Linear):
     def plain_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
-    def _feedback_function(self, x, feedback, backward_weight, decay):
-        return LinearFeedbackFunction.apply(x, self.weight, self.bias, feedback, backward_weight, decay)
+    def feedback_function(self, x, feedback, backward_weight, pathway):
+        return LinearFeedbackFunction.apply(x, self.weight, self.bias, feedback, backward_weight, pathway)
 
 
 def _numeric_padding(padding, kernel_size, dilation) -> tuple[int, int]:
@@ -276,9 +166,9 @@ class FeedbackConv2d(_FeedbackMixin, nn.Conv2d):
             return super().forward(x.unsqueeze(0)).squeeze(0)
         return super().forward(x)
 
-    def _feedback_function(self, x, feedback, backward_weight, decay):
+    def feedback_function(self, x, feedback, backward_weight, pathway):
         return Conv2dFeedbackFunction.apply(self._pad(x), self.weight, self.bias, feedback,
-                                            backward_weight, decay, self.stride,
+                                            backward_weight, pathway, self.stride,
                                             self.conv_padding, self.dilation, self.groups)
 
 
@@ -287,11 +177,8 @@ FEEDBACK_LAYERS = (FeedbackLinear, FeedbackConv2d)
 __all__ = [
     "FEEDBACK_INITS",
     "FEEDBACK_LAYERS",
-    "KINDS",
-    "SCALES",
     "FeedbackConv2d",
     "FeedbackLinear",
-    "FeedbackSpec",
     "Streams",
     "draw_magnitudes",
     "init_feedback",

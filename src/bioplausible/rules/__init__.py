@@ -1,21 +1,20 @@
 """Built-in learning rules; importing this package registers them.
 
-Each module holds one algorithm with its paper reference and equations.
+Every module and subpackage in this folder is imported here (no hand-kept list), so a new rule
+is one file with an ``@register("name")`` class. Each module holds one algorithm with its paper
+reference and equations; helper modules without a rule register nothing.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
-from .base import FeedbackPair, Rule, StepResult
+from .base import FeedbackPair, ParamEntry, Rule, RuleState, StepResult
 from .bp import BP
 
-# Optional rule modules, imported if present (each registers itself).
-for _mod in ("feedback", "dfa", "ar", "ghost"):
-    try:
-        importlib.import_module(f"{__name__}.{_mod}")
-    except ModuleNotFoundError as _exc:  # pragma: no cover - only while a module is absent
-        if _exc.name != f"{__name__}.{_mod}":
-            raise
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "base":
+        importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["BP", "FeedbackPair", "Rule", "StepResult"]
+__all__ = ["BP", "FeedbackPair", "ParamEntry", "Rule", "RuleState", "StepResult"]

@@ -14,6 +14,9 @@ One training step on a batch (spec §4; row-vector form, as the authors' code):
    ``f′`` factor (eq 7); learned ψ without it is the paper's combined rule (eq 8). The input
    layer is never relaxed. ``sweep`` is ``"gauss_seidel"`` (top-down, the code) or
    ``"jacobi"`` (parallel, the paper);
+   For a batch-mean loss (``cross_entropy``, ``mse_batchmean``, ``mse``) the clamped error is
+   each example's own error (N times the batch gradient) and the ``1/N`` is applied to the
+   update below, so finite-K results are as close to BP as with summed losses;
 4. the weight update from the relaxed ``x_{l+1}`` and the stored ``h_l`` (eq 1)::
 
        W_l.grad = (x_{l+1} ⊙ f′(a_{l+1}^fwd))ᵀ h_l,   b_l.grad = Σ_batch x_{l+1} ⊙ f′
@@ -148,7 +151,7 @@ class ActivationRelaxation(Rule):
         """The Linear layers whose backward map relaxes a hidden layer (all but the first)."""
         return [lin for lin, _ in self._layout(model).layers[1:]]
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
         """Check the model can be relaxed; attach ψ (``feedback``) for random/learned weights."""
         if self.config["graph"]:
             from .ar_graph import trace_model
@@ -249,6 +252,10 @@ class ActivationRelaxation(Rule):
             return StepResult(loss, out)
         c = self.config
         chain = self.forward_chain(model, x, y, loss_fn)
+        # Relax per-example errors; the loss's batch reduction goes into the weight update.
+        per_example = x.shape[0] if batch_mean(loss_fn) else 1
+        if per_example != 1:
+            chain.error = chain.error * per_example
         relaxed = self.relax(chain)
         self._check(chain.loss, relaxed + [chain.error], "activity")
         values = relaxed + [chain.error]  # x_{l+1} for l = 0..L−1
@@ -259,6 +266,8 @@ class ActivationRelaxation(Rule):
                 fp = chain.fprime[l]
                 if c["weight_derivative"] and fp is not None:
                     delta = delta * fp
+                if per_example != 1:
+                    delta = delta / per_example
                 gw = _grad_buffer(lin.weight)
                 torch.mm(delta.t(), chain.forward[l], out=gw)
                 if lin.bias is not None:
@@ -270,6 +279,16 @@ class ActivationRelaxation(Rule):
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """The largest |relaxed value| of the last step (a divergence indicator)."""
         return {"relax_max_abs": self._last_max}
+
+
+def batch_mean(loss_fn) -> bool:
+    """True for losses averaged over the batch (``Loss.reduction == "mean"``).
+
+    Their output error is ``1/N`` times each example's error; AR relaxes the per-example
+    errors (so the relaxation starts on the same scale as the stored activities) and applies
+    the ``1/N`` to the weight update. A plain callable is taken as a summed loss.
+    """
+    return getattr(loss_fn, "reduction", "sum") == "mean"
 
 
 def _grad_buffer(p: torch.Tensor) -> torch.Tensor:

@@ -41,10 +41,12 @@ class DirectFeedbackAlignment(Rule):
                 f"{', '.join(repr(p) for p in OUTPUT_POLICIES)} ('bp': the output layer is "
                 f"trained by its true gradient; 'dfa': by the output error e directly)")
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
+        """Convert the layers to DFA taps; with ``example`` every B_l is created here."""
         model = swap_layers(model, feedback=False)
         layers = [layer for _, layer in feedback_layers(model)]
-        attach_direct_feedback(model, layers, self.config["output_layer"], seed=self.seed + 7_877)
+        attach_direct_feedback(model, layers, self.config["output_layer"], seed=self.seed + 7_877,
+                               example=example)
         return model
 
     def feedback_pairs(self, model: nn.Module) -> list[FeedbackPair]:

@@ -46,13 +46,15 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn.convert import feedback_layers, swap_layers
-from ..nn.layers import (
-    FEEDBACK_INITS,
+from ..nn.layers import FEEDBACK_INITS, init_feedback
+from ..nn.pathway import (
     SCALES,
-    FeedbackSpec,
+    FeedbackPathway,
+    FixedFeedback,
+    SignFeedback,
+    SignRandomFeedback,
     Streams,
     draw_magnitudes,
-    init_feedback,
 )
 from ..nn.mirror import mirror_update
 from ..registry import register
@@ -79,12 +81,14 @@ def _check_number(rule: Rule, key: str, low: float, high: float = float("inf"),
 
 
 class FeedbackRule(Rule):
-    """Common part: convert the model, set every layer's :class:`FeedbackSpec`, initialise B."""
+    """Common part: convert the model, give every layer the rule's pathway, initialise B."""
 
     family = "feedback"
+    learns_feedback = False
 
-    def layer_spec(self) -> FeedbackSpec:
-        return FeedbackSpec(kind="fixed")
+    def pathway(self) -> FeedbackPathway:
+        """The backward path of each converted layer (one new object per layer)."""
+        return FixedFeedback()
 
     def validate(self) -> None:
         if "feedback_init" in self.config:
@@ -92,22 +96,21 @@ class FeedbackRule(Rule):
         if "scale" in self.config:
             _check_choice(self, "scale", SCALES)
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
         device = next(iter(model.parameters()), torch.empty(0)).device
         model = swap_layers(model, feedback=True, generator=self.generator(device))
-        spec = self.layer_spec()
         for _, layer in feedback_layers(model):
-            layer.feedback_spec = spec
+            layer.pathway = self.pathway()
             self.init_layer(layer)
             if layer.feedback is not None:
-                layer.feedback.requires_grad_(spec.learn)
+                layer.feedback.requires_grad_(self.learns_feedback)
         return model
 
     def init_layer(self, layer: nn.Module) -> None:
         init_feedback(layer, self.config["feedback_init"], self.generator(layer.weight.device))
 
     def aux_parameters(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
-        if not self.layer_spec().learn:
+        if not self.learns_feedback:
             return {}
         return {"feedback": [layer.feedback for _, layer in feedback_layers(model)
                              if layer.feedback is not None]}
@@ -130,19 +133,20 @@ class _SignSymmetry(FeedbackRule):
     kind = "sign_random"
     redraw = False
 
-    def layer_spec(self) -> FeedbackSpec:
-        return FeedbackSpec(kind=self.kind, scale=self.config["scale"], redraw=self.redraw)
+    def pathway(self) -> FeedbackPathway:
+        if self.kind == "sign":
+            return SignFeedback(self.config["scale"])
+        return SignRandomFeedback(self.config["scale"], redraw=self.redraw, streams=self._streams)
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
         self._streams = Streams(self.seed + 104_729)
-        return super().prepare(model)
+        return super().prepare(model, example)
 
     def init_layer(self, layer: nn.Module) -> None:
         if self.kind == "sign":
             layer.feedback = None  # sign(W) needs no stored tensor
             return
         draw_magnitudes(layer.feedback, self.generator(layer.weight.device))
-        layer.feedback_streams = self._streams
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -191,10 +195,12 @@ class KolenPollack(FeedbackRule):
                               f"got {self.config['learn_unused']!r}")
         _check_choice(self, "decay_in", ("backward", "optimizer"))
 
-    def layer_spec(self) -> FeedbackSpec:
+    learns_feedback = True
+
+    def pathway(self) -> FeedbackPathway:
         in_backward = self.config["decay_in"] == "backward"
-        return FeedbackSpec(kind="fixed", learn=True, learn_unused=self.config["learn_unused"],
-                            decay=float(self.config["decay"]) if in_backward else 0.0)
+        return FixedFeedback(learn=True, learn_unused=self.config["learn_unused"],
+                             decay=float(self.config["decay"]) if in_backward else 0.0)
 
     def param_groups(self, model: nn.Module, lr: float | None = None,
                      group_options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -213,15 +219,18 @@ class KolenPollack(FeedbackRule):
         decayed = {id(layer.weight) for _, layer in feedback_layers(model)}
         out = []
         for group in groups:
-            if group["name"] == "forward":
-                rest = {**group, "name": "forward_other",
+            base = group["name"].partition(".")[0]
+            if base == "forward":
+                rest = {**group, "name": group["name"].replace("forward", "forward_other", 1),
                         "params": [p for p in group["params"] if id(p) not in decayed]}
                 group = {**group, "params": [p for p in group["params"] if id(p) in decayed]}
                 out.append(rest)
-            if group["name"] in ("forward", "feedback"):
+            if base in ("forward", "feedback"):
                 group["weight_decay"] = group.get("weight_decay", 0.0) + float(self.config["decay"])
             out.append(group)
-        return [g for g in out if g["params"]]
+        out = [g for g in out if g["params"]]
+        self._groups = {g["name"]: g for g in out}
+        return out
 
 
 @register("wm")
@@ -253,8 +262,8 @@ class WeightMirror(FeedbackRule):
             _check_number(self, key, 1, integer=True)
         _check_number(self, "mirror_warmup", 0, integer=True)
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        model = super().prepare(model)
+    def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
+        model = super().prepare(model, example)
         self.mirror(model, self.config["mirror_warmup"])
         return model
 

@@ -239,3 +239,35 @@ def test_bad_input_is_one_clear_line():
         rule.train_step(model, torch.rand(2, 6, dtype=D), torch.tensor([0, 1]), bp.get_loss("mse_sum"))
     with pytest.raises(ConfigError, match="no option"):
         bp.make("ghost-ma", clip_dvb=1.0)
+
+
+# ----------------------------------------------------------------------------- trainer, resume
+@pytest.mark.parametrize("name,opts", [
+    ("ghost-ma", {"free_steps": 3, "clamped_steps": 3, "diagnostics_every": 2}),
+    ("ghost-mb", {"free_steps": 3, "clamped_steps": 2, "eta_w": [1.0, 0.1]}),
+])
+def test_resume_is_bit_identical(tmp_path, name, opts):
+    from bioplausible.data import DataBundle, DatasetInfo, Split
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(24, 6, generator=g)
+    y = torch.randint(0, 4, (24,), generator=g)
+    data = DataBundle(Split(x, y), Split(x[:8], y[:8]), None, DatasetInfo("toy", (6,), 4, "multiclass"))
+    batch = 1 if name == "ghost-mb" else 4
+    cfg = {"epochs": 4, "batch_size": batch, "loss": "mse_sum", "probe_every": 0}
+
+    def run(out, epochs, resume=False):
+        torch.manual_seed(0)
+        model = bp.MLP([6, 5, 4], activation="sigmoid", output_activation="sigmoid", init="uniform:0.5")
+        rule = bp.make(name, **opts)
+        res = bp.fit(model, rule, data, config={**cfg, "epochs": epochs}, out=out, resume=resume)
+        return res, rule
+    full, rule_full = run(tmp_path / "full", 4)
+    run(tmp_path / "part", 2)
+    part, rule_part = run(tmp_path / "part", 4, resume=True)
+    for (n, p), (_, q) in zip(full.model.state_dict().items(), part.model.state_dict().items()):
+        assert torch.equal(p, q), n
+    a, b = rule_full.owned.state_dict(), rule_part.owned.state_dict()
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

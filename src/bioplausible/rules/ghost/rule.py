@@ -332,6 +332,13 @@ class GhostRule(Rule):
             raise DivergenceError(f"{self.name} diverged at training step {self._steps}: the largest |s| is "
                                   f"{peak:.3g}. Try smaller eta_w / eta_v, a smaller beta, or weight_clip")
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "ghost_steps": self._steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._steps = int(state.get("ghost_steps", 0))
+
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """Fig. 3 distances ‖V^f − W_{h}‖/‖W_h‖ and ‖V^b − W^b‖/‖W^b‖ (MA), plus the last diagnostics."""
         out = dict(self._metrics)

@@ -271,3 +271,38 @@ def test_resume_is_bit_identical(tmp_path, name, opts):
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def _toy_bundle():
+    from bioplausible.data import DataBundle, DatasetInfo, Split
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(24, 6, generator=g)
+    y = torch.randint(0, 4, (24,), generator=g)
+    return DataBundle(Split(x, y), Split(x[:8], y[:8]), None, DatasetInfo("toy", (6,), 4, "multiclass"))
+
+
+def test_an_optimizer_option_that_cannot_apply_is_refused():
+    model = bp.MLP([6, 5, 4], activation="sigmoid", output_activation="sigmoid")
+    with pytest.raises(ConfigError, match="momentum"):
+        bp.fit(model, bp.make("ghost-ma", free_steps=2, clamped_steps=2), _toy_bundle(),
+               config={"epochs": 1, "batch_size": 4, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}})
+
+
+def test_diagnostics_are_logged_and_plotted(tmp_path):
+    from bioplausible.cli import main
+    from bioplausible.rules.ghost.diagnostics import load_records
+
+    torch.manual_seed(0)
+    model = bp.MLP([6, 5, 4], activation="sigmoid", output_activation="sigmoid", init="uniform:0.5")
+    rule = bp.make("ghost-ma", free_steps=4, clamped_steps=3, diagnostics_every=2)
+    bp.fit(model, rule, _toy_bundle(), config={"epochs": 2, "batch_size": 4, "probe_every": 0}, out=tmp_path)
+    last = [r for r in load_records(tmp_path) if "rule/vf_error/1" in r][-1]
+    for key in ("vf_error/1", "vb_error/1", "update_rel_error/0", "update_angle/1",
+                "cancel_residual_free/1", "cancel_residual_clamped/1"):
+        assert key in rule.metrics(model) and f"rule/{key}" in last
+    # the trace is the literal run's per-step residual, saved with the rule state
+    state = torch.load(tmp_path / "rule_state.pt", weights_only=True)
+    assert state["diag.trace_free"].shape == (4, 1) and float(state["diag.trace_free"].abs().max()) > 0
+    assert main(["ghost-diagnostics", str(tmp_path)]) == 0
+    assert (tmp_path / "ghost_diagnostics.png").stat().st_size > 1000

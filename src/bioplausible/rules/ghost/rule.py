@@ -208,6 +208,11 @@ class GhostRule(Rule):
             self._store(f"Wb.{h}", wb, "feedback", h)
             self._store(f"Vf.{h}", vf, "ghost", h)
             self._store(f"Vb.{h}", vb, "ghost", h)
+        n_hidden = len(lins) - 1
+        for phase, key in (("free", "free_steps"), ("clamped", "clamped_steps")):
+            if self._get(f"diag.trace_{phase}") is None:  # Fig. 4: ‖t_h − c_h‖ per Euler step
+                self._store(f"diag.trace_{phase}", w0.new_zeros(self.config[key], n_hidden), "diag", 0,
+                            buffer=True)
         self._fast = None
         self._kernel = None
         return model
@@ -324,6 +329,9 @@ class GhostRule(Rule):
             if rows:
                 for h, v in enumerate(rows[-1], start=1):
                     self._metrics[f"cancel_residual_{phase}/{h}"] = v
+                buf = self._get(f"diag.trace_{phase}")
+                if buf is not None and buf.shape == (len(rows), len(rows[0])):
+                    buf.copy_(torch.tensor(rows, dtype=buf.dtype))
 
     def _check(self, c: Circuit, loss: torch.Tensor) -> None:
         thr = self.config["divergence_threshold"]

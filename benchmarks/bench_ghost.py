@@ -94,7 +94,7 @@ def main() -> None:
     lit_times: dict[str, list[float]] = {k: [] for k in literal}
     for _ in range(args.reps):
         for label, (name, opts, batch) in tasks.items():
-            n = max(1, int(round(args.fraction * N_TRAIN / batch)))
+            n = max(1, round(args.fraction * N_TRAIN / batch))
             wall, cpu = time_rule(name, opts, x, y, batch, n)
             times[label].append(wall * (N_TRAIN / batch) / n)
             cpu_times[label].append(cpu * (N_TRAIN / batch) / n)
@@ -123,19 +123,19 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps({"info": info, "rows": rows, "all_wall": times, "all_cpu": cpu_times,
                                                     "literal": lit_times}, indent=2) + "\n")
     lines = ["# Ghost units: epoch time on MNIST 784-500-10 (one thread)", "",
-             f"Measured {info['date_utc']} UTC, {source} data, {args.fraction:g} of an epoch per timing "
-             f"(epoch = time / fraction), {args.reps} rep(s), load average {info['load_average'][0]:.1f} "
-             f"(a shared machine: absolute times are inflated accordingly).", "",
+             (f"Measured {info['date_utc']} UTC, {source} data, {args.fraction:g} of an epoch per timing "
+              f"(epoch = time / fraction), {args.reps} rep(s), load average {info['load_average'][0]:.1f} "
+              "(a shared machine: absolute times are inflated accordingly)."), "",
              "Times are process CPU seconds per epoch (one thread); wall-clock in brackets.", "",
-             "| rule | s/epoch (wall) | limit | BP s/epoch (same batch) | × BP | literal s/epoch | "
-             "fast vs literal |",
+             ("| rule | s/epoch (wall) | limit | BP s/epoch (same batch) | × BP | literal s/epoch | "
+              "fast vs literal |"),
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['rule']} | {r['epoch_s']:.1f} ({r['wall_epoch_s']:.0f}) | {r['limit_s']:.0f} | "
                      f"{r['bp_epoch_s']:.1f} | "
                      f"{r['ratio_to_bp']:.1f} | {r['literal_epoch_s']:.0f} | {r['speedup_over_literal']:.1f}× |")
-    lines += ["", "Command: `BIOPLAUSIBLE_DATA=... OMP_NUM_THREADS=1 python benchmarks/bench_ghost.py "
-              f"--fraction {args.fraction:g} --reps {args.reps}`", ""]
+    lines += ["", ("Command: `BIOPLAUSIBLE_DATA=... OMP_NUM_THREADS=1 python benchmarks/bench_ghost.py "
+                   f"--fraction {args.fraction:g} --reps {args.reps}`"), ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -29,8 +29,8 @@ def circuit(sizes, ks, seed=0, bias=False, transpose=True, scale=0.5):
 
 
 def hparams(L, transpose=True, **kw):
-    base = dict(dt=0.01, tau=0.05, beta=0.7, eta_w=[0.3 + 0.1 * l for l in range(L)],
-                eta_v=[0.0] + [0.8] * (L - 1), transpose=transpose)
+    base = {"dt": 0.01, "tau": 0.05, "beta": 0.7, "eta_w": [0.3 + 0.1 * l for l in range(L)],
+            "eta_v": [0.0] + [0.8] * (L - 1), "transpose": transpose}
     base.update(kw)
     return HParams(**base)
 
@@ -52,7 +52,6 @@ def assert_same(a: Circuit, b: Circuit, tol=1e-10):
             assert err <= tol * max(1.0, float(u.abs().max())), f"{name}[{i}] differs by {err}"
 
 
-NETS = [([7, 6, 3], None), ([7, 6, 5, 3], None)]
 
 
 @pytest.mark.parametrize("model", ["MA", "MA'", "MB"])

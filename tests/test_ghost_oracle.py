@@ -9,7 +9,14 @@ from torch import nn
 import bioplausible as bp
 from bioplausible.errors import ConfigError, IncompatibleModelError
 from bioplausible.rules.ghost.circuit import (
-    Circuit, HParams, feedforward_state, literal_example, literal_step, output_error, zero_state)
+    Circuit,
+    HParams,
+    feedforward_state,
+    literal_example,
+    literal_step,
+    output_error,
+    zero_state,
+)
 
 D = torch.float64
 

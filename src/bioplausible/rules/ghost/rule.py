@@ -30,8 +30,7 @@ from torch import nn
 from ...errors import ConfigError, DivergenceError, IncompatibleModelError
 from ..ar_mlp import mlp_layout
 from ..base import Rule, StepResult
-from . import mb_kernel
-from .circuit import Circuit, HParams, feedforward_state, literal_example, output_error, zero_state
+from .circuit import Circuit, HParams, feedforward_state, literal_example, zero_state
 from .fast import FastCircuit
 
 COMMON: dict[str, Any] = {

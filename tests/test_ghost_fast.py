@@ -52,8 +52,6 @@ def assert_same(a: Circuit, b: Circuit, tol=1e-10):
             assert err <= tol * max(1.0, float(u.abs().max())), f"{name}[{i}] differs by {err}"
 
 
-
-
 @pytest.mark.parametrize("model", ["MA", "MA'", "MB"])
 @pytest.mark.parametrize("transpose", [True, False])
 @pytest.mark.parametrize("sizes", [[7, 6, 3], [7, 6, 5, 3]])
@@ -149,3 +147,15 @@ def test_rule_fast_equals_literal_over_steps(name, opts, feedback):
             torch.testing.assert_close(rules[0]._get(key), rules[1]._get(key), rtol=1e-10, atol=1e-12)
     assert any(float((p - q).detach().abs().max()) > 1e-6 for p, q in zip(models[0].parameters(),
                                                                    mlp(sizes).parameters()))
+
+
+@pytest.mark.skipif(not mb_kernel.AVAILABLE, reason="numba not installed")
+def test_numba_step_reports_the_pre_update_feedforward_output():
+    rule = bp.make("ghost-mb", free_steps=3, clamped_steps=2, ghost_units=2, eta_w=[5.0, 5.0, 5.0])
+    model = rule.prepare(mlp([8, 6, 5, 4]))
+    x = torch.rand(1, 8, dtype=D)
+    expected = model(x).detach().clone()
+    res = rule.train_step(model, x, torch.tensor([2]), bp.get_loss("mse_sum"))
+    assert rule._kernel is not None
+    torch.testing.assert_close(res.output, expected, rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(model(x), expected)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -204,7 +206,7 @@ def test_ma_prime_clip_bounds_every_dvb():
     assert max(deltas) <= clip * (1 + 1e-12)
     assert max(deltas) > 0.5 * clip  # the clip was active
     # without the clip the same steps move V^b further
-    h.clip_dvb = None
+    h = dataclasses.replace(h, clip_dvb=None)
     c2 = rule._circuit(mlp((6, 5, 4)))
     c2.Vb[1] = prev.clone()
     feedforward_state(c2, x, h)

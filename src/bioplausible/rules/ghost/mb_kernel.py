@@ -6,7 +6,7 @@ dispatch-bound. This kernel runs the whole example (free phase with eq 15, weakl
 phase, eq 16 at the end) in one compiled call on the tensors' memory (numpy views, updated in
 place). It computes exactly what :func:`.circuit.literal_example` does for ``model="MB"``
 (same pre-step synchronous semantics; only the summation order differs). TF reads the
-feedback as ``W_hᵀ`` directly (the literal path keeps ``Wb_h = W_hᵀ``, the same numbers).
+feedback as ``W_hᵀ`` directly and re-sets ``Wb_h = W_hᵀ`` after the update.
 
 Without numba, :data:`AVAILABLE` is False and the rule falls back to :mod:`.fast` in torch.
 """
@@ -54,7 +54,7 @@ def _matvec_t(A: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
 
 
 def _example(x, target, Ws, bs, has_bias, Wbs, Vfs, Vbs, s, g, dt, tau, beta, eta_w, eta_v,
-             transpose, free_steps, clamped_steps, weight_clip, input_rho):
+             transpose, free_steps, clamped_steps, weight_clip, input_rho, out):
     L = len(Ws)
     kdt = dt / tau
     r0 = np.empty_like(x)
@@ -66,6 +66,17 @@ def _example(x, target, Ws, bs, has_bias, Wbs, Vfs, Vbs, s, g, dt, tau, beta, et
     _matvec(Ws[0], r0, P)
     if has_bias[0]:
         P += bs[0]
+    # the plain feedforward output before this example's update (what the trainer reports)
+    ff = np.empty_like(P)
+    _sig(P, ff)
+    for l in range(1, L):
+        nxt = np.empty_like(s[l + 1])
+        _matvec(Ws[l], ff, nxt)
+        if has_bias[l]:
+            nxt += bs[l]
+        ff = np.empty_like(nxt)
+        _sig(nxt, ff)
+    out[:] = ff
     r = [r0]
     e = [r0[:0]]
     drive = [r0[:0]]
@@ -137,6 +148,11 @@ def _example(x, target, Ws, bs, has_bias, Wbs, Vfs, Vbs, s, g, dt, tau, beta, et
                     W[i, j] = min(max(W[i, j], -weight_clip), weight_clip)
             if has_bias[l - 1]:
                 bs[l - 1][i] += d
+        if transpose and l >= 2:  # TF: W^b = Wᵀ after the update
+            Wb = Wbs[l - 1]
+            for i in range(W.shape[0]):
+                for j in range(W.shape[1]):
+                    Wb[j, i] = W[i, j]
 
 
 if AVAILABLE:  # pragma: no branch
@@ -173,8 +189,10 @@ class MBKernel:
         self.eta_w = np.asarray(hp.eta_w, dtype=np.float64)
         self.eta_v = np.asarray(hp.eta_v, dtype=np.float64)
 
-    def run(self, x: torch.Tensor, target: torch.Tensor, free_steps: int, clamped_steps: int) -> None:
+    def run(self, x: torch.Tensor, target: torch.Tensor, free_steps: int, clamped_steps: int) -> torch.Tensor:
+        """Run one example in place; returns the feedforward output ρ(s̃_L) before the update."""
         c, hp = self.c, self.hp
+        out = c.W[-1].new_empty(1, c.W[-1].shape[0])
         w1 = c.W[0][0]
         key = tuple(t.data_ptr() for t in c.s[1:] + c.g[1:])
         if getattr(self, "_state_key", None) != key:  # typed lists are slow to build: cache them
@@ -185,7 +203,5 @@ class MBKernel:
         _example(x[0].detach().numpy(), target[0].detach().numpy(), self.Ws, self.bs, self.has_bias,
                  self.Wbs, self.Vfs, self.Vbs, self._s, self._g, float(hp.dt), float(hp.tau), float(hp.beta),
                  self.eta_w, self.eta_v, bool(hp.transpose), int(free_steps), int(clamped_steps),
-                 clip, hp.input_rate == "rho")
-        if hp.transpose:
-            for h in range(1, c.L):
-                c.Wb[h].copy_(c.W[h].t())
+                 clip, hp.input_rate == "rho", out[0].numpy())
+        return out

@@ -162,14 +162,16 @@ class GhostMB(GhostRule):
             return False
         return c.W[0].device.type == "cpu"
 
+    def compiled(self, c: Circuit, callback=None) -> bool:
+        return self.config["solver"] == "fast" and callback is None and self._use_numba(c)
+
     def run_circuit(self, c: Circuit, x: torch.Tensor, target: torch.Tensor, hp: HParams,
-                    callback=None) -> None:
-        if self.config["solver"] == "fast" and callback is None and self._use_numba(c):
+                    callback=None) -> torch.Tensor | None:
+        if self.compiled(c, callback):
             key = tuple(t.data_ptr() for t in c.W + c.Vb[1:] + c.Vf[1:] + c.Wb[1:] + c.bias if t is not None)
             if self._kernel is None or self._kernel[0] != key:
                 self._kernel = (key, mb_kernel.MBKernel(c, hp))
             kern = self._kernel[1]
             kern.hp = hp
-            kern.run(x, target, self.config["free_steps"], self.config["clamped_steps"])
-            return
-        super().run_circuit(c, x, target, hp, callback)
+            return kern.run(x, target, self.config["free_steps"], self.config["clamped_steps"])
+        return super().run_circuit(c, x, target, hp, callback)

@@ -24,7 +24,6 @@ import math
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError, DivergenceError, IncompatibleModelError
@@ -98,6 +97,10 @@ class GhostRule(Rule):
         self._steps = 0
         self._metrics: dict[str, float] = {}
         self.trace: dict[str, list[list[float]]] = {}
+        self._version = 0
+        self._cache: tuple | None = None
+        self._eye: torch.Tensor | None = None
+        self._hp: tuple[int, HParams] | None = None
         super().__init__(**config)
 
     # ---------------------------------------------------------------- config
@@ -125,13 +128,17 @@ class GhostRule(Rule):
         _count(c, "diagnostics_every", 0)
 
     def hparams(self, n_layers: int) -> HParams:
+        if self._hp is not None and self._hp[0] == n_layers:
+            return self._hp[1]
         c = self.config
-        return HParams(dt=float(c["dt"]), tau=float(c["tau"]), beta=float(c["beta"]),
+        hp = HParams(dt=float(c["dt"]), tau=float(c["tau"]), beta=float(c["beta"]),
                        eta_w=_per_layer(c["eta_w"], n_layers, "eta_w", "forward matrices"),
                        eta_v=[0.0] + _per_layer(c["eta_v"], n_layers - 1, "eta_v", "hidden layers"),
                        transpose=c["feedback"] == "transpose", reduction=c["reduction"],
                        clip_dvb=c.get("clip_dvb"), clip_on=c.get("clip_on", "increment"),
                        weight_clip=c["weight_clip"], input_rate=c["input_rate"])
+        self._hp = (n_layers, hp)
+        return hp
 
     # ----------------------------------------------------------------- model
     def _linears(self, model: nn.Module) -> list[nn.Linear]:
@@ -214,9 +221,32 @@ class GhostRule(Rule):
                             buffer=True)
         self._fast = None
         self._kernel = None
+        self._version += 1
         return model
 
+    def to(self, device=None, dtype=None) -> GhostRule:
+        self._version += 1
+        return super().to(device, dtype)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._steps = int(state.get("ghost_steps", 0))
+        self._version += 1
+
     def _circuit(self, model: nn.Module) -> Circuit:
+        """The circuit's weights (cached per model and owned tensors); fresh, empty state lists."""
+        if self._cache is not None:
+            key, c, lins = self._cache
+            if key == (id(model), self._version) and all(
+                    lin.weight.data_ptr() == w.data_ptr() for lin, w in zip(lins, c.W)):
+                return Circuit(c.W, c.bias, c.Wb, c.Vf, c.Vb)
+        for p in model.parameters():  # the rule never fills .grad: drop stale ones once
+            p.grad = None
+        c = self._build_circuit(model)
+        self._cache = ((id(model), self._version), c, self._linears(model))
+        return Circuit(c.W, c.bias, c.Wb, c.Vf, c.Vb)
+
+    def _build_circuit(self, model: nn.Module) -> Circuit:
         lins = self._linears(model)
         L = len(lins)
         if self._get("Vf.1") is None:
@@ -236,7 +266,10 @@ class GhostRule(Rule):
         if y.shape == (x.shape[0], n_out) and y.is_floating_point():
             target = y.to(h.dtype)
         else:
-            target = F.one_hot(y.long(), n_out).to(h.dtype)
+            eye = self._eye
+            if eye is None or eye.shape[0] != n_out or eye.dtype != h.dtype or eye.device != h.device:
+                eye = self._eye = torch.eye(n_out, dtype=h.dtype, device=h.device)
+            target = eye.index_select(0, y.reshape(-1).long())
         return h, target
 
     # ------------------------------------------------------------------ step
@@ -246,31 +279,35 @@ class GhostRule(Rule):
         else:
             feedforward_state(c, x, self.hparams(c.L))
 
+    def compiled(self, c: Circuit, callback=None) -> bool:
+        """Whether :meth:`run_circuit` returns the pre-update feedforward output itself."""
+        return False
+
     def run_circuit(self, c: Circuit, x: torch.Tensor, target: torch.Tensor, hp: HParams,
-                    callback=None) -> None:
+                    callback=None) -> torch.Tensor | None:
         """Both phases on one batch with the configured solver (the literal one with ``callback``)."""
         cfg = self.config
         if cfg["solver"] == "literal" or callback is not None:
             literal_example(c, x, target, hp, self.model, cfg["free_steps"], cfg["clamped_steps"], callback)
-            return
+            return None
         if self._fast is None:
             self._fast = FastCircuit(c, hp)
         self._fast.c, self._fast.hp = c, hp
         self._fast.run(x, target, self.model, cfg["free_steps"], cfg["clamped_steps"])
+        return None
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
         with torch.no_grad():
-            for p in model.parameters():
-                p.grad = None
             c = self._circuit(model)
             hp = self.hparams(c.L)
             xin, target = self._inputs(model, x, y, c.W[-1].shape[0])
-            output = model(x)
-            loss = loss_fn(output, y)
             before = [w.clone() for w in c.W] if self._diag_due() else None
-            self.load_state(c, xin)
             callback = self._recorder(hp) if before is not None else None
-            self.run_circuit(c, xin, target, hp, callback)
+            output = None if self.compiled(c, callback) else model(x)
+            self.load_state(c, xin)
+            ran = self.run_circuit(c, xin, target, hp, callback)
+            output = ran if output is None else output
+            loss = loss_fn(output, y)
             self.save_state(c)
             self._steps += 1
             self._check(c, loss)
@@ -341,10 +378,6 @@ class GhostRule(Rule):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "ghost_steps": self._steps}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._steps = int(state.get("ghost_steps", 0))
 
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """Fig. 3 distances ‖V^f − W_{h}‖/‖W_h‖ and ‖V^b − W^b‖/‖W^b‖ (MA), plus the last diagnostics."""

@@ -77,7 +77,8 @@ def test_fast_torch_equals_literal(model, transpose, sizes, bias):
 
 def test_fast_torch_equals_literal_with_weight_clip_and_sum():
     sizes, ks = [7, 6, 5, 3], [5, 3]
-    hp = hparams(3, True, weight_clip=0.45, reduction="sum", input_rate="rho")
+    hp = hparams(3, True, weight_clip=0.45, reduction="sum", input_rate="rho", clip_dvb=0.05,
+                 clip_on="derivative")
     base = circuit(sizes, ks, bias=True)
     x, t = batch(7, 3, 4)
     lit, fast = base.clone(), base.clone()

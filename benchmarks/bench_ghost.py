@@ -116,11 +116,13 @@ def main() -> None:
                      "ratio_to_bp": med[label] / med[bp_label], "literal_epoch_s": lit[label],
                      "speedup_over_literal": lit[label] / med[label]})
     info = {"data": source, "fraction": args.fraction, "reps": args.reps, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "numba": _numba_version(), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "numba": _numba_version(),
+            "cpu": platform.processor() or platform.machine(),
             "load_average": os.getloadavg(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"info": info, "rows": rows, "all_wall": times, "all_cpu": cpu_times,
+    out.with_suffix(".json").write_text(json.dumps({"info": info, "rows": rows, "all_wall": times,
+                                                    "all_cpu": cpu_times,
                                                     "literal": lit_times}, indent=2) + "\n")
     lines = ["# Ghost units: epoch time on MNIST 784-500-10 (one thread)", "",
              (f"Measured {info['date_utc']} UTC, {source} data, {args.fraction:g} of an epoch per timing "
@@ -133,7 +135,8 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['rule']} | {r['epoch_s']:.1f} ({r['wall_epoch_s']:.0f}) | {r['limit_s']:.0f} | "
                      f"{r['bp_epoch_s']:.1f} | "
-                     f"{r['ratio_to_bp']:.1f} | {r['literal_epoch_s']:.0f} | {r['speedup_over_literal']:.1f}× |")
+                     f"{r['ratio_to_bp']:.1f} | {r['literal_epoch_s']:.0f} | "
+                     f"{r['speedup_over_literal']:.1f}× |")
     lines += ["", ("Command: `BIOPLAUSIBLE_DATA=... OMP_NUM_THREADS=1 python benchmarks/bench_ghost.py "
                    f"--fraction {args.fraction:g} --reps {args.reps}`"), ""]
     out.with_suffix(".md").write_text("\n".join(lines))

@@ -120,7 +120,8 @@ def mlp(sizes, seed=0):
     ("ghost-ma", {"free_steps": 5, "clamped_steps": 4, "dt": 0.01, "tau": 0.05, "eta_w": 0.5}),
     ("ghost-ma-prime", {"free_steps": 5, "clamped_steps": 4, "dt": 0.01, "tau": 0.05}),
     ("ghost-mb", {"free_steps": 5, "clamped_steps": 4, "eta_w": [2.0, 1.0, 0.5], "ghost_units": [3, 2]}),
-    ("ghost-mb", {"free_steps": 5, "clamped_steps": 4, "eta_w": [2.0, 1.0, 0.5], "ghost_units": 2, "kernel": "torch"}),
+    ("ghost-mb", {"free_steps": 5, "clamped_steps": 4, "eta_w": [2.0, 1.0, 0.5], "ghost_units": 2,
+                  "kernel": "torch"}),
 ])
 @pytest.mark.parametrize("feedback", ["transpose", "random"])
 def test_rule_fast_equals_literal_over_steps(name, opts, feedback):

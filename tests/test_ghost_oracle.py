@@ -159,7 +159,8 @@ def test_mb_free_phase_cancels_top_down_feedback():
 
 def mlp(sizes=(6, 5, 4), seed=0, **kw):
     torch.manual_seed(seed)
-    return bp.MLP(list(sizes), activation="sigmoid", output_activation="sigmoid", init="uniform:0.5", **kw).double()
+    return bp.MLP(list(sizes), activation="sigmoid", output_activation="sigmoid", init="uniform:0.5",
+                  **kw).double()
 
 
 @pytest.mark.parametrize("name", ["ghost-ma", "ghost-ma-prime", "ghost-mb"])
@@ -295,7 +296,8 @@ def test_an_optimizer_option_that_cannot_apply_is_refused():
     model = bp.MLP([6, 5, 4], activation="sigmoid", output_activation="sigmoid")
     with pytest.raises(ConfigError, match="momentum"):
         bp.fit(model, bp.make("ghost-ma", free_steps=2, clamped_steps=2), _toy_bundle(),
-               config={"epochs": 1, "batch_size": 4, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}})
+               config={"epochs": 1, "batch_size": 4,
+                       "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}})
 
 
 def test_diagnostics_are_logged_and_plotted(tmp_path):

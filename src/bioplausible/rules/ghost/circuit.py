@@ -185,7 +185,10 @@ def output_error(c: Circuit, x: Tensor, target: Tensor, beta: float, hp: HParams
 
 
 def mb_weight_update(c: Circuit, x: Tensor, target: Tensor, hp: HParams) -> None:
-    """Eq 16 from the final state of the weakly-clamped phase: ΔW_{l−1} = η_{W,l−1} ⟨(e_l ⊙ ρ′(s_l)) r_{l−1}ᵀ⟩."""
+    """Eq 16 from the final state of the weakly-clamped phase.
+
+    ``ΔW_{l−1} = η_{W,l−1} ⟨(e_l ⊙ ρ′(s_l)) r_{l−1}ᵀ⟩``, no dt; TF then re-sets ``Wb = Wᵀ``.
+    """
     e = output_error(c, x, target, hp.beta, hp)
     red = _red(hp, x.shape[0])
     r = [input_rate(x, hp)] + [torch.sigmoid(c.s[l]) for l in range(1, c.L + 1)]

@@ -99,8 +99,8 @@ class GhostMB(GhostRule):
             raise ConfigError(f"{self.name} option ghost_units must be a positive integer or one per hidden "
                               f"layer, got {k!r}")
         if c["kernel"] not in ("auto", "numba", "torch"):
-            raise ConfigError(f"{self.name} option kernel={c['kernel']!r} is not valid; accepted: auto, numba, "
-                              "torch")
+            raise ConfigError(f"{self.name} option kernel={c['kernel']!r} is not valid; accepted: auto, "
+                              "numba, torch")
         if c["kernel"] == "numba" and not mb_kernel.AVAILABLE:
             raise ConfigError(f"{self.name} kernel='numba' needs numba (pip install numba); or use "
                               "kernel='torch'")

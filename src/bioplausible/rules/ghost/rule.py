@@ -206,8 +206,8 @@ class GhostRule(Rule):
             wb = W.t().contiguous() if self.config["feedback"] == "transpose" else uni(tuple(W.t().shape))
             if self.config["v_init"] == "converged":
                 if counts[h - 1] != sizes[h + 1]:
-                    raise ConfigError(f"{self.name} v_init='converged' copies W into V^f, which needs as many "
-                                      f"ghost units as units in the layer above ({sizes[h + 1]})")
+                    raise ConfigError(f"{self.name} v_init='converged' copies W into V^f, which needs as "
+                                      f"many ghost units as units in the layer above ({sizes[h + 1]})")
                 vf, vb = W.clone(), wb.clone()
             else:
                 vf, vb = uni(shape_vf), uni((sizes[h], counts[h - 1]))
@@ -358,7 +358,8 @@ class GhostRule(Rule):
         for l, (g, w0, w1, rate) in enumerate(zip(grads, before, after, self.effective_rates(hp))):
             ref = -rate * g.double()
             delta = (w1 - w0).double()
-            self._metrics[f"update_rel_error/{l}"] = float((delta - ref).norm() / ref.norm().clamp_min(1e-300))
+            rel = (delta - ref).norm() / ref.norm().clamp_min(1e-300)
+            self._metrics[f"update_rel_error/{l}"] = float(rel)
             cos = float((delta * ref).sum() / (delta.norm() * ref.norm()).clamp_min(1e-300))
             self._metrics[f"update_angle/{l}"] = math.degrees(math.acos(max(-1.0, min(1.0, cos))))
         for phase, rows in self.trace.items():

@@ -109,12 +109,19 @@ runs: {bp: {name: bp}}
 seeds: [0, 1, 2]
 scales: {quick: {epochs: 1, seeds: [0, 1]}, full: {}}
 paper_results: {metric: test_accuracy, values: {bp: 99.0}, note: made up}
-checks: [{type: min_value, run: bp, metric: test_accuracy, min: 0.0}]
+checks:
+  - {type: min_value, run: bp, metric: test_accuracy, min: 30.0}
+  - {type: min_value, run: bp, metric: test_accuracy, min: 100.5}
 """)
     out = tmp_path / "rep"
     assert main(["reproduce", str(preset), "--scale", "quick", "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "| bp |" in text and "99.0" in text and "[pass]" in text
+    assert "| bp |" in text and "99.0" in text
+    # chance is 10 %: the first check passes only if training worked; no accuracy reaches 100.5 %
+    assert "[pass] test_accuracy of bp" in text and "(at least 30.0)" in text
+    assert "[FAIL] test_accuracy of bp" in text and "(at least 100.5)" in text
+    assert main(["reproduce", str(preset), "--scale", "quick", "--out", str(tmp_path / "strict"),
+                 "--quiet", "--strict"]) == 1
     rep = json.loads((out / "reproduce.json").read_text())
     assert rep["seeds"] == [0, 1] and sorted(p.name for p in out.iterdir() if p.is_dir()) == ["bp-seed0", "bp-seed1"]
     assert main(["reproduce", str(preset), "--scale", "huge"]) == 2

@@ -7,7 +7,6 @@ before any run directory is written.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -44,9 +43,8 @@ def _add_train_flags(p: argparse.ArgumentParser, rule_flag: bool = True) -> None
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
-def _config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None):
-    from .config import TrainConfig, load_config
-
+def _flags(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config mapping the command-line flags ask for (only what was given)."""
     flags: dict[str, Any] = {}
     if getattr(args, "rule", None):
         flags["rule"] = {"name": args.rule}
@@ -68,28 +66,14 @@ def _config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = N
     if args.quiet:
         flags["progress"] = False
     flags.update(extra or {})
+    return flags
+
+
+def _config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None):
+    from .config import TrainConfig, load_config
+
     base = load_config(args.config) if args.config else TrainConfig.from_dict({})
-    return base.updated(flags, args.set)
-
-
-def _prepare(config):
-    """Load data and build the model for ``config``: every user error surfaces here."""
-    import torch
-
-    from .data import load_dataset
-    from .models import build_model
-    from .registry import make
-
-    ds_opts = {k: v for k, v in config.dataset_options().items() if v is not None}
-    data = load_dataset(config["dataset"]["name"], **ds_opts)
-    make(config["rule"]["name"], **config.rule_options())  # validate rule options early
-    from .train import resolve_loss
-
-    resolve_loss(config["loss"], data.info.task)
-    torch.manual_seed(config["seed"])
-    model = build_model(config["model"]["spec"], input_shape=data.info.input_shape,
-                        num_classes=data.info.num_classes, **config.model_options())
-    return data, model
+    return base.updated(_flags(args, extra), args.set)
 
 
 def _default_out(kind: str, config) -> Path:
@@ -125,69 +109,63 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .train import Trainer
+    from .jobs import check_jobs, plan, resume_job, run_job
 
     if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise UserError(f"--resume {str(run_dir)!r}: no config.yaml there; pass a run directory written by train")
-        config = load_config(run_dir / "config.yaml")
-        overrides = {"epochs": args.epochs} if args.epochs else {}
-        config = config.updated(overrides, args.set)
-        out = run_dir
+        if args.config or args.out:
+            raise UserError("--resume continues a run with its own config.yaml and directory; "
+                            "drop --config/--out (only --epochs can be extended)")
+        job = resume_job(args.resume, _flags(args), args.set)
     else:
         config = _config_from_args(args)
-        out = Path(args.out) if args.out else _default_out("train", config)
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"run directory {str(out)!r} already exists; choose another --out or use --resume")
-    data, model = _prepare(config)
-    created = not out.exists()
-    try:
-        result = Trainer(model, config["rule"]["name"], data, config, out=out).run(resume=bool(args.resume))
-    except UserError:
-        if created and not args.resume:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    final = result.summary.get("final") or {}
-    print(f"{result.status}: test accuracy {final.get('test_accuracy', float('nan')):.2f}% after "
-          f"{result.summary['epochs_completed']} epochs; run directory {out}")
-    if result.status != "completed":
-        print(f"bioplausible: {result.summary['message']}", file=sys.stderr)
+        job = plan(config, out=Path(args.out) if args.out else _default_out("train", config))[0]
+    check_jobs([job])
+    summary = run_job(job)
+    final = summary.get("final") or {}
+    print(f"{summary['status']}: test accuracy {final.get('test_accuracy', float('nan')):.2f}% after "
+          f"{summary['epochs_completed']} epochs; run directory {job.run_dir}")
+    if summary["status"] != "completed":
+        print(f"bioplausible: {summary['message']}", file=sys.stderr)
         return 1
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from .jobs import check_jobs, check_run_dir, plan, run_jobs
     from .report import load_run, write_report
-    from .train import Trainer
 
     rules = [r.strip() for item in args.rules for r in item.split(",") if r.strip()]
     if not rules:
         raise UserError("--rules needs at least one rule name, e.g. --rules bp,fa,dfa")
+    twice = sorted({r for r in rules if rules.count(r) > 1})
+    if twice:
+        raise UserError(f"--rules names {twice[0]!r} twice; each rule is one run (use --set or a preset "
+                        f"for two settings of one rule)")
     extra = {"probe_every": args.probe_every if args.probe_every is not None else 100}
     base = _config_from_args(args, extra)
-    configs = [base.updated({"rule": {"name": r}}) for r in rules]
-    prepared = [_prepare(c) for c in configs]  # validate all before training anything
     out = Path(args.out) if args.out else Path("runs") / (
         f"compare-{base['dataset']['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output directory {str(out)!r} already exists; choose another --out")
-    runs = []
-    for rule, config, (data, model) in zip(rules, configs, prepared):
-        Trainer(model, rule, data, config, out=out / rule).run()
-        runs.append(load_run(out / rule, rule))
+    check_run_dir(out)
+    jobs = [plan(base.updated({"rule": {"name": r}}), out=out / r)[0] for r in rules]
+    check_jobs(jobs)  # every rule, model and option is valid before the first run trains
+    summaries = run_jobs(jobs, workers=_workers(args))
+    runs = [load_run(job.run_dir, job.label) for job in jobs]
     paths = write_report(runs, out, title=f"Learning rules on {base['dataset']['name']}")
     print(paths["report"].read_text())
     print(f"report: {paths['report']}\nplot:   {paths['plot']}")
+    if all(s["status"] != "completed" for s in summaries):
+        print("bioplausible: no rule completed its run (see the status column)", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments import format_report, run_preset
+    from .jobs import parse_seeds
 
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    report = run_preset(args.name, args.scale, out=args.out, progress=not args.quiet, seeds=seeds)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    report = run_preset(args.name, args.scale, out=args.out, progress=not args.quiet, seeds=seeds,
+                        workers=_workers(args))
     print(format_report(report))
     print(f"\nresults: {report['out_dir']}")
     failed = [c for c in report["checks"] if not c["passed"]]
@@ -205,10 +183,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    return args.workers
+
+
+def _float_list(text: str, flag: str) -> list[float]:
+    import math
+
+    values = []
+    for item in text.split(","):
+        try:
+            v = float(item)
+        except ValueError:
+            v = float("nan")
+        if not (math.isfinite(v) and v > 0):
+            raise UserError(f"{flag} {text!r}: {item.strip()!r} is not a positive number; e.g. {flag} 0.05,0.1")
+        values.append(v)
+    return values
+
+
 def cmd_relax(args: argparse.Namespace) -> int:
     from .diagnostics import run_relaxation_diagnostic
 
-    eta = [float(v) for v in args.eta_x.split(",")] if args.eta_x else None
+    eta = _float_list(args.eta_x, "--eta-x") if args.eta_x is not None else None
+    if args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {args.out!r} is a file; give a folder")
     kwargs: dict[str, Any] = {"dataset": args.dataset, "steps": args.steps}
     if eta:
         kwargs["eta_xs"] = eta
@@ -264,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several rules on one dataset/model and write a report")
     p.add_argument("--rules", action="append", required=True, help="comma-separated rule names")
     _add_train_flags(p, rule_flag=False)
+    p.add_argument("--workers", type=int, default=1, help="run the rules in N worker processes (1 thread each)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("reproduce", help="run a paper's experiment preset")
@@ -273,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    p.add_argument("--workers", type=int, default=1, help="run the jobs in N worker processes (1 thread each)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("report", help="rebuild a comparison report from run directories")
@@ -293,6 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*")
     p.add_argument("--root", help="dataset root (default: $BIOPLAUSIBLE_DATA, then the user cache)")
     p.set_defaults(func=cmd_data)
+
+    def cmd_generate(args: argparse.Namespace) -> int:
+        from .rules.bidirectional.generate import render_run
+
+        print(render_run(args.run_dir, args.out))
+        return 0
+
+    p = sub.add_parser("generate", help="BFA: render the generative network's image for each label (PNG)")
+    p.add_argument("run_dir", help="run directory of a bfa training run")
+    p.add_argument("--out", help="PNG path (default: RUN_DIR/generated.png)")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("ghost-diagnostics", help="plot a ghost-unit run's Figs 3-5 diagnostics")
     p.add_argument("run_dir")
@@ -320,6 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bioplausible: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from .jobs import clear_data_cache
+
+        clear_data_cache()
 
 
 if __name__ == "__main__":  # pragma: no cover

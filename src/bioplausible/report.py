@@ -29,20 +29,56 @@ class RunRecord:
     summary: dict[str, Any]
 
 
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``.
+
+    A torn last line (what a kill during an append leaves) is dropped; a damaged line before
+    the last is a UserError in one line.
+    """
+    p = Path(path)
+    try:
+        lines = p.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        raise UserError(f"{str(p)!r} cannot be read: {exc.strerror}") from None
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            if i == len(lines) - 1:
+                break  # torn last line
+            raise UserError(f"{str(p)!r} line {i + 1} is damaged (not a JSON record); the run directory "
+                            f"was edited or corrupted")
+        records.append(rec)
+    return records
+
+
 def load_run(path: str | os.PathLike, label: str | None = None) -> RunRecord:
     p = Path(path)
     if not (p / "summary.json").is_file():
         raise UserError(f"{str(p)!r} is not a run directory (no summary.json); pass directories written by train/compare")
-    summary = json.loads((p / "summary.json").read_text())
-    config = yaml.safe_load((p / "config.yaml").read_text()) if (p / "config.yaml").exists() else {}
+    try:
+        summary = json.loads((p / "summary.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{str(p / 'summary.json')!r} cannot be read ({type(exc).__name__}); the run was "
+                        f"interrupted while writing it or the file is damaged: rerun or --resume it") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"{str(p / 'summary.json')!r} is not a run summary; the run directory is damaged")
+    try:
+        config = yaml.safe_load((p / "config.yaml").read_text()) if (p / "config.yaml").exists() else {}
+    except (OSError, ValueError, yaml.YAMLError):
+        raise UserError(f"{str(p / 'config.yaml')!r} cannot be read as YAML; the run directory is damaged") from None
     epochs, probes = [], []
     if (p / "metrics.jsonl").exists():
-        for line in (p / "metrics.jsonl").read_text().splitlines():
-            if not line.strip():
-                continue
-            rec = json.loads(line)
+        for rec in read_metrics(p / "metrics.jsonl"):
             (epochs if rec.get("kind") == "epoch" else probes if rec.get("kind") == "probe" else []).append(rec)
-    return RunRecord(p, label or summary.get("rule", p.name), config, epochs, probes, summary)
+    job_label = (summary.get("job") or {}).get("label")
+    return RunRecord(p, label or job_label or summary.get("rule", p.name), config if isinstance(config, dict) else {},
+                     epochs, probes, summary)
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -120,7 +156,12 @@ def plot_curves(runs: Sequence[RunRecord], path: str | os.PathLike, title: str =
 def write_report(runs: Sequence[RunRecord], out_dir: str | os.PathLike, title: str = "Comparison") -> dict[str, Path]:
     """Write ``report.md``, ``curves.png`` and ``comparison.json`` into ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write the report into {str(out)!r}: {exc.strerror}; give a folder with --out") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the report into {str(out)!r}: not writable; give a folder with --out")
     rows = comparison_rows(runs)
     png = plot_curves(runs, out / "curves.png", title)
     cfg = runs[0].config if runs else {}

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .errors import ConfigError, DivergenceError, UnknownNameError
+from .errors import ConfigError, DivergenceError, UnknownNameError, UserError
 from .losses import Loss, get_loss
 from .probe import Probe
 from .registry import make
@@ -51,23 +51,26 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_optimizer(params: list[dict[str, Any]], options: dict[str, Any]) -> torch.optim.Optimizer:
-    """``{"name": "sgd", "lr": 0.1, "momentum": 0.9}`` -> ``torch.optim.SGD(params, ...)``."""
+    """``{"name": "sgd", "lr": 0.1, "momentum": 0.9}`` -> ``torch.optim.SGD(params, ...)``.
+
+    The implementation is chosen per dtype and device: the fused kernel (one kernel per step)
+    where it updates every element correctly — CUDA, or float32/float64 on the CPU — and the
+    per-tensor loop otherwise. (In this torch the fused CPU SGD updates only a few elements of
+    float16/bfloat16 tensors, so a half-precision run would silently train nothing.)
+    """
+    from .config import check_optimizer_options, optimizer_class
+
+    check_optimizer_options(options)
     opts = {k: v for k, v in options.items() if k not in ("name", "groups")}
     name = str(options.get("name", "sgd"))
-    classes = {n.lower(): getattr(torch.optim, n) for n in dir(torch.optim)
-               if isinstance(getattr(torch.optim, n), type)
-               and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
-               and n != "Optimizer"}
-    if name.lower() not in classes:
-        raise UnknownNameError(f"unknown optimizer {name!r}; choose from {', '.join(sorted(classes))}")
-    cls = classes[name.lower()]
-    if "fused" not in opts and "foreach" not in opts and cls in _FUSABLE:
-        # One fused kernel per step instead of a loop over parameters: same update up to
-        # rounding, and it makes a decay in weight_decay (KP) nearly free.
-        try:
-            return cls(params, fused=True, **opts)
-        except (TypeError, ValueError, RuntimeError):
-            pass
+    cls = optimizer_class(name)
+    tensors = [p for g in params for p in g["params"]]
+    if opts.get("fused") and not _fused_ok(cls, tensors):
+        raise ConfigError(f"optimizer {name!r}: fused=True does not update float16/bfloat16 tensors on the "
+                          f"CPU correctly in this torch (SGD); remove the option")
+    if "fused" not in opts and "foreach" not in opts and _fused_ok(cls, tensors):
+        opts["fused"] = True  # same update up to rounding; makes KP's decay nearly free
+    _check_half_eps(cls, name, opts, tensors)
     try:
         return cls(params, **opts)
     except (TypeError, ValueError) as exc:
@@ -75,6 +78,35 @@ def build_optimizer(params: list[dict[str, Any]], options: dict[str, Any]) -> to
 
 
 _FUSABLE = {torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW}
+
+
+def _check_half_eps(cls: type, name: str, opts: dict[str, Any], tensors: list[torch.Tensor]) -> None:
+    """An adaptive optimizer stepping float16 tensors in float16 needs an eps float16 can hold."""
+    import inspect
+
+    if opts.get("fused") or not any(t.dtype == torch.float16 for t in tensors):
+        return
+    default = inspect.signature(cls.__init__).parameters.get("eps")
+    if default is None:
+        return
+    eps = float(opts.get("eps", default.default))
+    tiny = torch.finfo(torch.float16).tiny
+    if eps < tiny:
+        raise ConfigError(f"optimizer {name!r}: eps={eps:g} is below float16's smallest normal number "
+                          f"({tiny:.2g}), so the step divides by zero; set optimizer.eps to 1e-4 or use "
+                          f"dtype bfloat16/float32")
+
+
+def _fused_ok(cls: type, tensors: list[torch.Tensor]) -> bool:
+    """Whether ``cls(..., fused=True)`` updates every tensor in ``tensors`` correctly."""
+    if cls not in _FUSABLE or not tensors:
+        return False
+    devices = {t.device.type for t in tensors}
+    if len(devices) != 1 or devices.pop() not in ("cpu", "cuda"):
+        return False
+    half_broken = cls is torch.optim.SGD and tensors[0].device.type == "cpu"
+    return all(t.is_floating_point() and not (half_broken and t.dtype in (torch.float16, torch.bfloat16))
+               for t in tensors)
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, options: dict[str, Any], epochs: int):
@@ -120,12 +152,51 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def load_checkpoint_file(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)``; anything unreadable that way is one UserError line."""
+    import pickle
+    import zipfile
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError,
+            KeyError, IndexError, zipfile.BadZipFile, UnicodeDecodeError, OSError) as exc:
+        first = (" ".join(str(exc).split()) or type(exc).__name__)[:160]
+        raise UserError(f"checkpoint {str(path)!r} cannot be loaded safely ({first}); it is corrupt, "
+                        f"truncated or not written by bioplausible: delete it to restart the run "
+                        f"or start a new one with --out") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step"} <= set(state):
+        raise UserError(f"checkpoint {str(path)!r} is not a bioplausible checkpoint; delete it to restart "
+                        f"the run or start a new one with --out")
+    return state
+
+
+def _before_checkpoint(record: dict[str, Any], epoch: int, step: int) -> bool:
+    """Whether a metrics line describes training up to the checkpoint (epoch ``epoch``, step ``step``)."""
+    if record.get("kind") == "probe":
+        return int(record.get("step", 0)) <= step
+    return int(record.get("epoch", 0)) <= epoch
+
+
 def _accuracy_counts(output: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     if task == "multilabel":
         return ((output > 0) == (y > 0.5)).to(torch.float64).mean(dim=1).sum()
     if y.dim() > 1:  # one-hot targets
         y = y.argmax(dim=1)
     return (output.argmax(dim=1) == y).sum()
+
+
+def _correct_counter(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The per-batch correct count for ``task`` (class-index targets in three ops)."""
+    if task == "multilabel":
+        return lambda output, y: _accuracy_counts(output, y, task)
+
+    def count(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.dim() > 1:
+            y = y.argmax(dim=1)
+        return torch.eq(output.argmax(dim=1), y).sum()
+
+    return count
 
 
 @torch.no_grad()
@@ -207,9 +278,10 @@ class Trainer:
 
     # -------------------------------------------------------------- run directory
     def _log(self, record: dict[str, Any]) -> None:
+        """Append one JSON line; a kill mid-append leaves a torn last line that readers drop."""
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(record, default=float) + "\n")
         for logger in self.loggers:
             logger.log(record)
 
@@ -230,23 +302,35 @@ class Trainer:
             _atomic_torch_save(self._checkpoint_state(), self.run_dir / "checkpoint.pt")
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.schedule is not None and state.get("schedule") is not None:
-            self.schedule.load_state_dict(state["schedule"])
-        self.rule.load_state_dict(state["rule"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.history = list(state["history"])
-        self.probe_angles = list(state.get("probe_angles", []))
+        """Restore the state :meth:`save_checkpoint` wrote; drop metric lines written after it.
+
+        The file is read with ``weights_only=True`` (tensors, numbers, strings, containers: a
+        crafted checkpoint cannot run code); a file that cannot be read that way, or that does
+        not hold this run's state, is a :class:`UserError` in one line.
+        """
+        state = load_checkpoint_file(path, self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.schedule is not None and state.get("schedule") is not None:
+                self.schedule.load_state_dict(state["schedule"])
+            self.rule.load_state_dict(state["rule"])
+            torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            self.history = list(state["history"])
+            self.probe_angles = list(state.get("probe_angles", []))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            detail = " ".join(str(exc).split())[:160]
+            raise UserError(f"checkpoint {str(path)!r} does not match this run ({type(exc).__name__}: "
+                            f"{detail}); start a new run with --out") from None
         metrics = self.run_dir / "metrics.jsonl" if self.run_dir else None
-        if metrics is not None and metrics.exists():  # drop lines of the unfinished epoch
-            kept = [ln for ln in metrics.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("epoch", 0) <= self.epoch]
-            _atomic_write_text(metrics, "".join(ln + "\n" for ln in kept))
+        if metrics is not None and metrics.exists():  # drop lines written after the checkpoint
+            from .report import read_metrics
+
+            kept = [r for r in read_metrics(metrics) if _before_checkpoint(r, self.epoch, self.step)]
+            _atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
     def _write_summary(self, status: str, message: str = "", started: float | None = None) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
@@ -284,8 +368,14 @@ class Trainer:
         gen = torch.Generator()
         gen.manual_seed(cfg["seed"] * 1_000_003 + self.epoch)
         model.train()
+        # Per-step sums in the loss's own dtype (no type promotion per step), folded into
+        # float64 every 50 steps so long epochs keep full precision.
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        loss_part: torch.Tensor | None = None
+        summed = loss_fn.reduction == "sum"
+        count_correct = _correct_counter(self.task)
+        correct = torch.zeros((), dtype=torch.float64 if self.task == "multilabel" else torch.int64,
+                              device=self.device)
         n = 0
         probe_time = 0.0  # diagnostics are not part of the rule's cost: excluded from epoch_time
         start = time.perf_counter()
@@ -307,16 +397,22 @@ class Trainer:
             opt.step()
             rule.after_step(model)
             batch = yb.shape[0]
-            loss_sum += res.loss.double() * (1 if loss_fn.reduction == "sum" else batch)
-            correct += _accuracy_counts(res.output, yb, self.task)
+            if loss_part is None:
+                loss_part = torch.zeros((), dtype=res.loss.dtype, device=self.device)
+            loss_part.add_(res.loss, alpha=1 if summed else batch)
+            correct.add_(count_correct(res.output, yb))
             n += batch
             if self.step % 50 == 0:
+                loss_sum.add_(loss_part)
+                loss_part.zero_()
                 self._check(float(res.loss), f"epoch {self.epoch + 1}, step {self.step}")
                 if bar is not None and not bar.disable:
                     bar.update(min(n - bar.n, bar.total - bar.n))
                     bar.set_postfix(loss=f"{float(loss_sum) / n:.4g}",
                                     samples_s=f"{n / (time.perf_counter() - start):.0f}")
         elapsed = time.perf_counter() - start - probe_time
+        if loss_part is not None:
+            loss_sum.add_(loss_part)
         train_loss = float(loss_sum) / max(n, 1)
         self._check(train_loss, f"the end of epoch {self.epoch + 1}")
         return {"train_loss": train_loss, "train_accuracy": 100.0 * float(correct) / max(n, 1),
@@ -331,8 +427,11 @@ class Trainer:
             ckpt = self.run_dir / "checkpoint.pt"
             if resume and ckpt.exists():
                 self.load_checkpoint(ckpt)
-            elif not resume:
+            else:  # a fresh start, or a resume with nothing to resume from: no older lines kept
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+                (self.run_dir / "summary.json").unlink(missing_ok=True)
+                (self.run_dir / "model.pt").unlink(missing_ok=True)
+                (self.run_dir / "rule_state.pt").unlink(missing_ok=True)
             _atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
         status, message = "completed", ""
         try:
@@ -423,9 +522,15 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, *, config: TrainConfig | 
         from .data import load_dataset
 
         data = load_dataset(data, **{k: v for k, v in config.dataset_options().items() if v is not None})
-    if config["deterministic"]:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.manual_seed(config["seed"])
-    trainer = Trainer(model, rule, data, config, out=out)
-    return trainer.run(resume=resume)
+    from .jobs import check_run_dir, run_lock, runtime
+
+    with runtime(config):  # threads, determinism and denormal flushing, as run_job applies them
+        torch.manual_seed(config["seed"])
+        trainer = Trainer(model, rule, data, config, out=out)
+        if out is None:
+            return trainer.run(resume=resume)
+        run_dir = Path(out)
+        check_run_dir(run_dir, resume=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(run_dir):
+            return trainer.run(resume=resume)

@@ -111,8 +111,7 @@ def ensure_files(
     no_source = [f for f in missing if f.remote is None]
     if no_source:
         raise MissingDataError(_missing_message(spec, root, missing, "no download source known"))
-    try:
-        root.mkdir(parents=True, exist_ok=True)
+    try:  # no folder is created here: download() makes one once a server answers
         done: set[Remote] = set()
         for f in missing:
             if f.remote not in done:
@@ -120,7 +119,7 @@ def ensure_files(
                 done.add(f.remote)  # type: ignore[arg-type]
     except MissingDataError as exc:
         raise MissingDataError(_missing_message(spec, root, missing, str(exc))) from exc
-    except PermissionError as exc:
+    except OSError as exc:  # read-only root, or a file where a folder should be
         why = f"cannot write to {root}: {exc.strerror}"
         raise MissingDataError(_missing_message(spec, root, missing, why)) from exc
     found, missing = _locate(files, root)

@@ -82,9 +82,10 @@ class Split:
         perm = torch.randperm(n, generator=generator)
         if self.x.device.type != "cpu":
             perm = perm.to(self.x.device)
+        x, y = self.x, self.y
         for i in range(0, stop, bs):
             idx = perm[i : i + bs]
-            yield self.x[idx], self.y[idx]
+            yield x.index_select(0, idx), y.index_select(0, idx)
 
 
 @dataclass
@@ -136,16 +137,27 @@ def resolve_root(root: str | os.PathLike | None = None) -> pathlib.Path:
     """The data root: ``root`` if given, else ``$BIOPLAUSIBLE_DATA``, else the user cache.
 
     The cache is ``$XDG_CACHE_HOME/bioplausible`` when ``XDG_CACHE_HOME`` is set, otherwise
-    ``~/.cache/bioplausible``. The folder is not created here.
+    ``~/.cache/bioplausible``. The folder is not created here. A root that exists but is a file
+    or an unreadable folder is a :class:`ConfigError` naming where it came from.
     """
     if root is not None and str(root) != "":
-        return pathlib.Path(root).expanduser()
+        return _check_root(pathlib.Path(root).expanduser(), "the data root (root=/--data-root)")
     env = os.environ.get("BIOPLAUSIBLE_DATA", "")
     if env:
-        return pathlib.Path(env).expanduser()
+        return _check_root(pathlib.Path(env).expanduser(), "BIOPLAUSIBLE_DATA")
     cache = os.environ.get("XDG_CACHE_HOME", "")
     base = pathlib.Path(cache).expanduser() if cache else pathlib.Path.home() / ".cache"
-    return base / "bioplausible"
+    return _check_root(base / "bioplausible", "the data cache")
+
+
+def _check_root(path: pathlib.Path, source: str) -> pathlib.Path:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{source} {str(path)!r} is a file, not a folder; point it at the folder "
+                          f"that holds the datasets")
+    if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+        raise ConfigError(f"{source} {str(path)!r} cannot be read (permissions); fix them or choose "
+                          f"another data root")
+    return path
 
 
 def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -108,7 +108,6 @@ def download(
     """
     url = remote_url(remote, mirror)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f"{dest.name}.{os.getpid()}.part")
     md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     try:
@@ -118,6 +117,8 @@ def download(
             reason = getattr(exc, "reason", None) or exc
             raise MissingDataError(f"could not download {url}: {reason}") from exc
         with response:
+            # Folders are created only once the server answers: an offline attempt leaves nothing.
+            dest.parent.mkdir(parents=True, exist_ok=True)
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             got = 0

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
-import statistics
+import math
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig, _merge, yaml_load
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError, UnknownNameError, UserError
 
 _METRICS = {"test_accuracy", "best_test_accuracy", "train_accuracy", "test_loss", "train_loss",
             "val_accuracy", "test_auc", "grad_angle"}
@@ -66,8 +66,21 @@ def _preset_files() -> list[Any]:
     return sorted((f for f in folder.iterdir() if f.name.endswith(".yaml")), key=lambda f: f.name)
 
 
+_CHECK_FIELDS = {"max_gap": ("runs", "max"), "within": ("runs", "max"), "min_value": ("run", "min"),
+                 "within_paper": ("run", "tol")}
+
+
 def _parse(text: str, source: str) -> Preset:
-    raw = yaml_load(text) or {}
+    """A preset from YAML text; every malformed part is a ConfigError naming it, before any run."""
+    import yaml
+
+    try:
+        raw = yaml_load(text) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+        raise ConfigError(f"preset {source} is not valid YAML: {first}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"preset {source} must be a mapping with name, config and runs")
     required = ("name", "config", "runs")
     missing = [k for k in required if k not in raw]
     if missing:
@@ -76,17 +89,58 @@ def _parse(text: str, source: str) -> Preset:
     extra = sorted(set(raw) - known)
     if extra:
         raise ConfigError(f"preset {source} has unknown key {extra[0]!r}")
-    runs = {str(k): (dict(v) if isinstance(v, dict) else {"name": str(v)}) for k, v in raw["runs"].items()}
+    for key, kind in (("config", dict), ("runs", dict), ("scales", dict), ("paper_results", dict),
+                      ("checks", list), ("seeds", list)):
+        if raw.get(key) is not None and not isinstance(raw[key], kind):
+            raise ConfigError(f"preset {source}: {key} must be a {'mapping' if kind is dict else 'list'}, "
+                              f"got {raw[key]!r}")
+    if not raw["runs"]:
+        raise ConfigError(f"preset {source}: runs is empty")
+    runs = {}
+    for k, v in raw["runs"].items():
+        if not isinstance(v, (dict, str)):
+            raise ConfigError(f"preset {source}: run {k!r} must be a rule name or a mapping with name:")
+        runs[str(k)] = dict(v) if isinstance(v, dict) else {"name": v}
     for label, rule in runs.items():
-        if "name" not in rule:
+        if not isinstance(rule.get("name"), str):
             raise ConfigError(f"preset {source}: run {label!r} needs a rule name")
-    for check in raw.get("checks") or []:
-        if check.get("type") not in ("max_gap", "within", "min_value", "within_paper"):
-            raise ConfigError(f"preset {source}: unknown check type {check.get('type')!r}")
-    return Preset(name=raw["name"], title=raw.get("title", raw["name"]), paper=raw.get("paper", ""),
-                  config=raw["config"], runs=runs, seeds=list(raw.get("seeds", [0])),
-                  scales=dict(raw.get("scales") or {"full": {}}),
-                  paper_results=dict(raw.get("paper_results") or {}),
+        if rule.get("config") is not None and not isinstance(rule["config"], dict):
+            raise ConfigError(f"preset {source}: run {label!r}: config must be a mapping")
+    from ..jobs import check_seeds
+
+    seeds = check_seeds(raw.get("seeds", [0]), f"preset {source}: seeds")
+    scales = dict(raw.get("scales") or {"full": {}})
+    for scale, over in scales.items():
+        if over is not None and not isinstance(over, dict):
+            raise ConfigError(f"preset {source}: scale {scale!r} must be a mapping of overrides")
+        if over and "seeds" in over:
+            check_seeds(over["seeds"] if isinstance(over["seeds"], list) else [over["seeds"]],
+                        f"preset {source}: scales.{scale}.seeds")
+    for i, check in enumerate(raw.get("checks") or []):
+        if not isinstance(check, dict) or check.get("type") not in _CHECK_FIELDS:
+            kind = check.get("type") if isinstance(check, dict) else check
+            raise ConfigError(f"preset {source}: unknown check type {kind!r}; "
+                              f"use {', '.join(_CHECK_FIELDS)}")
+        run_key, bound = _CHECK_FIELDS[check["type"]]
+        named = check.get(run_key)
+        named = named if run_key == "runs" else [named]
+        if not (isinstance(named, list) and len(named) == (2 if run_key == "runs" else 1)
+                and all(str(r) in runs for r in named)):
+            raise ConfigError(f"preset {source}: check {i + 1} ({check['type']}): {run_key} must name "
+                              f"{'two runs' if run_key == 'runs' else 'a run'} of this preset, got {named!r}")
+        value = check.get(bound)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"preset {source}: check {i + 1} ({check['type']}) needs a number {bound}:")
+        if "metric" in check and check["metric"] not in _METRICS:
+            raise ConfigError(f"preset {source}: check {i + 1}: unknown metric {check['metric']!r}; "
+                              f"use {', '.join(sorted(_METRICS))}")
+    metric = (raw.get("paper_results") or {}).get("metric")
+    if metric is not None and metric not in _METRICS:
+        raise ConfigError(f"preset {source}: paper_results.metric {metric!r} is not one of "
+                          f"{', '.join(sorted(_METRICS))}")
+    return Preset(name=str(raw["name"]), title=str(raw.get("title", raw["name"])),
+                  paper=str(raw.get("paper", "")), config=raw["config"], runs=runs, seeds=seeds,
+                  scales=scales, paper_results=dict(raw.get("paper_results") or {}),
                   checks=list(raw.get("checks") or []), source=source)
 
 
@@ -108,7 +162,11 @@ def get_preset(name: str) -> Preset:
         path = Path(name)
         if not path.is_file():
             raise UnknownNameError(f"preset file {str(path)!r} does not exist")
-        return _parse(path.read_text(), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"preset file {str(path)!r} is not a text (YAML) file") from None
+        return _parse(text, str(path))
     presets = _all()
     if name not in presets:
         import difflib
@@ -119,23 +177,8 @@ def get_preset(name: str) -> Preset:
     return presets[name]
 
 
-def _metric(summary: dict[str, Any], metric: str) -> float | None:
-    if metric == "best_test_accuracy":
-        return summary.get("best_test_accuracy")
-    if metric == "grad_angle":
-        return summary.get("grad_angle_mean")
-    return (summary.get("final") or {}).get(metric)
-
-
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
 def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Evaluate the preset's checks on per-run statistics ``{label: {metric: (mean, std)}}``."""
+    """Evaluate the preset's checks on per-run statistics ``{label: {metric: (mean, std[, n])}}``."""
     results = []
     for check in preset.checks:
         metric = check.get("metric", preset.paper_results.get("metric", "test_accuracy"))
@@ -168,57 +211,38 @@ def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]]) -> list[di
 
 
 def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
-               progress: bool = True, seeds: list[int] | None = None) -> dict[str, Any]:
-    """Train every run of preset ``name`` at ``scale`` with every seed; write and return a report."""
-    from ..data import load_dataset
-    from ..models import build_model
-    from ..train import Trainer
+               progress: bool = True, seeds: list[int] | None = None, workers: int = 1) -> dict[str, Any]:
+    """Train every run of preset ``name`` at ``scale`` with every seed; write and return a report.
+
+    ``workers > 1`` runs the jobs in that many worker processes (one torch thread each).
+
+    ``plan`` + ``run_job`` per job + ``aggregate`` + the report; every job is checked (configs,
+    rules, model, data, ``out``) before the first one trains.
+    """
+    from ..jobs import aggregate, check_jobs, plan, run_jobs, statuses
 
     preset = get_preset(name)
-    config, preset_seeds = preset.resolved(scale)
-    seeds = seeds or preset_seeds
-    ds = config["dataset"]
-    data = load_dataset(ds["name"], **{k: v for k, v in config.dataset_options().items() if v is not None})
-    # Validate every run's rule and the model before any training starts or anything is written.
-    from ..registry import make
-
-    for run in preset.runs.values():
-        make(run["name"], **{k: v for k, v in run.items() if k not in ("name", "config")})
-        config.updated(run.get("config") or {})  # a run's own config overrides must be valid too
-    build_model(config["model"]["spec"], input_shape=data.info.input_shape,
-                num_classes=data.info.num_classes, **config.model_options())
     out_dir = Path(out or Path("runs") / f"reproduce-{preset.name}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}")
-    summaries: dict[str, list[dict[str, Any]]] = {}
-    run_dirs: list[tuple[str, Path]] = []
-    for label, run in preset.runs.items():
-        rule = {k: v for k, v in run.items() if k != "config"}
-        for seed in seeds:
-            cfg = config.updated(run.get("config") or {}).updated(
-                {"rule": rule, "seed": seed, "progress": progress})
-            import torch
-
-            torch.manual_seed(seed)
-            model = build_model(cfg["model"]["spec"], input_shape=data.info.input_shape,
-                                num_classes=data.info.num_classes, **cfg.model_options())
-            run_dir = out_dir / f"{label}-seed{seed}"
-            result = Trainer(model, rule["name"], data, cfg, out=run_dir, progress=progress).run()
-            summaries.setdefault(label, []).append(result.summary)
-            run_dirs.append((label, run_dir))
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"output directory {str(out_dir)!r} already exists; choose another --out")
+    jobs = plan(preset, scale, seeds=seeds, out=out_dir)
+    check_jobs(jobs)
+    summaries = run_jobs(jobs, workers=workers, progress=progress)
     metrics = sorted({preset.paper_results.get("metric", "test_accuracy"), "test_accuracy",
                       "best_test_accuracy", "grad_angle"})
-    stats = {label: {m: _mean_std([_metric(s, m) for s in sums]) for m in metrics}
-             for label, sums in summaries.items()}
-    statuses = {label: sorted({s["status"] for s in sums}) for label, sums in summaries.items()}
+    stats = aggregate(summaries, metrics)
     checks = evaluate_checks(preset, stats)
+    config, _ = preset.resolved(scale)
     report = {"preset": preset.name, "title": preset.title, "paper": preset.paper, "scale": scale,
-              "seeds": seeds, "config": config.to_dict(), "stats": stats, "status": statuses,
+              "seeds": sorted({j.seed for j in jobs}, key=[j.seed for j in jobs].index),
+              "config": config.to_dict(), "stats": stats, "status": statuses(summaries),
               "paper_results": preset.paper_results, "checks": checks,
-              "runs": [{"label": lb, "dir": str(d)} for lb, d in run_dirs]}
+              "runs": [{"label": j.label, "dir": j.run_dir, "seed": j.seed} for j in jobs]}
     (out_dir / "reproduce.json").write_text(json.dumps(report, indent=2, default=str))
     (out_dir / "reproduce.md").write_text(format_report(report) + "\n")
     from ..report import load_run, plot_curves
 
-    plot_curves([load_run(d, f"{lb} (seed {d.name.rsplit('seed', 1)[-1]})") for lb, d in run_dirs],
+    plot_curves([load_run(j.run_dir, f"{j.label} (seed {j.seed})") for j in jobs],
                 out_dir / "curves.png", preset.title)
     report["out_dir"] = str(out_dir)
     return report
@@ -232,8 +256,8 @@ def format_report(report: dict[str, Any]) -> str:
              f"| run | ours: {metric} (mean ± std) | paper | angle to BP (°) | status |",
              "|---|---|---|---|---|"]
     for label, st in report["stats"].items():
-        m, s = st.get(metric, (None, None))
-        ang = st.get("grad_angle", (None, None))[0]
+        m, s = tuple(st.get(metric, (None, None)))[:2]
+        ang = next(iter(st.get("grad_angle", (None, None))))
         ours = "–" if m is None else f"{m:.2f} ± {s:.2f}"
         paper = values.get(label)
         lines.append(f"| {label} | {ours} | {'–' if paper is None else paper} | "

@@ -38,6 +38,14 @@ def init_weights(model: nn.Module, init: str = "default", generator: torch.Gener
     if init in (None, "default"):
         return
     kind, _, arg = str(init).partition(":")
+    if kind not in ("xavier", "normal", "uniform") or (kind == "xavier" and arg):
+        raise ConfigError(f"unknown init {init!r}; use default, xavier, normal:STD or uniform:A")
+    try:
+        scale = float(arg or 0.05)
+    except ValueError:
+        scale = float("nan")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ConfigError(f"init {init!r}: the scale after ':' must be a positive number, e.g. {kind}:0.05")
     for m in model.modules():
         if not isinstance(m, (nn.Linear, nn.Conv2d)):
             continue
@@ -47,10 +55,9 @@ def init_weights(model: nn.Module, init: str = "default", generator: torch.Gener
                 a = math.sqrt(6.0 / (fan_in + fan_out))
                 m.weight.uniform_(-a, a, generator=generator)
             elif kind == "normal":
-                m.weight.normal_(0.0, float(arg or 0.05), generator=generator)
+                m.weight.normal_(0.0, scale, generator=generator)
             elif kind == "uniform":
-                a = float(arg or 0.05)
-                m.weight.uniform_(-a, a, generator=generator)
+                m.weight.uniform_(-scale, scale, generator=generator)
             else:
                 raise ConfigError(f"unknown init {init!r}; use default, xavier, normal:STD or uniform:A")
             if m.bias is not None:

@@ -21,7 +21,6 @@ For Conv2d the feedback signal is the transposed convolution with ``B_eff`` as k
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 from torch.nn.grad import conv2d_input, conv2d_weight

@@ -32,7 +32,10 @@ literal Euler steps (same numbers up to rounding); ``"fixed_point"`` jumps to th
 in one backward sweep — BP (or FA for random ψ) — which *changes results* by O((1−η_x)^K).
 
 ``graph=True`` relaxes every node of any fx-traceable model with local vector-Jacobian
-products (App. A, :mod:`.ar_graph`); it supports the transpose with derivatives only.
+products (App. A, :mod:`.ar_graph`); it supports the transpose with derivatives only. There
+the closed form (:mod:`.ar_graph_closed`, default) evaluates the K steps as a polynomial in the
+graph's transposed Jacobian; batch-mean losses relax per-example errors (``N·∂loss/∂out``)
+and divide the weight update by ``N``.
 
 ψ lives on the model as a parameter ``feedback`` of each ``nn.Linear`` except the first (the
 input is never relaxed, so ψ_0 would never be used), in W's ``(out, in)`` layout, drawn from
@@ -67,11 +70,6 @@ VARIANTS: dict[str, tuple[str, bool]] = {
 }
 
 
-def _choice(config: dict[str, Any], key: str, accepted: tuple[str, ...]) -> None:
-    if config[key] not in accepted:
-        raise ConfigError(f"ar option {key}={config[key]!r} is not valid; accepted: {', '.join(accepted)}")
-
-
 @register("ar")
 class ActivationRelaxation(Rule):
     family = "circuit"
@@ -80,7 +78,7 @@ class ActivationRelaxation(Rule):
     defaults: ClassVar[dict[str, Any]] = {
         "relax_steps": 100,           # K, Euler steps of the relaxation phase
         "eta_x": 0.1,                 # η_x in (0, 1]
-        "solver": "closed_form",      # closed_form | loop | fixed_point (graph mode: loop)
+        "solver": "closed_form",      # closed_form | loop | fixed_point (graph mode too)
         "sweep": "gauss_seidel",      # gauss_seidel (code) | jacobi (paper)
         "backward_weights": "transpose",  # transpose | random (fixed ψ) | learned (eq 6)
         "derivative": True,           # keep f′ in the relaxation (False: eq 7)
@@ -109,8 +107,8 @@ class ActivationRelaxation(Rule):
                 f"ar option eta_x must be in (0, 1], got {eta!r} (each Euler step keeps "
                 "(1 − eta_x) of a unit's value; the paper uses 0.1)")
         c["eta_x"] = float(eta)
-        _choice(c, "solver", SOLVERS)
-        _choice(c, "sweep", SWEEPS)
+        self.check_choice("solver", SOLVERS)
+        self.check_choice("sweep", SWEEPS)
         if c["variant"] is not None:
             if c["variant"] not in VARIANTS:
                 raise ConfigError(f"ar option variant={c['variant']!r} is not valid; accepted: "
@@ -121,10 +119,9 @@ class ActivationRelaxation(Rule):
                     raise ConfigError(f"ar variant {c['variant']!r} means {key}={value!r}, "
                                       f"which contradicts {key}={c[key]!r}; give only one")
                 c[key] = value
-        _choice(c, "backward_weights", BACKWARD_WEIGHTS)
+        self.check_choice("backward_weights", BACKWARD_WEIGHTS)
         for key in ("derivative", "weight_derivative", "graph"):
-            if not isinstance(c[key], bool):
-                raise ConfigError(f"ar option {key} must be true or false, got {c[key]!r}")
+            self.check_bool(key)
         std = c["feedback_std"]
         if isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0:
             raise ConfigError(f"ar option feedback_std must be > 0, got {std!r}")
@@ -132,16 +129,11 @@ class ActivationRelaxation(Rule):
         if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float))
                                 or not thr > 0):
             raise ConfigError(f"ar option divergence_threshold must be > 0 or null, got {thr!r}")
-        if c["graph"]:
-            if c["backward_weights"] != "transpose" or not c["derivative"] or not c["weight_derivative"]:
-                raise ConfigError("ar graph mode relaxes with each node's exact local "
-                                  "vector-Jacobian product; it supports backward_weights="
-                                  "'transpose' with derivative=true and weight_derivative=true only")
-            if c["solver"] == "closed_form":
-                if "solver" in self._explicit:
-                    raise ConfigError("ar graph mode has no closed form; use solver='loop' "
-                                      "(the default there) or 'fixed_point'")
-                c["solver"] = "loop"
+        if c["graph"] and (c["backward_weights"] != "transpose" or not c["derivative"]
+                           or not c["weight_derivative"]):
+            raise ConfigError("ar graph mode relaxes with each node's exact local "
+                              "vector-Jacobian product; it supports backward_weights="
+                              "'transpose' with derivative=true and weight_derivative=true only")
 
     # ------------------------------------------------------------------ model
     def _layout(self, model: nn.Module) -> MLPLayout:

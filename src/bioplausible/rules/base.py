@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -167,7 +168,36 @@ class Rule:
 
     # ------------------------------------------------------------------ hooks
     def validate(self) -> None:
-        """Check ``self.config``; raise ConfigError with a clear message on bad values."""
+        """Check ``self.config``; raise ConfigError with a clear message on bad values.
+
+        Use :meth:`check_choice`, :meth:`check_number` and :meth:`check_bool` (one way of
+        validating, one style of message for every rule).
+        """
+
+    # ------------------------------------------------------------- validation
+    def check_choice(self, key: str, choices) -> None:
+        """``config[key]`` must be one of ``choices``."""
+        value = self.config[key]
+        if value not in choices:
+            raise ConfigError(f"rule {self.name!r}: {key}={value!r} is not valid; accepted: "
+                              f"{', '.join(str(c) for c in choices)}")
+
+    def check_number(self, key: str, low: float, high: float = math.inf, integer: bool = False,
+                     positive: bool = False) -> None:
+        """``config[key]`` must be a finite number (an int if ``integer``) in [low, high]
+        (> low if ``positive``)."""
+        value = self.config[key]
+        ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+        ok = ok and (value > low if positive else value >= low) and value <= high
+        if not ok:
+            what = "an integer" if integer else "a finite number"
+            limits = f"{'>' if positive else '>='} {low}" + (f" and <= {high}" if high < math.inf else "")
+            raise ConfigError(f"rule {self.name!r}: {key} must be {what} {limits}; got {value!r}")
+
+    def check_bool(self, key: str) -> None:
+        if not isinstance(self.config[key], bool):
+            raise ConfigError(f"rule {self.name!r}: {key} must be true or false; got {self.config[key]!r}")
 
     def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
         """Return the model this rule trains (the same module or a converted copy).
@@ -187,12 +217,22 @@ class Rule:
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> StepResult:
         """Fill ``.grad`` of every trained tensor for the batch ``(x, y)`` (default: backprop)."""
-        for p in model.parameters():
+        for p in self._parameters_of(model):
             p.grad = None
         output = model(x)
         loss = loss_fn(output, y)
         loss.backward()
         return StepResult(loss.detach(), output.detach())
+
+    def _parameters_of(self, model: nn.Module) -> list[torch.Tensor]:
+        """``list(model.parameters())``, cached per model (walking the modules costs more than
+        a batch-1 step's arithmetic); refreshed when the model's parameter count changes."""
+        cache = self.__dict__.setdefault("_param_cache", {})
+        hit = cache.get(id(model))
+        if hit is None or hit[0] is not model or hit[2] != len(model._parameters) + len(model._modules):
+            params = list(model.parameters())
+            hit = cache[id(model)] = (model, params, len(model._parameters) + len(model._modules))
+        return hit[1]
 
     def after_step(self, model: nn.Module) -> None:
         """Called after the optimizer step (weight mirroring, transpose-feedback copies, ...)."""

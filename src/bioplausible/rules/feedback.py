@@ -44,9 +44,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import ConfigError
 from ..nn.convert import feedback_layers, swap_layers
 from ..nn.layers import FEEDBACK_INITS, init_feedback
+from ..nn.mirror import mirror_update
 from ..nn.pathway import (
     SCALES,
     FeedbackPathway,
@@ -56,28 +56,8 @@ from ..nn.pathway import (
     Streams,
     draw_magnitudes,
 )
-from ..nn.mirror import mirror_update
 from ..registry import register
 from .base import FeedbackPair, Rule
-
-
-def _check_choice(rule: Rule, key: str, choices) -> None:
-    value = rule.config[key]
-    if value not in choices:
-        raise ConfigError(f"rule {rule.name!r}: {key} must be one of "
-                          f"{', '.join(repr(c) for c in choices)}; got {value!r}")
-
-
-def _check_number(rule: Rule, key: str, low: float, high: float = float("inf"),
-                  integer: bool = False, positive: bool = False) -> None:
-    """``key`` must be a number (an int if ``integer``) in [low, high] (> low if ``positive``)."""
-    value = rule.config[key]
-    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
-    ok = ok and (value > low if positive else value >= low) and value <= high
-    if not ok:
-        what = "an integer" if integer else "a number"
-        limits = f"{'>' if positive else '>='} {low}" + (f" and <= {high}" if high < float("inf") else "")
-        raise ConfigError(f"rule {rule.name!r}: {key} must be {what} {limits}; got {value!r}")
 
 
 class FeedbackRule(Rule):
@@ -92,9 +72,9 @@ class FeedbackRule(Rule):
 
     def validate(self) -> None:
         if "feedback_init" in self.config:
-            _check_choice(self, "feedback_init", FEEDBACK_INITS)
+            self.check_choice("feedback_init", FEEDBACK_INITS)
         if "scale" in self.config:
-            _check_choice(self, "scale", SCALES)
+            self.check_choice("scale", SCALES)
 
     def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
         device = next(iter(model.parameters()), torch.empty(0)).device
@@ -189,11 +169,9 @@ class KolenPollack(FeedbackRule):
 
     def validate(self) -> None:
         super().validate()
-        _check_number(self, "decay", 0.0)
-        if not isinstance(self.config["learn_unused"], bool):
-            raise ConfigError(f"rule 'kp': learn_unused must be true or false; "
-                              f"got {self.config['learn_unused']!r}")
-        _check_choice(self, "decay_in", ("backward", "optimizer"))
+        self.check_number("decay", 0.0)
+        self.check_bool("learn_unused")
+        self.check_choice("decay_in", ("backward", "optimizer"))
 
     learns_feedback = True
 
@@ -255,12 +233,12 @@ class WeightMirror(FeedbackRule):
 
     def validate(self) -> None:
         super().validate()
-        _check_number(self, "mirror_lr", 0.0, positive=True)
-        _check_number(self, "mirror_decay", 0.0, 1.0)
-        _check_number(self, "mirror_noise", 0.0, positive=True)
+        self.check_number("mirror_lr", 0.0, positive=True)
+        self.check_number("mirror_decay", 0.0, 1.0)
+        self.check_number("mirror_noise", 0.0, positive=True)
         for key in ("mirror_batch", "mirror_every", "mirror_steps"):
-            _check_number(self, key, 1, integer=True)
-        _check_number(self, "mirror_warmup", 0, integer=True)
+            self.check_number(key, 1, integer=True)
+        self.check_number("mirror_warmup", 0, integer=True)
 
     def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
         model = super().prepare(model, example)

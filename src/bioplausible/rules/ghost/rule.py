@@ -229,6 +229,11 @@ class GhostRule(Rule):
         return super().to(device, dtype)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        owned = state.get("owned")
+        if owned is not None:  # checkpoints written before the Fig. 4 trace buffers existed
+            current = self.owned.state_dict()
+            missing = {k: v for k, v in current.items() if k.startswith("diag.") and k not in owned}
+            state = {**state, "owned": {**owned, **missing}}
         super().load_state_dict(state)
         self._steps = int(state.get("ghost_steps", 0))
         self._version += 1

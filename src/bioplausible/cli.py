@@ -318,7 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory of a bfa training run")
     p.add_argument("--out", help="PNG path (default: RUN_DIR/generated.png)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("ghost-diagnostics", help="plot a ghost-unit run's Figs 3-5 diagnostics")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="PNG path (default: RUN_DIR/ghost_diagnostics.png)")
+    p.set_defaults(func=cmd_ghost_diagnostics)
     return parser
+
+
+def cmd_ghost_diagnostics(args: argparse.Namespace) -> int:
+    from .rules.ghost.diagnostics import plot_ghost_diagnostics
+
+    print(plot_ghost_diagnostics(args.run_dir, args.out))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,7 @@
+"""Ghost units (Mesnard et al. 2019): rules ``ghost-ma``, ``ghost-ma-prime``, ``ghost-mb`` (spec §3)."""
+
+from __future__ import annotations
+
+from .models import GhostMA, GhostMAPrime, GhostMB
+
+__all__ = ["GhostMA", "GhostMAPrime", "GhostMB"]

@@ -33,7 +33,10 @@ def _fmt(ms: tuple, digits: int = 2) -> str:
 
 
 def _num(value: Any, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:+.{digits}f}" if digits < 0 else f"{value:.{digits}f}"
+    """``digits < 0``: a signed number with ``-digits`` decimals (a difference)."""
+    if value is None:
+        return "–"
+    return f"{value:+.{-digits}f}" if digits < 0 else f"{value:.{digits}f}"
 
 
 def collect(base: str | os.PathLike) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:

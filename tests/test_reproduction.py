@@ -1,0 +1,70 @@
+"""reproduce --all (#22): every registered preset as a resumable sweep, one REPRODUCTION.md."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+import bioplausible.experiments as experiments
+from bioplausible.cli import main
+
+TINY = """
+name: {name}
+title: Tiny {name}
+paper: "Nobody 2024, Table 1"
+config:
+  dataset: {{name: mnist}}
+  model: {{spec: "mlp:784-16-10"}}
+  epochs: 3
+  batch_size: 40
+  probe_every: 3
+runs: {{bp: {{name: bp}}, fa: {{name: fa}}}}
+seeds: [0, 1, 2, 3]
+scales: {{quick: {{epochs: 1}}, full: {{}}}}
+paper_results: {{metric: test_accuracy, values: {{bp: 90.0, fa: 85.5, sal: 91.0}}, note: "made up"}}
+checks:
+  - {{type: min_value, metric: test_accuracy, run: bp, min: 0}}
+  - {{type: min_value, metric: test_accuracy, run: fa, min: 101}}
+"""
+
+
+@pytest.fixture
+def tiny_presets(tmp_path, monkeypatch):
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    for name in ("tiny-a", "tiny-b", "tiny-c"):
+        (folder / f"{name}.yaml").write_text(TINY.format(name=name))
+    monkeypatch.setattr(experiments, "_preset_files", lambda: sorted(folder.glob("*.yaml")))
+    return folder
+
+
+def test_reproduce_all_writes_one_markdown_with_paper_and_ours(synthetic_root, tiny_presets, tmp_path, capsys):
+    md, out = tmp_path / "REPRODUCTION.md", tmp_path / "runs"
+    args = ["reproduce", "--all", "--skip", "tiny-c", "--scale", "quick", "--seeds", "0,1,2",
+            "--out", str(out), "--markdown", str(md)]
+    assert main(args) == 0
+    text = md.read_text()
+    assert "## Tiny tiny-a" in text and "## Tiny tiny-b" in text and "## Tiny tiny-c" not in text
+    assert "`bioplausible reproduce tiny-a --scale quick --seeds 0,1,2`" in text
+    assert "bioplausible reproduce --all --scale quick --skip tiny-c --seeds 0,1,2" in text
+    vals = [json.loads((out / "tiny-a" / f"fa-seed{s}" / "summary.json").read_text())["final"]["test_accuracy"]
+            for s in (0, 1, 2)]
+    mean = statistics.fmean(vals)
+    assert f"| fa | {mean:.2f} ± {statistics.stdev(vals):.2f} (n=3) | 85.50 | {mean - 85.5:+.2f} |" in text
+    assert "| sal | not run" in text  # a paper value without a run is shown, not dropped
+    assert "[pass] test_accuracy of bp" in text and "[FAIL] test_accuracy of fa" in text
+    assert "2/4 checks passed" in text
+    # a second launch runs nothing again
+    stamp = (out / "tiny-a" / "bp-seed0" / "summary.json").stat().st_mtime_ns
+    assert main(args + ["--only", "tiny-a", "--strict"]) == 1  # --strict: the failed check sets the status
+    assert (out / "tiny-a" / "bp-seed0" / "summary.json").stat().st_mtime_ns == stamp
+    assert "6/6 done (6 skipped)" in capsys.readouterr().err
+
+
+def test_only_and_skip_name_real_presets(tiny_presets, capsys):
+    assert main(["reproduce", "--all", "--only", "tiny-x"]) == 2
+    assert "unknown preset 'tiny-x'" in capsys.readouterr().err
+    assert main(["reproduce", "--all", "--only", "tiny-a", "--skip", "tiny-a"]) == 2
+    assert main(["reproduce"]) == 2

@@ -9,6 +9,13 @@ extrapolated to an epoch (reported as such). Medians over repetitions.
     BIOPLAUSIBLE_DATA=../shared/datasets python benchmarks/bench_ar.py [--reps 7]
 
 Writes ``benchmarks/results/ar_speed.json`` and ``ar_speed.md``.
+
+``--graph`` times graph mode instead (issue 20): LeNet-5 on CIFAR-10 and a small 2-block
+ResNet without BatchNorm (:class:`SmallResNet`), batch 64, K = 100, η_x = 0.1, cross-entropy,
+float32, one thread; contenders BP, the graph closed form (default solver), the literal loop
+(fewer batches per block, per-batch time) and the fixed point. Each timed block restarts from
+the initial weights (SGD at lr 1e-3): at K = 100, η_x = 0.1 these deep graphs are far from
+converged and several steps in a row blow the weights up. Writes ``ar_graph_speed.*``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import bioplausible as bp
 from bioplausible.losses import get_loss
@@ -63,6 +72,110 @@ def time_block(rule, model, opt, batches, loss) -> float:
     return (time.perf_counter() - t0) / len(batches)
 
 
+class SmallResNet(nn.Module):
+    """Conv3x3-16 stem, two residual blocks (conv-relu-conv + identity, relu), max-pool 2,
+    global average pool, linear: the issue's "small 2-block ResNet without BatchNorm"."""
+
+    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(4))
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.stem(x))
+        for b in range(2):
+            h = F.relu(self.convs[2 * b + 1](F.relu(self.convs[2 * b](h))) + h)
+        h = F.adaptive_avg_pool2d(F.max_pool2d(h, 2), 1)
+        return self.fc(torch.flatten(h, 1))
+
+
+def load_cifar(n: int, batch: int, seed: int = 0):
+    """``n`` batches of CIFAR-10 (real if ``load_dataset`` finds it, else random tensors)."""
+    try:
+        data = bp.load_dataset("cifar10", download=False)
+        x_all, y_all, source = data.train.x, data.train.y, "CIFAR-10 train split (real data)"
+    except Exception as exc:  # noqa: BLE001 - any data problem falls back to random tensors
+        g = torch.Generator().manual_seed(seed)
+        x_all = torch.randn(50000, 3, 32, 32, generator=g)
+        y_all = torch.randint(0, 10, (50000,), generator=g)
+        source = f"random tensors of CIFAR-10's shape ({type(exc).__name__}: {exc})"
+    perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed))
+    return ([(x_all[perm[i * batch:(i + 1) * batch]].contiguous(), y_all[perm[i * batch:(i + 1) * batch]])
+             for i in range(n)], source, len(x_all))
+
+
+def graph_main(args) -> None:
+    """Graph-mode rows: BP vs the closed form, the loop and the fixed point (issue 20)."""
+    from bioplausible.models import LeNet5
+    from bioplausible.rules.ar_graph import _run_forward, trace_model
+    from bioplausible.rules.ar_graph_closed import distances_below
+
+    batch, steps, eta = 64, 100, 0.1
+    batches, source, _ = load_cifar(args.batches, batch)
+    loss = get_loss("cross_entropy")
+    builders = {"lenet5_cifar10": lambda: LeNet5(input_shape=(3, 32, 32)),
+                "resnet2_nobn_cifar10": SmallResNet}
+    options = {"bp": ("bp", {}),
+               "ar_graph_closed_form": ("ar", {"graph": True, "relax_steps": steps, "eta_x": eta}),
+               "ar_graph_loop": ("ar", {"graph": True, "relax_steps": steps, "eta_x": eta,
+                                        "solver": "loop"}),
+               "ar_graph_fixed_point": ("ar", {"graph": True, "solver": "fixed_point"})}
+    result = {"batch_size": batch, "relax_steps": steps, "eta_x": eta, "loss": "cross_entropy",
+              "sweep": "gauss_seidel", "dtype": "float32", "threads": args.threads, "reps": args.reps,
+              "data": source, "torch": torch.__version__,
+              "machine": platform.processor() or platform.machine(), "models": {}}
+    lines = ["# Activation relaxation in graph mode vs BP: time per training step", "",
+             (f"Batch {batch}, K = {steps}, η_x = {eta}, cross_entropy, Gauss-Seidel sweep, SGD, "
+              f"float32, {args.threads} thread(s), torch {torch.__version__}. Data: {source}. Median "
+              f"of {args.reps} round-robin repetitions in one process; BP, closed form and fixed "
+              f"point time {args.batches} batches per block, the loop {args.loop_batches}."), ""]
+    for model_name, build in builders.items():
+        runs = {}
+        for key, (rule_name, opts) in options.items():
+            torch.manual_seed(0)
+            model = build()
+            rule = bp.make(rule_name, **opts)
+            model = rule.prepare(model)
+            runs[key] = (rule, model, torch.optim.SGD(rule.param_groups(model, lr=1e-3)))
+        # at K = 100, η_x = 0.1 these graphs (12 and 18 nodes deep) are far from converged and
+        # their AR updates blow the weights up within a few SGD steps; every block therefore
+        # restarts from the initial weights (outside the timed region), so all contenders time
+        # the same well-conditioned steps
+        initial = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, (_, m, _) in runs.items()}
+        nodes, _ = _run_forward(trace_model(runs["ar_graph_loop"][1]), batches[0][0])
+        depth = max(max(s) for s in distances_below(nodes)) + 1
+        blocks = {k: (batches[: args.loop_batches] if k == "ar_graph_loop" else batches) for k in runs}
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for rep in range(args.reps + 1):  # the first round is a warm-up
+            for k, (rule, model, opt) in runs.items():
+                model.load_state_dict(initial[k])
+                t = time_block(rule, model, opt, blocks[k][:2] if rep == 0 else blocks[k], loss)
+                if rep:
+                    times[k].append(t)
+        per_batch = {k: statistics.median(v) for k, v in times.items()}
+        result["models"][model_name] = {
+            "relaxed_nodes": len(nodes), "longest_chain_nodes": depth,
+            "per_batch_ms": {k: v * 1e3 for k, v in per_batch.items()},
+            "ratio_to_bp": {k: v / per_batch["bp"] for k, v in per_batch.items()},
+            "loop_over_closed_form": per_batch["ar_graph_loop"] / per_batch["ar_graph_closed_form"],
+            "all_times_ms": {k: [t * 1e3 for t in v] for k, v in times.items()},
+        }
+        r = result["models"][model_name]
+        lines += [f"## {model_name} ({len(nodes)} relaxed nodes, longest chain {depth})", "",
+                  "| contender | ms / batch | × BP |", "|---|---|---|"]
+        lines += [f"| {k} | {r['per_batch_ms'][k]:.1f} | {r['ratio_to_bp'][k]:.2f} |" for k in runs]
+        lines += ["", f"Loop / closed form: {r['loop_over_closed_form']:.1f}×.", ""]
+    command = ("Command: `BIOPLAUSIBLE_DATA=../shared/datasets OMP_NUM_THREADS=1 python "
+               f"benchmarks/bench_ar.py --graph --reps {args.reps} --batches {args.batches} "
+               f"--loop-batches {args.loop_batches}`")
+    lines += [command, ""]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ar_graph_speed.json").write_text(json.dumps(result, indent=1))
+    (args.out / "ar_graph_speed.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=7)
@@ -70,8 +183,12 @@ def main() -> None:
     ap.add_argument("--loop-batches", type=int, default=20, help="batches per timed block (loop)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--graph", action="store_true", help="time graph mode (LeNet-5, small ResNet)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.graph:
+        graph_main(args)
+        return
     batch, steps, eta = 64, 100, 0.1
     batches, source, n_train = load_batches(args.batches, batch)
     loss = get_loss("mse_sum")

@@ -316,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*")
     p.add_argument("--root", help="dataset root (default: $BIOPLAUSIBLE_DATA, then the user cache)")
     p.set_defaults(func=cmd_data)
+
+    def cmd_generate(args: argparse.Namespace) -> int:
+        from .rules.bidirectional.generate import render_run
+
+        print(render_run(args.run_dir, args.out))
+        return 0
+
+    p = sub.add_parser("generate", help="BFA: render the generative network's image for each label (PNG)")
+    p.add_argument("run_dir", help="run directory of a bfa training run")
+    p.add_argument("--out", help="PNG path (default: RUN_DIR/generated.png)")
+    p.set_defaults(func=cmd_generate)
     return parser
 
 

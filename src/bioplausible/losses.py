@@ -12,6 +12,7 @@ name                      value for outputs ``o`` and targets ``t``   used by
 ``mse_half_sum``          ½ Σ_n Σ_k (o − t)²                           node perturbation
 ``cross_entropy``         (1/N) Σ_n −log softmax(o)_y                  classification
 ``bce``                   mean sigmoid binary cross-entropy            multi-label, NP AE
+``bce_sum``               Σ_n Σ_k sigmoid BCE (gradient σ(o) − t)      BFA/BDFA authors' code
 ========================  ==========================================  =======================
 
 Class-index targets are turned into one-hot vectors for the MSE and BCE losses.
@@ -120,6 +121,16 @@ def _cross_entropy(o, t):
 @_add("bce", "mean sigmoid binary cross-entropy (logits in, one-hot or multi-label targets)", _bce_samples)
 def _bce(o, t):
     return F.binary_cross_entropy_with_logits(o, _dense_targets(o, t))
+
+
+def _bce_sum_samples(o, t):
+    per = F.binary_cross_entropy_with_logits(o, _dense_targets(o, t), reduction="none")
+    return per.reshape(o.shape[0], -1).sum(1)
+
+
+@_add("bce_sum", "sum over batch and units of sigmoid binary cross-entropy", _bce_sum_samples, "sum")
+def _bce_sum(o, t):
+    return F.binary_cross_entropy_with_logits(o, _dense_targets(o, t), reduction="sum")
 
 
 def get_loss(name: str | Loss) -> Loss:

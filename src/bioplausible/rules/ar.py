@@ -32,7 +32,10 @@ literal Euler steps (same numbers up to rounding); ``"fixed_point"`` jumps to th
 in one backward sweep — BP (or FA for random ψ) — which *changes results* by O((1−η_x)^K).
 
 ``graph=True`` relaxes every node of any fx-traceable model with local vector-Jacobian
-products (App. A, :mod:`.ar_graph`); it supports the transpose with derivatives only.
+products (App. A, :mod:`.ar_graph`); it supports the transpose with derivatives only. There
+the closed form (:mod:`.ar_graph_closed`, default) evaluates the K steps as a polynomial in the
+graph's transposed Jacobian; batch-mean losses relax per-example errors (``N·∂loss/∂out``)
+and divide the weight update by ``N``.
 
 ψ lives on the model as a parameter ``feedback`` of each ``nn.Linear`` except the first (the
 input is never relaxed, so ψ_0 would never be used), in W's ``(out, in)`` layout, drawn from
@@ -75,7 +78,7 @@ class ActivationRelaxation(Rule):
     defaults: ClassVar[dict[str, Any]] = {
         "relax_steps": 100,           # K, Euler steps of the relaxation phase
         "eta_x": 0.1,                 # η_x in (0, 1]
-        "solver": "closed_form",      # closed_form | loop | fixed_point (graph mode: loop)
+        "solver": "closed_form",      # closed_form | loop | fixed_point (graph mode too)
         "sweep": "gauss_seidel",      # gauss_seidel (code) | jacobi (paper)
         "backward_weights": "transpose",  # transpose | random (fixed ψ) | learned (eq 6)
         "derivative": True,           # keep f′ in the relaxation (False: eq 7)
@@ -126,16 +129,11 @@ class ActivationRelaxation(Rule):
         if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float))
                                 or not thr > 0):
             raise ConfigError(f"ar option divergence_threshold must be > 0 or null, got {thr!r}")
-        if c["graph"]:
-            if c["backward_weights"] != "transpose" or not c["derivative"] or not c["weight_derivative"]:
-                raise ConfigError("ar graph mode relaxes with each node's exact local "
-                                  "vector-Jacobian product; it supports backward_weights="
-                                  "'transpose' with derivative=true and weight_derivative=true only")
-            if c["solver"] == "closed_form":
-                if "solver" in self._explicit:
-                    raise ConfigError("ar graph mode has no closed form; use solver='loop' "
-                                      "(the default there) or 'fixed_point'")
-                c["solver"] = "loop"
+        if c["graph"] and (c["backward_weights"] != "transpose" or not c["derivative"]
+                           or not c["weight_derivative"]):
+            raise ConfigError("ar graph mode relaxes with each node's exact local "
+                              "vector-Jacobian product; it supports backward_weights="
+                              "'transpose' with derivative=true and weight_derivative=true only")
 
     # ------------------------------------------------------------------ model
     def _layout(self, model: nn.Module) -> MLPLayout:

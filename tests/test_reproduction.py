@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-import bioplausible.experiments as experiments
+from bioplausible import experiments
 from bioplausible.cli import main
 
 TINY = """

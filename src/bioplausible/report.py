@@ -185,11 +185,11 @@ def write_report(runs: Sequence[RunRecord], out_dir: str | os.PathLike, title: s
           f"`{(cfg.get('optimizer') or {}).get('name', '?')}` (lr {(cfg.get('optimizer') or {}).get('lr', '?')}), "
           f"batch {cfg.get('batch_size', '?')}, seed {cfg.get('seed', '?')}.", "",
           markdown_table(rows), "",
-          "Hidden-layer angle to BP: mean over probe steps of the angle between the rule's weight "
+          ("Hidden-layer angle to BP: mean over probe steps of the angle between the rule's weight "
           "update and the true BP gradient on the same batch, averaged over the weight layers that are "
           f"not exact (a layer is exact when its angle stayed below {EXACT_DEG:g}° at every probe, like the "
           "output layer of FA, DFA, KP, WM and sign symmetry; per layer below). s/epoch: training time "
-          "only (no evaluation, no probe measurements).", "",
+          "only (no evaluation, no probe measurements)."), "",
           *layer_lines(rows),
           "![learning curves](curves.png)", ""]
     for r in runs:

@@ -51,8 +51,9 @@ def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str
     for label, st in t["stats"].items():
         stats[label]["test_accuracy"] = st.get("test_accuracy", st[metric])
     checks = evaluate_checks(preset, stats)
-    lines = [f"## {preset.title}", "", f"Preset `{name}`, scale `{index.get('scale')}`, seeds "
-             f"{index.get('seeds')}. Paper: {preset.paper}.", "", f"Command: `{command}`", "",
+    lines = [f"## {preset.title}", "", (f"Preset `{name}`, scale `{index.get('scale')}`, seeds "
+                                        f"{index.get('seeds')}. Paper: {preset.paper}."), "",
+             f"Command: `{command}`", "",
              f"| run | ours: {metric} (mean ± std, n) | paper | ours − paper | hidden-layer angle to BP (°) | runs |",
              "|---|---|---|---|---|---|"]
     for row, st in zip(t["rows"], t["stats"].values()):
@@ -102,11 +103,11 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
     passed = sum(c["passed"] for r in results.values() for c in r["checks"])
     total = sum(len(r["checks"]) for r in results.values())
     head = ["# Reproduction", "",
-            f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+            (f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
             f"{len(names)} preset(s) at scale `{scale}`, {passed}/{total} checks passed. Ours: mean ± sample "
             "std over the seeds that completed; quick scale runs fewer epochs (and often a data subset) "
             "than the papers, so gaps to the paper's numbers at quick scale are expected and are not "
-            "the paper's claim being refuted. Per-preset folders hold report.md, results.csv and plots.", ""]
+            "the paper's claim being refuted. Per-preset folders hold report.md, results.csv and plots."), ""]
     markdown.write_text("\n".join(head) + "\n" + "\n\n".join(sections) + "\n")
     return results
 

@@ -33,7 +33,17 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, UserError
-from .jobs import LOCK_NAME, Job, _flat, _read_json, _write_json, check_jobs, check_seeds, job_dict, plan
+from .jobs import (
+    LOCK_NAME,
+    Job,
+    _flat,
+    _read_json,
+    _write_json,
+    check_jobs,
+    check_seeds,
+    job_dict,
+    plan,
+)
 
 INDEX = "sweep.json"
 FINAL = ("completed", "diverged")
@@ -67,7 +77,7 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
         raise UserError(f"sweep file {str(p)!r} does not exist")
     try:
         raw = yaml_load(p.read_text(encoding="utf-8")) or {}
-    except Exception as exc:  # yaml.YAMLError, UnicodeDecodeError
+    except Exception as exc:  # noqa: BLE001 - yaml.YAMLError, UnicodeDecodeError
         raise ConfigError(f"sweep file {str(p)!r} is not valid YAML ({type(exc).__name__})") from None
     return spec_from_dict(raw, str(p), base_dir=p.parent, load_config=load_config)
 
@@ -289,7 +299,7 @@ class Progress:
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:

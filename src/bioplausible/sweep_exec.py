@@ -123,7 +123,7 @@ def run_ray(jobs: Sequence[tuple[int, dict[str, Any]]], workers: int, address: s
             for ref in done:
                 try:
                     result = ray.get(ref)
-                except Exception as exc:  # a worker crash: recorded like a run that raised
+                except Exception as exc:  # noqa: BLE001 - a worker crash: recorded like a run that raised
                     result = {"status": "failed", "message": f"ray task failed: {type(exc).__name__}",
                               "seconds": 0.0, "skipped": False}
                 if ref not in announced:

@@ -240,11 +240,11 @@ def write_sweep_report(base: str | os.PathLike, out: str | os.PathLike | None = 
     md = [f"# {title}", "", f"{len(index['runs'])} runs, seeds {seeds}"
           + (f", preset `{index['preset']}` at scale `{index.get('scale')}`" if index.get("preset") else "") + ".",
           "", markdown(t), "",
-          "Mean ± sample std over the seeds that completed (n = seeds). Hidden-layer angle: mean over "
+          ("Mean ± sample std over the seeds that completed (n = seeds). Hidden-layer angle: mean over "
           "probe steps of the angle between the rule's update and BP's gradient, averaged over the weight "
           f"layers that are not exact; a layer is exact when its angle stayed below {EXACT_DEG:g}° at every "
           "probe (e.g. the output layer of FA, DFA, KP, WM and sign symmetry, which get the true gradient "
-          "by construction). s/epoch: training time only.", ""]
+          "by construction). s/epoch: training time only."), ""]
     layers = layer_markdown(t)
     if layers:
         md += ["Per-layer angles:", "", layers, ""]

@@ -55,12 +55,22 @@ def test_reproduce_all_writes_one_markdown_with_paper_and_ours(synthetic_root, t
     assert f"| fa | {mean:.2f} ± {statistics.stdev(vals):.2f} (n=3) | 85.50 | {mean - 85.5:+.2f} |" in text
     assert "| sal | not run" in text  # a paper value without a run is shown, not dropped
     assert "[pass] test_accuracy of bp" in text and "[FAIL] test_accuracy of fa" in text
-    assert "2/4 checks passed" in text
+    assert "(0 not run), 2/4 checks passed" in text
     # a second launch runs nothing again
     stamp = (out / "tiny-a" / "bp-seed0" / "summary.json").stat().st_mtime_ns
     assert main(args + ["--only", "tiny-a", "--strict"]) == 1  # --strict: the failed check sets the status
     assert (out / "tiny-a" / "bp-seed0" / "summary.json").stat().st_mtime_ns == stamp
     assert "6/6 done (6 skipped)" in capsys.readouterr().err
+
+
+def test_a_preset_whose_data_is_missing_is_reported_not_run(synthetic_root, tiny_presets, tmp_path):
+    (tiny_presets / "tiny-d.yaml").write_text(TINY.format(name="tiny-d").replace("name: mnist", "name: svhn"))
+    md = tmp_path / "R.md"
+    assert main(["reproduce", "--all", "--only", "tiny-a,tiny-d", "--seeds", "0", "--out", str(tmp_path / "r"),
+                 "--markdown", str(md)]) == 0
+    text = md.read_text()
+    assert "Preset `tiny-d`: **not run** here:" in text and "svhn" in text and "(1 not run)" in text
+    assert "## Tiny tiny-a" in text and "| bp |" in text
 
 
 def test_only_and_skip_name_real_presets(tiny_presets, capsys):

@@ -55,7 +55,8 @@ def test_reproduce_all_writes_one_markdown_with_paper_and_ours(synthetic_root, t
     assert f"| fa | {mean:.2f} ± {statistics.stdev(vals):.2f} (n=3) | 85.50 | {mean - 85.5:+.2f} |" in text
     assert "| sal | not run" in text  # a paper value without a run is shown, not dropped
     assert "[pass] test_accuracy of bp" in text and "[FAIL] test_accuracy of fa" in text
-    assert "(0 not run), 2/4 checks passed" in text
+    assert "2 of 3 registered preset(s) at scale `quick` (0 not run), 2/4 checks passed" in text
+    assert "- `tiny-c` (Tiny tiny-c): `bioplausible reproduce tiny-c --scale quick --seeds 0,1,2`" in text
     # a second launch runs nothing again
     stamp = (out / "tiny-a" / "bp-seed0" / "summary.json").stat().st_mtime_ns
     assert main(args + ["--only", "tiny-a", "--strict"]) == 1  # --strict: the failed check sets the status
@@ -78,3 +79,11 @@ def test_only_and_skip_name_real_presets(tiny_presets, capsys):
     assert "unknown preset 'tiny-x'" in capsys.readouterr().err
     assert main(["reproduce", "--all", "--only", "tiny-a", "--skip", "tiny-a"]) == 2
     assert main(["reproduce"]) == 2
+
+
+def test_a_grid_label_is_compared_with_its_runs_paper_value():
+    from bioplausible.sweep_report import _paper_for
+
+    values = {"fa": 85.5, "bp": 90.0}
+    assert _paper_for("fa[optimizer.lr=0.01]", values) == 85.5 and _paper_for("bp", values) == 90.0
+    assert _paper_for("kp", values) is None

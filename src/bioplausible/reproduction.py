@@ -113,12 +113,23 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
     passed = sum(c["passed"] for r in results.values() for c in r["checks"])
     total = sum(len(r["checks"]) for r in results.values())
     skipped = sum("not_run" in r for r in results.values())
+    from .experiments import list_presets
     head = ["# Reproduction", "",
             (f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-            f"{len(names)} preset(s) at scale `{scale}` ({skipped} not run), {passed}/{total} checks passed. Ours: mean ± sample "
+            f"{len(names)} of {len(list_presets())} registered preset(s) at scale `{scale}` ({skipped} not run), {passed}/{total} checks passed. Ours: mean ± sample "
             "std over the seeds that completed; quick scale runs fewer epochs (and often a data subset) "
             "than the papers, so gaps to the paper's numbers at quick scale are expected and are not "
             "the paper's claim being refuted. Per-preset folders hold report.md, results.csv and plots."), ""]
+    from .experiments import get_preset, list_presets
+
+    left = [n for n in list_presets() if n not in names]
+    if left:
+        tail = ["## Presets not run in this write-up", "",
+                "Left out by --only/--skip (their runs take longer than this write-up allowed); run one with "
+                "the command beside it:", ""]
+        tail += [f"- `{n}` ({get_preset(n).title}): `bioplausible reproduce {n} --scale {scale}"
+                 + (f" --seeds {','.join(map(str, seeds))}" if seeds else "") + "`" for n in left]
+        sections.append("\n".join(tail))
     markdown.write_text("\n".join(head) + "\n" + "\n\n".join(sections) + "\n")
     return results
 

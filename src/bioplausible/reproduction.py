@@ -100,7 +100,8 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
 
             reason = " ".join(str(exc).split())
             print(f"reproduce --all: {name} not run: {reason}", file=sys.stderr, flush=True)
-            sections.append(f"## {get_preset(name).title}\n\nPreset `{name}`: **not run** here: {reason}\n\n"
+            short = reason.split(":")[0]  # the full message (with this machine's paths) went to stderr
+            sections.append(f"## {get_preset(name).title}\n\nPreset `{name}`: **not run** here: {short}.\n\n"
                             f"Command: `{one}`")
             results[name] = {"checks": [], "not_run": reason}
             continue
@@ -125,7 +126,7 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
     left = [n for n in list_presets() if n not in names]
     if left:
         tail = ["## Presets not run in this write-up", "",
-                "Left out by --only/--skip (their runs take longer than this write-up allowed); run one with "
+                "Left out by --only/--skip in the command above; run one with "
                 "the command beside it:", ""]
         tail += [f"- `{n}` ({get_preset(n).title}): `bioplausible reproduce {n} --scale {scale}"
                  + (f" --seeds {','.join(map(str, seeds))}" if seeds else "") + "`" for n in left]

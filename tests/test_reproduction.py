@@ -87,3 +87,15 @@ def test_a_grid_label_is_compared_with_its_runs_paper_value():
     values = {"fa": 85.5, "bp": 90.0}
     assert _paper_for("fa[optimizer.lr=0.01]", values) == 85.5 and _paper_for("bp", values) == 90.0
     assert _paper_for("kp", values) is None
+
+
+def test_a_sweep_over_a_preset_with_a_grid_reports_against_the_paper(synthetic_root, tiny_presets, tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: g\npreset: {tiny_presets / 'tiny-a.yaml'}\nscale: quick\n"
+                    f"grid: {{optimizer.lr: [0.05, 0.2]}}\nseeds: [0]\nout: {tmp_path / 'out'}\n")
+    assert main(["sweep", str(spec)]) == 0
+    printed = capsys.readouterr().out
+    acc = json.loads((tmp_path / "out" / "fa[optimizer.lr=0.2]-seed0" / "summary.json").read_text())
+    value = acc["final"]["test_accuracy"]
+    assert f"| fa[optimizer.lr=0.2] | 1 | {value:.2f} | 85.50 | {value - 85.5:+.2f} |" in printed
+    assert acc["job"]["preset"] == "tiny-a"

@@ -166,7 +166,7 @@ def _band(ax: Any, xs: list[float], runs: list[list[float]], label: str) -> None
         return
     arr = np.array([r[:n] for r in runs], dtype=float)
     mean, std = arr.mean(0), arr.std(0, ddof=1) if len(runs) > 1 else np.zeros(n)
-    line = ax.plot(xs[:n], mean, label=f"{label} (n={len(runs)})")[0]
+    line = ax.plot(xs[:n], mean, marker="o", markersize=3, label=f"{label} (n={len(runs)})")[0]
     ax.fill_between(xs[:n], mean - std, mean + std, color=line.get_color(), alpha=0.2)
 
 
@@ -186,6 +186,10 @@ def plot(groups: dict[str, list[dict[str, Any]]], out: Path, title: str = "") ->
             xs = [e["epoch"] for e in runs[0].epochs]
             _band(axes[0], xs, [[e.get("test_accuracy", float("nan")) for e in r.epochs] for r in runs], label)
             _band(axes[1], xs, [[e.get("train_loss", float("nan")) for e in r.epochs] for r in runs], label)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy (mean ± std)")
     axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss (mean ± std)", yscale="log")
     paths["curves"] = _save(fig, axes, out / "curves.png", title)

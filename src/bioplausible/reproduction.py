@@ -37,6 +37,13 @@ def select(only: str | None, skip: str | None) -> list[str]:
     return chosen
 
 
+def _check_text(check: dict[str, Any]) -> str:
+    if check["text"] != "not measured":
+        return check["text"]
+    named = check.get("runs") or [check.get("run")]
+    return f"{check['type']} on {', '.join(map(str, named))}: not measured (no completed seed of a run)"
+
+
 def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str, Any]]:
     """The Markdown of one preset's sweep folder, and its check results."""
     from .experiments import evaluate_checks, get_preset
@@ -68,7 +75,7 @@ def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str
     if note:
         lines += ["", f"Paper values: {note}"]
     if checks:
-        lines += ["", "Checks:"] + [f"- [{'pass' if c['passed'] else 'FAIL'}] {c['text']}" for c in checks]
+        lines += ["", "Checks:"] + [f"- [{'pass' if c['passed'] else 'FAIL'}] {_check_text(c)}" for c in checks]
     else:
         lines += ["", "Checks: none declared by the preset."]
     bad = [(label, r) for label, runs in groups.items() for r in runs if r["status"] != "completed"]

@@ -133,8 +133,7 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
     left = [n for n in list_presets() if n not in names]
     if left:
         tail = ["## Presets not run in this write-up", "",
-                "Left out by --only/--skip in the command above; run one with "
-                "the command beside it:", ""]
+                "Left out by --only/--skip in the command above; run one with the command beside it:", ""]
         tail += [f"- `{n}` ({get_preset(n).title}): `bioplausible reproduce {n} --scale {scale}"
                  + (f" --seeds {','.join(map(str, seeds))}" if seeds else "") + "`" for n in left]
         sections.append("\n".join(tail))

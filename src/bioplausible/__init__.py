@@ -31,9 +31,9 @@ _EXPORTS = {
     "build_model": "models", "list_models": "models", "MLP": "models", "LeNet5": "models",
     "NPConvNet": "models",
     # data
-    "load_dataset": "data", "list_datasets": "data", "resolve_root": "data",
+    "load_dataset": "data", "list_datasets": "data", "resolve_root": "data", "as_bundle": "data",
     # feedback layers
-    "convert": "nn", "exact_backward": "nn",
+    "convert": "nn", "exact_backward": "nn", "to_plain": "nn", "plain_state_dict": "nn",
     # training, diagnostics, experiments
     "fit": "train", "evaluate": "train", "Trainer": "train", "FitResult": "train",
     "TrainConfig": "config", "load_config": "config",

@@ -41,6 +41,7 @@ def _add_train_flags(p: argparse.ArgumentParser, rule_flag: bool = True) -> None
                    help="override a config key, e.g. --set optimizer.lr=0.01 --set rule.decay=1e-4")
     p.add_argument("--out", help="run directory (default: runs/<command>-<rule>-<dataset>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--logger", help="also log metrics to: tensorboard (events in RUN_DIR/tensorboard)")
 
 
 def _flags(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -65,6 +66,8 @@ def _flags(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dic
             flags[key] = getattr(args, key)
     if args.quiet:
         flags["progress"] = False
+    if getattr(args, "logger", None):
+        flags["logger"] = args.logger
     flags.update(extra or {})
     return flags
 
@@ -78,7 +81,9 @@ def _config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = N
 
 def _default_out(kind: str, config) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{kind}-{config['rule']['name']}-{config['dataset']['name']}-{stamp}"
+    from .data.custom import run_label
+
+    return Path("runs") / f"{kind}-{config['rule']['name']}-{run_label(config['dataset']['name'])}-{stamp}"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -95,9 +100,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             cls = RULES.get(name)
             print(f"  {name:10s} {cls.summary}  [{cls.paper}]")
     if what in ("all", "datasets"):
-        print("datasets:  " + ", ".join(list_datasets()))
+        print("datasets:  " + ", ".join(list_datasets()) + "   (or npz:PATH, pkg.module:callable)")
     if what in ("all", "models"):
-        print("models:    " + ", ".join(list_models()) + "   (e.g. mlp:784-500-10,activation=sigmoid)")
+        print("models:    " + ", ".join(list_models()) + "   (e.g. mlp:784-500-10,activation=sigmoid; "
+              "or pkg.module:callable,key=value)")
     if what in ("all", "losses"):
         print("losses:    " + ", ".join(list_losses()))
     if what in ("all", "presets"):
@@ -143,8 +149,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
                         f"for two settings of one rule)")
     extra = {"probe_every": args.probe_every if args.probe_every is not None else 100}
     base = _config_from_args(args, extra)
+    from .data.custom import run_label
+
     out = Path(args.out) if args.out else Path("runs") / (
-        f"compare-{base['dataset']['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        f"compare-{run_label(base['dataset']['name'])}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_run_dir(out)
     if args.seeds is not None:  # every rule x seed, reported as mean ± std over seeds
         from .cli_sweep import compare_seeds

@@ -11,6 +11,7 @@ key=value`` overrides or a preset::
     schedule:  {name: none}                                    # step | cosine | exponential | multistep
     epochs: 10
     batch_size: 100
+    logger: none        # tensorboard: also write the metrics as TensorBoard events (RUN_DIR/tensorboard)
     ...
 
 ``deterministic: true`` makes torch use deterministic algorithms for the run (same seed, same
@@ -60,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 1,
     "eval_train": False,
     "progress": True,
+    "logger": "none",
     "out": None,
 }
 
@@ -169,6 +171,9 @@ def _validate(cfg: dict[str, Any]) -> dict[str, Any]:
             or cfg["dataset"]["subset"] < 1):
         raise ConfigError(f"dataset.subset must be a positive integer or null, got {cfg['dataset']['subset']!r}")
     check_optimizer_options(cfg["optimizer"])
+    from .loggers import logger_names
+
+    logger_names(cfg["logger"])
     return cfg
 
 

@@ -148,8 +148,11 @@ def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] |
               else TrainConfig.from_dict(preset_or_config))
     single = seeds is None and not grid
     seeds = check_seeds(seeds if seeds is not None else [config["seed"]])
+    from .data.custom import run_label
+
     base = Path(out) if out is not None else (
-        Path("runs") / f"train-{config['rule']['name']}-{config['dataset']['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        Path("runs") / f"train-{config['rule']['name']}-{run_label(config['dataset']['name'])}-"
+        f"{time.strftime('%Y%m%d-%H%M%S')}")
     jobs = []
     for suffix, update in points:
         cfg_point = config.updated(update)

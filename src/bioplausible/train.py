@@ -68,13 +68,28 @@ def build_optimizer(params: list[dict[str, Any]], options: dict[str, Any]) -> to
     if opts.get("fused") and not _fused_ok(cls, tensors):
         raise ConfigError(f"optimizer {name!r}: fused=True does not update float16/bfloat16 tensors on the "
                           f"CPU correctly in this torch (SGD); remove the option")
-    if "fused" not in opts and "foreach" not in opts and _fused_ok(cls, tensors):
+    if "fused" not in opts and "foreach" not in opts and _fused_ok(cls, tensors) \
+            and all(t.is_contiguous() for t in tensors):
         opts["fused"] = True  # same update up to rounding; makes KP's decay nearly free
     _check_half_eps(cls, name, opts, tensors)
     try:
-        return cls(params, **opts)
+        optimizer = cls(params, **opts)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"optimizer {name!r}: {exc}") from None
+    if opts.get("fused"):
+        optimizer.register_step_pre_hook(_contiguous_grads)
+    return optimizer
+
+
+def _contiguous_grads(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """Fused CPU SGD/Adam in this torch mis-step a parameter whose ``.grad`` (or which itself)
+    is not contiguous — a transposed gradient a rule wrote moves the wrong entries. Make every
+    gradient contiguous before a fused step (a no-op check for the usual contiguous ones)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            g = p.grad
+            if g is not None and not g.is_contiguous():
+                p.grad = g.contiguous()
 
 
 _FUSABLE = {torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW}
@@ -255,7 +270,9 @@ class Trainer:
         self.rule = make(rule, **config.rule_options()) if isinstance(rule, str) else rule
         self.rule.set_seed(config["seed"])
         self.train_split = data.train.to(self.device, self.dtype)
-        self.eval_splits = {"test": data.test.to(self.device, self.dtype)}
+        self.eval_splits = {}
+        if getattr(data, "test", None) is not None:  # a user's loader may come without one
+            self.eval_splits["test"] = data.test.to(self.device, self.dtype)
         if getattr(data, "val", None) is not None:
             self.eval_splits["val"] = data.val.to(self.device, self.dtype)
         self.plain_keys = list(model.state_dict().keys())
@@ -275,6 +292,11 @@ class Trainer:
         self.callbacks: list[Callable[[dict[str, Any]], None]] = []
         #: objects with ``log(record)``, called for every record written to metrics.jsonl
         self.loggers: list[Any] = []
+        from .loggers import logger_names, require
+
+        self.logger_names = logger_names(config["logger"])  # created by run() in the run directory
+        for name in self.logger_names:
+            require(name)  # a missing package is a user error before anything is written
 
     # -------------------------------------------------------------- run directory
     def _log(self, record: dict[str, Any]) -> None:
@@ -433,6 +455,11 @@ class Trainer:
                 (self.run_dir / "model.pt").unlink(missing_ok=True)
                 (self.run_dir / "rule_state.pt").unlink(missing_ok=True)
             _atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+        from .loggers import make_logger
+
+        made = [make_logger(name, self.run_dir, purge_step=self.step + 1 if self.step else None)
+                for name in self.logger_names] if self.run_dir is not None else []
+        self.loggers.extend(made)
         status, message = "completed", ""
         try:
             from tqdm import tqdm
@@ -478,6 +505,10 @@ class Trainer:
             status, message = "interrupted", "interrupted by the user; continue with --resume"
             self._write_summary(status, message, started)
             raise
+        finally:
+            for logger in made:  # the loggers this run made (not those the caller passed in)
+                logger.close()
+                self.loggers.remove(logger)
         summary = self._write_summary(status, message, started)
         if self.run_dir is not None and status == "completed":
             plain = {k: v for k, v in self.model.state_dict().items() if k in set(self.plain_keys)}
@@ -494,13 +525,20 @@ _SHORTCUTS = {"lr": ("optimizer", "lr"), "loss": ("loss",), "epochs": ("epochs",
               "progress": ("progress",), "deterministic": ("deterministic",)}
 
 
-def fit(model: nn.Module, rule: Rule | str, data: Any, *, config: TrainConfig | dict | None = None,
-        out: str | os.PathLike | None = None, resume: bool = False, **options: Any) -> FitResult:
-    """Train ``model`` with ``rule`` on ``data`` (a DataBundle or a dataset name).
+def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
+        config: TrainConfig | dict | None = None, out: str | os.PathLike | None = None,
+        resume: bool = False, loggers: list[Any] | None = None, **options: Any) -> FitResult:
+    """Train ``model`` with ``rule`` on ``data``.
+
+    ``data`` is a dataset name, a DataBundle, a ``DataLoader``, a ``Dataset``, ``(X, y)``
+    tensors or a dict ``{"train", "test", "val"}`` of these; ``eval_data`` (optional) is what
+    to evaluate on every epoch as ``test``, or a dict with ``test``/``val``
+    (:func:`bioplausible.data.as_bundle` explains batching and what ``resume`` guarantees).
 
     Keyword shortcuts override the config: ``lr``, ``loss``, ``epochs``, ``batch_size``,
     ``seed``, ``probe_every``, ``device``, ``dtype``, ``optimizer`` (a name). With ``out`` a run
-    directory is written; ``resume=True`` continues from its checkpoint.
+    directory is written; ``resume=True`` continues from its checkpoint. ``loggers``: objects
+    with ``log(record)`` given every metrics record, e.g. :class:`bioplausible.loggers.TensorBoardLogger`.
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config or {"progress": False})
@@ -522,11 +560,16 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, *, config: TrainConfig | 
         from .data import load_dataset
 
         data = load_dataset(data, **{k: v for k, v in config.dataset_options().items() if v is not None})
+    from .data.adapt import as_bundle
     from .jobs import check_run_dir, run_lock, runtime
 
+    data = as_bundle(data, eval_data)
+    # the summary names the data actually trained on, not the config's default
+    config = config.updated({"dataset": {"name": str(data.info.name)}})
     with runtime(config):  # threads, determinism and denormal flushing, as run_job applies them
         torch.manual_seed(config["seed"])
         trainer = Trainer(model, rule, data, config, out=out)
+        trainer.loggers.extend(loggers or [])
         if out is None:
             return trainer.run(resume=resume)
         run_dir = Path(out)

@@ -12,6 +12,7 @@ Files are looked up under :func:`resolve_root` (argument, then ``$BIOPLAUSIBLE_D
 see :mod:`bioplausible.data.datasets` for the sources and :mod:`.formats` for the formats.
 """
 
+from .adapt import as_bundle
 from .api import dataset_status, fetch, list_datasets, load_dataset, verify
 from .core import DataBundle, DatasetInfo, RawData, Split, resolve_root
 from .download import Remote
@@ -27,6 +28,7 @@ __all__ = [
     "RawData",
     "Remote",
     "Split",
+    "as_bundle",
     "dataset_status",
     "fetch",
     "list_datasets",

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import CorruptDataError, DataError, MissingDataError
 from .core import DataBundle, assemble, check_args, resolve_root
+from .custom import is_custom, load_custom
 from .download import (
     Remote,
     checksum_problem,
@@ -154,7 +155,13 @@ def load_dataset(
     training and ``max(1, N // 6)`` test/validation examples. ``one_hot`` gives float
     ``(N, K)`` targets. Extra keyword ``options`` are dataset-specific (see
     ``DatasetSpec.options``); ``mirror=`` replaces the download base URL.
+
+    ``name`` may also be ``npz:PATH`` or ``pkg.module:callable``, the user's own data, with the
+    same options (:mod:`bioplausible.data.custom`; extra ``options`` go to the callable).
     """
+    if is_custom(name):
+        return load_custom(name, root, normalize=normalize, flatten=flatten, val_size=val_size,
+                           one_hot=one_hot, device=device, dtype=dtype, subset=subset, **options)
     check_args(normalize=normalize, val_size=val_size, dtype=dtype, subset=subset)
     spec = get_spec(name)
     mirror = options.pop("mirror", None)

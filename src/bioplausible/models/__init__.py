@@ -1,5 +1,7 @@
 """Plain ``nn.Module`` architectures used by the papers, built from a short spec string.
 
+Any other model by import path: ``build_model("mypkg.nets:build_net,width=64")``.
+
 ``build_model("mlp:784-500-10", activation="sigmoid")``, ``build_model("lenet",
 input_shape=(3, 32, 32))``, ``build_model("npcnn", num_classes=100)``. A spec may carry options
 after commas: ``"mlp:784-300-300-100-10,activation=relu,init=normal:0.05"``.
@@ -14,6 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .autoencoder import autoencoder
 from .cnn import LeNet5, NPConvNet
 from .mlp import ACTIVATIONS, MLP, init_weights
 
@@ -56,8 +59,14 @@ def build_model(
 ) -> nn.Module:
     """Build the model named by ``spec`` for data of ``input_shape`` with ``num_classes`` outputs.
 
-    Options in the spec string and keyword ``options`` are merged (keywords win).
+    Options in the spec string and keyword ``options`` are merged (keywords win). A spec
+    ``pkg.module:callable[,key=value...]`` builds the user's own model and checks it against
+    ``input_shape`` (:mod:`bioplausible.models.custom`).
     """
+    from .custom import build_custom, is_import_spec
+
+    if is_import_spec(spec):
+        return build_custom(spec, input_shape=input_shape, num_classes=num_classes, **options)
     name, arg, spec_options = parse_model_spec(spec)
     factory = MODELS.get(name)
     spec_options.update(options)
@@ -100,6 +109,7 @@ def _npcnn(arg, *, input_shape=None, num_classes=None, **opts) -> nn.Module:
 MODELS.add("mlp", _mlp)
 MODELS.add("lenet", _lenet)
 MODELS.add("npcnn", _npcnn)
+MODELS.add("autoencoder", autoencoder)
 
 
 def list_models() -> list[str]:

@@ -27,6 +27,7 @@ from .pathway import (
     SignFeedback,
     SignRandomFeedback,
 )
+from .plain import plain_state_dict, to_plain
 
 __all__ = [
     "Conv2dFeedbackFunction",
@@ -46,6 +47,8 @@ __all__ = [
     "feedback_layers",
     "init_feedback",
     "mirror_update",
+    "plain_state_dict",
     "swap_layers",
     "to_feedback_layer",
+    "to_plain",
 ]

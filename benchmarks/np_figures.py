@@ -1,0 +1,217 @@
+"""Figures 2 and 4 of Lansdell, Prakash & Kording 2020 (node-perturbation-learned feedback).
+
+``fig2 RUN_DIR``: the four panels of Fig. 2 from a ``bioplausible reproduce np-fig2-mnist`` run
+directory (its ``np-seed*``, ``fa-seed*`` and ``bp-seed*`` runs): (A) relative error
+‖W − B‖/‖W‖, (B) the angle between the rule's ΔW and BP's gradient (the probe's, matrix form)
+with NP's Fig. 2B signal angle ∠(ẽB, ẽW) dashed, (C) sign congruence, per learned layer over
+training, and (D) test error per epoch. Checks at the last probe: NP below FA in relative error
+and angle, above it in sign congruence, in every layer whose feedback is used.
+
+``fig4``: fixed W (App. B, Fig. 4): a 784-50-20-10 sigmoid MLP with Xavier-initialised, frozen
+forward weights on MNIST, B learned by online ridge regression (γ = 0.1), batch 32; (A) noise
+sweep over c_h, (B) width sweep 784-N-50-10 at c_h = 0.01. Check: the top layer's relative error
+at the smallest noise ≤ 5 %.
+
+    python benchmarks/np_figures.py fig2 /tmp/np_fig2_quick --tag quick
+    python benchmarks/np_figures.py fig4 --quick
+
+Writes ``benchmarks/results/np_fig{2,4}_<tag>.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _records(run: Path) -> tuple[list[dict], list[dict]]:
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    return [r for r in lines if r["kind"] == "probe"], [r for r in lines if r["kind"] == "epoch"]
+
+
+def fig2(run_dir: Path, tag: str, out: Path) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {label: min(run_dir.glob(f"{label}-seed*")) for label in ("np", "fa", "bp")}
+    data = {label: _records(path) for label, path in runs.items()}
+    np_probe = data["np"][0]
+    layers = sorted({k.split("/", 1)[1] for k in np_probe[-1] if k.startswith("relative_error/")})
+    # the angle of every weight whose error came through learned feedback (not the output's)
+    angled = sorted({k.split("/", 1)[1] for k in np_probe[-1]
+                     if k.startswith("grad_angle/") and k.endswith(".weight")})
+    angled = [k for k in angled if any(abs(p.get(f"grad_angle/{k}", 0.0)) > 0.1 for p in data["fa"][0])]
+    fig, ax = plt.subplots(1, 4, figsize=(18, 4))
+    colours = {"np": "tab:blue", "fa": "tab:orange", "bp": "tab:green"}
+    styles = ["-", "--", ":"]
+    final: dict[str, dict[str, float]] = {}
+    panels = [(ax[0], "relative_error", layers), (ax[2], "sign_congruence", layers), (ax[1], "grad_angle", angled)]
+    for label in ("np", "fa"):
+        probes = data[label][0]
+        steps = [p["step"] for p in probes]
+        final[label] = {}
+        for a, key, names in panels:
+            for j, layer in enumerate(names):
+                name = f"{key}/{layer}"
+                vals = [p.get(name) for p in probes]
+                if key == "sign_congruence":
+                    vals = [100 * v if v is not None else None for v in vals]
+                a.plot(steps, vals, styles[j % 3], color=colours[label], label=f"{label} {layer}")
+                final[label][name] = vals[-1]
+        if label == "np":
+            for j, layer in enumerate(layers):
+                sig = [p.get(f"signal_angle/{layer}") for p in probes]
+                ax[1].plot(steps, sig, styles[j % 3], color="tab:purple", alpha=0.6,
+                           label=f"np ∠(ẽB, ẽW) at the input of {layer}")
+    for label in ("np", "fa", "bp"):
+        epochs = data[label][1]
+        ax[3].plot([e["epoch"] for e in epochs], [100 - e["test_accuracy"] for e in epochs],
+                   color=colours[label], marker="o", label=label)
+    for a, title in zip(ax, ("(A) relative error ‖W−B‖/‖W‖", "(B) angle of ΔW to BP's gradient (°)",
+                             "(C) sign congruence (%)", "(D) test error (%)")):
+        a.set_title(title)
+        a.legend(fontsize=7)
+        a.set_xlabel("epoch" if "test" in title else "step")
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / f"np_fig2_{tag}.png", dpi=110)
+    checks = []
+    for key, names, better in (("relative_error", layers, "lower"), ("grad_angle", angled, "lower"),
+                               ("sign_congruence", layers, "higher")):
+        for layer in names:
+            name = f"{key}/{layer}"
+            a, b = final["np"].get(name), final["fa"].get(name)
+            if a is None or b is None:
+                continue
+            ok = a < b if better == "lower" else a > b
+            checks.append({"metric": name, "np": a, "fa": b, "want": f"np {better}", "passed": ok})
+    test = {label: data[label][1][-1]["test_accuracy"] for label in data}
+    checks.append({"metric": "test_accuracy", "np": test["np"], "bp": test["bp"],
+                   "want": "np within 1.5 of bp", "passed": test["bp"] - test["np"] <= 1.5})
+    result = {"run_dir": str(run_dir), "layers": layers, "final": final, "test_accuracy": test,
+              "epochs": len(data["np"][1]), "checks": checks}
+    lines = [f"# Fig. 2 (node perturbation vs FA vs BP, MNIST 784-50-20-10), {tag}", "",
+             f"Run directory: `{run_dir}` ({result['epochs']} epochs); panels: `np_fig2_{tag}.png`.", "",
+             "| check | NP | other | want | ok |", "|---|---:|---:|---|:---:|"]
+    for c in checks:
+        other = c.get("fa", c.get("bp"))
+        lines.append(f"| {c['metric']} | {c['np']:.4g} | {other:.4g} | {c['want']} | "
+                     f"{'yes' if c['passed'] else '**no**'} |")
+    (out / f"np_fig2_{tag}.json").write_text(json.dumps(result, indent=2))
+    (out / f"np_fig2_{tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result
+
+
+def _fixed_w(spec: str, c_h: float, steps: int, x, y, every: int, seed: int = 0) -> list[dict]:
+    import bioplausible as bp
+
+    torch.manual_seed(seed)
+    model = bp.build_model(spec, activation="sigmoid", init="xavier")
+    rule = bp.make("np", c_h=c_h, solver="ridge", gamma=0.1)
+    rule.set_seed(seed)
+    model = rule.prepare(model, example=x[:2])
+    rule.build_optimizer(model, {"name": "sgd", "lr": 1.0, "groups": {"forward": {"lr": 0.0}}})  # W fixed
+    loss = bp.get_loss("mse_half_sum")
+    g = torch.Generator().manual_seed(seed + 1)
+    trace = []
+    for s in range(1, steps + 1):
+        idx = torch.randint(0, x.shape[0], (32,), generator=g)
+        rule.train_step(model, x[idx], y[idx], loss)
+        if s % every == 0 or s == steps:
+            with torch.no_grad():
+                rel = {n: float((lay.weight - lay.feedback).norm() / lay.weight.norm())
+                       for n, lay in zip(rule._names[1:], rule._layers[1:])}
+            trace.append({"step": s, "relative_error": rel, **rule.metrics(model)})
+    return trace
+
+
+def fig4(quick: bool, tag: str, out: Path) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import bioplausible as bp
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    data = bp.load_dataset("mnist", flatten=True, normalize="unit", val_size=0)
+    x, y = data.train.x, data.train.y
+    noise = [1e-3, 1e-2, 1e-1] if quick else [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    widths = [20, 50, 100] if quick else [20, 50, 100, 200, 500]
+    steps, width_steps = (30_000, 6_000) if quick else (100_000, 30_000)
+    every = 1000
+    load = os.getloadavg()
+    t0 = time.time()
+    sweep = {f"c_h={c:g}": _fixed_w("mlp:784-50-20-10", c, steps, x, y, every) for c in noise}
+    wsweep = {f"N={n}": _fixed_w(f"mlp:784-{n}-50-10", 0.01, width_steps, x, y, every) for n in widths}
+    elapsed = time.time() - t0
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    for label, trace in sweep.items():
+        for j, layer in enumerate(trace[0]["relative_error"]):
+            ax[0 if j == len(trace[0]["relative_error"]) - 1 else 1].plot(
+                [t["step"] for t in trace], [t["relative_error"][layer] for t in trace], label=label)
+    for label, trace in wsweep.items():
+        top = list(trace[0]["relative_error"])[-1]
+        ax[2].plot([t["step"] for t in trace], [t["relative_error"][top] for t in trace], label=label)
+    for a, title in zip(ax, ("(A) top layer ‖W−B‖/‖W‖, noise sweep", "(A') lower layer, noise sweep",
+                             "(B) top layer, width sweep 784-N-50-10, c_h=0.01")):
+        a.set_title(title)
+        a.set_yscale("log")
+        a.set_xlabel("step (batch 32)")
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / f"np_fig4_{tag}.png", dpi=110)
+    smallest = sweep[f"c_h={noise[0]:g}"][-1]["relative_error"]
+    top = list(smallest)[-1]
+    check = {"metric": f"top-layer relative error at c_h={noise[0]:g}", "value": smallest[top],
+             "max": 0.05, "passed": smallest[top] <= 0.05}
+    result = {"noise_sweep": sweep, "width_sweep": wsweep, "steps": steps, "width_steps": width_steps,
+              "check": check, "seconds": elapsed, "load_average_before": load,
+              "load_average_after": os.getloadavg(), "command": " ".join(["python"] + sys.argv)}
+    lines = [f"# Fig. 4 (fixed W, B by online ridge regression), {tag}", "",
+             f"Command: `{result['command']}`; {elapsed:.0f} s; load average before {load}.", "",
+             "| run | steps | relative error per learned layer (last) |", "|---|---:|---|"]
+    for label, trace in {**sweep, **wsweep}.items():
+        rel = ", ".join(f"{k}: {v:.4f}" for k, v in trace[-1]["relative_error"].items())
+        lines.append(f"| {label} | {trace[-1]['step']} | {rel} |")
+    verdict = "pass" if check["passed"] else "FAIL"
+    lines += ["", f"Check: {check['metric']} = {check['value']:.4f} (at most 0.05): {verdict}"]
+    (out / f"np_fig4_{tag}.json").write_text(json.dumps(result, indent=2))
+    (out / f"np_fig4_{tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p2 = sub.add_parser("fig2")
+    p2.add_argument("run_dir")
+    p2.add_argument("--tag", default="quick")
+    p4 = sub.add_parser("fig4")
+    p4.add_argument("--quick", action="store_true")
+    for p in (p2, p4):
+        p.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    if args.cmd == "fig2":
+        fig2(Path(args.run_dir), args.tag, Path(args.out))
+    else:
+        fig4(args.quick, "quick" if args.quick else "full", Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

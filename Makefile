@@ -14,7 +14,8 @@ $(BIN)/bioplausible: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# CPU build first: a pinned torch keeps pip from fetching a multi-GB CUDA wheel.
 	$(BIN)/pip install -q "torch==$${TORCH_VERSION:-2.13.0}" || $(BIN)/pip install -q "torch>=2.2"
-	$(BIN)/pip install -q -e ".[test]"
+	# [sweep] (Ray, Optuna) too, so that the tests exercise the Ray executor and tune for real.
+	$(BIN)/pip install -q -e ".[test,sweep]"
 	touch $(BIN)/bioplausible
 
 install: $(BIN)/bioplausible

@@ -1,4 +1,4 @@
-"""Command line: ``bioplausible list | train | compare | reproduce | report | relax-diagnostic | data``.
+"""Command line: ``bioplausible list | train | compare | reproduce | sweep | tune | report | relax-diagnostic | data``.
 
 User errors (unknown names, bad values, missing data) print one line and exit with status 2,
 before any run directory is written.
@@ -154,6 +154,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / (
         f"compare-{run_label(base['dataset']['name'])}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_run_dir(out)
+    if args.seeds is not None:  # every rule x seed, reported as mean ± std over seeds
+        from .cli_sweep import compare_seeds
+        from .jobs import parse_seeds
+
+        return compare_seeds(base, rules, parse_seeds(args.seeds), out, _workers(args))
     jobs = [plan(base.updated({"rule": {"name": r}}), out=out / r)[0] for r in rules]
     check_jobs(jobs)  # every rule, model and option is valid before the first run trains
     summaries = run_jobs(jobs, workers=_workers(args))
@@ -172,6 +177,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .jobs import parse_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    if args.all or args.only or args.skip:
+        from .reproduction import cmd_reproduce_all
+
+        return cmd_reproduce_all(args, seeds, _workers(args))
+    if not args.name:
+        raise UserError("give a preset name (see `bioplausible list presets`) or --all")
     report = run_preset(args.name, args.scale, out=args.out, progress=not args.quiet, seeds=seeds,
                         workers=_workers(args))
     print(format_report(report))
@@ -181,19 +192,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import load_run, write_report
+    from .cli_sweep import cmd_report as report_runs_or_sweep
 
-    runs = [load_run(p) for p in args.run_dirs]
-    out = Path(args.out) if args.out else Path(args.run_dirs[0]).parent
-    paths = write_report(runs, out, title=args.title)
-    print(paths["report"].read_text())
-    print(f"report: {paths['report']}\nplot:   {paths['plot']}")
-    return 0
+    return report_runs_or_sweep(args)
 
 
 def _workers(args: argparse.Namespace) -> int:
     if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
+        raise UserError(f"--workers/--jobs must be at least 1, got {args.workers}")
     return args.workers
 
 
@@ -276,20 +282,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several rules on one dataset/model and write a report")
     p.add_argument("--rules", action="append", required=True, help="comma-separated rule names")
     _add_train_flags(p, rule_flag=False)
-    p.add_argument("--workers", type=int, default=1, help="run the rules in N worker processes (1 thread each)")
+    p.add_argument("--workers", "--jobs", dest="workers", type=int, default=1,
+                   help="run the rules (x seeds) in N worker processes (1 thread each)")
+    p.add_argument("--seeds", help="comma-separated seeds: every rule x seed, reported as mean ± std")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("reproduce", help="run a paper's experiment preset")
-    p.add_argument("name")
+    p = sub.add_parser("reproduce", help="run a paper's experiment preset (or --all of them)")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--all", action="store_true", help="every registered preset, written up in REPRODUCTION.md")
+    p.add_argument("--only", help="with --all: comma-separated preset names to run")
+    p.add_argument("--skip", help="with --all: comma-separated preset names to leave out")
+    p.add_argument("--markdown", default="REPRODUCTION.md", help="with --all: where to write the write-up")
     p.add_argument("--scale", default="quick", help="quick (minutes) or full (as in the paper)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     p.add_argument("--out")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
-    p.add_argument("--workers", type=int, default=1, help="run the jobs in N worker processes (1 thread each)")
+    p.add_argument("--workers", "--jobs", dest="workers", type=int, default=1,
+                   help="run the jobs in N worker processes (1 thread each)")
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("report", help="rebuild a comparison report from run directories")
+    from .cli_sweep import register
+
+    register(sub, _add_train_flags)
+
+    p = sub.add_parser("report", help="rebuild a report from run directories or a sweep folder (mean ± std)")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out")
     p.add_argument("--title", default="Comparison")

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .angles import EXACT_DEG, exact_layers, hidden_angle, layer_angles
 from .errors import UserError
 
 
@@ -104,6 +105,9 @@ def comparison_rows(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
             "best_test_accuracy": r.summary.get("best_test_accuracy"),
             "train_loss": final.get("train_loss"),
             "grad_angle": r.summary.get("grad_angle_mean"),
+            "hidden_angle": hidden_angle(r.probes),
+            "layer_angles": layer_angles(r.probes),
+            "exact_layers": exact_layers(r.probes),
             "epoch_time": t,
             "time_vs_bp": (t / bp_time) if (t and bp_time) else None,
         })
@@ -112,14 +116,23 @@ def comparison_rows(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     head = ("| rule | status | epochs | test acc. (%) | best (%) | train loss | "
-            "angle to BP (°) | s/epoch | time vs BP |")
+            "hidden-layer angle to BP (°) | s/epoch | time vs BP |")
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         lines.append(
             f"| {r['rule']} | {r['status']} | {r['epochs']} | {_fmt(r['test_accuracy'])} | "
-            f"{_fmt(r['best_test_accuracy'])} | {_fmt(r['train_loss'], 4)} | {_fmt(r['grad_angle'], 1)} | "
+            f"{_fmt(r['best_test_accuracy'])} | {_fmt(r['train_loss'], 4)} | {_fmt(r['hidden_angle'], 1)} | "
             f"{_fmt(r['epoch_time'])} | {_fmt(r['time_vs_bp'])} |")
     return "\n".join(lines)
+
+
+def layer_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """A per-layer angle table (Markdown lines), empty when nothing was probed."""
+    lines = ["| rule | layer | angle to BP (°) | exact by construction |", "|---|---|---|---|"]
+    for r in rows:
+        for name, angle in (r.get("layer_angles") or {}).items():
+            lines.append(f"| {r['rule']} | {name} | {angle:.2f} | {'yes' if name in r['exact_layers'] else 'no'} |")
+    return lines + [""] if len(lines) > 2 else []
 
 
 def plot_curves(runs: Sequence[RunRecord], path: str | os.PathLike, title: str = "") -> Path:
@@ -172,9 +185,12 @@ def write_report(runs: Sequence[RunRecord], out_dir: str | os.PathLike, title: s
           f"`{(cfg.get('optimizer') or {}).get('name', '?')}` (lr {(cfg.get('optimizer') or {}).get('lr', '?')}), "
           f"batch {cfg.get('batch_size', '?')}, seed {cfg.get('seed', '?')}.", "",
           markdown_table(rows), "",
-          "Angle to BP: mean over probe steps of the per-layer angle between the rule's weight update "
-          "and the true BP gradient on the same batch. s/epoch: training time only (no evaluation, "
-          "no probe measurements).", "",
+          ("Hidden-layer angle to BP: mean over probe steps of the angle between the rule's weight "
+          "update and the true BP gradient on the same batch, averaged over the weight layers that are "
+          f"not exact (a layer is exact when its angle stayed below {EXACT_DEG:g}° at every probe, like the "
+          "output layer of FA, DFA, KP, WM and sign symmetry; per layer below). s/epoch: training time "
+          "only (no evaluation, no probe measurements)."), "",
+          *layer_lines(rows),
           "![learning curves](curves.png)", ""]
     for r in runs:
         if r.summary.get("status") != "completed":

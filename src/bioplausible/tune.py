@@ -82,16 +82,6 @@ def parse_param(text: str) -> Param:
     return Param(key, kind, low, high, log=log)
 
 
-def _dotted(key: str, value: Any) -> dict[str, Any]:
-    node: dict[str, Any] = {}
-    cur = node
-    parts = key.split(".")
-    for part in parts[:-1]:
-        cur = cur.setdefault(part, {})
-    cur[parts[-1]] = value
-    return node
-
-
 def trial_value(run_dir: str | os.PathLike, metric: str, objective: str = "final") -> float | None:
     """The run's ``metric`` after the last epoch (``final``) or at its best epoch (``best``)."""
     from .report import load_run
@@ -136,6 +126,7 @@ def make_objective(base: Any, params: list[Param], out: Path, metric: str, objec
     def fn(trial: Any) -> float:
         update: dict[str, Any] = {}
         from .config import _merge
+        from .jobs import _dotted
 
         for p in params:
             update = _merge(update, _dotted(p.key, p.suggest(trial)))
@@ -207,6 +198,7 @@ def tune(base: Any, params: list[Param], trials: int, out: str | os.PathLike, me
 def best_config(base: Any, study: Any) -> Any:
     """``base`` with the best trial's values."""
     from .config import _merge
+    from .jobs import _dotted
 
     update: dict[str, Any] = {}
     for key, value in study.best_trial.params.items():

@@ -8,9 +8,16 @@ import torch
 
 from ...errors import ConfigError
 from ...registry import register
-from . import mb_kernel
 from .circuit import Circuit, HParams, feedforward_state, zero_state
 from .rule import COMMON, GhostRule, _num
+
+
+def _mb_kernel():
+    """The numba kernel module, imported on first use (numba costs ~0.2 s and ~100 MB to import,
+    which every other rule and the CLI should not pay)."""
+    from . import mb_kernel
+
+    return mb_kernel
 
 
 @register("ghost-ma")
@@ -101,7 +108,7 @@ class GhostMB(GhostRule):
         if c["kernel"] not in ("auto", "numba", "torch"):
             raise ConfigError(f"{self.name} option kernel={c['kernel']!r} is not valid; accepted: auto, "
                               "numba, torch")
-        if c["kernel"] == "numba" and not mb_kernel.AVAILABLE:
+        if c["kernel"] == "numba" and not _mb_kernel().AVAILABLE:
             raise ConfigError(f"{self.name} kernel='numba' needs numba (pip install numba); or use "
                               "kernel='torch'")
 
@@ -158,7 +165,7 @@ class GhostMB(GhostRule):
 
     def _use_numba(self, c: Circuit) -> bool:
         k = self.config["kernel"]
-        if k == "torch" or not mb_kernel.AVAILABLE:
+        if k == "torch" or not _mb_kernel().AVAILABLE:
             return False
         return c.W[0].device.type == "cpu"
 
@@ -170,7 +177,7 @@ class GhostMB(GhostRule):
         if self.compiled(c, callback):
             key = tuple(t.data_ptr() for t in c.W + c.Vb[1:] + c.Vf[1:] + c.Wb[1:] + c.bias if t is not None)
             if self._kernel is None or self._kernel[0] != key:
-                self._kernel = (key, mb_kernel.MBKernel(c, hp))
+                self._kernel = (key, _mb_kernel().MBKernel(c, hp))
             kern = self._kernel[1]
             kern.hp = hp
             return kern.run(x, target, self.config["free_steps"], self.config["clamped_steps"])

@@ -56,10 +56,8 @@ def init_weights(model: nn.Module, init: str = "default", generator: torch.Gener
                 m.weight.uniform_(-a, a, generator=generator)
             elif kind == "normal":
                 m.weight.normal_(0.0, scale, generator=generator)
-            elif kind == "uniform":
+            else:  # uniform (the kinds were checked above)
                 m.weight.uniform_(-scale, scale, generator=generator)
-            else:
-                raise ConfigError(f"unknown init {init!r}; use default, xavier, normal:STD or uniform:A")
             if m.bias is not None:
                 m.bias.zero_()
 

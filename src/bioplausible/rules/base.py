@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,8 +45,6 @@ from ..errors import ConfigError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: Optimizer options that mean nothing for tensors a rule updates itself.
-_RATE_KEYS = ("lr",)
 _NEUTRAL = {"name": None, "groups": None, "lr": None, "fused": None, "foreach": None}
 
 
@@ -529,6 +527,3 @@ def call_prepare(rule: Rule, model: nn.Module, example: torch.Tensor | None) -> 
         return rule.prepare(model, example=example)
     return rule.prepare(model)
 
-
-def entries_by_id(entries: Iterable[ParamEntry]) -> dict[int, ParamEntry]:
-    return {id(e.param): e for e in entries}

@@ -317,3 +317,82 @@ def test_diagnostics_are_logged_and_plotted(tmp_path):
     assert state["diag.trace_free"].shape == (4, 1) and float(state["diag.trace_free"].abs().max()) > 0
     assert main(["ghost-diagnostics", str(tmp_path)]) == 0
     assert (tmp_path / "ghost_diagnostics.png").stat().st_size > 1000
+
+
+def test_update_gain_is_one_at_small_beta_and_shrinks_with_beta(tmp_path):
+    """Corollary 1's step η_W·dt·β·n_clamped is reached as β → 0 (up to the error's settling time)
+    and is an upper bound at large β, where the nudge pulls the output towards the target and the
+    error the W update sees shrinks (spec §3.4)."""
+    from bioplausible.rules.ghost.diagnostics import load_records
+
+    gains = []
+    for beta in (1e-3, 1.0, 20.0):
+        torch.manual_seed(0)
+        model = bp.MLP([6, 5, 4], activation="sigmoid", output_activation="sigmoid",
+                       init="uniform:0.5").double()
+        rule = bp.make("ghost-ma", free_steps=20, clamped_steps=400, dt=0.01, tau=0.1, beta=beta,
+                       eta_w=1e-7 / beta, eta_v=0.0, v_init="converged", diagnostics_every=1)
+        out = tmp_path / str(beta)
+        bp.fit(model, rule, _toy_bundle(), config={"epochs": 1, "batch_size": 24, "probe_every": 0,
+                                                   "dtype": "float64"}, out=out)
+        m = [r for r in load_records(out) if "rule/update_gain/0" in r][-1]
+        gains.append([m["rule/update_gain/0"], m["rule/update_gain/1"]])
+        assert m["rule/update_gain_mean/0"] == pytest.approx(m["rule/update_gain/0"])  # one diagnosed batch
+    small, mid, large = gains
+    for l in (0, 1):
+        assert 0.9 < small[l] <= 1.0 + 1e-6  # settling costs ~ τ/dt of 400 steps
+        assert small[l] > mid[l] > large[l]
+        assert large[l] < 0.5
+
+
+def test_nudged_output_is_the_circuits_output_steady_state():
+    """The clamped circuit's output settles where s_L = W ρ(s_{L-1}) − 2β(ρ(s_L) − t): the fixed point
+    ``losses.nudged_output`` solves, for the displaced hidden rates of the same steady state."""
+    from bioplausible.losses import nudged_output
+
+    W = net(SIZES, seed=5)
+    x, t = data(6, 3)
+    for beta in (0.1, 2.0, 10.0):
+        c, _ = steady_errors(beta, W, x, t, steps=3000)
+        drive = torch.sigmoid(c.s[2]) @ c.W[2].t()
+        star = nudged_output(drive, t, beta)
+        assert torch.allclose(star, c.s[3], atol=1e-9, rtol=0), beta
+        assert float((star - drive).abs().max()) > 1e-3 * beta  # the nudge moved the output
+
+
+def test_nudged_loss_gradient_is_the_nudged_output_error():
+    """∂/∂s̃ of ``nudged_batchmean:β`` is 2ρ′(s*)(ρ(s*) − t)/N, s* from Newton's method written here;
+    as β → 0 it becomes C's gradient 2ρ′(s̃)(ρ(s̃) − t)/N; its value is C at ρ(s̃)."""
+    from bioplausible.losses import get_loss
+
+    g = torch.Generator().manual_seed(3)
+    pre = torch.randn(5, 4, generator=g, dtype=D) * 3
+    t = nn.functional.one_hot(torch.randint(0, 4, (5,), generator=g), 4).to(D)
+    for beta in (1e-6, 0.5, 10.0):
+        s = pre.clone().requires_grad_(True)
+        o = torch.sigmoid(s)
+        loss = get_loss(f"nudged_batchmean:{beta}")(o, t)
+        assert float(loss.detach()) == pytest.approx(float(((o - t) ** 2).sum() / 5), rel=1e-12)
+        loss.backward()
+        def f(z):
+            return z - pre + 2 * beta * (torch.sigmoid(z) - t)
+        star = pre.clone()
+        for _ in range(200):  # damped Newton on f(s) = s − s̃ + 2β(ρ(s) − t), f′ = 1 + 2βρ′(s) > 0
+            r = torch.sigmoid(star)
+            step = f(star) / (1 + 2 * beta * r * (1 - r))
+            for _ in range(60):  # halve the step until |f| does not grow
+                bad = f(star - step).abs() > f(star).abs()
+                if not bool(bad.any()):
+                    break
+                step = torch.where(bad, step / 2, step)
+            star = star - step
+        assert float(f(star).abs().max()) < 1e-12
+        r = torch.sigmoid(star)
+        want = 2 * r * (1 - r) * (r - t) / 5
+        assert torch.allclose(s.grad, want, atol=1e-12, rtol=1e-9), beta
+    r0 = torch.sigmoid(pre)
+    small = pre.clone().requires_grad_(True)
+    get_loss("nudged_batchmean:1e-9")(torch.sigmoid(small), t).backward()
+    assert torch.allclose(small.grad, 2 * r0 * (1 - r0) * (r0 - t) / 5, rtol=1e-6, atol=1e-12)
+    with pytest.raises(ConfigError, match="nudge beta"):
+        get_loss("nudged_sum:-1")

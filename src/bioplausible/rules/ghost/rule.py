@@ -97,6 +97,7 @@ class GhostRule(Rule):
         self._kernel: Any = None
         self._steps = 0
         self._metrics: dict[str, float] = {}
+        self._gains: dict[int, list] = {}  # layer -> [sum, count] of update_gain since the last metrics()
         self.trace: dict[str, list[list[float]]] = {}
         self._version = 0
         self._cache: tuple | None = None
@@ -370,6 +371,12 @@ class GhostRule(Rule):
             delta = (w1 - w0).double()
             rel = (delta - ref).norm() / ref.norm().clamp_min(1e-300)
             self._metrics[f"update_rel_error/{l}"] = float(rel)
+            # the step actually taken along the Corollary-1 step, as a fraction of it (1: as large)
+            gain = float((delta * ref).sum() / (ref * ref).sum().clamp_min(1e-300))
+            self._metrics[f"update_gain/{l}"] = gain
+            acc = self._gains.setdefault(l, [0.0, 0])
+            acc[0] += gain
+            acc[1] += 1
             cos = float((delta * ref).sum() / (delta.norm() * ref.norm()).clamp_min(1e-300))
             self._metrics[f"update_angle/{l}"] = math.degrees(math.acos(max(-1.0, min(1.0, cos))))
         for phase, rows in self.trace.items():
@@ -393,6 +400,9 @@ class GhostRule(Rule):
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """Fig. 3 distances ‖V^f − W_{h}‖/‖W_h‖ and ‖V^b − W^b‖/‖W^b‖ (MA), plus the last diagnostics."""
         out = dict(self._metrics)
+        for l, (total, count) in self._gains.items():  # mean step gain over the diagnosed batches
+            out[f"update_gain_mean/{l}"] = total / count
+        self._gains = {}
         if self._get("Vf.1") is None:
             return out
         c = self._circuit(model)

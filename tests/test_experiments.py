@@ -33,6 +33,31 @@ def test_checks_follow_their_definitions():
     assert passed == [True, False, True]  # kp 0.4 below, wm 0.6 below (> 0.5), fa 1.4 below
 
 
+def test_a_check_limited_to_scales_is_left_out_elsewhere():
+    from bioplausible.experiments import _parse
+
+    text = """
+name: scaled-checks
+title: t
+paper: p
+config: {dataset: {name: mnist}, model: {spec: "mlp:784-10"}}
+runs: {a: {name: bp}, b: {name: fa}}
+scales: {quick: {epochs: 1}, full: {}}
+checks:
+  - {type: min_value, metric: test_accuracy, run: a, min: 97.0, scales: [full]}
+  - {type: max_gap, metric: test_accuracy, runs: [b, a], max: 1.0}
+"""
+    preset = _parse(text, "test")
+    stats = {"a": {"test_accuracy": (90.0, 0.0)}, "b": {"test_accuracy": (89.5, 0.0)}}
+    quick = evaluate_checks(preset, stats, "quick")
+    assert [c["type"] for c in quick] == ["max_gap"] and quick[0]["passed"]
+    full = evaluate_checks(preset, stats, "full")
+    assert [c["passed"] for c in full] == [False, True]  # 90 < 97 counts at full
+    assert len(evaluate_checks(preset, stats)) == 2        # no scale given: every check
+    with pytest.raises(bp.ConfigError, match="scales must list"):
+        _parse(text.replace("scales: [full]", "scales: [medium]"), "test")
+
+
 @pytest.mark.parametrize("name", ["sal-table1-svhn", "sal-table1-stl10", "np-table1-cifar100"])
 def test_presets_needing_absent_data_fail_with_the_missing_data_line(name, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BIOPLAUSIBLE_DATA", str(tmp_path / "empty"))

@@ -90,6 +90,50 @@ def test_fast_torch_equals_literal_with_weight_clip_and_sum():
     assert float(lit.W[0].abs().max()) <= 0.45 + 1e-15
 
 
+@pytest.mark.parametrize("model", ["MA", "MA'"])
+@pytest.mark.parametrize("transpose", [True, False])
+def test_fast_torch_equals_literal_with_mixed_reductions(model, transpose):
+    """W updates averaged, V updates summed over the batch (``v_reduction``), and the reverse."""
+    sizes, ks = [7, 6, 5, 3], [5, 3]
+    for red, v_red in (("mean", "sum"), ("sum", "mean")):
+        extra = {"clip_dvb": 0.05} if model == "MA'" else {}
+        hp = hparams(3, transpose, reduction=red, v_reduction=v_red, **extra)
+        base = circuit(sizes, ks, bias=True, transpose=transpose)
+        x, t = batch(7, 3, 4)
+        lit, fast = base.clone(), base.clone()
+        feedforward_state(lit, x, hp)
+        feedforward_state(fast, x, hp)
+        for _ in range(2):
+            literal_example(lit, x, t, hp, model, 4, 3)
+            FastCircuit(fast, hp).run(x, t, model, 4, 3)
+            assert_same(lit, fast)
+
+
+def test_v_reduction_sum_over_copies_is_a_larger_v_rate():
+    """B copies of one example: summed V updates are B single-example V updates, averaged W updates one."""
+    sizes, ks = [7, 6, 5, 3], [5, 3]
+    B = 3
+    x1, t1 = batch(7, 3, 1)
+    xb, tb = x1.repeat(B, 1), t1.repeat(B, 1)
+    hp_b = hparams(3, True, reduction="mean", v_reduction="sum")
+    hp_1 = hparams(3, True, eta_v=[0.0] + [0.8 * B] * 2)
+    one, many = circuit(sizes, ks), circuit(sizes, ks)
+    feedforward_state(one, x1, hp_1)
+    feedforward_state(many, xb, hp_b)
+    literal_example(one, x1, t1, hp_1, "MA", 5, 4)
+    literal_example(many, xb, tb, hp_b, "MA", 5, 4)
+    for name in ("W", "Vf", "Vb", "Wb"):
+        for u, v in zip(getattr(one, name), getattr(many, name)):
+            if u is not None:
+                assert torch.allclose(u, v, atol=1e-12, rtol=0), name
+    # and the V rate matters: with the mean the V's differ from the B-fold rate
+    mean = circuit(sizes, ks)
+    hp_m = hparams(3, True, reduction="mean")
+    feedforward_state(mean, xb, hp_m)
+    literal_example(mean, xb, tb, hp_m, "MA", 5, 4)
+    assert float((mean.Vf[1] - one.Vf[1]).abs().max()) > 1e-6
+
+
 @pytest.mark.skipif(not mb_kernel.AVAILABLE, reason="numba not installed")
 @pytest.mark.parametrize("transpose", [True, False])
 @pytest.mark.parametrize("sizes", [[7, 6, 3], [7, 6, 5, 3]])

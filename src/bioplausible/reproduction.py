@@ -57,7 +57,7 @@ def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str
              for label, st in t["stats"].items()}
     for label, st in t["stats"].items():
         stats[label]["test_accuracy"] = st.get("test_accuracy", st[metric])
-    checks = evaluate_checks(preset, stats)
+    checks = evaluate_checks(preset, stats, index.get("scale"))
     lines = [f"## {preset.title}", "", (f"Preset `{name}`, scale `{index.get('scale')}`, seeds "
                                         f"{index.get('seeds')}. Paper: {preset.paper}."), "",
              f"Command: `{command}`", "",

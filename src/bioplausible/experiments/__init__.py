@@ -154,6 +154,11 @@ def _parse(text: str, source: str) -> Preset:
         value = check.get(bound, 0.0 if worst else None)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"preset {source}: check {i + 1} ({check['type']}) needs a number {bound}:")
+        only = check.get("scales")
+        if only is not None and not (isinstance(only, list) and only and all(str(x) in (raw.get("scales") or
+                                                                                  {"full": {}}) for x in only)):
+            raise ConfigError(f"preset {source}: check {i + 1} ({check['type']}): scales must list scales of "
+                              f"this preset, got {only!r}")
         if "metric" in check and check["metric"] not in _METRICS:
             raise ConfigError(f"preset {source}: check {i + 1}: unknown metric {check['metric']!r}; "
                               f"use {', '.join(sorted(_METRICS))}")
@@ -200,10 +205,18 @@ def get_preset(name: str) -> Preset:
     return presets[name]
 
 
-def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Evaluate the preset's checks on per-run statistics ``{label: {metric: (mean, std[, n])}}``."""
+def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]],
+                    scale: str | None = None) -> list[dict[str, Any]]:
+    """Evaluate the preset's checks on per-run statistics ``{label: {metric: (mean, std[, n])}}``.
+
+    A check with ``scales: [...]`` applies only at those scales (e.g. an accuracy the paper reaches
+    after many epochs, checked at ``full`` but not after a quick run's one epoch); at ``scale``
+    outside its list it is left out.
+    """
     results = []
     for check in preset.checks:
+        if scale is not None and check.get("scales") is not None and scale not in check["scales"]:
+            continue
         metric = check.get("metric", preset.paper_results.get("metric", "test_accuracy"))
         kind = check["type"]
         ok, text = False, ""
@@ -283,7 +296,7 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
     metrics = sorted({preset.paper_results.get("metric", "test_accuracy"), "test_accuracy",
                       "best_test_accuracy", "grad_angle"})
     stats = aggregate(summaries, metrics)
-    checks = evaluate_checks(preset, stats)
+    checks = evaluate_checks(preset, stats, scale)
     config, _ = preset.resolved(scale)
     report = {"preset": preset.name, "title": preset.title, "paper": preset.paper, "scale": scale,
               "seeds": sorted({j.seed for j in jobs}, key=[j.seed for j in jobs].index),

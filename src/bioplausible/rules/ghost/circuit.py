@@ -44,7 +44,8 @@ class HParams:
     eta_w: list[float]            # one per forward matrix (layer l = 0..L−1)
     eta_v: list[float]            # one per layer, index 0 unused
     transpose: bool               # TF (True) or FA (False)
-    reduction: str = "mean"       # "mean" | "sum" over the batch
+    reduction: str = "mean"       # "mean" | "sum" over the batch (W updates; V too unless v_reduction)
+    v_reduction: str | None = None  # "mean" | "sum" for the V updates (eqs 4, 5, 15); None: as reduction
     clip_dvb: float | None = None  # MA′: element-wise bound of each ΔV^b
     clip_on: str = "increment"    # "increment" (η_V dt ⟨e ρ(g)ᵀ⟩) | "derivative" (η_V ⟨e ρ(g)ᵀ⟩)
     weight_clip: float | None = None  # optional bound on |W|, |V| after each update (Thm 1)
@@ -99,7 +100,14 @@ def zero_state(c: Circuit, batch: int) -> None:
 
 
 def _red(hp: HParams, batch: int) -> float:
+    """Batch factor of the W updates (eq 6 / 16): 1/B for the mean, 1 for the sum."""
     return 1.0 / batch if hp.reduction == "mean" else 1.0
+
+
+def _red_v(hp: HParams, batch: int) -> float:
+    """Batch factor of the V updates (eqs 4, 5, 15)."""
+    how = hp.v_reduction or hp.reduction
+    return 1.0 / batch if how == "mean" else 1.0
 
 
 def _clip_(t: Tensor, bound: float | None) -> None:
@@ -116,7 +124,7 @@ def literal_step(c: Circuit, x: Tensor, target: Tensor, beta: float, hp: HParams
     """
     L, k = c.L, hp.dt / hp.tau
     B = x.shape[0]
-    red = _red(hp, B)
+    red, red_v = _red(hp, B), _red_v(hp, B)
     r = [input_rate(x, hp)] + [torch.sigmoid(c.s[l]) for l in range(1, L + 1)]
     rg = [None] + [torch.sigmoid(c.g[h]) for h in range(1, L)]
     e: list[Tensor | None] = [None]
@@ -141,9 +149,9 @@ def literal_step(c: Circuit, x: Tensor, target: Tensor, beta: float, hp: HParams
     db: list[Tensor | None] = [None] * L
     for h in range(1, L):
         if "Vf" in plastic:
-            dVf[h] = hp.eta_v[h] * hp.dt * red * ((c.s[h + 1] - c.g[h]).t() @ r[h])
+            dVf[h] = hp.eta_v[h] * hp.dt * red_v * ((c.s[h + 1] - c.g[h]).t() @ r[h])
         if "Vb" in plastic:
-            rate = hp.eta_v[h] * red * (e[h].t() @ rg[h])
+            rate = hp.eta_v[h] * red_v * (e[h].t() @ rg[h])
             if hp.clip_dvb is not None and hp.clip_on == "derivative":
                 rate = rate.clamp(-hp.clip_dvb, hp.clip_dvb)
             dVb[h] = rate * hp.dt

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .circuit import SCHEDULES, Circuit, HParams, _red, input_rate, mb_weight_update
+from .circuit import SCHEDULES, Circuit, HParams, _red, _red_v, input_rate, mb_weight_update
 
 Tensor = torch.Tensor
 
@@ -61,7 +61,7 @@ class FastCircuit:
         bufs = self._buffers(B, c.W[0])
         R, r, rg, Z, E, D, Q, T = (bufs[key] for key in ("R", "r", "rg", "Z", "E", "D", "Q", "T"))
         b1 = bufs["b1"][0]
-        red, kdt = _red(hp, B), hp.dt / hp.tau
+        red, red_v, kdt = _red(hp, B), _red_v(hp, B), hp.dt / hp.tau
         r0 = input_rate(x, hp)
         WV = [None] + [torch.cat([c.W[h], c.Vf[h]], 0) for h in range(1, L)]
         M = [None] + [torch.cat([c.Wb[h], -c.Vb[h]], 1) for h in range(1, L)]
@@ -115,7 +115,7 @@ class FastCircuit:
                     for h in range(1, L):
                         torch.sub(s[h + 1], g[h], out=Q[h][:, n[h + 1]:])
                         if do_w and hp.eta_v[h] != 0.0:
-                            Q[h][:, :n[h + 1]].copy_(D[h + 1]).mul_(hp.eta_w[h] / hp.eta_v[h])
+                            Q[h][:, :n[h + 1]].copy_(D[h + 1]).mul_(hp.eta_w[h] * red / (hp.eta_v[h] * red_v))
                 # state update (eqs 2-3)
                 for l in range(1, L + 1):  # s ← s + k(−s + b + e) = lerp(s, b + e, k)
                     drive = drive1 if l == 1 else Z[l - 1][:, :n[l]]
@@ -127,7 +127,7 @@ class FastCircuit:
                     g[h].lerp_(Z[h][:, n[h + 1]:], kdt)
                 # weight updates
                 for h in range(1, L):
-                    cv = hp.eta_v[h] * hp.dt * red
+                    cv = hp.eta_v[h] * hp.dt * red_v
                     if do_vf and do_w and hp.eta_v[h] != 0.0:  # [ΔW_h; ΔVf_h] in one GEMM
                         WV[h].addmm_(Q[h].t(), r[h], alpha=cv)
                     else:
@@ -144,7 +144,7 @@ class FastCircuit:
                         else:
                             bound = hp.clip_dvb
                             if hp.clip_on == "derivative":
-                                dv = (E[h].t() @ rg[h]).mul_(hp.eta_v[h] * red).clamp_(-bound, bound)
+                                dv = (E[h].t() @ rg[h]).mul_(hp.eta_v[h] * red_v).clamp_(-bound, bound)
                                 dv.mul_(hp.dt)
                             else:
                                 dv = (E[h].t() @ rg[h]).mul_(cv).clamp_(-bound, bound)

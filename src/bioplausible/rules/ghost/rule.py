@@ -43,7 +43,8 @@ COMMON: dict[str, Any] = {
     "eta_v": 0.05,               # float or one per hidden layer
     "gamma": None,               # V (and FA W^b) init U[−γ, γ]; null: each layer's max |W|
     "v_init": "uniform",         # uniform | converged (V^f = W of the layer above, V^b = W^b; MA)
-    "reduction": "mean",         # mean | sum over the batch
+    "reduction": "mean",         # mean | sum over the batch of the W updates (and V's, unless v_reduction)
+    "v_reduction": None,         # null (as reduction) | mean | sum: batch reduction of the V updates
     "state_init": "feedforward",
     "input_rate": "x",           # x | rho
     "weight_clip": None,         # bound |W|, |V| after each update (Theorem 1's boundedness)
@@ -122,6 +123,9 @@ class GhostRule(Rule):
             if c[key] not in choices:
                 raise ConfigError(f"{self.name} option {key}={c[key]!r} is not valid; accepted: "
                                   f"{', '.join(choices)}")
+        if c["v_reduction"] not in (None, "mean", "sum"):
+            raise ConfigError(f"{self.name} option v_reduction={c['v_reduction']!r} is not valid; accepted: "
+                              "null (as reduction), mean, sum")
         for key in ("gamma", "weight_clip"):
             if c[key] is not None:
                 _num(c, key, 0.0)
@@ -135,6 +139,7 @@ class GhostRule(Rule):
                        eta_w=_per_layer(c["eta_w"], n_layers, "eta_w", "forward matrices"),
                        eta_v=[0.0] + _per_layer(c["eta_v"], n_layers - 1, "eta_v", "hidden layers"),
                        transpose=c["feedback"] == "transpose", reduction=c["reduction"],
+                       v_reduction=c["v_reduction"],
                        clip_dvb=c.get("clip_dvb"), clip_on=c.get("clip_on", "increment"),
                        weight_clip=c["weight_clip"], input_rate=c["input_rate"])
         self._hp = (n_layers, hp)

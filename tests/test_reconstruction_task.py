@@ -162,7 +162,7 @@ def test_bad_checks_are_one_line(check, message):
 
 def test_the_builtin_preset_declares_table_2a():
     preset = bp.experiments.get_preset("np-table2a-autoencoder")
-    config, seeds = preset.resolved("quick")
+    config, _ = preset.resolved("quick")
     assert config["dataset"]["task"] == "reconstruction" and preset.paper_results["metric"] == "test_loss"
     assert len(preset.runs) == 11 and set(preset.paper_results["values"]) == set(preset.runs)
     assert preset.checks[0]["type"] == "worst" and set(preset.checks[0]["runs"]) == {"fa", "fa-noise"}

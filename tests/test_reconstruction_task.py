@@ -180,3 +180,21 @@ def test_reproduce_writes_losses_beside_the_paper(synthetic_root, tmp_path, monk
     assert "test_loss (lower is better)" in md and "ours − paper" in md
     m = report["stats"]["fa"]["test_loss"][0]
     assert f"| fa | {m:.2f} ± 0.00 | 759.1 | {m - 759.1:+.2f} |" in md
+
+
+# ------------------------------------------------------------------ matched with activation noise (Table 2a row)
+def test_matched_noise_perturbs_training_passes_only():
+    torch.manual_seed(0)
+    base = bp.build_model("mlp:6-5-4-6", activation="tanh")
+    x = torch.randn(8, 6)
+    noisy_rule, plain_rule = bp.make("matched-noise", c_h=0.5), bp.make("matched")
+    noisy_rule.set_seed(0)
+    noisy, plain = noisy_rule.prepare(base, example=x[:2]), plain_rule.prepare(base, example=x[:2])
+    noisy.eval()
+    plain.eval()
+    assert torch.equal(noisy(x), plain(x))  # evaluation: no noise
+    noisy.train()
+    plain.train()
+    assert not torch.allclose(noisy(x), plain(x))  # training pass: hidden activities perturbed
+    with pytest.raises(ConfigError, match="c_h must be a positive number"):
+        bp.make("matched-noise", c_h=0.0)

@@ -128,7 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_jobs([job])
     summary = run_job(job)
     final = summary.get("final") or {}
-    print(f"{summary['status']}: test accuracy {final.get('test_accuracy', float('nan')):.2f}% after "
+    shown = (f"test accuracy {final['test_accuracy']:.2f}%" if "test_accuracy" in final
+             else f"test loss {final.get('test_loss', float('nan')):.4g}")
+    print(f"{summary['status']}: {shown} after "
           f"{summary['epochs_completed']} epochs; run directory {job.run_dir}")
     if summary["status"] != "completed":
         print(f"bioplausible: {summary['message']}", file=sys.stderr)

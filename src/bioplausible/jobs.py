@@ -206,8 +206,10 @@ def _build(job: Job, data: Any, config: TrainConfig, out: Path | None, progress:
     from .train import Trainer
 
     torch.manual_seed(config["seed"])
+    from .data.reconstruction import output_size
+
     model = build_model(config["model"]["spec"], input_shape=data.info.input_shape,
-                        num_classes=data.info.num_classes, **config.model_options())
+                        num_classes=output_size(data.info), **config.model_options())
     return Trainer(model, config["rule"]["name"], data, config, out=out, progress=progress)
 
 

@@ -143,14 +143,19 @@ def plot_curves(runs: Sequence[RunRecord], path: str | os.PathLike, title: str =
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3 if any(r.probes for r in runs) else 2, figsize=(13, 4))
+    # a reconstruction task has no accuracy: the first panel shows the test loss instead
+    key = "test_accuracy" if any("test_accuracy" in e for r in runs for e in r.epochs) else "test_loss"
     for r in runs:
         ep = [e["epoch"] for e in r.epochs]
-        axes[0].plot(ep, [e.get("test_accuracy") for e in r.epochs], marker="o", label=r.label)
+        axes[0].plot(ep, [e.get(key) for e in r.epochs], marker="o", label=r.label)
         axes[1].plot(ep, [e.get("train_loss") for e in r.epochs], marker="o", label=r.label)
         if len(axes) > 2 and r.probes:
             steps = [p["step"] for p in r.probes if "grad_angle" in p]
             axes[2].plot(steps, [p["grad_angle"] for p in r.probes if "grad_angle" in p], label=r.label)
-    axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    if key == "test_accuracy":
+        axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    else:
+        axes[0].set(xlabel="epoch", ylabel="test loss", title="test loss (lower is better)")
     axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss", yscale="log")
     if len(axes) > 2:
         axes[2].set(xlabel="step", ylabel="degrees", title="angle to the BP gradient")

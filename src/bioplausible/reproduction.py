@@ -46,7 +46,7 @@ def _check_text(check: dict[str, Any]) -> str:
 
 def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str, Any]]:
     """The Markdown of one preset's sweep folder, and its check results."""
-    from .experiments import evaluate_checks, get_preset
+    from .experiments import evaluate_checks, get_preset, metric_label
     from .sweep_report import _fmt, _num, collect, tables
 
     preset = get_preset(name)
@@ -61,7 +61,7 @@ def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str
     lines = [f"## {preset.title}", "", (f"Preset `{name}`, scale `{index.get('scale')}`, seeds "
                                         f"{index.get('seeds')}. Paper: {preset.paper}."), "",
              f"Command: `{command}`", "",
-             f"| run | ours: {metric} (mean ± std, n) | paper | ours − paper | hidden-layer angle to BP (°) | runs |",
+             f"| run | ours: {metric_label(metric)} (mean ± std, n) | paper | ours − paper | hidden-layer angle to BP (°) | runs |",
              "|---|---|---|---|---|---|"]
     for row, st in zip(t["rows"], t["stats"].values()):
         lines.append(f"| {row['label']} | {_fmt(st[metric])} (n={st['n']}) | {_num(row['paper'])} | "

@@ -118,7 +118,9 @@ def tables(index: dict[str, Any], groups: dict[str, list[dict[str, Any]]]) -> di
 
 def markdown(t: dict[str, Any]) -> str:
     metric, has_paper = t["metric"], bool(t["paper"])
-    head = f"| run | seeds | {metric} (mean ± std) |" + (" paper | ours − paper |" if has_paper else "")
+    from .experiments import metric_label
+
+    head = f"| run | seeds | {metric_label(metric)} (mean ± std) |" + (" paper | ours − paper |" if has_paper else "")
     head += " best test acc. | hidden-layer angle to BP (°) | s/epoch | runs |"
     cols = head.count("|") - 1
     lines = [head, "|" + "---|" * cols]
@@ -179,18 +181,22 @@ def plot(groups: dict[str, list[dict[str, Any]]], out: Path, title: str = "") ->
 
     done = {label: [r["run"] for r in runs if r["status"] == "completed" and r["run"] is not None]
             for label, runs in groups.items()}
+    # a reconstruction task has no accuracy: its curves show the test loss instead
+    key = "test_accuracy" if any("test_accuracy" in e for rs in done.values() for r in rs for e in r.epochs) \
+        else "test_loss"
+    name = "test accuracy (%)" if key == "test_accuracy" else "test loss"
     paths = {}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for label, runs in done.items():
         if runs:
             xs = [e["epoch"] for e in runs[0].epochs]
-            _band(axes[0], xs, [[e.get("test_accuracy", float("nan")) for e in r.epochs] for r in runs], label)
+            _band(axes[0], xs, [[e.get(key, float("nan")) for e in r.epochs] for r in runs], label)
             _band(axes[1], xs, [[e.get("train_loss", float("nan")) for e in r.epochs] for r in runs], label)
     from matplotlib.ticker import MaxNLocator
 
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy (mean ± std)")
+    axes[0].set(xlabel="epoch", ylabel=name, title=f"{name.split(' (')[0]} (mean ± std)")
     axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss (mean ± std)", yscale="log")
     paths["curves"] = _save(fig, axes, out / "curves.png", title)
 
@@ -209,9 +215,9 @@ def plot(groups: dict[str, list[dict[str, Any]]], out: Path, title: str = "") ->
 
             times = np.mean([np.cumsum([e.get("epoch_time", 0.0) for e in r.epochs]) for r in runs
                              if len(r.epochs) == len(runs[0].epochs)], axis=0)
-            _band(axes, list(times), [[e.get("test_accuracy", float("nan")) for e in r.epochs] for r in runs], label)
-    axes.set(xlabel="training time (s, mean over seeds)", ylabel="test accuracy (%)",
-             title="accuracy against time (one point per epoch)")
+            _band(axes, list(times), [[e.get(key, float("nan")) for e in r.epochs] for r in runs], label)
+    axes.set(xlabel="training time (s, mean over seeds)", ylabel=name,
+             title=f"{name.split(' (')[0]} against time (one point per epoch)")
     paths["time"] = _save(fig, [axes], out / "time.png", title)
     return paths
 

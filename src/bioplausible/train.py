@@ -145,11 +145,19 @@ def build_schedule(optimizer: torch.optim.Optimizer, options: dict[str, Any], ep
         raise ConfigError(f"schedule {name!r}: {exc}") from None
 
 
+#: losses that compare class scores with a class: meaningless when the target is the input
+CLASSIFICATION_LOSSES = ("cross_entropy",)
+
+
 def resolve_loss(name: str, task: str) -> Loss:
-    """``auto`` is cross-entropy for single-label data and sigmoid BCE for multi-label data."""
+    """``auto`` is cross-entropy for single-label data, sigmoid BCE for multi-label data and
+    ``mse_batchmean`` (squared error summed over the outputs, batch mean) for reconstruction."""
     if name == "auto":
-        name = "bce" if task == "multilabel" else "cross_entropy"
+        name = {"multilabel": "bce", "reconstruction": "mse_batchmean"}.get(task, "cross_entropy")
     loss = get_loss(name)
+    if task == "reconstruction" and loss.name in CLASSIFICATION_LOSSES:
+        raise ConfigError(f"loss {loss.name!r} is a classification loss but the task is reconstruction "
+                          f"(targets = inputs); use mse_sum, mse_batchmean, mse_half_sum, mse or bce")
     if task == "multilabel" and loss.name == "cross_entropy":
         raise ConfigError("this dataset is multi-label: use --loss bce (per-label sigmoid) or an mse loss")
     return loss
@@ -201,8 +209,11 @@ def _accuracy_counts(output: torch.Tensor, y: torch.Tensor, task: str) -> torch.
     return (output.argmax(dim=1) == y).sum()
 
 
-def _correct_counter(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The per-batch correct count for ``task`` (class-index targets in three ops)."""
+def _correct_counter(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """The per-batch correct count for ``task`` (class-index targets in three ops); ``None``
+    for reconstruction, which has no accuracy."""
+    if task == "reconstruction":
+        return None
     if task == "multilabel":
         return lambda output, y: _accuracy_counts(output, y, task)
 
@@ -217,7 +228,11 @@ def _correct_counter(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Any, loss: Loss | str, batch_size: int = 1000,
              task: str = "multiclass") -> dict[str, float]:
-    """Loss per example (in the loss's own convention) and accuracy in percent on a split."""
+    """Loss per example (in the loss's own convention) and accuracy in percent on a split.
+
+    For ``task="reconstruction"`` only the loss (the reconstruction error, lower is better):
+    there is no accuracy to report.
+    """
     loss = get_loss(loss)
     was_training = model.training
     model.eval()
@@ -227,18 +242,38 @@ def evaluate(model: nn.Module, split: Any, loss: Loss | str, batch_size: int = 1
         for xb, yb in split.batches(batch_size, shuffle=False):
             out = model(xb)
             total += float(loss.mean_per_example(out, yb)) * out.shape[0]
-            correct += float(_accuracy_counts(out, yb, task))
+            if task != "reconstruction":
+                correct += float(_accuracy_counts(out, yb, task))
             n += out.shape[0]
             if task == "multilabel":
                 outputs.append(out.float().cpu())
     finally:
         model.train(was_training)
-    result = {"loss": total / max(n, 1), "accuracy": 100.0 * correct / max(n, 1)}
+    result = {"loss": total / max(n, 1)}
+    if task != "reconstruction":
+        result["accuracy"] = 100.0 * correct / max(n, 1)
     if task == "multilabel" and outputs:
         from .data import multilabel_metrics
 
         result["auc"] = float(multilabel_metrics(torch.cat(outputs), split.y.float().cpu())["auc"])
     return result
+
+
+@torch.no_grad()
+def check_reconstruction_output(model: nn.Module, example: torch.Tensor) -> None:
+    """A model trained to reconstruct its input must output as many numbers as the input has."""
+    was_training = model.training
+    model.eval()  # no dropout, no training-time noise: only the shape is wanted
+    try:
+        out = model(example)
+    finally:
+        model.train(was_training)
+    want = example[0].numel()
+    got = out[0].numel() if out.dim() > 0 and out.shape[0] == example.shape[0] else -1
+    if got != want:
+        raise ConfigError(f"the task is reconstruction (targets = inputs) but the model outputs "
+                          f"{tuple(out.shape[1:])} per example for inputs of {want} numbers; give it "
+                          f"{want} outputs (e.g. model autoencoder or mlp:...-{want})")
 
 
 @dataclass
@@ -279,6 +314,8 @@ class Trainer:
         model = model.to(device=self.device, dtype=self.dtype)
         example = next(iter(self.train_split.batches(2, shuffle=False)))[0]
         self.model = call_prepare(self.rule, model, example)
+        if self.task == "reconstruction":
+            check_reconstruction_output(self.model, example)
         self.rule.to(self.device, self.dtype)
         self.optimizer = self.rule.build_optimizer(self.model, config["optimizer"])
         self.schedule = build_schedule(self.optimizer, config["schedule"], config["epochs"])
@@ -422,7 +459,8 @@ class Trainer:
             if loss_part is None:
                 loss_part = torch.zeros((), dtype=res.loss.dtype, device=self.device)
             loss_part.add_(res.loss, alpha=1 if summed else batch)
-            correct.add_(count_correct(res.output, yb))
+            if count_correct is not None:
+                correct.add_(count_correct(res.output, yb))
             n += batch
             if self.step % 50 == 0:
                 loss_sum.add_(loss_part)
@@ -437,8 +475,8 @@ class Trainer:
             loss_sum.add_(loss_part)
         train_loss = float(loss_sum) / max(n, 1)
         self._check(train_loss, f"the end of epoch {self.epoch + 1}")
-        return {"train_loss": train_loss, "train_accuracy": 100.0 * float(correct) / max(n, 1),
-                "epoch_time": elapsed, "probe_time": probe_time,
+        accuracy = {} if count_correct is None else {"train_accuracy": 100.0 * float(correct) / max(n, 1)}
+        return {"train_loss": train_loss, **accuracy, "epoch_time": elapsed, "probe_time": probe_time,
                 "samples_per_s": n / elapsed if elapsed > 0 else None}
 
     def run(self, resume: bool = False) -> FitResult:
@@ -491,8 +529,10 @@ class Trainer:
                 for cb in self.callbacks:
                     cb(record)
                 if self.progress:
+                    test = (f"test loss {record.get('test_loss', float('nan')):.4g}" if self.task == "reconstruction"
+                            else f"test acc {record.get('test_accuracy', float('nan')):.2f}%")
                     msg = (f"[{self.rule.name}] epoch {self.epoch}/{cfg['epochs']}  "
-                           f"loss {record['train_loss']:.4f}  test acc {record.get('test_accuracy', float('nan')):.2f}%  "
+                           f"loss {record['train_loss']:.4f}  {test}  "
                            f"{record['epoch_time']:.1f}s ({record['samples_per_s']:.0f} ex/s)")
                     print(msg, flush=True)
                 if self.epoch % cfg["checkpoint_every"] == 0 or self.epoch == cfg["epochs"]:

@@ -197,12 +197,17 @@ def as_bundle(data: Any, eval_data: Any = None, *, task: str | None = None,
     """Turn ``data`` (and optional ``eval_data``) into the bundle :class:`~bioplausible.Trainer` uses.
 
     ``data``: any form listed in the module docstring. ``eval_data``: one of them (evaluated
-    as ``test``) or a dict with keys ``test`` and/or ``val``. ``task``: ``"multiclass"`` or
-    ``"multilabel"`` (default: read off tensor targets, else multiclass). Anything else is a
+    as ``test``) or a dict with keys ``test`` and/or ``val``. ``task``: ``"multiclass"``,
+    ``"multilabel"`` (default: read off tensor targets, else multiclass) or ``"reconstruction"``
+    (targets = the flattened inputs; given targets are kept as ``split.labels``). Anything else is a
     :class:`TypeError` naming what is accepted.
     """
+    if task == "reconstruction":  # targets = the inputs (an autoencoder); see .reconstruction
+        from .reconstruction import as_reconstruction
+
+        return as_reconstruction(as_bundle(data, eval_data, name=name))
     if task is not None and task not in ("multiclass", "multilabel"):
-        raise ConfigError(f"task must be 'multiclass' or 'multilabel', got {task!r}")
+        raise ConfigError(f"task must be 'multiclass', 'multilabel' or 'reconstruction', got {task!r}")
     if isinstance(data, DataBundle) or (
             hasattr(data, "train") and hasattr(data, "test") and hasattr(data, "info")):
         if eval_data is None and task is None:

@@ -142,6 +142,7 @@ def load_dataset(
     device=None,
     dtype: torch.dtype = torch.float32,
     subset: int | None = None,
+    task: str | None = None,
     **options: Any,
 ) -> DataBundle:
     """Load dataset ``name`` from the data root into memory as tensors.
@@ -153,12 +154,21 @@ def load_dataset(
     ``"unit"`` ([0, 1]) or ``"none"`` (0..255 as float). ``val_size`` moves the *last*
     ``val_size`` training examples into ``bundle.val``. ``subset=N`` keeps the first ``N``
     training and ``max(1, N // 6)`` test/validation examples. ``one_hot`` gives float
-    ``(N, K)`` targets. Extra keyword ``options`` are dataset-specific (see
+    ``(N, K)`` targets. ``task="reconstruction"`` makes every target the flattened input (an
+    autoencoder's data; labels kept as ``split.labels``, :mod:`bioplausible.data.reconstruction`);
+    ``None`` keeps the dataset's own task. Extra keyword ``options`` are dataset-specific (see
     ``DatasetSpec.options``); ``mirror=`` replaces the download base URL.
 
     ``name`` may also be ``npz:PATH`` or ``pkg.module:callable``, the user's own data, with the
     same options (:mod:`bioplausible.data.custom`; extra ``options`` go to the callable).
     """
+    if task is not None:
+        from .reconstruction import as_reconstruction, check_task
+
+        bundle = load_dataset(name, root, normalize=normalize, flatten=flatten, val_size=val_size,
+                              one_hot=one_hot, download=download, device=device, dtype=dtype,
+                              subset=subset, **options)
+        return as_reconstruction(bundle) if check_task(task, bundle.info.task) else bundle
     if is_custom(name):
         return load_custom(name, root, normalize=normalize, flatten=flatten, val_size=val_size,
                            one_hot=one_hot, device=device, dtype=dtype, subset=subset, **options)

@@ -14,8 +14,16 @@ as in the paper), the numbers the paper reports and checks that compare ours wit
     paper_results: {metric: test_accuracy, values: {bp: 98.0, ar: null}, note: ...}
     checks: [{type: within, metric: test_accuracy, runs: [ar, bp], max: 0.3}]
 
-Check types: ``within`` (|a − b| ≤ max), ``max_gap`` (run a at most ``max`` below run b),
-``min_value`` (a run's metric at least ``min``), ``within_paper`` (|ours − paper| ≤ ``tol``).
+Check types: ``within`` (|a − b| ≤ max), ``max_gap`` (run a at most ``max`` below run b, i.e.
+m_b − m_a ≤ max), ``min_value`` (a run's metric at least ``min``), ``max_value`` (at most ``max``),
+``within_paper`` (|ours − paper| ≤ ``tol``) and ``worst`` (every run in ``runs`` is worse than
+every other run of the preset, by more than ``margin``, default 0).
+
+Direction: losses (``test_loss``, ``train_loss``) and ``grad_angle`` are lower-is-better
+(:func:`lower_is_better`); ``worst`` uses it (a check may override it with
+``lower_is_better: true|false``). ``max_gap``, ``within`` and the min/max bounds are plain
+arithmetic: "FA's loss is at least BP's" is ``{type: max_gap, metric: test_loss, runs: [fa, bp],
+max: 0}`` (bp − fa ≤ 0). "ours − paper" in reports is ours minus the paper's value either way.
 
 ``bioplausible reproduce NAME --scale quick`` trains every run with every seed and prints the
 mean ± std beside the paper's values.
@@ -37,6 +45,16 @@ from ..errors import ConfigError, UnknownNameError, UserError
 
 _METRICS = {"test_accuracy", "best_test_accuracy", "train_accuracy", "test_loss", "train_loss",
             "val_accuracy", "test_auc", "grad_angle"}
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is the better one (losses, angles)."""
+    return metric.endswith("_loss") or metric == "grad_angle"
+
+
+def metric_label(metric: str) -> str:
+    """``metric`` as a table header, saying so when lower is better."""
+    return f"{metric} (lower is better)" if lower_is_better(metric) else metric
 
 
 @dataclass
@@ -67,7 +85,7 @@ def _preset_files() -> list[Any]:
 
 
 _CHECK_FIELDS = {"max_gap": ("runs", "max"), "within": ("runs", "max"), "min_value": ("run", "min"),
-                 "within_paper": ("run", "tol")}
+                 "max_value": ("run", "max"), "within_paper": ("run", "tol"), "worst": ("runs", "margin")}
 
 
 def _parse(text: str, source: str) -> Preset:
@@ -124,11 +142,16 @@ def _parse(text: str, source: str) -> Preset:
         run_key, bound = _CHECK_FIELDS[check["type"]]
         named = check.get(run_key)
         named = named if run_key == "runs" else [named]
-        if not (isinstance(named, list) and len(named) == (2 if run_key == "runs" else 1)
-                and all(str(r) in runs for r in named)):
+        worst = check["type"] == "worst"
+        count_ok = (1 <= len(named) < len(runs)) if worst and isinstance(named, list) else (
+            isinstance(named, list) and len(named) == (2 if run_key == "runs" else 1))
+        if not (isinstance(named, list) and count_ok and all(str(r) in runs for r in named)):
+            want = ("some but not all runs" if worst else "two runs" if run_key == "runs" else "a run")
             raise ConfigError(f"preset {source}: check {i + 1} ({check['type']}): {run_key} must name "
-                              f"{'two runs' if run_key == 'runs' else 'a run'} of this preset, got {named!r}")
-        value = check.get(bound)
+                              f"{want} of this preset, got {named!r}")
+        if worst and not isinstance(check.get("lower_is_better", True), bool):
+            raise ConfigError(f"preset {source}: check {i + 1} (worst): lower_is_better must be true or false")
+        value = check.get(bound, 0.0 if worst else None)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"preset {source}: check {i + 1} ({check['type']}) needs a number {bound}:")
         only = check.get("scales")
@@ -206,12 +229,15 @@ def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]],
                 ok = (abs(gap) if kind == "within" else gap) <= float(check["max"])
                 bound = f"|{b} − {a}| at most" if kind == "within" else "at most"
                 text = f"{metric}: {b} − {a} = {gap:+.2f} ({bound} {check['max']})"
-        elif kind == "min_value":
+        elif kind in ("min_value", "max_value"):
             label = check["run"]
             m = stats.get(label, {}).get(metric, (None, None))[0]
             if m is not None:
-                ok = m >= float(check["min"])
-                text = f"{metric} of {label} = {m:.2f} (at least {check['min']})"
+                low = kind == "min_value"
+                ok = m >= float(check["min"]) if low else m <= float(check["max"])
+                text = f"{metric} of {label} = {m:.2f} (at {'least' if low else 'most'} {check['min' if low else 'max']})"
+        elif kind == "worst":
+            ok, text = _worst(check, metric, stats)
         elif kind == "within_paper":
             label = check["run"]
             m = stats.get(label, {}).get(metric, (None, None))[0]
@@ -221,6 +247,32 @@ def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]],
                 text = f"{metric} of {label} = {m:.2f} vs paper {ref} (within {check['tol']})"
         results.append({**check, "passed": bool(ok), "text": text or "not measured"})
     return results
+
+
+def _worst(check: dict[str, Any], metric: str, stats: dict[str, dict[str, Any]]) -> tuple[bool, str]:
+    """Every run in ``check['runs']`` worse than every other measured run by more than the margin."""
+    lower = bool(check.get("lower_is_better", lower_is_better(metric)))
+    margin = float(check.get("margin", 0.0))
+    values = {label: st.get(metric, (None, None))[0] for label, st in stats.items()}
+    named = [str(r) for r in check["runs"]]
+    if any(values.get(r) is None for r in named):
+        return False, ""
+    others = {k: v for k, v in values.items() if k not in named and v is not None}
+    if not others:
+        return False, ""
+    if lower:  # worst = highest: the lowest named value must exceed the highest other one
+        best_named = min(named, key=lambda r: values[r])
+        worst_other = max(others, key=lambda r: others[r])
+        gap = values[best_named] - others[worst_other]
+    else:
+        best_named = max(named, key=lambda r: values[r])
+        worst_other = min(others, key=lambda r: others[r])
+        gap = others[worst_other] - values[best_named]
+    direction = "lower" if lower else "higher"
+    text = (f"{metric} ({direction} is better): {', '.join(named)} worst of all {len(others) + len(named)} runs — "
+            f"the best of them, {best_named} = {values[best_named]:.2f}, vs the worst other, {worst_other} = "
+            f"{others[worst_other]:.2f} (gap {gap:+.2f}, more than {margin:g} needed)")
+    return gap > margin, text
 
 
 def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
@@ -266,18 +318,19 @@ def format_report(report: dict[str, Any]) -> str:
     values = report["paper_results"].get("values") or {}
     lines = [f"# {report['title']}", "", f"Preset `{report['preset']}`, scale `{report['scale']}`, "
              f"seeds {report['seeds']}. Paper: {report['paper']}.", "",
-             f"| run | ours: {metric} (mean ± std) | paper | angle to BP (°) | status |",
-             "|---|---|---|---|---|"]
+             f"| run | ours: {metric_label(metric)}, mean ± std | paper | ours − paper | angle to BP (°) | status |",
+             "|---|---|---|---|---|---|"]
     for label, st in report["stats"].items():
         m, s = tuple(st.get(metric, (None, None)))[:2]
         ang = next(iter(st.get("grad_angle", (None, None))))
         ours = "–" if m is None else f"{m:.2f} ± {s:.2f}"
         paper = values.get(label)
-        lines.append(f"| {label} | {ours} | {'–' if paper is None else paper} | "
+        diff = "–" if m is None or paper is None else f"{m - paper:+.2f}"
+        lines.append(f"| {label} | {ours} | {'–' if paper is None else paper} | {diff} | "
                      f"{'–' if ang is None else f'{ang:.1f}'} | {', '.join(report['status'][label])} |")
     for label, paper in values.items():
         if label not in report["stats"] and paper is not None:
-            lines.append(f"| {label} | not run (rule not in this preset) | {paper} | – | – |")
+            lines.append(f"| {label} | not run (rule not in this preset) | {paper} | – | – | – |")
     note = report["paper_results"].get("note")
     if note:
         lines += ["", f"Paper values: {note}"]
@@ -287,4 +340,5 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Preset", "evaluate_checks", "format_report", "get_preset", "list_presets", "run_preset"]
+__all__ = ["Preset", "evaluate_checks", "format_report", "get_preset", "list_presets", "lower_is_better",
+           "metric_label", "run_preset"]

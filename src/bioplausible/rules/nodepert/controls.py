@@ -5,7 +5,7 @@ the ``bp`` rule with ``optimizer: {name: adam}``.)
 * ``matched`` — B receives W's update, ``ΔB = ΔWᵀ``: Kolen-Pollack (``kp``) with the decay λ
   defaulting to 0, as in the authors' code (``NPModel4_Matched``); ``decay > 0`` gives the
   paper's text ("weight decay is used to drive the matrices to be similar").
-* ``bp-noise`` / ``fa-noise`` — BP / FA trained on activities with zero-mean Gaussian noise of
+* ``bp-noise`` / ``fa-noise`` / ``matched-noise`` — BP / FA / ``matched`` trained on activities with zero-mean Gaussian noise of
   std ``c_h`` added to every hidden activity (the input of every Linear/Conv2d but the first)
   in training forward passes; evaluation and the probe's BP reference run without it.
 * ``dae`` — BP on inputs with Gaussian noise of std ``input_noise`` (0.3, App. C.2), the
@@ -93,6 +93,20 @@ class NoisyFA(FeedbackAlignment):
         return add_activation_noise(self, super().prepare(model, example))
 
 
+@register("matched-noise")
+class NoisyMatched(Matched):
+    paper = "Lansdell, Prakash & Kording 2020 (control, Table 2a 'Matched' with noise)"
+    summary = "control: matched (KP, decay 0) on hidden activities with Gaussian noise of std c_h"
+    defaults: ClassVar[dict[str, Any]] = {**Matched.defaults, "c_h": 0.01}
+
+    def validate(self) -> None:
+        super().validate()
+        _check_std(self, "c_h")
+
+    def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
+        return add_activation_noise(self, super().prepare(model, example))
+
+
 @register("dae")
 class DenoisingBP(BP):
     paper = "Lansdell, Prakash & Kording 2020 (control); Vincent et al. 2008"
@@ -107,4 +121,4 @@ class DenoisingBP(BP):
         return super().train_step(model, x + self.config["input_noise"] * xi, y, loss_fn)
 
 
-__all__ = ["DenoisingBP", "Matched", "NoisyBP", "NoisyFA", "add_activation_noise"]
+__all__ = ["DenoisingBP", "Matched", "NoisyBP", "NoisyFA", "NoisyMatched", "add_activation_noise"]

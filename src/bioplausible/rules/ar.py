@@ -58,6 +58,7 @@ from .ar_relax import SWEEPS, relax_closed_form, relax_fixed_point, relax_loop
 from .base import FeedbackPair, Rule, StepResult
 
 SOLVERS = ("closed_form", "loop", "fixed_point")
+GRAPH_UNITS = ("layer", "block", "op")
 BACKWARD_WEIGHTS = ("transpose", "random", "learned")
 #: The paper's Fig. 3 variants (code flags) -> (backward_weights, derivative).
 VARIANTS: dict[str, tuple[str, bool]] = {
@@ -86,6 +87,7 @@ class ActivationRelaxation(Rule):
         "variant": None,              # shorthand for the Fig. 3 variants, see VARIANTS
         "feedback_std": 0.05,         # ψ ~ N(0, std²), as the authors' code
         "graph": False,               # relax every node of any fx-traceable model (App. A)
+        "graph_units": "layer",       # graph mode's units: layer (op + its activations) | op
         "divergence_threshold": 1e6,  # |relaxed value| above this (or non-finite) stops the run
     }
 
@@ -109,6 +111,7 @@ class ActivationRelaxation(Rule):
         c["eta_x"] = float(eta)
         self.check_choice("solver", SOLVERS)
         self.check_choice("sweep", SWEEPS)
+        self.check_choice("graph_units", GRAPH_UNITS)
         if c["variant"] is not None:
             if c["variant"] not in VARIANTS:
                 raise ConfigError(f"ar option variant={c['variant']!r} is not valid; accepted: "
@@ -219,7 +222,7 @@ class ActivationRelaxation(Rule):
 
     def _check(self, loss: torch.Tensor, values: list[torch.Tensor], where: str) -> None:
         self._steps_done += 1
-        peaks = [v.abs().amax() for v in values if v.numel()]
+        peaks = [torch.stack(torch.aminmax(v)).abs().amax() for v in values if v.numel()]
         peak = float(torch.stack(peaks).amax()) if peaks else 0.0
         self._last_max = peak
         thr = self.config["divergence_threshold"]

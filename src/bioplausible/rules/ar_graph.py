@@ -81,6 +81,7 @@ def trace_model(model: nn.Module) -> fx.GraphModule:
 class _Node:
     key: str                      # module path for call_module nodes, else the fx node name
     value: Tensor                 # forward value (detached)
+    members: list[str] = field(default_factory=list)     # keys of the ops merged into it
     out: Tensor | None = None     # local graph output
     leaves: list[Tensor] = field(default_factory=list)   # detached inputs, one per parent
     parents: list[int] = field(default_factory=list)     # relaxed parents (node indices)
@@ -133,8 +134,17 @@ class _Several:
         self.node = node
 
 
-def _run_forward(gm: fx.GraphModule, x: Tensor) -> tuple[list[_Node], int]:
-    """Execute the graph node by node, keeping each relaxed node's local autograd graph."""
+def _run_forward(gm: fx.GraphModule, x: Tensor, units: str = "op") -> tuple[list[_Node], int]:
+    """Execute the graph node by node, keeping each relaxed node's local autograd graph.
+
+    With ``units="layer"`` an elementwise activation whose producer it alone consumes takes
+    that producer in (:mod:`.ar_graph_units`): the unit is the activation's output and its
+    local graph runs from the producer's inputs through both ops.
+    """
+    from .ar_graph_units import absorbs, compact, consumers
+
+    sole = consumers(gm) if units != "op" else {}
+    absorbed: set[int] = set()
     nodes: list[_Node] = []
     index: dict[fx.Node, int] = {}      # relaxed fx node -> position in ``nodes``
     env: dict[fx.Node, Any] = {}
@@ -167,8 +177,9 @@ def _run_forward(gm: fx.GraphModule, x: Tensor) -> tuple[list[_Node], int]:
         if module is not None and pick is None:
             calls[n.target] = calls.get(n.target, 0) + 1
             key = n.target if calls[n.target] == 1 else f"{n.target}:{calls[n.target] - 1}"
-        node = _Node(key, value=x)
+        node = _Node(key, value=x, members=[key])
         inplace = _mutates_first_arg(run, module)
+        merge = units != "op" and pick is None and absorbs(run, module, units == "block")
         first = run.args[0] if run.args and isinstance(run.args[0], fx.Node) else None
         sub: dict[fx.Node, Any] = {}
         for p in run.all_input_nodes:
@@ -178,7 +189,16 @@ def _run_forward(gm: fx.GraphModule, x: Tensor) -> tuple[list[_Node], int]:
                 raise IncompatibleModelError(
                     f"ar graph mode: node {run.name!r} uses the several outputs of "
                     f"{v.node.name!r} at once; index them (a, b = ...) before using them")
-            if src in index:
+            if src in index and merge and sole.get(src) == 1:
+                # take the producer in: its local graph feeds this op, its inputs are ours
+                prod = nodes[index[src]]
+                absorbed.add(index[src])
+                node.leaves += prod.leaves
+                node.parents += prod.parents
+                node.params += prod.params
+                node.members = prod.members + node.members
+                v = prod.out
+            elif src in index:
                 leaf = v.detach().requires_grad_(True)
                 node.leaves.append(leaf)
                 node.parents.append(index[src])
@@ -220,7 +240,7 @@ def _run_forward(gm: fx.GraphModule, x: Tensor) -> tuple[list[_Node], int]:
     if top < 0:
         raise IncompatibleModelError("ar graph mode: the model output does not depend on any "
                                      "trained parameter, so there is nothing to relax")
-    return nodes, top
+    return compact(nodes, top, absorbed)
 
 
 def _vjp(node: _Node, cotangent: Tensor, targets: list[Tensor]) -> tuple[Tensor | None, ...]:
@@ -285,7 +305,7 @@ def graph_relax(rule, model: nn.Module, x: Tensor, y: Tensor, loss_fn,
     A ``callback(k, xs)`` forces the literal loop and sees every step.
     """
     c = rule.config
-    nodes, top = _run_forward(trace_model(model), x)
+    nodes, top = _run_forward(trace_model(model), x, c["graph_units"])
     with torch.enable_grad():
         out = nodes[top].value.detach().requires_grad_(True)
         loss = loss_fn(out, y)

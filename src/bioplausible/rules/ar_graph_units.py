@@ -1,0 +1,123 @@
+"""Relaxation units of graph mode: every op (``graph_units="op"``) or every layer (``"layer"``).
+
+With ``"layer"`` each elementwise, parameter-free activation (module, functional or method
+form, in place or not: ReLU, tanh, sigmoid, GELU, ...) that is the *only* consumer of its
+producer's value is merged into that producer, repeatedly (Linear → ReLU → Tanh is one unit).
+The unit's value is the activation's output ``x = f(a)``, ``a = g(parents)``, and its local
+Jacobian is ``diag(f′(a)) · J_g`` — exactly how the MLP path folds ``f′`` into each layer's
+backward map (:mod:`.ar_mlp`). The producer's value ``a`` is no longer relaxed. Relaxation on
+the merged graph is the same eq 14 on fewer units: its fixed point is still ``∂loss/∂unit``
+(the chain rule through the merged ops), but its finite-K result differs from the op graph's,
+and on an MLP (Linear layers and elementwise activations) the units are the MLP path's layers,
+so both give the same numbers at every K.
+
+"Only consumer" is decided statically on the fx graph, counting every node that reads the
+value (after an in-place op, later readers of the mutated name read the in-place node, as in
+:func:`.ar_graph._run_forward`), the model output included: a value used twice, by the output
+or by anything else (even a shape query) is never merged, so the merge is always exact.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+from torch import fx, nn
+
+from .ar_mlp import ELEMENTWISE
+
+#: functional / method names of elementwise activations (``torch.*``, ``F.*``, ``Tensor.*``)
+ACTIVATION_NAMES = frozenset({
+    "relu", "relu_", "relu6", "tanh", "tanh_", "sigmoid", "sigmoid_", "gelu", "silu", "silu_",
+    "elu", "elu_", "selu", "selu_", "celu", "celu_", "leaky_relu", "leaky_relu_", "softplus",
+    "mish", "hardtanh", "hardtanh_", "hardswish", "hardsigmoid", "softsign", "tanhshrink",
+    "logsigmoid",
+})
+_NAMESPACES = (torch, torch.nn.functional, torch.special, torch._C._nn)
+#: parameter-free reductions of one value that end a conv layer (or an MLP's input)
+POOLING_NAMES = frozenset({
+    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+    "flatten", "reshape", "view",
+})
+POOLING_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
+                   nn.AvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                   nn.AdaptiveMaxPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                   nn.AdaptiveAvgPool3d, nn.Flatten)
+_ADDS = (operator.add, operator.iadd, torch.add)
+
+
+def is_activation(n: fx.Node, module: nn.Module | None) -> bool:
+    """True for a parameter-free elementwise activation of one tensor (any of its forms)."""
+    if len(n.all_input_nodes) != 1:
+        return False
+    if n.op == "call_module":
+        return (isinstance(module, ELEMENTWISE)
+                and not any(True for _ in module.parameters()))
+    name = getattr(n.target, "__name__", n.target)
+    if n.op == "call_method":
+        return name in ACTIVATION_NAMES
+    if n.op != "call_function" or name not in ACTIVATION_NAMES:
+        return False
+    return any(getattr(ns, name, None) is n.target for ns in _NAMESPACES)
+
+
+def consumers(gm: fx.GraphModule) -> dict[fx.Node, int]:
+    """How many distinct fx nodes (the output included) read each node's value."""
+    from .ar_graph import _mutates_first_arg
+
+    readers: dict[fx.Node, set[fx.Node]] = {}
+    current: dict[fx.Node, fx.Node] = {}
+    for n in gm.graph.nodes:
+        for p in n.all_input_nodes:
+            readers.setdefault(current.get(p, p), set()).add(n)
+        if n.op in ("call_module", "call_method", "call_function"):
+            module = gm.get_submodule(n.target) if n.op == "call_module" else None
+            first = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
+            if first is not None and _mutates_first_arg(n, module):
+                current[first] = n
+    return {n: len(r) for n, r in readers.items()}
+
+
+def compact(nodes: list, top: int, absorbed: set[int]) -> tuple[list, int]:
+    """Drop the merged-in producers and renumber parents (topological order is kept)."""
+    if not absorbed:
+        return nodes, top
+    new = {}
+    for i in range(len(nodes)):
+        if i not in absorbed:
+            new[i] = len(new)
+    out = []
+    for i, nd in enumerate(nodes):
+        if i in absorbed:
+            continue
+        nd.parents = [new[p] for p in nd.parents]
+        out.append(nd)
+    return out, new[top]
+
+
+def _returns_indices(n: fx.Node, module: nn.Module | None) -> bool:
+    if module is not None:
+        return bool(getattr(module, "return_indices", False))
+    return n.kwargs.get("return_indices") is True or (len(n.args) > 6 and n.args[6] is True)
+
+
+def absorbs(n: fx.Node, module: nn.Module | None, joins: bool) -> bool:
+    """Whether op ``n`` takes in a producer it alone reads (``joins``: pooling, flatten, add too)."""
+    if is_activation(n, module):
+        return True
+    if not joins:
+        return False
+    if n.op == "call_module":
+        return isinstance(module, POOLING_MODULES) and not _returns_indices(n, module)
+    name = getattr(n.target, "__name__", n.target)
+    if n.op == "call_method":
+        return name in POOLING_NAMES or name in ("add", "add_")
+    if n.op != "call_function":
+        return False
+    if n.target in _ADDS:
+        return True
+    return (name in POOLING_NAMES and not _returns_indices(n, None)
+            and any(getattr(ns, name, None) is n.target for ns in _NAMESPACES))

@@ -182,7 +182,7 @@ def _max_grad_error(rule, model, x, y, loss):
     return max(float((p.grad - want[n]).abs().max()) for n, p in model.named_parameters()) / scale
 
 
-@pytest.mark.parametrize("units", ["op", "layer", "block"])
+@pytest.mark.parametrize("units", ["op", "activation", "layer"])
 @pytest.mark.parametrize("case", ["chain", "chain_skip", "resnet", "resnet_noskip"])
 def test_the_issue_table_converges_and_never_diverges(case, units):
     """The issue's four models (ResNets CIFAR-shaped): η = 0.1, K = 50, 200, 1000.
@@ -216,7 +216,7 @@ def test_the_issue_table_converges_and_never_diverges(case, units):
     assert _max_grad_error(exact, model, x, y, CE) < 1e-8
 
 
-@pytest.mark.parametrize("units", ["op", "layer", "block"])
+@pytest.mark.parametrize("units", ["op", "activation", "layer"])
 @pytest.mark.parametrize("variant", ["bn_eval", "bn_train", "inplace"])
 def test_batchnorm_pooling_and_inplace_ops_match_backprop(variant, units):
     zoo = _zoo()

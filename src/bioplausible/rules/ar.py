@@ -58,7 +58,7 @@ from .ar_relax import SWEEPS, relax_closed_form, relax_fixed_point, relax_loop
 from .base import FeedbackPair, Rule, StepResult
 
 SOLVERS = ("closed_form", "loop", "fixed_point")
-GRAPH_UNITS = ("layer", "block", "op")
+GRAPH_UNITS = ("layer", "activation", "op")
 BACKWARD_WEIGHTS = ("transpose", "random", "learned")
 #: The paper's Fig. 3 variants (code flags) -> (backward_weights, derivative).
 VARIANTS: dict[str, tuple[str, bool]] = {
@@ -87,7 +87,7 @@ class ActivationRelaxation(Rule):
         "variant": None,              # shorthand for the Fig. 3 variants, see VARIANTS
         "feedback_std": 0.05,         # ψ ~ N(0, std²), as the authors' code
         "graph": False,               # relax every node of any fx-traceable model (App. A)
-        "graph_units": "layer",       # graph mode's units: layer (op + its activations) | op
+        "graph_units": "layer",       # graph mode's units: layer | activation | op (ar_graph_units)
         "divergence_threshold": 1e6,  # |relaxed value| above this (or non-finite) stops the run
     }
 

@@ -137,9 +137,10 @@ class _Several:
 def _run_forward(gm: fx.GraphModule, x: Tensor, units: str = "op") -> tuple[list[_Node], int]:
     """Execute the graph node by node, keeping each relaxed node's local autograd graph.
 
-    With ``units="layer"`` an elementwise activation whose producer it alone consumes takes
-    that producer in (:mod:`.ar_graph_units`): the unit is the activation's output and its
-    local graph runs from the producer's inputs through both ops.
+    With ``units="activation"`` an elementwise activation whose producer it alone reads takes
+    that producer in, with ``"layer"`` pooling, flatten, add joins and BatchNorm do too
+    (:mod:`.ar_graph_units`): the unit is the last op's output and its local graph runs from
+    the producers' inputs through all the merged ops.
     """
     from .ar_graph_units import absorbs, compact, consumers
 
@@ -179,7 +180,7 @@ def _run_forward(gm: fx.GraphModule, x: Tensor, units: str = "op") -> tuple[list
             key = n.target if calls[n.target] == 1 else f"{n.target}:{calls[n.target] - 1}"
         node = _Node(key, value=x, members=[key])
         inplace = _mutates_first_arg(run, module)
-        merge = units != "op" and pick is None and absorbs(run, module, units == "block")
+        merge = units != "op" and pick is None and absorbs(run, module, units == "layer")
         first = run.args[0] if run.args and isinstance(run.args[0], fx.Node) else None
         sub: dict[fx.Node, Any] = {}
         for p in run.all_input_nodes:

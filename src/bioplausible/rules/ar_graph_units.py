@@ -1,20 +1,31 @@
-"""Relaxation units of graph mode: every op (``graph_units="op"``) or every layer (``"layer"``).
+"""Relaxation units of graph mode (``graph_units``): every op, or merged ops.
 
-With ``"layer"`` each elementwise, parameter-free activation (module, functional or method
-form, in place or not: ReLU, tanh, sigmoid, GELU, ...) that is the *only* consumer of its
-producer's value is merged into that producer, repeatedly (Linear → ReLU → Tanh is one unit).
-The unit's value is the activation's output ``x = f(a)``, ``a = g(parents)``, and its local
-Jacobian is ``diag(f′(a)) · J_g`` — exactly how the MLP path folds ``f′`` into each layer's
-backward map (:mod:`.ar_mlp`). The producer's value ``a`` is no longer relaxed. Relaxation on
-the merged graph is the same eq 14 on fewer units: its fixed point is still ``∂loss/∂unit``
-(the chain rule through the merged ops), but its finite-K result differs from the op graph's,
-and on an MLP (Linear layers and elementwise activations) the units are the MLP path's layers,
-so both give the same numbers at every K.
+A *merge* lets an op take in a producer whose value only it reads: the producer's output is
+no longer relaxed, the merged unit's value is the op's output and its local graph runs from
+the producer's inputs through both ops, so its Jacobian is the composition (for an
+elementwise activation after ``a = g(parents)``: ``diag(f′(a)) · J_g``, exactly how the MLP
+path folds ``f′`` into each layer's backward map, :mod:`.ar_mlp`). Merges repeat (Linear →
+ReLU → MaxPool → Flatten is one unit). Relaxation on the merged graph is eq 14 on fewer units:
+its fixed point is still ``∂loss/∂unit`` (the chain rule through the merged ops), its finite-K
+result differs from the op graph's (it converges faster: the longest chain is shorter).
 
-"Only consumer" is decided statically on the fx graph, counting every node that reads the
+* ``"op"``: no merge, every fx node is a unit (App. A read literally).
+* ``"activation"``: parameter-free elementwise activations (module, functional or method
+  form, in place or not: ReLU, tanh, sigmoid, GELU, ...) take in their producer.
+* ``"layer"`` (default): activations, and also pooling (max/avg/adaptive), flatten / reshape /
+  view, additions (a residual join takes in the branch only it reads, not the shared skip)
+  and BatchNorm (eval or train mode) take in their producer. The units are then layer
+  outputs ``x_l = pool(f(BN(W x_{l−1}) + skip))``: every relaxed value is read by a trained op,
+  read more than once, or is the output.
+
+On an MLP (Linear layers and elementwise activations) both merged choices give the MLP
+path's layers, so graph mode and the MLP path give the same numbers at every K.
+
+"Only reader" is decided statically on the fx graph, counting every node that reads the
 value (after an in-place op, later readers of the mutated name read the in-place node, as in
 :func:`.ar_graph._run_forward`), the model output included: a value used twice, by the output
-or by anything else (even a shape query) is never merged, so the merge is always exact.
+or by anything else (even a shape query) is never merged, so a merge never changes the fixed
+point.
 """
 
 from __future__ import annotations
@@ -22,7 +33,6 @@ from __future__ import annotations
 import operator
 
 import torch
-
 from torch import fx, nn
 
 from .ar_mlp import ELEMENTWISE
@@ -42,10 +52,11 @@ POOLING_NAMES = frozenset({
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
     "flatten", "reshape", "view",
 })
-POOLING_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
+LAYER_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
                    nn.AvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
                    nn.AdaptiveMaxPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-                   nn.AdaptiveAvgPool3d, nn.Flatten)
+                   nn.AdaptiveAvgPool3d, nn.Flatten, nn.BatchNorm1d, nn.BatchNorm2d,
+                   nn.BatchNorm3d)
 _ADDS = (operator.add, operator.iadd, torch.add)
 
 
@@ -105,13 +116,13 @@ def _returns_indices(n: fx.Node, module: nn.Module | None) -> bool:
 
 
 def absorbs(n: fx.Node, module: nn.Module | None, joins: bool) -> bool:
-    """Whether op ``n`` takes in a producer it alone reads (``joins``: pooling, flatten, add too)."""
+    """Whether op ``n`` takes in a producer it alone reads (``joins``: the ``"layer"`` merges)."""
     if is_activation(n, module):
         return True
     if not joins:
         return False
     if n.op == "call_module":
-        return isinstance(module, POOLING_MODULES) and not _returns_indices(n, module)
+        return isinstance(module, LAYER_MODULES) and not _returns_indices(n, module)
     name = getattr(n.target, "__name__", n.target)
     if n.op == "call_method":
         return name in POOLING_NAMES or name in ("add", "add_")

@@ -31,11 +31,15 @@ K-step result with a scalar-coefficient recursion (see :mod:`.ar_relax`); ``"loo
 literal Euler steps (same numbers up to rounding); ``"fixed_point"`` jumps to the equilibrium
 in one backward sweep — BP (or FA for random ψ) — which *changes results* by O((1−η_x)^K).
 
-``graph=True`` relaxes every node of any fx-traceable model with local vector-Jacobian
-products (App. A, :mod:`.ar_graph`); it supports the transpose with derivatives only. There
-the closed form (:mod:`.ar_graph_closed`, default) evaluates the K steps as a polynomial in the
-graph's transposed Jacobian; batch-mean losses relax per-example errors (``N·∂loss/∂out``)
-and divide the weight update by ``N``.
+``graph=True`` relaxes the units of any fx-traceable model with local vector-Jacobian
+products (App. A, :mod:`.ar_graph`); it supports the transpose with derivatives only. The
+units are set by ``graph_units``: ``"layer"`` (default: layer outputs — each op with the
+activations, pooling, flatten, add join and BatchNorm that alone read it; on an MLP the same
+units and numbers as this MLP path at every K), ``"activation"`` (activations merged only) or
+``"op"`` (every fx node), :mod:`.ar_graph_units`. There the closed form
+(:mod:`.ar_graph_closed`, default) evaluates the K steps as a polynomial in the graph's
+transposed Jacobian; batch-mean losses relax per-example errors (``N·∂loss/∂out``) and divide
+the weight update by ``N``.
 
 ψ lives on the model as a parameter ``feedback`` of each ``nn.Linear`` except the first (the
 input is never relaxed, so ψ_0 would never be used), in W's ``(out, in)`` layout, drawn from

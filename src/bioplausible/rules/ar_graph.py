@@ -1,7 +1,8 @@
 """Activation relaxation on an arbitrary computation graph (paper App. A, eq 12-16).
 
 The model is traced with ``torch.fx``; every node ``i`` whose value is a floating tensor that
-depends on a trained parameter (or on another such node) is a relaxed unit, the model's output
+depends on a trained parameter (or on another such node) is a relaxed unit (or part of one,
+when ``graph_units`` merges a producer into the op that alone reads it), the model's output
 is clamped to the output error ``e``, and the input is never relaxed. At the stored forward
 pass each node keeps its *local* autograd graph ``out_j = f_j(parents_j)``, so its
 vector-Jacobian product uses the forward Jacobian (frozen, as in the MLP case). One Euler step is
@@ -23,12 +24,18 @@ path) are relaxed on per-example errors ``N·∂loss/∂out`` and the
 weight update is divided by ``N``, so the finite-K error relative to BP does not grow with the
 batch; summed losses (and plain callables) relax ``∂loss/∂out`` itself.
 
-Unlike the MLP path, a Linear layer and its activation are two nodes here, so the K-step
-result differs from the MLP path's (same fixed point), and graphs are deeper: a LeNet-5 is a
-chain of 12 nodes. The error after K steps is ``Σ_{m<d} w_m(K) M^m ε(0)`` (``d`` nodes on the
-longest chain; Jacobi ``w_m`` = Binomial(K, η) probabilities), so K·η must clearly exceed
-``d``: at the MLP defaults (K = 100, η_x = 0.1) a CIFAR-10 LeNet-5's update is still ~89° from
-BP's, at η_x = 0.5 (or K = 400) it is BP's to rounding (benchmarks/results/ar_graph_speed.md). Supported: fan-out, fan-in (add,
+Units (``graph_units``, :mod:`.ar_graph_units`): with ``"op"`` every fx node is a unit, so a
+Linear layer and its activation are two and graphs are deep (a LeNet-5 is a chain of 12);
+with ``"layer"`` (default) an op that is the only reader of its producer's value and is an
+activation, pooling, flatten, an add join or BatchNorm takes that producer in, so the units
+are layer outputs (LeNet-5: 5; on an MLP the MLP path's layers, with the same K-step result);
+``"activation"`` merges activations only. Every choice has the same fixed point. The error
+after K steps is ``Σ_{m<d} w_m(K) M^m ε(0)`` (``d`` units on the longest chain; Jacobi ``w_m``
+= Binomial(K, η) probabilities), so K·η must clearly exceed ``d``: at the MLP defaults
+(K = 100, η_x = 0.1) a CIFAR-10 LeNet-5's update is 89° from BP's with op units and 19° with
+layer units, a 2-block ResNet's ~75° with either (its lowest layers lag); at K = 200 layer
+units are within 0.06° on both, at η_x = 0.5 every choice is BP's to rounding
+(benchmarks/results/ar_graph_speed.md). Supported: fan-out, fan-in (add,
 concatenation, products of activations), modules called twice, in-place ops (the mutated
 value is used by every later consumer, as in eager mode), pooling, BatchNorm in eval and
 train mode (its batch coupling is part of the local Jacobian), ops returning several tensors

@@ -307,6 +307,35 @@ def _flat_keys(res) -> torch.Tensor:
     return torch.cat([res.x[i].reshape(-1) for i in range(len(res.nodes))])
 
 
+class Viewed(nn.Module):
+    """Shape queries do not count as uses: ``x.view(x.size(0), -1)`` still merges."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.o = nn.Conv2d(2, 3, 3, padding=1), nn.Linear(3 * 2 * 2, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.c(x))
+        h = F.max_pool2d(h, 2)
+        return self.o(h.view(h.size(0), -1) * (h.shape[1] / 3))
+
+
+def test_shape_queries_do_not_block_a_merge():
+    torch.manual_seed(0)
+    model = Viewed().double()
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    y = torch.tensor([0, 2, 1])
+    lf = get_loss("cross_entropy")
+    want = {"activation": [["c", "relu"], ["max_pool2d"], ["view"], ["mul"], ["o"]],
+            "layer": [["c", "relu", "max_pool2d", "view"], ["mul"], ["o"]]}
+    for units, members in want.items():
+        res = _relax(model, x, y, lf, graph_units=units, relax_steps=3, eta_x=0.5)
+        assert [nd.members for nd in res.nodes] == members
+        m = _Merged(zoo._Dense(model, x, y, lf), [ms[-1] for ms in members])
+        assert zoo._rel(_flat(res, m), m.run(3, 0.5, "gauss_seidel")) < 1e-10
+        assert _grad_error(model, x, y, lf, solver="fixed_point", graph_units=units) < 1e-12
+
+
 def _mlp(final_act: bool) -> nn.Sequential:
     torch.manual_seed(3)
     layers = [nn.Flatten(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 5), nn.ReLU(inplace=True),

@@ -14,9 +14,9 @@ result differs from the op graph's (it converges faster: the longest chain is sh
   form, in place or not: ReLU, tanh, sigmoid, GELU, ...) take in their producer.
 * ``"layer"`` (default): activations, and also pooling (max/avg/adaptive), flatten / reshape /
   view, additions (a residual join takes in the branch only it reads, not the shared skip)
-  and BatchNorm (eval or train mode) take in their producer. The units are then layer
-  outputs ``x_l = pool(f(BN(W x_{l−1}) + skip))``: every relaxed value is read by a trained op,
-  read more than once, or is the output.
+  and BatchNorm (eval or train mode) take in their producer. In MLPs, CNNs and ResNets the
+  units are then the layer outputs ``x_l = pool(f(BN(W x_{l−1}) + skip))``; other joins
+  (concatenation, products) stay units of their own.
 
 On an MLP (Linear layers and elementwise activations) both merged choices give the MLP
 path's layers, so graph mode and the MLP path give the same numbers at every K.
@@ -75,13 +75,31 @@ def is_activation(n: fx.Node, module: nn.Module | None) -> bool:
     return any(getattr(ns, name, None) is n.target for ns in _NAMESPACES)
 
 
+_METADATA_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
+_METADATA_ATTRS = frozenset({"shape", "dtype", "device", "ndim", "is_cuda"})
+
+
+def _metadata_only(n: fx.Node) -> bool:
+    if n.op == "call_method":
+        return n.target in _METADATA_METHODS
+    if n.op == "call_function" and n.target is getattr:
+        return len(n.args) > 1 and n.args[1] in _METADATA_ATTRS
+    return n.op == "call_function" and n.target is len
+
+
 def consumers(gm: fx.GraphModule) -> dict[fx.Node, int]:
-    """How many distinct fx nodes (the output included) read each node's value."""
+    """How many distinct fx nodes (the output included) read each node's value.
+
+    Reading only a tensor's shape, dtype or device (``x.size(0)``, ``x.shape``, ``x.dim()``)
+    is not a use of its value: ``x.view(x.size(0), -1)`` may still merge ``x``.
+    """
     from .ar_graph import _mutates_first_arg
 
     readers: dict[fx.Node, set[fx.Node]] = {}
     current: dict[fx.Node, fx.Node] = {}
     for n in gm.graph.nodes:
+        if _metadata_only(n):
+            continue
         for p in n.all_input_nodes:
             readers.setdefault(current.get(p, p), set()).add(n)
         if n.op in ("call_module", "call_method", "call_function"):

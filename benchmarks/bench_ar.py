@@ -12,8 +12,10 @@ Writes ``benchmarks/results/ar_speed.json`` and ``ar_speed.md``.
 
 ``--graph`` times graph mode instead (issue 20): LeNet-5 on CIFAR-10 and a small 2-block
 ResNet without BatchNorm (:class:`SmallResNet`), batch 64, K = 100, η_x = 0.1, cross-entropy,
-float32, one thread; contenders BP, the graph closed form (default solver), the literal loop
-(fewer batches per block, per-batch time) and the fixed point. Each timed block restarts from
+float32, one thread; contenders BP, the graph closed form (default solver) and the literal loop
+(fewer batches per block, per-batch time) for each ``graph_units`` choice (op, activation, layer),
+and the fixed point; plus, per unit choice, the number of units, the longest chain, the
+closed form's VJP count and the angle to BP's gradient (float64, first batch). Each timed block restarts from
 the initial weights (SGD at lr 1e-3): at K = 100, η_x = 0.1 these deep graphs are far from
 converged and several steps in a row blow the weights up. Writes ``ar_graph_speed.*``.
 """
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import statistics
 import time
@@ -105,32 +109,94 @@ def load_cifar(n: int, batch: int, seed: int = 0):
              for i in range(n)], source, len(x_all))
 
 
-def graph_main(args) -> None:
-    """Graph-mode rows: BP vs the closed form, the loop and the fixed point (issue 20)."""
-    from bioplausible.models import LeNet5
+UNITS = ("op", "activation", "layer")
+
+
+def _angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    cos = float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-300))
+    return math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+
+
+ANGLE_SETTINGS = ((100, 0.1), (200, 0.1), (100, 0.5))  # (K, η_x): the MLP defaults first
+
+
+def _counting(calls: list, original):
+    def vjp(nd, v, targets):
+        calls.append(nd.key)
+        return original(nd, v, targets)
+    return vjp
+
+
+def graph_diagnostics(build, x, y, loss) -> dict:
+    """Per unit choice: units, longest chain, closed-form VJP count at the default K and η_x,
+    and the angle of the AR update to BP's gradient (all parameters, and per weight) at each
+    of ``ANGLE_SETTINGS`` (float64, initial weights, one batch)."""
+    from bioplausible.rules import ar_graph_closed
     from bioplausible.rules.ar_graph import _run_forward, trace_model
-    from bioplausible.rules.ar_graph_closed import distances_below
+
+    torch.manual_seed(0)
+    model = build().double()
+    x = x.double()
+    want = bp.make("bp").bp_gradients(model, x, y, loss)
+    flat_want = torch.cat([want[n].reshape(-1) for n, _ in model.named_parameters()])
+    out = {}
+    for units in UNITS:
+        nodes, _ = _run_forward(trace_model(model), x, units)
+        depth = max(max(s) for s in ar_graph_closed.distances_below(nodes)) + 1
+        entry = {"relaxed_units": len(nodes), "longest_chain_units": depth, "angles": {}}
+        for steps, eta in ANGLE_SETTINGS:
+            rule = bp.make("ar", graph=True, graph_units=units, relax_steps=steps, eta_x=eta)
+            calls: list[str] = []
+            original = ar_graph_closed._vjp
+            ar_graph_closed._vjp = _counting(calls, original)
+            try:
+                rule.train_step(model, x, y, loss)
+            finally:
+                ar_graph_closed._vjp = original
+            if (steps, eta) == ANGLE_SETTINGS[0]:
+                entry["closed_form_vjps"] = len(calls)
+                entry["closed_form_vjps_by_unit"] = {k: calls.count(k) for k in dict.fromkeys(calls)}
+            got = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+            entry["angles"][f"K={steps},eta={eta}"] = {
+                "all": _angle(got, flat_want),
+                **{n: _angle(p.grad.reshape(-1), want[n].reshape(-1))
+                   for n, p in model.named_parameters() if n.endswith("weight")}}
+        out[units] = entry
+    return out
+
+
+def graph_main(args) -> None:
+    """Graph-mode rows: BP vs the closed form and the loop per unit choice, and the fixed point."""
+    from bioplausible.models import LeNet5
 
     batch, steps, eta = 64, 100, 0.1
     batches, source, _ = load_cifar(args.batches, batch)
     loss = get_loss("cross_entropy")
     builders = {"lenet5_cifar10": lambda: LeNet5(input_shape=(3, 32, 32)),
                 "resnet2_nobn_cifar10": SmallResNet}
-    options = {"bp": ("bp", {}),
-               "ar_graph_closed_form": ("ar", {"graph": True, "relax_steps": steps, "eta_x": eta}),
-               "ar_graph_loop": ("ar", {"graph": True, "relax_steps": steps, "eta_x": eta,
-                                        "solver": "loop"}),
-               "ar_graph_fixed_point": ("ar", {"graph": True, "solver": "fixed_point"})}
+    options = {"bp": ("bp", {})}
+    for units in UNITS:
+        base = {"graph": True, "relax_steps": steps, "eta_x": eta, "graph_units": units}
+        options[f"ar_graph_closed_form_{units}"] = ("ar", base)
+        options[f"ar_graph_loop_{units}"] = ("ar", {**base, "solver": "loop"})
+    options["ar_graph_fixed_point"] = ("ar", {"graph": True, "solver": "fixed_point"})
     result = {"batch_size": batch, "relax_steps": steps, "eta_x": eta, "loss": "cross_entropy",
               "sweep": "gauss_seidel", "dtype": "float32", "threads": args.threads, "reps": args.reps,
               "data": source, "torch": torch.__version__,
-              "machine": platform.processor() or platform.machine(), "models": {}}
+              "machine": platform.processor() or platform.machine(),
+              "load_average": list(os.getloadavg()), "models": {}}
     lines = ["# Activation relaxation in graph mode vs BP: time per training step", "",
              (f"Batch {batch}, K = {steps}, η_x = {eta}, cross_entropy, Gauss-Seidel sweep, SGD, "
               f"float32, {args.threads} thread(s), torch {torch.__version__}. Data: {source}. Median "
-              f"of {args.reps} round-robin repetitions in one process; BP, closed form and fixed "
-              f"point time {args.batches} batches per block, the loop {args.loop_batches}."), ""]
+              f"of {args.reps} round-robin repetitions in one process; BP, closed forms and fixed "
+              f"point time {args.batches} batches per block, the loops {args.loop_batches}. "
+              "Units (`graph_units`): `op` every fx node; `activation` each elementwise "
+              "activation merged into the producer it alone reads; `layer` (the default) also "
+              "pooling, flatten, add joins and BatchNorm. Angles: float64, first batch, initial weights, all "
+              "parameters (per weight in the JSON). Load average at the start: "
+              f"{', '.join(f'{v:.1f}' for v in result['load_average'])}."), ""]
     for model_name, build in builders.items():
+        diag = graph_diagnostics(build, *batches[0], loss)
         runs = {}
         for key, (rule_name, opts) in options.items():
             torch.manual_seed(0)
@@ -138,14 +204,11 @@ def graph_main(args) -> None:
             rule = bp.make(rule_name, **opts)
             model = rule.prepare(model)
             runs[key] = (rule, model, torch.optim.SGD(rule.param_groups(model, lr=1e-3)))
-        # at K = 100, η_x = 0.1 these graphs (12 and 18 nodes deep) are far from converged and
-        # their AR updates blow the weights up within a few SGD steps; every block therefore
-        # restarts from the initial weights (outside the timed region), so all contenders time
-        # the same well-conditioned steps
+        # at K = 100, η_x = 0.1 deep op graphs are far from converged and their AR updates
+        # blow the weights up within a few SGD steps; every block therefore restarts from the
+        # initial weights (outside the timed region), so all contenders time the same steps
         initial = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, (_, m, _) in runs.items()}
-        nodes, _ = _run_forward(trace_model(runs["ar_graph_loop"][1]), batches[0][0])
-        depth = max(max(s) for s in distances_below(nodes)) + 1
-        blocks = {k: (batches[: args.loop_batches] if k == "ar_graph_loop" else batches) for k in runs}
+        blocks = {k: (batches[: args.loop_batches] if "_loop_" in k else batches) for k in runs}
         times: dict[str, list[float]] = {k: [] for k in runs}
         for rep in range(args.reps + 1):  # the first round is a warm-up
             for k, (rule, model, opt) in runs.items():
@@ -155,17 +218,26 @@ def graph_main(args) -> None:
                     times[k].append(t)
         per_batch = {k: statistics.median(v) for k, v in times.items()}
         result["models"][model_name] = {
-            "relaxed_nodes": len(nodes), "longest_chain_nodes": depth,
+            "units": diag,
             "per_batch_ms": {k: v * 1e3 for k, v in per_batch.items()},
             "ratio_to_bp": {k: v / per_batch["bp"] for k, v in per_batch.items()},
-            "loop_over_closed_form": per_batch["ar_graph_loop"] / per_batch["ar_graph_closed_form"],
+            "loop_over_closed_form": {u: per_batch[f"ar_graph_loop_{u}"]
+                                      / per_batch[f"ar_graph_closed_form_{u}"] for u in UNITS},
             "all_times_ms": {k: [t * 1e3 for t in v] for k, v in times.items()},
         }
         r = result["models"][model_name]
-        lines += [f"## {model_name} ({len(nodes)} relaxed nodes, longest chain {depth})", "",
-                  "| contender | ms / batch | × BP |", "|---|---|---|"]
+        settings = [f"K={k},eta={e}" for k, e in ANGLE_SETTINGS]
+        lines += [f"## {model_name}", "",
+                  "| units | relaxed units | longest chain | closed-form VJPs | "
+                  + " | ".join(f"angle to BP, K = {k}, η_x = {e} (°)" for k, e in ANGLE_SETTINGS) + " |",
+                  "|---|---|---|---|" + "---|" * len(settings)]
+        lines += [f"| {u} | {d['relaxed_units']} | {d['longest_chain_units']} | "
+                  f"{d['closed_form_vjps']} | " + " | ".join(f"{d['angles'][s]['all']:.4f}" for s in settings)
+                  + " |" for u, d in diag.items()]
+        lines += ["", "| contender | ms / batch | × BP |", "|---|---|---|"]
         lines += [f"| {k} | {r['per_batch_ms'][k]:.1f} | {r['ratio_to_bp'][k]:.2f} |" for k in runs]
-        lines += ["", f"Loop / closed form: {r['loop_over_closed_form']:.1f}×.", ""]
+        lines += ["", "Loop / closed form: " + ", ".join(
+            f"{u} {v:.1f}×" for u, v in r["loop_over_closed_form"].items()) + ".", ""]
     command = ("Command: `BIOPLAUSIBLE_DATA=../shared/datasets OMP_NUM_THREADS=1 python "
                f"benchmarks/bench_ar.py --graph --reps {args.reps} --batches {args.batches} "
                f"--loop-batches {args.loop_batches}`")

@@ -1,5 +1,7 @@
 """Graph-mode activation relaxation on a zoo of DAGs, against mathematics (float64).
 
+Every op is a unit here (``graph_units="op"``); merged units: tests/test_ar_graph_units.py.
+
 Oracles, all built here without the library's graph code:
 
 * ``_Dense``: fx's own Interpreter runs the model; the relaxed nodes are the floating outputs
@@ -246,10 +248,12 @@ def _rel(a: Tensor, b: Tensor) -> float:
 
 
 def _relax(model, x, y, loss, **options):
+    options.setdefault("graph_units", "op")  # this file's oracle relaxes every op
     return graph_relax(bp.make("ar", graph=True, **options), model, x, y, loss)
 
 
 def _grad_error(model, x, y, loss, **options) -> float:
+    options.setdefault("graph_units", "op")
     rule = bp.make("ar", graph=True, **options)
     rule.train_step(model, x, y, loss)
     want = rule.bp_gradients(model, x, y, loss)
@@ -342,7 +346,8 @@ def test_batch_mean_loss_relaxes_per_example_errors(solver, sweep):
     y = torch.randn(5, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     grads = {}
     for loss in ("mse_sum", "mse_batchmean"):
-        rule = bp.make("ar", graph=True, relax_steps=4, eta_x=0.3, sweep=sweep, solver=solver)
+        rule = bp.make("ar", graph=True, relax_steps=4, eta_x=0.3, sweep=sweep, solver=solver,
+                       graph_units="op")
         rule.train_step(model, x, y, get_loss(loss))
         grads[loss] = [p.grad.clone() for p in model.parameters()]
     for a, b in zip(grads["mse_sum"], grads["mse_batchmean"]):

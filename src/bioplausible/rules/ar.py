@@ -31,11 +31,15 @@ K-step result with a scalar-coefficient recursion (see :mod:`.ar_relax`); ``"loo
 literal Euler steps (same numbers up to rounding); ``"fixed_point"`` jumps to the equilibrium
 in one backward sweep — BP (or FA for random ψ) — which *changes results* by O((1−η_x)^K).
 
-``graph=True`` relaxes every node of any fx-traceable model with local vector-Jacobian
-products (App. A, :mod:`.ar_graph`); it supports the transpose with derivatives only. There
-the closed form (:mod:`.ar_graph_closed`, default) evaluates the K steps as a polynomial in the
-graph's transposed Jacobian; batch-mean losses relax per-example errors (``N·∂loss/∂out``)
-and divide the weight update by ``N``.
+``graph=True`` relaxes the units of any fx-traceable model with local vector-Jacobian
+products (App. A, :mod:`.ar_graph`); it supports the transpose with derivatives only. The
+units are set by ``graph_units``: ``"layer"`` (default: layer outputs — each op with the
+activations, pooling, flatten, add join and BatchNorm that alone read it; on an MLP the same
+units and numbers as this MLP path at every K), ``"activation"`` (activations merged only) or
+``"op"`` (every fx node), :mod:`.ar_graph_units`. There the closed form
+(:mod:`.ar_graph_closed`, default) evaluates the K steps as a polynomial in the graph's
+transposed Jacobian; batch-mean losses relax per-example errors (``N·∂loss/∂out``) and divide
+the weight update by ``N``.
 
 ψ lives on the model as a parameter ``feedback`` of each ``nn.Linear`` except the first (the
 input is never relaxed, so ψ_0 would never be used), in W's ``(out, in)`` layout, drawn from
@@ -58,6 +62,7 @@ from .ar_relax import SWEEPS, relax_closed_form, relax_fixed_point, relax_loop
 from .base import FeedbackPair, Rule, StepResult
 
 SOLVERS = ("closed_form", "loop", "fixed_point")
+GRAPH_UNITS = ("layer", "activation", "op")
 BACKWARD_WEIGHTS = ("transpose", "random", "learned")
 #: The paper's Fig. 3 variants (code flags) -> (backward_weights, derivative).
 VARIANTS: dict[str, tuple[str, bool]] = {
@@ -86,6 +91,7 @@ class ActivationRelaxation(Rule):
         "variant": None,              # shorthand for the Fig. 3 variants, see VARIANTS
         "feedback_std": 0.05,         # ψ ~ N(0, std²), as the authors' code
         "graph": False,               # relax every node of any fx-traceable model (App. A)
+        "graph_units": "layer",       # graph mode's units: layer | activation | op (ar_graph_units)
         "divergence_threshold": 1e6,  # |relaxed value| above this (or non-finite) stops the run
     }
 
@@ -109,6 +115,7 @@ class ActivationRelaxation(Rule):
         c["eta_x"] = float(eta)
         self.check_choice("solver", SOLVERS)
         self.check_choice("sweep", SWEEPS)
+        self.check_choice("graph_units", GRAPH_UNITS)
         if c["variant"] is not None:
             if c["variant"] not in VARIANTS:
                 raise ConfigError(f"ar option variant={c['variant']!r} is not valid; accepted: "
@@ -219,7 +226,7 @@ class ActivationRelaxation(Rule):
 
     def _check(self, loss: torch.Tensor, values: list[torch.Tensor], where: str) -> None:
         self._steps_done += 1
-        peaks = [v.abs().amax() for v in values if v.numel()]
+        peaks = [torch.stack(torch.aminmax(v)).abs().amax() for v in values if v.numel()]
         peak = float(torch.stack(peaks).amax()) if peaks else 0.0
         self._last_max = peak
         thr = self.config["divergence_threshold"]

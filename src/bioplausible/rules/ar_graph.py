@@ -1,7 +1,8 @@
 """Activation relaxation on an arbitrary computation graph (paper App. A, eq 12-16).
 
 The model is traced with ``torch.fx``; every node ``i`` whose value is a floating tensor that
-depends on a trained parameter (or on another such node) is a relaxed unit, the model's output
+depends on a trained parameter (or on another such node) is a relaxed unit (or part of one,
+when ``graph_units`` merges a producer into the op that alone reads it), the model's output
 is clamped to the output error ``e``, and the input is never relaxed. At the stored forward
 pass each node keeps its *local* autograd graph ``out_j = f_j(parents_j)``, so its
 vector-Jacobian product uses the forward Jacobian (frozen, as in the MLP case). One Euler step is
@@ -23,12 +24,18 @@ path) are relaxed on per-example errors ``N·∂loss/∂out`` and the
 weight update is divided by ``N``, so the finite-K error relative to BP does not grow with the
 batch; summed losses (and plain callables) relax ``∂loss/∂out`` itself.
 
-Unlike the MLP path, a Linear layer and its activation are two nodes here, so the K-step
-result differs from the MLP path's (same fixed point), and graphs are deeper: a LeNet-5 is a
-chain of 12 nodes. The error after K steps is ``Σ_{m<d} w_m(K) M^m ε(0)`` (``d`` nodes on the
-longest chain; Jacobi ``w_m`` = Binomial(K, η) probabilities), so K·η must clearly exceed
-``d``: at the MLP defaults (K = 100, η_x = 0.1) a CIFAR-10 LeNet-5's update is still ~89° from
-BP's, at η_x = 0.5 (or K = 400) it is BP's to rounding (benchmarks/results/ar_graph_speed.md). Supported: fan-out, fan-in (add,
+Units (``graph_units``, :mod:`.ar_graph_units`): with ``"op"`` every fx node is a unit, so a
+Linear layer and its activation are two and graphs are deep (a LeNet-5 is a chain of 12);
+with ``"layer"`` (default) an op that is the only reader of its producer's value and is an
+activation, pooling, flatten, an add join or BatchNorm takes that producer in, so the units
+are layer outputs (LeNet-5: 5; on an MLP the MLP path's layers, with the same K-step result);
+``"activation"`` merges activations only. Every choice has the same fixed point. The error
+after K steps is ``Σ_{m<d} w_m(K) M^m ε(0)`` (``d`` units on the longest chain; Jacobi ``w_m``
+= Binomial(K, η) probabilities), so K·η must clearly exceed ``d``: at the MLP defaults
+(K = 100, η_x = 0.1) a CIFAR-10 LeNet-5's update is 89° from BP's with op units and 19° with
+layer units, a 2-block ResNet's ~75° with either (its lowest layers lag); at K = 200 layer
+units are within 0.06° on both, at η_x = 0.5 every choice is BP's to rounding
+(benchmarks/results/ar_graph_speed.md). Supported: fan-out, fan-in (add,
 concatenation, products of activations), modules called twice, in-place ops (the mutated
 value is used by every later consumer, as in eager mode), pooling, BatchNorm in eval and
 train mode (its batch coupling is part of the local Jacobian), ops returning several tensors
@@ -81,6 +88,7 @@ def trace_model(model: nn.Module) -> fx.GraphModule:
 class _Node:
     key: str                      # module path for call_module nodes, else the fx node name
     value: Tensor                 # forward value (detached)
+    members: list[str] = field(default_factory=list)     # keys of the ops merged into it
     out: Tensor | None = None     # local graph output
     leaves: list[Tensor] = field(default_factory=list)   # detached inputs, one per parent
     parents: list[int] = field(default_factory=list)     # relaxed parents (node indices)
@@ -133,8 +141,18 @@ class _Several:
         self.node = node
 
 
-def _run_forward(gm: fx.GraphModule, x: Tensor) -> tuple[list[_Node], int]:
-    """Execute the graph node by node, keeping each relaxed node's local autograd graph."""
+def _run_forward(gm: fx.GraphModule, x: Tensor, units: str = "op") -> tuple[list[_Node], int]:
+    """Execute the graph node by node, keeping each relaxed node's local autograd graph.
+
+    With ``units="activation"`` an elementwise activation whose producer it alone reads takes
+    that producer in, with ``"layer"`` pooling, flatten, add joins and BatchNorm do too
+    (:mod:`.ar_graph_units`): the unit is the last op's output and its local graph runs from
+    the producers' inputs through all the merged ops.
+    """
+    from .ar_graph_units import absorbs, compact, consumers
+
+    sole = consumers(gm) if units != "op" else {}
+    absorbed: set[int] = set()
     nodes: list[_Node] = []
     index: dict[fx.Node, int] = {}      # relaxed fx node -> position in ``nodes``
     env: dict[fx.Node, Any] = {}
@@ -167,8 +185,9 @@ def _run_forward(gm: fx.GraphModule, x: Tensor) -> tuple[list[_Node], int]:
         if module is not None and pick is None:
             calls[n.target] = calls.get(n.target, 0) + 1
             key = n.target if calls[n.target] == 1 else f"{n.target}:{calls[n.target] - 1}"
-        node = _Node(key, value=x)
+        node = _Node(key, value=x, members=[key])
         inplace = _mutates_first_arg(run, module)
+        merge = units != "op" and pick is None and absorbs(run, module, units == "layer")
         first = run.args[0] if run.args and isinstance(run.args[0], fx.Node) else None
         sub: dict[fx.Node, Any] = {}
         for p in run.all_input_nodes:
@@ -178,7 +197,16 @@ def _run_forward(gm: fx.GraphModule, x: Tensor) -> tuple[list[_Node], int]:
                 raise IncompatibleModelError(
                     f"ar graph mode: node {run.name!r} uses the several outputs of "
                     f"{v.node.name!r} at once; index them (a, b = ...) before using them")
-            if src in index:
+            if src in index and merge and sole.get(src) == 1:
+                # take the producer in: its local graph feeds this op, its inputs are ours
+                prod = nodes[index[src]]
+                absorbed.add(index[src])
+                node.leaves += prod.leaves
+                node.parents += prod.parents
+                node.params += prod.params
+                node.members = prod.members + node.members
+                v = prod.out
+            elif src in index:
                 leaf = v.detach().requires_grad_(True)
                 node.leaves.append(leaf)
                 node.parents.append(index[src])
@@ -220,7 +248,7 @@ def _run_forward(gm: fx.GraphModule, x: Tensor) -> tuple[list[_Node], int]:
     if top < 0:
         raise IncompatibleModelError("ar graph mode: the model output does not depend on any "
                                      "trained parameter, so there is nothing to relax")
-    return nodes, top
+    return compact(nodes, top, absorbed)
 
 
 def _vjp(node: _Node, cotangent: Tensor, targets: list[Tensor]) -> tuple[Tensor | None, ...]:
@@ -285,7 +313,7 @@ def graph_relax(rule, model: nn.Module, x: Tensor, y: Tensor, loss_fn,
     A ``callback(k, xs)`` forces the literal loop and sees every step.
     """
     c = rule.config
-    nodes, top = _run_forward(trace_model(model), x)
+    nodes, top = _run_forward(trace_model(model), x, c["graph_units"])
     with torch.enable_grad():
         out = nodes[top].value.detach().requires_grad_(True)
         loss = loss_fn(out, y)

@@ -78,6 +78,14 @@ def _combine(vecs: list[Tensor], weights: list[list[float]]) -> list[Tensor]:
     """``[Σ_r w[i][r] vecs[r] for each row i]`` in one matrix product (one pass over memory)."""
     if len(vecs) == 1:
         return [vecs[0] * w[0] for w in weights]
+    if len(weights) <= 2:  # a few axpys read each vector once per row and copy nothing
+        rows = []
+        for w in weights:
+            acc = vecs[0] * w[0]
+            for v, wr in zip(vecs[1:], w[1:]):
+                acc.add_(v, alpha=wr)
+            rows.append(acc)
+        return rows
     flat = torch.stack([v.reshape(-1) for v in vecs])
     w = torch.tensor(weights, dtype=flat.dtype, device=flat.device)
     return list((w @ flat).reshape(len(weights), *vecs[0].shape).unbind(0))

@@ -226,17 +226,59 @@ def test_sigkill_mid_sweep_then_relaunch_completes_only_the_missing_runs(data_en
         assert (out / name / "model.pt").read_bytes() == (ref_out / name / "model.pt").read_bytes(), name
 
 
+_RAY_IN_NETNS = r"""
+import sys
+import ray
+from bioplausible.cli import main
+
+ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+try:
+    rc = main(["sweep", sys.argv[1], "--executor", "ray", "--jobs", "2"])
+    listening = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(name) as fh:
+            for line in fh.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                if state == "0A":  # LISTEN
+                    listening.append(local.split(":")[0])
+finally:
+    ray.shutdown()
+loopback = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+print("LISTEN", sorted(set(listening)))
+sys.exit(rc if rc else (0 if listening and set(listening) <= loopback else 3))
+"""
+
+
+def _netns_available() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def test_ray_executor_runs_the_same_sweep(local_sweep, data_env, tmp_path, capsys):
+    """The Ray executor gives the local executor's results. Where the kernel allows an unprivileged
+    network namespace (``unshare -rn``), Ray runs in one that has only the loopback interface, and
+    the test checks that every listening socket is on 127.0.0.1 (Ray 2.60 binds its servers to all
+    interfaces of the host otherwise); elsewhere it runs in-process with Ray told 127.0.0.1."""
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'bioplausible[sweep]')")
     _, local_out = local_sweep
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    try:
-        out = tmp_path / "ray"
-        assert main(["sweep", str(write_sweep(tmp_path, out)), "--executor", "ray", "--jobs", "2"]) == 0
-    finally:
-        ray.shutdown()
+    out = tmp_path / "ray"
+    spec = write_sweep(tmp_path, out)
+    if _netns_available():
+        cmd = ["unshare", "-rn", "sh", "-c", 'ip link set lo up 2>/dev/null; exec "$0" -c "$1" "$2"',
+               sys.executable, _RAY_IN_NETNS, str(spec)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert "LISTEN" in proc.stdout and "| fa | 3 |" in proc.stdout
+    else:
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        try:
+            assert main(["sweep", str(spec), "--executor", "ray", "--jobs", "2"]) == 0
+        finally:
+            ray.shutdown()
+        assert "| fa | 3 |" in capsys.readouterr().out
     assert finals(out) == finals(local_out)  # same jobs, same results, wherever they ran
-    assert "| fa | 3 |" in capsys.readouterr().out
 
 
 def test_compare_with_seeds_reports_mean_and_std(data_env, tmp_path, capsys):

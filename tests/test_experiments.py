@@ -33,6 +33,18 @@ def test_checks_follow_their_definitions():
     assert passed == [True, False, True]  # kp 0.4 below, wm 0.6 below (> 0.5), fa 1.4 below
 
 
+def test_np_cifar_checks_encode_the_issue_ranking_bp_np_dfa():
+    preset = get_preset("np-table1-cifar10")
+
+    def passed(bp_, np_, dfa):
+        stats = {"bp": {"test_accuracy": (bp_, 0.0)}, "np": {"test_accuracy": (np_, 0.0)},
+                 "dfa": {"test_accuracy": (dfa, 0.0)}, "sg": {"test_accuracy": (50.0, 0.0)}}
+        return [c["passed"] for c in evaluate_checks(preset, stats)]
+    assert passed(70.0, 65.0, 60.0) == [True, True]
+    assert passed(60.0, 65.0, 55.0) == [False, True]  # NP above BP breaks BP >= NP
+    assert passed(70.0, 55.0, 60.0) == [True, False]  # DFA above NP breaks NP >= DFA
+
+
 def test_a_check_limited_to_scales_is_left_out_elsewhere():
     from bioplausible.experiments import _parse
 

@@ -58,6 +58,7 @@ from ...nn.layers import FEEDBACK_INITS, FeedbackConv2d, FeedbackLinear, init_fe
 from ...nn.pathway import FixedFeedback
 from ...registry import register
 from ..base import FeedbackPair, Rule, StepResult
+from . import fast
 from .estimator import loss_difference, regression_grad, ridge_update, signal_angle
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -209,6 +210,8 @@ class _NodePerturbation(Rule):
                 layer.register_forward_pre_hook(hooks.pre)
             if i == 0 or (self._tail is None and self.config["noise_at"] == "pre" and i < len(layers) - 1):
                 layer.register_forward_hook(hooks.post)
+        # plain MLPs (no dropout) take the hand-written step of fast.py (hooks checked per step)
+        self._plan = fast.plan_mlp(model, layers) if self.target == "np" else None
         return model
 
     # ------------------------------------------------------------------ hooks
@@ -283,6 +286,9 @@ class _NodePerturbation(Rule):
         return [g.detach() / scale for g in grads]
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
+        plan = self._plan
+        if plan is not None and plan.hook_count() == plan.hooks and not torch.is_autocast_enabled(x.device.type):
+            return self._fast_step(x, y, loss_fn)
         for p in self._params:
             p.grad = None
         device = x.device
@@ -343,6 +349,50 @@ class _NodePerturbation(Rule):
         self._step += 1
         self._in_step = True  # until after_step: metrics() is then a probe's call
         return StepResult(loss.detach(), output.detach())
+
+    def _fast_step(self, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
+        """The same step for a plain MLP without autograd graph or module calls (fast.py)."""
+        plan, c = self._plan, self.config["c_h"]
+        with torch.no_grad():
+            hs, (a1,) = fast.clean_forward(plan, x)
+            out = hs[-1]
+            y = self._dense_target(loss_fn, out, y)
+            loss = loss_fn(out, y)
+            e = fast.output_error(loss_fn, out, y)
+            if e is None:  # any other loss: e = ∂loss/∂o by autograd on the loss alone
+                with torch.enable_grad():
+                    o = out.detach().requires_grad_(True)
+                    (e,) = torch.autograd.grad(loss_fn(o, y), o)
+            scale = 1.0 if getattr(loss_fn, "reduction", "mean") == "sum" else 1.0 / out.shape[0]
+            noisy = fast.noisy_forward(plan, hs, a1, c, self.config["noise_at"] == "post",
+                                       self.generator(x.device), self._xi)
+            name = getattr(loss_fn, "name", None)
+            if name in fast.MSE_NAMES and y.shape == out.shape:
+                diff = fast.mse_difference(name, noisy, out, y)
+            else:
+                diff = loss_difference(loss_fn, noisy, out, y)
+            if self._step < 10 and not bool(diff.any()):
+                raise UserError(
+                    f"rule {self.name!r}: the perturbation c_h={c} changed no example's loss in "
+                    f"{out.dtype}; raise c_h or train in float64")
+            coef = diff / c  # λ̂_k = coef · ξ_k, eq 2 (formed only by the ridge solver)
+            errs, sigs = fast.backward(plan, hs, e.reshape(e.shape[0], -1), self.form, self._feedback)
+            targets = _Estimates(self._xi, coef)
+            if self.config["solver"] == "sgd":
+                rates = [self.feedback_lr(k + 1) for k in range(len(self._feedback))]
+                fast.regress_sgd(self._feedback, errs, sigs, self._xi, coef, scale, rates)
+            else:
+                self._update_feedback([err / scale for err in errs] if scale != 1.0 else errs, targets)
+            if self._step < self.config["warmup"]:
+                for p in self._params:
+                    if p.grad is not None:
+                        p.grad.zero_()
+        self._last = (errs, targets)  # errors unscaled: the probe's angles do not depend on s
+        self.last_noise = self._xi
+        self._xi = [None] * len(self._xi)
+        self._step += 1
+        self._in_step = True
+        return StepResult(loss.detach(), out)
 
     def after_step(self, model: nn.Module) -> None:
         self._in_step = False

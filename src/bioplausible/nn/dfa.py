@@ -28,7 +28,13 @@ Output layer (``output_layer``):
   differ with e.g. a sigmoid output. The last *hidden* layer always gets ``B_{L−1} e``.
 
 ``B_l`` is drawn U(−1/√n_l, 1/√n_l) — PyTorch's default init of a Linear(n_l → n_out) — from a
-generator seeded by the rule's seed. Its size depends on activation shapes, so it is created
+generator seeded by the rule's seed. **Convolution taps** (``conv_scale``): a conv weight's
+gradient sums ``δ·h`` over every output position while every position's DFA signal comes from the
+same ``e``, so with that init a conv layer's DFA update is 10-30× BP's (LeNet and the NP CNN at
+init, ``benchmarks/results/np_conv_scale.md``). ``conv_scale="sqrt_positions"`` (the default)
+divides the drawn ``B_l`` of a tap whose layer is a convolution by ``√P``, ``P = H·W`` the spatial
+positions of that layer's input; ``"positions"`` divides by ``P``; ``"none"`` keeps the plain
+draw. Linear taps are never scaled. Its size depends on activation shapes, so it is created
 when the rule is prepared with an ``example`` input (one forward pass that only records shapes;
 the trainer always passes one), otherwise at the first forward pass; ``trainable=True`` makes
 the matrices parameters with ``requires_grad`` for rules that learn them (their ``.grad`` is the
@@ -48,6 +54,7 @@ from .context import exact_backward_enabled
 from .pathway import DirectFeedback, Streams
 
 OUTPUT_POLICIES = ("bp", "dfa")
+CONV_SCALES = ("sqrt_positions", "positions", "none")
 
 
 class DirectFeedbackFunction(Function):
@@ -80,12 +87,18 @@ class DirectFeedbackFunction(Function):
 class DirectFeedbackHead:
     """The taps' recorder and the model-output hook of a DFA-converted model."""
 
-    def __init__(self, output_layer: str = "bp", seed: int = 0, trainable: bool = False) -> None:
+    def __init__(self, output_layer: str = "bp", seed: int = 0, trainable: bool = False,
+                 conv_scale: str = "sqrt_positions") -> None:
         if output_layer not in OUTPUT_POLICIES:
             raise ConfigError(
                 f"unknown DFA output_layer {output_layer!r}; accepted values: "
                 f"{', '.join(repr(p) for p in OUTPUT_POLICIES)}")
+        if conv_scale not in CONV_SCALES:
+            raise ConfigError(
+                f"unknown DFA conv_scale {conv_scale!r}; accepted values: "
+                f"{', '.join(repr(p) for p in CONV_SCALES)}")
         self.output_layer = output_layer
+        self.conv_scale = conv_scale
         self.trainable = bool(trainable)
         self.discovering = False
         self.streams = Streams(seed)
@@ -152,6 +165,9 @@ class DirectFeedbackHead:
             bound = 1.0 / math.sqrt(n_in)
             data = torch.empty(n_out, n_in, device=w.device, dtype=w.dtype)
             data.uniform_(-bound, bound, generator=self.streams.get(w.device))
+            if self.conv_scale != "none" and isinstance(layer, nn.Conv2d) and root.dim() == 4:
+                positions = int(root.shape[-2]) * int(root.shape[-1])
+                data.div_(positions if self.conv_scale == "positions" else math.sqrt(positions))
             b = layer.direct_feedback = nn.Parameter(data, requires_grad=self.trainable)
         elif b.shape != (n_out, n_in):
             raise IncompatibleModelError(
@@ -162,14 +178,15 @@ class DirectFeedbackHead:
 
 
 def attach_direct_feedback(model: nn.Module, layers, output_layer: str = "bp", seed: int = 0,
-                           example: torch.Tensor | None = None,
-                           trainable: bool = False) -> DirectFeedbackHead:
-    """Turn the feedback ``layers`` of ``model`` into DFA taps and hook the model output.
+                           example: torch.Tensor | None = None, trainable: bool = False,
+                           conv_scale: str = "sqrt_positions") -> DirectFeedbackHead:
+    """Turn the feedback ``layers`` of ``model`` into DFA taps and hook the model output
+    (``conv_scale``: the scaling of convolution taps' ``B_l``, see the module docstring).
 
     With ``example`` (an input batch) every ``B_l`` is created now, from one forward pass in
     eval mode that records the taps' shapes (no BatchNorm statistics change, nothing learns).
     """
-    head = DirectFeedbackHead(output_layer, seed, trainable)
+    head = DirectFeedbackHead(output_layer, seed, trainable, conv_scale)
     for layer in layers:
         layer.pathway = DirectFeedback(head)
     model.register_forward_pre_hook(head.pre_hook)
@@ -193,5 +210,5 @@ def create_direct_feedback(model: nn.Module, head: DirectFeedbackHead, example: 
         model.zero_grad(set_to_none=True)
 
 
-__all__ = ["OUTPUT_POLICIES", "DirectFeedbackFunction", "DirectFeedbackHead",
+__all__ = ["CONV_SCALES", "OUTPUT_POLICIES", "DirectFeedbackFunction", "DirectFeedbackHead",
            "attach_direct_feedback", "create_direct_feedback"]

@@ -10,6 +10,14 @@ training loop stays ``loss.backward(); opt.step()``.
 Option ``output_layer``: ``"bp"`` (default; the output layer is trained by its true gradient)
 or ``"dfa"`` (``e`` injected directly at the last layer's output, ``δ_L = e``); they differ only
 when modules such as an output nonlinearity follow the last layer.
+
+Option ``conv_scale`` (convolution taps only; MLPs are unaffected): the random ``B_l`` of a tap
+whose layer is a convolution, drawn U(±1/√n_l), is divided by ``√P`` (``"sqrt_positions"``,
+default), ``P`` (``"positions"``) or not at all (``"none"``: the unscaled draw of earlier
+versions), ``P = H·W`` the spatial positions of the layer's input. A conv weight's gradient sums
+``δ·h`` over every position while every position's signal ``B_l e`` comes from the same ``e``:
+unscaled, LeNet's conv updates at init are ~10-20× BP's and DFA needed a learning rate ~10×
+lower than BP's; with ``√P`` they are within ~2-3× of BP's (``benchmarks/np_conv_scale.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn.convert import feedback_layers, swap_layers
-from ..nn.dfa import OUTPUT_POLICIES, attach_direct_feedback
+from ..nn.dfa import CONV_SCALES, OUTPUT_POLICIES, attach_direct_feedback
 from ..registry import register
 from .base import FeedbackPair, Rule
 
@@ -31,7 +39,7 @@ class DirectFeedbackAlignment(Rule):
     family = "feedback"
     paper = "Nøkland 2016"
     summary = "direct random feedback of the output error: δ_l = (B_l e) ⊙ f′(a_l)"
-    defaults: ClassVar[dict[str, Any]] = {"output_layer": "bp"}
+    defaults: ClassVar[dict[str, Any]] = {"output_layer": "bp", "conv_scale": "sqrt_positions"}
 
     def validate(self) -> None:
         policy = self.config["output_layer"]
@@ -40,13 +48,19 @@ class DirectFeedbackAlignment(Rule):
                 f"rule 'dfa': unknown output_layer {policy!r}; accepted values: "
                 f"{', '.join(repr(p) for p in OUTPUT_POLICIES)} ('bp': the output layer is "
                 f"trained by its true gradient; 'dfa': by the output error e directly)")
+        scale = self.config["conv_scale"]
+        if scale not in CONV_SCALES:
+            raise ConfigError(
+                f"rule 'dfa': unknown conv_scale {scale!r}; accepted values: "
+                f"{', '.join(repr(p) for p in CONV_SCALES)} (how convolution taps' random B_l are "
+                f"scaled: by 1/sqrt(positions), 1/positions, or not at all)")
 
     def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
         """Convert the layers to DFA taps; with ``example`` every B_l is created here."""
         model = swap_layers(model, feedback=False)
         layers = [layer for _, layer in feedback_layers(model)]
         attach_direct_feedback(model, layers, self.config["output_layer"], seed=self.seed + 7_877,
-                               example=example)
+                               example=example, conv_scale=self.config["conv_scale"])
         return model
 
     def feedback_pairs(self, model: nn.Module) -> list[FeedbackPair]:

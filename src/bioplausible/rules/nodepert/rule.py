@@ -33,7 +33,8 @@ exactly. Each step's noise is kept in ``rule.last_noise`` (one tensor per learne
 
 DFA conv taps (``conv_scale``): the random initial ``D`` of a tap whose layer is a convolution
 is divided by ``√P`` (``"sqrt_positions"``, default), ``P`` (``"positions"``) or 1 (``"none"``),
-with ``P = H·W`` the spatial positions of that layer's input. A conv weight's gradient sums
+with ``P = H·W`` the spatial positions of that layer's input (the same option and default as
+``dfa``; :mod:`bioplausible.nn.dfa`). A conv weight's gradient sums
 ``δ·h`` over every output position, while each position's DFA signal comes from the same ``e``,
 so unscaled DFA conv updates are far larger than BP's: on the CIFAR CNN at init ‖ΔW_DFA‖/‖ΔW_BP‖
 is 30 and 15 for the first two convolutions, against 1-2.5 for the dense layers
@@ -53,8 +54,8 @@ from torch import nn
 from ...errors import ConfigError, IncompatibleModelError, UserError
 from ...nn.context import exact_backward
 from ...nn.convert import feedback_layers, swap_layers
-from ...nn.dfa import attach_direct_feedback
-from ...nn.layers import FEEDBACK_INITS, FeedbackConv2d, FeedbackLinear, init_feedback
+from ...nn.dfa import CONV_SCALES, attach_direct_feedback
+from ...nn.layers import FEEDBACK_INITS, FeedbackLinear, init_feedback
 from ...nn.pathway import FixedFeedback
 from ...registry import register
 from ..base import FeedbackPair, Rule, StepResult
@@ -62,7 +63,6 @@ from . import fast
 from .estimator import loss_difference, regression_grad, ridge_update, signal_angle
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-CONV_SCALES = ("sqrt_positions", "positions", "none")
 
 
 def _positive(rule: Rule, key: str) -> None:
@@ -167,17 +167,13 @@ class _NodePerturbation(Rule):
             if example is None:
                 raise ConfigError(f"rule {self.name!r} creates its direct feedback matrices from "
                                   f"an input batch: call rule.prepare(model, example=x[:2])")
-            attach_direct_feedback(model, layers, "bp", seed=self.seed + 7_877, example=example)
+            attach_direct_feedback(model, layers, "bp", seed=self.seed + 7_877, example=example,
+                                   conv_scale=self.config["conv_scale"])
             feedback = []
             for name, layer in named[1:]:
                 d = layer.direct_feedback
                 if d is None:
                     raise IncompatibleModelError(f"layer {name!r} got no direct feedback matrix")
-                scale = self.config["conv_scale"]
-                if isinstance(layer, FeedbackConv2d) and scale != "none":
-                    positions = math.prod(layer.input_hw or (1, 1))
-                    with torch.no_grad():
-                        d.div_(positions if scale == "positions" else math.sqrt(positions))
                 feedback.append(d)
         for k, b in enumerate(feedback):
             self.own(f"B.{k + 1}", b, group="feedback", layer=k + 1, self_applied=True)

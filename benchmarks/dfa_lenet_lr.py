@@ -30,7 +30,8 @@ BASE = ("--dataset cifar10 --model lenet --loss cross_entropy --optimizer sgd --
 def run(rule: str, lr: float, extra: str, out: Path) -> dict:
     cmd = f"bioplausible train --rule {rule} --lr {lr} {BASE}{extra}"
     args = [sys.executable, "-m", "bioplausible", *cmd.split()[1:], "--out", str(out)]
-    proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(args, capture_output=True, text=True, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     row: dict = {"command": cmd, "rule": rule, "lr": lr, "options": extra.strip()}
     lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
     epochs = [json.loads(s) for s in lines if '"kind": "epoch"' in s]
@@ -57,11 +58,11 @@ def main() -> int:
                 rows.append(run("dfa", lr, f" --set rule.conv_scale={scale}", Path(tmp) / f"{scale}-{lr}"))
     load = {"before": load_before, "after": os.getloadavg()}
     lines = ["# DFA on LeNet-5 / CIFAR-10: a short learning-rate scan", "",
-             f"Command: `python benchmarks/dfa_lenet_lr.py --lrs {args.lrs}`; load average before "
-             f"{tuple(round(v, 2) for v in load['before'])}, after {tuple(round(v, 2) for v in load['after'])}.",
-             "The `fb-lenet-cifar10` quick setting: 10k CIFAR-10 training images (test: the first "
-             "1666), 1 epoch, SGD momentum 0.9, cosine schedule, batch 64, seed 0. One seed, one epoch: "
-             "a rate scan, not an accuracy result.", "",
+             (f"Command: `python benchmarks/dfa_lenet_lr.py --lrs {args.lrs}`; load average before "
+              f"{tuple(round(v, 2) for v in load['before'])}, after {tuple(round(v, 2) for v in load['after'])}."),
+             ("The `fb-lenet-cifar10` quick setting: 10k CIFAR-10 training images (test: the first "
+              "1666), 1 epoch, SGD momentum 0.9, cosine schedule, batch 64, seed 0. One seed, one epoch: "
+              "a rate scan, not an accuracy result."), "",
              "| rule | conv_scale | lr | test accuracy (%) | final train loss |", "|---|---|---:|---:|---:|"]
     for r in rows:
         acc = f"{r['test_accuracy']:.2f}" if r["test_accuracy"] is not None else "diverged"

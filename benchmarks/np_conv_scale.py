@@ -56,12 +56,12 @@ def main() -> int:
     load = os.getloadavg()
     result: dict[str, dict] = {}
     lines = ["# DFA on CIFAR-10 CNNs: ‖ΔW‖ per layer relative to BP's, at init", "",
-             f"Command: `python benchmarks/np_conv_scale.py --batches {args.batches}`; load average "
+             (f"Command: `python benchmarks/np_conv_scale.py --batches {args.batches}`; load average "
              f"{tuple(round(v, 2) for v in load)}. Cross-entropy, batches of 128 of the standardised "
              f"training set, eval mode (no dropout), seed 0; `dfa` with its `conv_scale` option "
              f"(`none` = the draw before the option existed; `sqrt_positions` = the default). The row "
              f"of a weight is driven by the tap at the next layer's input: only weights feeding a "
-             f"convolution change with the option.", ""]
+             f"convolution change with the option."), ""]
     for model_name in MODELS:
         ref = norms(model_name, "bp", {}, x, y, args.batches)
         dfa = {s: norms(model_name, "dfa", {"conv_scale": s}, x, y, args.batches) for s in SCALES}

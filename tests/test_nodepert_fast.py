@@ -178,3 +178,27 @@ def test_plain_mlps_only_and_hooks_send_the_step_down_the_general_path(monkeypat
     monkeypatch.setattr(_NodePerturbation, "_fast_step", lambda *a: (_ for _ in ()).throw(AssertionError))
     rule.train_step(model, x, y, get_loss("mse_half_sum"))
     assert calls  # the general path called the module, so its hook ran
+
+
+@pytest.mark.parametrize("name", ["np", "np-dfa"])
+def test_autoencoder_shape_with_identity_hidden_and_relu_output(name):
+    # the autoencoder's layout (tanh, identity, tanh, relu output) and a reconstruction target
+    g = torch.Generator().manual_seed(6)
+    xs = [torch.rand(10, 6, generator=g, dtype=torch.float64) for _ in range(3)]
+    runs = []
+    for general in (False, True):
+        torch.manual_seed(0)
+        model = bp.build_model("mlp:6-5-2-5-6", activation=["tanh", "identity", "tanh"],
+                               output_activation="relu").double()
+        rule = bp.make(name, c_h=0.03, noise_at="pre" if name == "np" else "post")
+        model = rule.prepare(model, example=xs[0][:2])
+        assert rule._plan is not None
+        opt = rule.build_optimizer(model, {"name": "sgd", "lr": 0.3, "groups": {"feedback": {"lr": 0.2}}})
+        if general:
+            model.register_forward_hook(lambda m, a, o: None)
+        for x in xs:
+            rule.train_step(model, x, x, get_loss("mse_half_sum"))
+            opt.step()
+        runs.append(model.state_dict())
+    for k, a in runs[0].items():
+        torch.testing.assert_close(a, runs[1][k], rtol=1e-11, atol=1e-13, msg=k)

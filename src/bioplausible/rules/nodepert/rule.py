@@ -24,6 +24,16 @@ Per batch (spec §5.2, §5.5):
    itself: ``optimizer.groups.feedback.lr``); ``solver="ridge"`` (App. C.3),
    ``B = (γI + Σẽᵀẽ)⁻¹ Σẽᵀλ̂`` over every sample seen.
 
+**Fast path** (:mod:`.fast`): a plain MLP — ``nn.Sequential`` of an optional ``Flatten`` and
+``Linear`` layers each followed by sigmoid, tanh, ReLU or identity, no dropout — with the ``np``
+target runs the same step by hand: no autograd graph, no module calls, the backward pass with
+autograd's own kernels (η_B = 0 stays FA / DFA bit for bit), eq 3 as ``s⁻² δᵀ(g − s c ξ)`` from
+the synthetic signal ``g = δB`` the backward pass already formed. Any other model, a hook added
+to its modules after ``prepare``, autocast, or ``sg`` take the general path above
+(``tests/test_nodepert_fast.py`` checks one against the other and both against a literal oracle).
+The clean and noisy passes stay two GEMMs per layer rather than one on a 2×batch tensor: a GEMM's
+rows may round differently with the row count, which would break the bit-for-bit FA/DFA identity.
+
 ``ẽ`` and ``λ̂`` are per example (the batch backward's errors divided by the loss's batch factor,
 see :func:`~.estimator.per_example_losses`), so with the paper's batch-summed loss the update
 is exactly eq 3 summed over the batch. ``warmup``: for that many first steps the forward

@@ -6,7 +6,11 @@ ReLU or identity), with no dropout. The same equations as the general path (spec
 out by hand so that a step on a small network is a few dozen tensor operations:
 
 * clean pass ``a_i = W_i h_{i-1} + b_i``, ``h_i = σ_i(a_i)``, kept for the weight gradients;
-* output error ``e = ∂loss/∂o`` by autograd on the loss alone (any loss);
+* output error ``e = ∂loss/∂o``: for the MSE losses by the formula autograd's kernel evaluates
+  (bit for bit), for any other loss by autograd on the loss alone;
+* ``c = (ℓ̃ − ℓ)/c_h`` per example: for the MSE losses ``(w/c_h) Σ_k Δ(Δ + 2(o − t))``,
+  ``Δ = õ − o``, in the outputs' dtype (float32 or wider: no cancellation of two large losses);
+  otherwise from float64 per-example losses (:func:`~.estimator.loss_difference`);
 * noisy pass from the clean ``h_1`` (``noise_at="post"``) or ``a_1`` (``"pre"``), the same draws
   in the same order as the general path;
 * backward pass with the aten kernels autograd itself calls (``sigmoid_backward``,
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .estimator import _MSE_WEIGHT
 
 _aten = torch.ops.aten
 _linear = torch.nn.functional.linear
@@ -86,33 +92,37 @@ _MSE_GRAD = {"mse_half_sum": (2.0, 0.5), "mse_sum": (2.0, 1.0), "mse_batchmean":
              "mse": ("2/numel", 1.0)}
 
 
-def output_error(loss_fn, o: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
-    """``∂loss/∂o`` of the library's MSE losses without autograd, equal to autograd's to the bit
-    (``test_nodepert_fast``); ``None`` for any other loss (the caller uses autograd)."""
+def output_error(loss_fn, o: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(e, o − t)`` with ``e = ∂loss/∂o`` for the library's MSE losses, without autograd and equal
+    to autograd's to the bit (``test_nodepert_fast``); ``None`` for any other loss (the caller uses
+    autograd)."""
     rule = _MSE_GRAD.get(getattr(loss_fn, "name", None))
     if rule is None or t.shape != o.shape or t.dtype != o.dtype:
         return None
     norm, up = rule
     d = torch.sub(o, t)
     if norm == "2/numel":  # mean: fl(2/numel) · d
-        return d.mul_(2.0 / o.numel())
-    d.mul_(2.0)  # exact
+        return torch.mul(d, 2.0 / o.numel()), d
+    if up == 0.5:  # (2·d)·0.5 is d exactly (2·d is exact; halving it restores d)
+        return d, d
+    e = torch.mul(d, 2.0)  # exact
     if up == "1/N":
-        return d.mul_(1.0 / o.shape[0])
-    return d if up == 1.0 else d.mul_(up)  # 2·d·0.5 is d: exact
+        e.mul_(1.0 / o.shape[0])
+    return e, d
 
 
 MSE_NAMES = frozenset(("mse_half_sum", "mse_sum", "mse_batchmean", "mse"))
 
 
-def mse_difference(name: str, noisy: torch.Tensor, clean: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``ℓ̃ − ℓ`` per example (float64) of a per-example MSE ``w Σ_k (o − t)²`` as
-    ``w Σ_k Δ(Δ + 2(o − t))``, ``Δ = õ − o``: no cancellation of two large losses."""
-    from .estimator import _MSE_WEIGHT
-
+def mse_coefficient(name: str, noisy: torch.Tensor, clean: torch.Tensor, d: torch.Tensor,
+                    c: float) -> torch.Tensor:
+    """``(ℓ̃ − ℓ)/c`` per example for a per-example MSE ``ℓ = w Σ_k (o − t)²``, computed as
+    ``(w/c) Σ_k Δ(Δ + 2d)`` with ``Δ = õ − o`` and ``d = o − t``: no cancellation of two large
+    losses, so the outputs' dtype (float32 or wider; the rule refuses lower) keeps full relative
+    precision."""
     delta = noisy - clean
-    w = _MSE_WEIGHT.get(name, 1.0 / max(clean[0].numel(), 1))
-    return delta.mul_(torch.add(delta, clean - t, alpha=2.0)).sum(1).double().mul_(w)
+    w = _MSE_WEIGHT[name] if name in _MSE_WEIGHT else 1.0 / max(clean[0].numel(), 1)
+    return delta.mul_(torch.add(delta, d, alpha=2.0)).sum(1).mul_(w / c)
 
 
 def _act(fn, a: torch.Tensor) -> torch.Tensor:
@@ -125,7 +135,7 @@ def _act_backward(fn, g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 def clean_forward(plan: MLPPlan, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``(inputs, pre)``: the input of every layer (``inputs[-1]`` is the output) and ``a_1``."""
-    if plan.flatten is not None:
+    if plan.flatten is not None and not (x.dim() == 2 and plan.flatten.start_dim in (1, -1)):
         x = x.flatten(plan.flatten.start_dim, plan.flatten.end_dim)
     hs = [x]
     a1 = None
@@ -201,8 +211,8 @@ def regress_sgd(feedback: list[torch.Tensor], errs: list[torch.Tensor], sigs: li
         if not lr:
             continue
         if col is None:
-            col = (coef * scale).to(b.dtype).unsqueeze(1)
-        b.addmm_(err.t(), torch.addcmul(g, col, xi, value=-1.0), alpha=-lr / (scale * scale))
+            col = (coef if coef.dtype == b.dtype else coef.to(b.dtype)).unsqueeze(1)
+        b.addmm_(err.t(), torch.addcmul(g, col, xi, value=-scale), alpha=-lr / (scale * scale))
 
 
-__all__ = ["MSE_NAMES", "MLPPlan", "backward", "clean_forward", "mse_difference", "noisy_forward", "output_error", "plan_mlp", "regress_sgd"]
+__all__ = ["MSE_NAMES", "MLPPlan", "backward", "clean_forward", "mse_coefficient", "noisy_forward", "output_error", "plan_mlp", "regress_sgd"]

@@ -364,25 +364,25 @@ class _NodePerturbation(Rule):
             out = hs[-1]
             y = self._dense_target(loss_fn, out, y)
             loss = loss_fn(out, y)
-            e = fast.output_error(loss_fn, out, y)
-            if e is None:  # any other loss: e = ∂loss/∂o by autograd on the loss alone
+            mse = fast.output_error(loss_fn, out, y)
+            if mse is None:  # any other loss: e = ∂loss/∂o by autograd on the loss alone
                 with torch.enable_grad():
                     o = out.detach().requires_grad_(True)
                     (e,) = torch.autograd.grad(loss_fn(o, y), o)
+            else:
+                e, d = mse
             scale = 1.0 if getattr(loss_fn, "reduction", "mean") == "sum" else 1.0 / out.shape[0]
             noisy = fast.noisy_forward(plan, hs, a1, c, self.config["noise_at"] == "post",
                                        self.generator(x.device), self._xi)
-            name = getattr(loss_fn, "name", None)
-            if name in fast.MSE_NAMES and y.shape == out.shape:
-                diff = fast.mse_difference(name, noisy, out, y)
-            else:
-                diff = loss_difference(loss_fn, noisy, out, y)
-            if self._step < 10 and not bool(diff.any()):
+            if mse is not None:  # coef = (ℓ̃ − ℓ)/c_h in the outputs' dtype, cancellation-free
+                coef = fast.mse_coefficient(loss_fn.name, noisy, out, d, c)
+            else:  # float64 per-example losses
+                coef = loss_difference(loss_fn, noisy, out, y).div_(c)
+            if self._step < 10 and not bool(coef.any()):
                 raise UserError(
                     f"rule {self.name!r}: the perturbation c_h={c} changed no example's loss in "
                     f"{out.dtype}; raise c_h or train in float64")
-            coef = diff / c  # λ̂_k = coef · ξ_k, eq 2 (formed only by the ridge solver)
-            errs, sigs = fast.backward(plan, hs, e.reshape(e.shape[0], -1), self.form, self._feedback)
+            errs, sigs = fast.backward(plan, hs, e, self.form, self._feedback)
             targets = _Estimates(self._xi, coef)
             if self.config["solver"] == "sgd":
                 rates = [self.feedback_lr(k + 1) for k in range(len(self._feedback))]

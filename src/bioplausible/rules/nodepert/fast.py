@@ -215,4 +215,17 @@ def regress_sgd(feedback: list[torch.Tensor], errs: list[torch.Tensor], sigs: li
         b.addmm_(err.t(), torch.addcmul(g, col, xi, value=-scale), alpha=-lr / (scale * scale))
 
 
-__all__ = ["MSE_NAMES", "MLPPlan", "backward", "clean_forward", "mse_coefficient", "noisy_forward", "output_error", "plan_mlp", "regress_sgd"]
+def regress_ridge(feedback: list[torch.Tensor], V: list[torch.Tensor], S: list[torch.Tensor],
+                  errs: list[torch.Tensor], xis: list[torch.Tensor], coef: torch.Tensor, scale: float) -> None:
+    """App. C.3 in place: ``V += ẽᵀẽ``, ``S += (c ẽ)ᵀξ`` (= ẽᵀλ̂), ``B = V⁻¹S``, with ``ẽ = δ/s``."""
+    col = None
+    for b, v, s_, err, xi in zip(feedback, V, S, errs, xis):
+        e = (err if scale == 1.0 else err / scale).to(v.dtype)
+        if col is None:
+            col = coef.to(v.dtype).unsqueeze(1)
+        v.addmm_(e.t(), e)
+        s_.addmm_(e.mul(col).t(), xi.to(v.dtype))
+        b.copy_(torch.linalg.solve(v, s_))
+
+
+__all__ = ["MSE_NAMES", "MLPPlan", "backward", "clean_forward", "mse_coefficient", "noisy_forward", "output_error", "plan_mlp", "regress_ridge", "regress_sgd"]

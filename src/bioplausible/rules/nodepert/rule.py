@@ -388,7 +388,10 @@ class _NodePerturbation(Rule):
                 rates = [self.feedback_lr(k + 1) for k in range(len(self._feedback))]
                 fast.regress_sgd(self._feedback, errs, sigs, self._xi, coef, scale, rates)
             else:
-                self._update_feedback([err / scale for err in errs] if scale != 1.0 else errs, targets)
+                n = len(self._feedback)
+                fast.regress_ridge(self._feedback, [self.owned.get(f"ridge.V.{k + 1}") for k in range(n)],
+                                   [self.owned.get(f"ridge.S.{k + 1}") for k in range(n)], errs, self._xi,
+                                   coef, scale)
             if self._step < self.config["warmup"]:
                 for p in self._params:
                     if p.grad is not None:

@@ -128,6 +128,7 @@ def test_fast_path_equals_the_general_path(name, cfg, loss):
     runs = []
     for general in (False, True):
         rule, model, opt = _rule(name, [8, 7, 6, 4], "tanh", xs[0], 0.2, 0.1, c_h=0.02, **cfg)
+        model[1].bias.requires_grad_(False)  # a frozen tensor: no gradient on either path
         if general:  # any hook sends the step down the general path
             model.register_forward_hook(lambda m, a, o: None)
         for x, y in zip(xs, ys):
@@ -142,6 +143,7 @@ def test_fast_path_equals_the_general_path(name, cfg, loss):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13, msg=k)
     for a, b in zip(fast_rule.last_noise, slow_rule.last_noise):
         assert torch.equal(a, b)  # the same draws in the same order
+    assert fast_model[1].bias.grad is None and slow_model[1].bias.grad is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -204,3 +206,12 @@ def test_autoencoder_shape_with_identity_hidden_and_relu_output(name):
         runs.append(model.state_dict())
     for k, a in runs[0].items():
         torch.testing.assert_close(a, runs[1][k], rtol=1e-11, atol=1e-13, msg=k)
+
+
+def test_a_gradient_hook_on_a_weight_runs(monkeypatch):
+    x, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    rule, model, _ = _rule("np", [5, 4, 3], "sigmoid", x, 0.1, 0.1)
+    seen = []
+    model[3].weight.register_hook(lambda g: seen.append(g.clone()))
+    rule.train_step(model, x, y, get_loss("mse_half_sum"))
+    assert len(seen) == 1 and torch.equal(seen[0], model[3].weight.grad)

@@ -59,9 +59,15 @@ class MLPPlan:
         self.hooks = self.hook_count()
 
     def hook_count(self) -> int:
-        """Hooks on the plan's modules plus global module hooks: the fast path calls no module,
-        so a hook added after planning must send the step down the general path."""
-        return sum(map(len, self._hook_dicts))
+        """Hooks on the plan's modules, global module hooks and gradient hooks on its weights and
+        biases: the fast path calls no module and runs no autograd, so a hook added after planning
+        must send the step down the general path."""
+        count = sum(map(len, self._hook_dicts))
+        for p in self.params:
+            for t in (p["weight"], p["bias"]):
+                if t is not None and (t._backward_hooks or t._post_accumulate_grad_hooks):
+                    count += 1 + len(t._backward_hooks or ()) + len(t._post_accumulate_grad_hooks or ())
+        return count
 
 
 def plan_mlp(model: nn.Module, layers: list[nn.Module]) -> MLPPlan | None:
@@ -188,10 +194,11 @@ def backward(plan: MLPPlan, hs: list[torch.Tensor], e: torch.Tensor, form: str,
         for k in range(L - 1):
             errs[k], sigs[k] = e, parts[k]
     for i in reversed(range(L)):
-        p = params[i]
-        p["weight"].grad = delta.t().mm(hs[i])
-        if p["bias"] is not None:
-            p["bias"].grad = delta.sum(0)
+        w, bias = params[i]["weight"], params[i]["bias"]
+        if w.requires_grad:  # a frozen tensor gets no gradient, as under autograd
+            w.grad = delta.t().mm(hs[i])
+        if bias is not None and bias.requires_grad:
+            bias.grad = delta.sum(0)
         if i == 0:
             break
         if form == "fa":

@@ -131,7 +131,8 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 batches, 2 reps")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=9, help="round-robin repetitions (9: bursts of load on a "
+                        "shared machine move single repetitions by up to 50%%)")
     parser.add_argument("--rules", default=",".join(RULES))
     parser.add_argument("--tasks", default="small,wide")
     parser.add_argument("--batches", type=int, default=None, help="batches per repetition")

@@ -1,9 +1,12 @@
-"""Why DFA's conv taps need scaling: update norms of DFA vs BP per layer of the CIFAR CNN at init.
+"""Why DFA's conv taps need scaling: update norms of DFA vs BP per layer of two CIFAR-10 CNNs at init.
 
-For the ``npcnn`` model (Crafton et al. 2019) on a CIFAR-10 batch, this compares ‖ΔW‖ of each
-layer under DFA with unscaled feedback (the ``dfa`` rule: U(±1/√n_l)), under DFA with the conv
-taps' feedback divided by √P or by P, P the number of spatial positions of the tap (``np-dfa``
-with a feedback rate of 0, ``conv_scale="sqrt_positions"`` / ``"positions"``), and under BP, averaged over ``--batches`` batches of 128.
+For LeNet-5 (the ``fb-lenet-cifar10`` preset's model) and the NP paper's CNN (``npcnn``, Crafton
+et al. 2019) on CIFAR-10 batches, this compares ‖ΔW‖ of each layer under ``dfa`` with its conv
+taps' random feedback left as drawn (``conv_scale="none"``: U(±1/√n_l), the behaviour before
+the option existed), divided by √P (``"sqrt_positions"``, the default of ``dfa`` and ``np-dfa``)
+or by P (``"positions"``), P the spatial positions of the tap's input, against BP's ‖ΔW‖,
+averaged over ``--batches`` batches of 128. Row ``l`` is the weight whose update comes from the
+tap at the *next* layer's input: only weights feeding a convolution are affected.
 
     BIOPLAUSIBLE_DATA=/work/shared/datasets python benchmarks/np_conv_scale.py
 
@@ -22,17 +25,16 @@ import torch
 import bioplausible as bp
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SCALES = ("none", "sqrt_positions", "positions")
+MODELS = ("lenet", "npcnn")
 
 
-def norms(name: str, opts: dict, x, y, batches: int) -> dict[str, float]:
+def norms(model_name: str, rule_name: str, opts: dict, x, y, batches: int) -> dict[str, float]:
     torch.manual_seed(0)
-    model = bp.build_model("npcnn")
-    model.eval()  # no dropout: the same network for every rule
-    rule = bp.make(name, **opts)
+    model = bp.build_model(model_name, input_shape=tuple(x.shape[1:]), num_classes=10)
+    rule = bp.make(rule_name, **opts)
     model = rule.prepare(model, example=x[:2])
-    model.eval()
-    if name == "np-dfa":
-        rule.build_optimizer(model, {"name": "sgd", "lr": 1.0, "groups": {"feedback": {"lr": 0.0}}})
+    model.eval()  # no dropout: the same network for every rule
     loss = bp.get_loss("cross_entropy")
     out: dict[str, float] = {}
     for b in range(batches):
@@ -51,23 +53,31 @@ def main() -> int:
     torch.set_num_threads(1)
     data = bp.load_dataset("cifar10")
     x, y = data.train.x[:128 * args.batches], data.train.y[:128 * args.batches]
-    ref = norms("bp", {}, x, y, args.batches)
-    plain = norms("dfa", {}, x, y, args.batches)
-    root = norms("np-dfa", {"c_h": 0.067}, x, y, args.batches)
-    scaled = norms("np-dfa", {"c_h": 0.067, "conv_scale": "positions"}, x, y, args.batches)
-    rows = {n: {"bp": ref[n], "dfa": plain.get(n), "dfa_sqrt": root.get(n), "dfa_scaled": scaled.get(n)}
-            for n in ref}
-    about = (f"Command: `python benchmarks/np_conv_scale.py --batches {args.batches}`; load average "
-             f"{os.getloadavg()}. npcnn (eval mode, no dropout), cross-entropy, batches of 128.")
-    lines = ["# DFA on the CIFAR CNN: ‖ΔW‖ per layer relative to BP's, at init", "", about, "",
-             "| layer | ‖ΔW‖ BP | DFA / BP | conv taps ÷ √P / BP | conv taps ÷ P / BP |",
-             "|---|---:|---:|---:|---:|"]
-    for n, r in rows.items():
-        lines.append(f"| {n} | {r['bp']:.3g} | {r['dfa'] / r['bp']:.3g} | {r['dfa_sqrt'] / r['bp']:.3g} | "
-                     f"{r['dfa_scaled'] / r['bp']:.3g} |")
-    out = RESULTS
-    (out / "np_conv_scale.json").write_text(json.dumps(rows, indent=2))
-    (out / "np_conv_scale.md").write_text("\n".join(lines) + "\n")
+    load = os.getloadavg()
+    result: dict[str, dict] = {}
+    lines = ["# DFA on CIFAR-10 CNNs: ‖ΔW‖ per layer relative to BP's, at init", "",
+             (f"Command: `python benchmarks/np_conv_scale.py --batches {args.batches}`; load average "
+             f"{tuple(round(v, 2) for v in load)}. Cross-entropy, batches of 128 of the standardised "
+             f"training set, eval mode (no dropout), seed 0; `dfa` with its `conv_scale` option "
+             f"(`none` = the draw before the option existed; `sqrt_positions` = the default). The row "
+             f"of a weight is driven by the tap at the next layer's input: only weights feeding a "
+             f"convolution change with the option."), ""]
+    for model_name in MODELS:
+        ref = norms(model_name, "bp", {}, x, y, args.batches)
+        dfa = {s: norms(model_name, "dfa", {"conv_scale": s}, x, y, args.batches) for s in SCALES}
+        rows = {n: {"bp": ref[n], **{f"dfa_{s}": dfa[s].get(n) for s in SCALES}} for n in ref}
+        result[model_name] = rows
+        lines += [f"## {model_name}", "",
+                  "| layer | ‖ΔW‖ BP | DFA none / BP | DFA ÷ √P (default) / BP | DFA ÷ P / BP |",
+                  "|---|---:|---:|---:|---:|"]
+        for n, r in rows.items():
+            ratios = " | ".join(f"{r[f'dfa_{s}'] / r['bp']:.3g}" for s in SCALES)
+            lines.append(f"| {n} | {r['bp']:.3g} | {ratios} |")
+        lines.append("")
+    (RESULTS / "np_conv_scale.json").write_text(json.dumps(
+        {"command": f"python benchmarks/np_conv_scale.py --batches {args.batches}", "load_average": load,
+         "models": result}, indent=2))
+    (RESULTS / "np_conv_scale.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -24,6 +24,16 @@ Per batch (spec §5.2, §5.5):
    itself: ``optimizer.groups.feedback.lr``); ``solver="ridge"`` (App. C.3),
    ``B = (γI + Σẽᵀẽ)⁻¹ Σẽᵀλ̂`` over every sample seen.
 
+**Fast path** (:mod:`.fast`): a plain MLP — ``nn.Sequential`` of an optional ``Flatten`` and
+``Linear`` layers each followed by sigmoid, tanh, ReLU or identity, no dropout — with the ``np``
+target runs the same step by hand: no autograd graph, no module calls, the backward pass with
+autograd's own kernels (η_B = 0 stays FA / DFA bit for bit), eq 3 as ``s⁻² δᵀ(g − s c ξ)`` from
+the synthetic signal ``g = δB`` the backward pass already formed. Any other model, a hook added
+to its modules after ``prepare``, autocast, or ``sg`` take the general path above
+(``tests/test_nodepert_fast.py`` checks one against the other and both against a literal oracle).
+The clean and noisy passes stay two GEMMs per layer rather than one on a 2×batch tensor: a GEMM's
+rows may round differently with the row count, which would break the bit-for-bit FA/DFA identity.
+
 ``ẽ`` and ``λ̂`` are per example (the batch backward's errors divided by the loss's batch factor,
 see :func:`~.estimator.per_example_losses`), so with the paper's batch-summed loss the update
 is exactly eq 3 summed over the batch. ``warmup``: for that many first steps the forward
@@ -59,6 +69,7 @@ from ...nn.layers import FEEDBACK_INITS, FeedbackLinear, init_feedback
 from ...nn.pathway import FixedFeedback
 from ...registry import register
 from ..base import FeedbackPair, Rule, StepResult
+from . import fast
 from .estimator import loss_difference, regression_grad, ridge_update, signal_angle
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -205,6 +216,8 @@ class _NodePerturbation(Rule):
                 layer.register_forward_pre_hook(hooks.pre)
             if i == 0 or (self._tail is None and self.config["noise_at"] == "pre" and i < len(layers) - 1):
                 layer.register_forward_hook(hooks.post)
+        # plain MLPs (no dropout) take the hand-written step of fast.py (hooks checked per step)
+        self._plan = fast.plan_mlp(model, layers) if self.target == "np" else None
         return model
 
     # ------------------------------------------------------------------ hooks
@@ -279,6 +292,9 @@ class _NodePerturbation(Rule):
         return [g.detach() / scale for g in grads]
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
+        plan = self._plan
+        if plan is not None and plan.hook_count() == plan.hooks and not torch.is_autocast_enabled(x.device.type):
+            return self._fast_step(x, y, loss_fn)
         for p in self._params:
             p.grad = None
         device = x.device
@@ -339,6 +355,53 @@ class _NodePerturbation(Rule):
         self._step += 1
         self._in_step = True  # until after_step: metrics() is then a probe's call
         return StepResult(loss.detach(), output.detach())
+
+    def _fast_step(self, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
+        """The same step for a plain MLP without autograd graph or module calls (fast.py)."""
+        plan, c = self._plan, self.config["c_h"]
+        with torch.no_grad():
+            hs, (a1,) = fast.clean_forward(plan, x)
+            out = hs[-1]
+            y = self._dense_target(loss_fn, out, y)
+            loss = loss_fn(out, y)
+            mse = fast.output_error(loss_fn, out, y)
+            if mse is None:  # any other loss: e = ∂loss/∂o by autograd on the loss alone
+                with torch.enable_grad():
+                    o = out.detach().requires_grad_(True)
+                    (e,) = torch.autograd.grad(loss_fn(o, y), o)
+            else:
+                e, d = mse
+            scale = 1.0 if getattr(loss_fn, "reduction", "mean") == "sum" else 1.0 / out.shape[0]
+            noisy = fast.noisy_forward(plan, hs, a1, c, self.config["noise_at"] == "post",
+                                       self.generator(x.device), self._xi)
+            if mse is not None:  # coef = (ℓ̃ − ℓ)/c_h in the outputs' dtype, cancellation-free
+                coef = fast.mse_coefficient(loss_fn.name, noisy, out, d, c)
+            else:  # float64 per-example losses
+                coef = loss_difference(loss_fn, noisy, out, y).div_(c)
+            if self._step < 10 and not bool(coef.any()):
+                raise UserError(
+                    f"rule {self.name!r}: the perturbation c_h={c} changed no example's loss in "
+                    f"{out.dtype}; raise c_h or train in float64")
+            errs, sigs = fast.backward(plan, hs, e, self.form, self._feedback)
+            targets = _Estimates(self._xi, coef)
+            if self.config["solver"] == "sgd":
+                rates = [self.feedback_lr(k + 1) for k in range(len(self._feedback))]
+                fast.regress_sgd(self._feedback, errs, sigs, self._xi, coef, scale, rates)
+            else:
+                n = len(self._feedback)
+                fast.regress_ridge(self._feedback, [self.owned.get(f"ridge.V.{k + 1}") for k in range(n)],
+                                   [self.owned.get(f"ridge.S.{k + 1}") for k in range(n)], errs, self._xi,
+                                   coef, scale)
+            if self._step < self.config["warmup"]:
+                for p in self._params:
+                    if p.grad is not None:
+                        p.grad.zero_()
+        self._last = (errs, targets)  # errors unscaled: the probe's angles do not depend on s
+        self.last_noise = self._xi
+        self._xi = [None] * len(self._xi)
+        self._step += 1
+        self._in_step = True
+        return StepResult(loss.detach(), out)
 
     def after_step(self, model: nn.Module) -> None:
         self._in_step = False

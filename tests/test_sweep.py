@@ -174,6 +174,16 @@ def test_a_config_changed_between_launches_is_refused(local_sweep, data_env, tmp
         (out / "bp-seed0" / "summary.keep").rename(out / "bp-seed0" / "summary.json")
 
 
+def test_finished_runs_made_with_another_config_are_not_reused(local_sweep, data_env, tmp_path):
+    """Every run of the first launch finished; a relaunch asking for another learning rate must not
+    report those results as its own."""
+    _, out = local_sweep
+    spec = load_spec(out.parent / "sweep.yaml")
+    spec.config = {**spec.config, "optimizer": {**spec.config.get("optimizer", {}), "lr": 0.0123}}
+    with pytest.raises(UserError, match="optimizer.lr"):
+        run_sweep(spec)
+
+
 def _lock_holders(out: Path) -> list[int]:
     pids = []
     for lock in out.glob("*/.lock"):

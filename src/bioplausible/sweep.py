@@ -344,8 +344,9 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike | None = None, jobs: int =
         raise ConfigError("two runs of this sweep have the same label and seed; give the grid distinct values")
     states = {i: run_state(j.run_dir) for i, j in enumerate(planned)}
     todo = [i for i, s in states.items() if s not in FINAL]
+    for job in planned:  # finished runs too: a result made with another config is not this sweep's
+        _same_config(job)
     for i in todo:
-        _same_config(planned[i])
         planned[i].resume = Path(planned[i].run_dir).is_dir()
     check_jobs([planned[i] for i in todo])
     fd = _sweep_lock(base)

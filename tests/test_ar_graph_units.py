@@ -59,7 +59,7 @@ UNITS = {
 }
 
 
-class _Merged:
+class _Merged(zoo._Relaxation):
     """Dense relaxation on merged units (see the module docstring)."""
 
     def __init__(self, dense: zoo._Dense, keys: list[str]) -> None:
@@ -95,29 +95,6 @@ class _Merged:
     def _coords(self, idx: list[int]) -> torch.Tensor:
         return torch.cat([torch.arange(self.d.offsets[i], self.d.offsets[i + 1]) for i in idx])
 
-    def block(self, i: int) -> slice:
-        return slice(self.offsets[i], self.offsets[i + 1])
-
-    def run(self, steps: int, eta: float, sweep: str) -> torch.Tensor:
-        x = self.x0.clone()
-        top = self.block(self.top)
-        for _ in range(steps):
-            if sweep == "jacobi":
-                new = (1 - eta) * x + eta * (self.M @ x)
-                new[top] = x[top]
-                x = new
-            else:
-                for i in reversed(range(len(self.units))):
-                    if i != self.top:
-                        b = self.block(i)
-                        x[b] = (1 - eta) * x[b] + eta * (self.M[b] @ x)
-        return x
-
-    def depth(self) -> int:
-        longest: list[int] = []
-        for i, ps in enumerate(self.parents):
-            longest.append(0 if i == self.top else 1 + max([longest[p] for p in ps], default=0))
-        return max(longest)
 
 
 def _setup(name: str, loss: str, units: str):

@@ -144,7 +144,37 @@ ZOO = ("chain", "chain_skip", "residual_mlp", "concat", "twice", "resnet", "resn
 
 
 # ------------------------------------------------------------------------------ the oracle
-class _Dense:
+class _Relaxation:
+    """Dense relaxation dynamics shared by the op-level oracle and the merged-unit one: needs
+    ``x0``, ``M``, ``top``, ``offsets`` and ``parents`` (one entry per unit, topological order)."""
+
+    def block(self, i: int) -> slice:
+        return slice(self.offsets[i], self.offsets[i + 1])
+
+    def run(self, steps: int, eta: float, sweep: str) -> Tensor:
+        x = self.x0.clone()
+        top = self.block(self.top)
+        for _ in range(steps):
+            if sweep == "jacobi":
+                new = (1 - eta) * x + eta * (self.M @ x)
+                new[top] = x[top]
+                x = new
+            else:
+                for i in reversed(range(len(self.parents))):
+                    if i != self.top:
+                        b = self.block(i)
+                        x[b] = (1 - eta) * x[b] + eta * (self.M[b] @ x)
+        return x
+
+    def depth(self) -> int:
+        """Units on the longest chain of non-top relaxed units (M's nilpotency index there)."""
+        longest: list[int] = []
+        for i, ps in enumerate(self.parents):
+            longest.append(0 if i == self.top else 1 + max([longest[p] for p in ps], default=0))
+        return max(longest)
+
+
+class _Dense(_Relaxation):
     """The relaxation written with dense matrices from fx's Interpreter (see module docstring)."""
 
     def __init__(self, model, x, y, loss):
@@ -209,30 +239,6 @@ class _Dense:
             self._M = torch.autograd.functional.jacobian(self._ops, self._h0, vectorize=True).t().contiguous()
         return self._M
 
-    def block(self, i: int) -> slice:
-        return slice(self.offsets[i], self.offsets[i + 1])
-
-    def run(self, steps: int, eta: float, sweep: str) -> Tensor:
-        x = self.x0.clone()
-        top = self.block(self.top)
-        for _ in range(steps):
-            if sweep == "jacobi":
-                new = (1 - eta) * x + eta * (self.M @ x)
-                new[top] = x[top]
-                x = new
-            else:
-                for i in reversed(range(len(self.nodes))):
-                    if i != self.top:
-                        b = self.block(i)
-                        x[b] = (1 - eta) * x[b] + eta * (self.M[b] @ x)
-        return x
-
-    def depth(self) -> int:
-        """Nodes on the longest chain of non-top relaxed nodes (M's nilpotency index there)."""
-        longest: list[int] = []
-        for i, ps in enumerate(self.parents):
-            longest.append(0 if i == self.top else 1 + max([longest[p] for p in ps], default=0))
-        return max(longest)
 
     def split(self, flat: Tensor) -> dict[str, Tensor]:
         return {k: flat[self.block(i)].reshape(self.shapes[i]) for i, k in enumerate(self.keys)}

@@ -12,7 +12,8 @@ targets ``t`` (targets of the output's shape are used as they are); the trainer'
 only reported. Evaluation is the model's plain feedforward pass (§3.3).
 
 Options the paper leaves open (spec §3 [?]), with their defaults: ``reduction="mean"`` (batch
-mean of the outer products), ``state_init`` (MA: ``"feedforward"`` s = s̃, g = V^f ρ(s̃);
+mean of the outer products; ``v_reduction`` sets the V updates' reduction apart from W's),
+``state_init`` (MA: ``"feedforward"`` s = s̃, g = V^f ρ(s̃);
 MB: ``"carry"`` the state over from the previous example), synchronous layer updates from the
 pre-step state, ``input_rate="x"`` (not ρ(x)), ``v_init="uniform"`` on [−γ, γ] (γ = ``gamma``,
 or each layer's max |W| when ``gamma`` is null), FA feedback drawn the same way.

@@ -57,7 +57,7 @@ def test_feedback_errors_match_an_independent_computation(name):
     # reports every layer's B
     used = errors[1:] if name == "np" else errors
     assert out["relative_error_mean"] == pytest.approx(sum(used) / len(used), rel=1e-12)
-    assert len(set(round(e, 6) for e in errors)) == 3
+    assert len({round(e, 6) for e in errors}) == 3
 
 
 @pytest.mark.parametrize("name", ["bp", "dfa"])
@@ -163,7 +163,7 @@ def test_the_fig4_preset_freezes_w_probes_at_the_end_and_checks_the_smallest_noi
     noise = {label: run["c_h"] for label, run in preset.runs.items() if label.startswith("noise-")}
     assert check["run"] == min(noise, key=noise.get)
     for scale in preset.scales:
-        config, seeds = preset.resolved(scale)
+        config, _ = preset.resolved(scale)
         steps = 60_000 // config["batch_size"] * config["epochs"]  # MNIST's 60k training images
         assert config["probe_every"] > 0 and steps % config["probe_every"] == 0
         for label, run in preset.runs.items():

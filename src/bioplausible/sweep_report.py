@@ -118,9 +118,7 @@ def tables(index: dict[str, Any], groups: dict[str, list[dict[str, Any]]]) -> di
 
 def markdown(t: dict[str, Any]) -> str:
     metric, has_paper = t["metric"], bool(t["paper"])
-    from .experiments import metric_label
-
-    from .experiments import metric_digits
+    from .experiments import metric_digits, metric_label
 
     d = metric_digits(metric)
     head = f"| run | seeds | {metric_label(metric)} (mean ± std) |" + (" paper | ours − paper |" if has_paper else "")

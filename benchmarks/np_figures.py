@@ -12,8 +12,12 @@ forward weights on MNIST, B learned by online ridge regression (γ = 0.1), batch
 sweep over c_h, (B) width sweep 784-N-50-10 at c_h = 0.01. Check: the top layer's relative error
 at the smallest noise ≤ 5 %.
 
+``fig4 --from RUN_DIR``: the same panels from a ``bioplausible reproduce np-fig4-fixed-w`` run
+directory (its probes' per-layer relative error and sign congruence), without training.
+
     python benchmarks/np_figures.py fig2 /tmp/np_fig2_quick --tag quick
     python benchmarks/np_figures.py fig4 --quick
+    python benchmarks/np_figures.py fig4 --from /tmp/fig4 --tag preset_quick
 
 Writes ``benchmarks/results/np_fig{2,4}_<tag>.{json,md,png}``.
 """
@@ -195,6 +199,44 @@ def fig4(quick: bool, tag: str, out: Path) -> dict:
     return result
 
 
+def fig4_from_runs(run_dir: Path, tag: str, out: Path) -> dict:
+    """Fig. 4's panels from the probes of a ``reproduce np-fig4-fixed-w`` run directory (first seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted({p.name.rsplit("-seed", 1)[0] for p in run_dir.glob("*-seed*")})
+    fig, ax = plt.subplots(1, 4, figsize=(20, 4))
+    final = {}
+    for label in runs:
+        probes = _records(min(run_dir.glob(f"{label}-seed*")))[0]
+        layers = sorted({k.split("/", 1)[1] for k in probes[-1] if k.startswith("relative_error/")}, key=int)
+        steps = [p["step"] for p in probes]
+        top, low = layers[-1], layers[0]
+        final[label] = {f"relative_error/{k}": probes[-1][f"relative_error/{k}"] for k in layers}
+        final[label].update({f"sign_congruence/{k}": probes[-1][f"sign_congruence/{k}"] for k in layers})
+        if label.startswith("noise-"):
+            ax[0].plot(steps, [p[f"relative_error/{top}"] for p in probes], label=label)
+            ax[1].plot(steps, [p[f"relative_error/{low}"] for p in probes], label=label)
+            ax[3].plot(steps, [100 * p[f"sign_congruence/{low}"] for p in probes], label=f"{label} layer {low}")
+        else:
+            ax[2].plot(steps, [p[f"relative_error/{top}"] for p in probes], label=label)
+    for a, title in zip(ax, ("(A) top layer ‖W−B‖/‖W‖, noise sweep", "(A') lower layer, noise sweep",
+                             "(D) top layer, width sweep 784-N-50-10, c_h=0.01",
+                             "(C) sign congruence of the lower layer (%)")):
+        a.set_title(title)
+        a.set_xlabel("step (batch 32)")
+        if a is not ax[3]:
+            a.set_yscale("log")
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / f"np_fig4_{tag}.png", dpi=110)
+    print(json.dumps(final, indent=1))
+    return final
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -203,13 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     p2.add_argument("--tag", default="quick")
     p4 = sub.add_parser("fig4")
     p4.add_argument("--quick", action="store_true")
+    p4.add_argument("--from", dest="run_dir", default=None, help="draw from a reproduce run directory")
+    p4.add_argument("--tag", default=None)
     for p in (p2, p4):
         p.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.cmd == "fig2":
         fig2(Path(args.run_dir), args.tag, Path(args.out))
+    elif args.run_dir:
+        fig4_from_runs(Path(args.run_dir), args.tag or "preset", Path(args.out))
     else:
-        fig4(args.quick, "quick" if args.quick else "full", Path(args.out))
+        fig4(args.quick, args.tag or ("quick" if args.quick else "full"), Path(args.out))
     return 0
 
 

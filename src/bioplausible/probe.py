@@ -12,6 +12,11 @@ feedback aligns with the forward weights:
 * ``relative_error/<layer>``: ‖W − B‖_F / ‖W‖_F.
 
 Means over layers are reported as ``grad_angle``, ``weight_angle`` etc.
+
+:func:`feedback_errors` gives a run's summary numbers of the feedback: ``relative_error_top``
+(‖W − B‖_F/‖W‖_F of the last pair in model order, the output layer's W whose B carries the
+error into the top hidden layer) and ``relative_error_mean`` (the mean over every pair the rule
+reports); the trainer records them in every epoch record, measured after the epoch's last step.
 """
 
 from __future__ import annotations
@@ -175,6 +180,25 @@ def alignment_metrics(pairs: list[FeedbackPair]) -> dict[str, float]:
         if values:
             out[key] = sum(values) / len(values)
     return out
+
+
+def feedback_errors(rule: Rule, model: nn.Module) -> dict[str, float]:
+    """``relative_error_top`` and ``relative_error_mean`` of the rule's feedback now.
+
+    Top: ‖W − B‖_F / ‖W‖_F of the last feedback pair in model order that has a feedback in W's
+    layout; mean: the mean of ‖W − B‖_F / ‖W‖_F over every such pair the rule reports (for
+    ``fa`` this includes the first layer's B, which carries no error anywhere). Empty for rules
+    without such feedback (BP, DFA's direct matrices) or whose feedback cannot be compared.
+    """
+    try:
+        pairs = [p for p in rule.feedback_pairs(model) if p.feedback is not None]
+        if not pairs:
+            return {}
+        values = alignment_metrics(pairs)
+    except ProbeError:
+        return {}
+    return {"relative_error_top": values[f"relative_error/{pairs[-1].name}"],
+            "relative_error_mean": values["relative_error"]}
 
 
 def params_is_weight(name: str) -> bool:

@@ -46,8 +46,9 @@ def _check_text(check: dict[str, Any]) -> str:
 
 def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str, Any]]:
     """The Markdown of one preset's sweep folder, and its check results."""
-    from .experiments import evaluate_checks, get_preset, metric_label
-    from .sweep_report import _fmt, _num, collect, tables
+    from .experiments import check_metrics, evaluate_checks, get_preset, metric_digits, metric_label
+    from .jobs import mean_std
+    from .sweep_report import _fmt, _metric, _num, collect, tables
 
     preset = get_preset(name)
     index, groups = collect(folder)
@@ -55,8 +56,12 @@ def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str
     metric = t["metric"]
     stats = {label: {m: st[m] for m in (metric, "best_test_accuracy", "grad_angle") if m in st}
              for label, st in t["stats"].items()}
-    for label, st in t["stats"].items():
-        stats[label]["test_accuracy"] = st.get("test_accuracy", st[metric])
+    # a check's metric other than the paper's (test_accuracy beside test_loss, relative_error_top, ...)
+    for m in sorted({"test_accuracy", *check_metrics(preset)}):
+        for label, runs in groups.items():
+            if label in stats and m not in stats[label]:
+                stats[label][m] = mean_std(_metric(r["run"], m) for r in runs
+                                           if r["status"] == "completed" and r["run"] is not None)
     checks = evaluate_checks(preset, stats, index.get("scale"))
     lines = [f"## {preset.title}", "", (f"Preset `{name}`, scale `{index.get('scale')}`, seeds "
                                         f"{index.get('seeds')}. Paper: {preset.paper}."), "",
@@ -64,8 +69,9 @@ def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str
              f"| run | ours: {metric_label(metric)} (mean ± std, n) | paper | ours − paper | hidden-layer angle to BP (°) | runs |",
              "|---|---|---|---|---|---|"]
     for row, st in zip(t["rows"], t["stats"].values()):
-        lines.append(f"| {row['label']} | {_fmt(st[metric])} (n={st['n']}) | {_num(row['paper'])} | "
-                     f"{_num(row['diff'], -2) if row['diff'] is not None else '–'} | "
+        d = metric_digits(metric)
+        lines.append(f"| {row['label']} | {_fmt(st[metric], d)} (n={st['n']}) | {_num(row['paper'], d)} | "
+                     f"{_num(row['diff'], -d) if row['diff'] is not None else '–'} | "
                      f"{_fmt(st['hidden_angle'], 1)} | {row['status']} |")
     values = (preset.paper_results.get("values") or {})
     for label, paper in values.items():

@@ -118,16 +118,17 @@ def tables(index: dict[str, Any], groups: dict[str, list[dict[str, Any]]]) -> di
 
 def markdown(t: dict[str, Any]) -> str:
     metric, has_paper = t["metric"], bool(t["paper"])
-    from .experiments import metric_label
+    from .experiments import metric_digits, metric_label
 
+    d = metric_digits(metric)
     head = f"| run | seeds | {metric_label(metric)} (mean ± std) |" + (" paper | ours − paper |" if has_paper else "")
     head += " best test acc. | hidden-layer angle to BP (°) | s/epoch | runs |"
     cols = head.count("|") - 1
     lines = [head, "|" + "---|" * cols]
     for r, st in zip(t["rows"], t["stats"].values()):
-        cells = [r["label"], str(r["n"]), _fmt(st[metric])]
+        cells = [r["label"], str(r["n"]), _fmt(st[metric], d)]
         if has_paper:
-            cells += [_num(r["paper"]), _num(r["diff"], -2) if r["diff"] is not None else "–"]
+            cells += [_num(r["paper"], d), _num(r["diff"], -d) if r["diff"] is not None else "–"]
         cells += [_fmt(st["best_test_accuracy"]), _fmt(st["hidden_angle"], 1), _fmt(st["epoch_time"]), r["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from torch import nn
 from .config import TrainConfig
 from .errors import ConfigError, DivergenceError, UnknownNameError, UserError
 from .losses import Loss, get_loss
-from .probe import Probe
+from .probe import Probe, feedback_errors
 from .registry import make
 from .rules.base import Rule, call_prepare
 
@@ -521,6 +521,7 @@ class Trainer:
                 record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **record,
                           "eval_time": time.perf_counter() - t0,
                           "lr": self.optimizer.param_groups[0]["lr"]}
+                record.update(feedback_errors(self.rule, self.model))  # ‖W − B‖/‖W‖ after the epoch
                 record.update({f"rule/{k}": v for k, v in self.rule.metrics(self.model).items()})
                 if self.schedule is not None:
                     self.schedule.step()

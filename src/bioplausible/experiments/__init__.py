@@ -19,7 +19,12 @@ m_b − m_a ≤ max), ``min_value`` (a run's metric at least ``min``), ``max_val
 ``within_paper`` (|ours − paper| ≤ ``tol``) and ``worst`` (every run in ``runs`` is worse than
 every other run of the preset, by more than ``margin``, default 0).
 
-Direction: losses (``test_loss``, ``train_loss``) and ``grad_angle`` are lower-is-better
+Metrics: those of the last epoch's record (``test_accuracy``, ``test_loss``, ...), the best test
+accuracy, the mean probe angle ``grad_angle``, and the feedback's ``relative_error_top`` /
+``relative_error_mean`` (‖W − B‖_F/‖W‖_F of the top pair / the mean over pairs after the last
+epoch, :func:`bioplausible.probe.feedback_errors`).
+
+Direction: losses (``test_loss``, ``train_loss``), ``grad_angle`` and ``relative_error_*`` are lower-is-better
 (:func:`lower_is_better`); ``worst`` uses it (a check may override it with
 ``lower_is_better: true|false``). ``max_gap``, ``within`` and the min/max bounds are plain
 arithmetic: "FA's loss is at least BP's" is ``{type: max_gap, metric: test_loss, runs: [fa, bp],
@@ -44,12 +49,23 @@ from ..config import TrainConfig, _merge, yaml_load
 from ..errors import ConfigError, UnknownNameError, UserError
 
 _METRICS = {"test_accuracy", "best_test_accuracy", "train_accuracy", "test_loss", "train_loss",
-            "val_accuracy", "test_auc", "grad_angle"}
+            "val_accuracy", "test_auc", "grad_angle", "relative_error_top", "relative_error_mean"}
 
 
 def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of ``metric`` is the better one (losses, angles)."""
-    return metric.endswith("_loss") or metric == "grad_angle"
+    """Whether a smaller value of ``metric`` is the better one (losses, angles, feedback errors)."""
+    return metric.endswith("_loss") or metric == "grad_angle" or metric.startswith("relative_error")
+
+
+def metric_digits(metric: str) -> int:
+    """Decimals to print ``metric`` with: 4 for the feedback's relative errors (fractions), else 2."""
+    return 4 if metric.startswith("relative_error") else 2
+
+
+def check_metrics(preset: Preset) -> list[str]:
+    """The metrics the preset's checks compare (the paper metric when a check names none)."""
+    default = preset.paper_results.get("metric", "test_accuracy")
+    return sorted({str(c.get("metric", default)) for c in preset.checks})
 
 
 def metric_label(metric: str) -> str:
@@ -228,14 +244,15 @@ def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]],
                 gap = mb - ma
                 ok = (abs(gap) if kind == "within" else gap) <= float(check["max"])
                 bound = f"|{b} − {a}| at most" if kind == "within" else "at most"
-                text = f"{metric}: {b} − {a} = {gap:+.2f} ({bound} {check['max']})"
+                text = f"{metric}: {b} − {a} = {gap:+.{metric_digits(metric)}f} ({bound} {check['max']})"
         elif kind in ("min_value", "max_value"):
             label = check["run"]
             m = stats.get(label, {}).get(metric, (None, None))[0]
             if m is not None:
                 low = kind == "min_value"
                 ok = m >= float(check["min"]) if low else m <= float(check["max"])
-                text = f"{metric} of {label} = {m:.2f} (at {'least' if low else 'most'} {check['min' if low else 'max']})"
+                text = (f"{metric} of {label} = {m:.{metric_digits(metric)}f} "
+                        f"(at {'least' if low else 'most'} {check['min' if low else 'max']})")
         elif kind == "worst":
             ok, text = _worst(check, metric, stats)
         elif kind == "within_paper":
@@ -244,7 +261,7 @@ def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]],
             ref = (preset.paper_results.get("values") or {}).get(label)
             if m is not None and ref is not None:
                 ok = abs(m - ref) <= float(check["tol"])
-                text = f"{metric} of {label} = {m:.2f} vs paper {ref} (within {check['tol']})"
+                text = f"{metric} of {label} = {m:.{metric_digits(metric)}f} vs paper {ref} (within {check['tol']})"
         results.append({**check, "passed": bool(ok), "text": text or "not measured"})
     return results
 
@@ -294,7 +311,7 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
     check_jobs(jobs)
     summaries = run_jobs(jobs, workers=workers, progress=progress)
     metrics = sorted({preset.paper_results.get("metric", "test_accuracy"), "test_accuracy",
-                      "best_test_accuracy", "grad_angle"})
+                      "best_test_accuracy", "grad_angle", *check_metrics(preset)})
     stats = aggregate(summaries, metrics)
     checks = evaluate_checks(preset, stats, scale)
     config, _ = preset.resolved(scale)
@@ -323,9 +340,10 @@ def format_report(report: dict[str, Any]) -> str:
     for label, st in report["stats"].items():
         m, s = tuple(st.get(metric, (None, None)))[:2]
         ang = next(iter(st.get("grad_angle", (None, None))))
-        ours = "–" if m is None else f"{m:.2f} ± {s:.2f}"
+        d = metric_digits(metric)
+        ours = "–" if m is None else f"{m:.{d}f} ± {s:.{d}f}"
         paper = values.get(label)
-        diff = "–" if m is None or paper is None else f"{m - paper:+.2f}"
+        diff = "–" if m is None or paper is None else f"{m - paper:+.{d}f}"
         lines.append(f"| {label} | {ours} | {'–' if paper is None else paper} | {diff} | "
                      f"{'–' if ang is None else f'{ang:.1f}'} | {', '.join(report['status'][label])} |")
     for label, paper in values.items():
@@ -340,5 +358,5 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Preset", "evaluate_checks", "format_report", "get_preset", "list_presets", "lower_is_better",
-           "metric_label", "run_preset"]
+__all__ = ["Preset", "check_metrics", "evaluate_checks", "format_report", "get_preset", "list_presets",
+           "lower_is_better", "metric_digits", "metric_label", "run_preset"]

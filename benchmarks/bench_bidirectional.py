@@ -23,12 +23,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import round_robin
 
 import bioplausible as bp
 
@@ -103,20 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     batches = [order[i * BATCH:(i + 1) * BATCH] for i in range(n_batches)]
     load_before = os.getloadavg()
     setups = {r: setup(r) for r in RULES}
-    for r in RULES:  # warm-up
-        time_epoch(*setups[r], loss_fn, x, y, batches[:5])
-    times: dict[str, list[float]] = {r: [] for r in RULES}
-    for rep in range(reps):
-        for r in RULES:
-            times[r].append(time_epoch(*setups[r], loss_fn, x, y, batches))
-        print(f"rep {rep + 1}/{reps}: " + ", ".join(f"{r} {times[r][-1]:.2f}s" for r in RULES), flush=True)
-    base = statistics.median(times["bp"])
-    rows = {}
-    for r in RULES:
-        med = statistics.median(times[r])
-        limit = LIMITS.get(r)
-        rows[r] = {"median_s": med, "times_s": times[r], "ratio": med / base, "limit": limit,
-                   "ok": (med / base <= limit) if limit else None}
+    rows = round_robin(RULES, lambda r, warm: time_epoch(*setups[r], loss_fn, x, y, batches[:5] if warm else batches),
+                       reps, limits=LIMITS)
     result = {"machine": f"{platform.machine()}  {os.cpu_count()} CPUs", "torch": torch.__version__,
               "reps": reps, "batches": len(batches), "data": source, "rules": rows,
               "load_average": {"before": load_before, "after": os.getloadavg()}}

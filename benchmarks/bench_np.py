@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import load_mnist
 
 import bioplausible as bp
 
@@ -42,15 +43,6 @@ def parse_rule(entry: str) -> tuple[str, dict]:
     options = dict(kv.split("=", 1) for kv in rest.rstrip("]").split(",") if kv)
     return name, options
 
-
-def load(n: int):
-    try:
-        data = bp.load_dataset("mnist", flatten=True)
-        return data.train.x.contiguous(), data.train.y.long(), "real"
-    except Exception as exc:  # noqa: BLE001 - any failure falls back to random data, reported
-        gen = torch.Generator().manual_seed(0)
-        return (torch.rand(n, 784, generator=gen), torch.randint(0, 10, (n,), generator=gen),
-                f"random ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
 
 
 def setup(entry: str, spec: str, example: torch.Tensor, lr: float, fb_lr: float):
@@ -149,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                        "batch_size": 32, "batches": n},
              "wide": {"name": "MNIST 784-1000-10 sigmoid", "model": "mlp:784-1000-10",
                       "batch_size": 32, "batches": n}}
-    x, y, source = load(60000)
+    x, y, source = load_mnist(60000)
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "reps": reps,
               "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
               "python": sys.version.split()[0], "tasks": []}

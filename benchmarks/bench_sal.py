@@ -19,12 +19,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import load_mnist, round_robin
 
 import bioplausible as bp
 
@@ -42,15 +42,6 @@ def parse_rule(entry: str) -> tuple[str, dict]:
         options[k] = float(v) if "." in v else int(v) if v.lstrip("-").isdigit() else v
     return name, options
 
-
-def load(n: int):
-    try:
-        data = bp.load_dataset("mnist", flatten=True)
-        return data.train.x.contiguous(), data.train.y.long(), "real"
-    except Exception as exc:  # noqa: BLE001 - any failure falls back to random data, reported
-        gen = torch.Generator().manual_seed(0)
-        return (torch.randn(n, 784, generator=gen), torch.randint(0, 10, (n,), generator=gen),
-                f"random ({type(exc).__name__})")
 
 
 def setup(entry: str, lr: float):
@@ -87,27 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     if "bp" not in rules:
         rules.insert(0, "bp")
     reps = 2 if args.quick else args.reps
-    x, y, source = load(60000)
+    x, y, source = load_mnist(60000)
     loss_fn = bp.get_loss("mse_batchmean")
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(1))
     n_batches = 20 if args.quick else x.shape[0] // 256
     batches = [order[i * 256:(i + 1) * 256] for i in range(n_batches)]
     load_before = os.getloadavg()
     setups = {r: setup(r, args.lr) for r in rules}
-    for r in rules:
-        time_epoch(*setups[r], loss_fn, x, y, batches[:5])
-    times: dict[str, list[float]] = {r: [] for r in rules}
-    for rep in range(reps):
-        for r in rules:
-            times[r].append(time_epoch(*setups[r], loss_fn, x, y, batches))
-        print(f"rep {rep + 1}/{reps}: " + ", ".join(f"{r} {times[r][-1]:.2f}s" for r in rules), flush=True)
-    base = statistics.median(times["bp"])
-    rows = {}
-    for r in rules:
-        med = statistics.median(times[r])
-        limit = LIMITS.get(r)
-        rows[r] = {"median_s": med, "times_s": times[r], "ratio": med / base, "limit": limit,
-                   "ok": (med / base <= limit) if limit else None}
+    rows = round_robin(rules, lambda r, warm: time_epoch(*setups[r], loss_fn, x, y, batches[:5] if warm else batches),
+                       reps, limits=LIMITS)
     command = "python benchmarks/bench_sal.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     result = {"command": command, "torch": torch.__version__, "threads": 1, "reps": reps,
               "batches": n_batches, "batch_size": 256, "data": source, "lr": args.lr,

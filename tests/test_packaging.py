@@ -13,13 +13,15 @@ import yaml
 import bioplausible
 
 ROOT = Path(__file__).resolve().parents[1]
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the install itself needs none of this
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the install itself needs none of this
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 #: optional packages; the core must import and train every rule without them
 OPTIONAL = ("numba", "scipy", "tensorboard", "ray", "optuna")
 
 
 def test_citation_changelog_and_py_typed_ship_with_the_version():
+    PYPROJECT = _pyproject()
     version = PYPROJECT["project"]["version"]
     assert version == bioplausible.__version__
     cff = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
@@ -34,7 +36,7 @@ def test_citation_changelog_and_py_typed_ship_with_the_version():
 
 
 def test_metadata_and_extras():
-    project = PYPROJECT["project"]
+    project = _pyproject()["project"]
     assert project["authors"] and project["keywords"] and project["classifiers"]
     core = " ".join(project["dependencies"])
     for name in OPTIONAL:

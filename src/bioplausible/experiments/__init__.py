@@ -197,6 +197,7 @@ def _all() -> dict[str, Preset]:
 
 
 def list_presets() -> list[str]:
+    """Names of the registered presets (the YAML files of this package), sorted."""
     return sorted(_all())
 
 

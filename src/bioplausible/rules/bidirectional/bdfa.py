@@ -74,6 +74,20 @@ def agreement_grad(b: torch.Tensor, y_mix: torch.Tensor, h: torch.Tensor, update
 
 @register("bdfa")
 class BidirectionalDFA(Rule):
+    """Bidirectional direct feedback alignment (BDFA): DFA through learned direct matrices.
+
+    ``δ_l = (e B_l) ⊙ σ′(a_l)`` (Luo, Fu & Glass 2017, §3.2, eqs 36–38), and each ``B_l`` learns
+    from the agreement ``σ((y′B_l)·h_l)`` of the label's projection with the layer's activity
+    (eqs 39–42).
+
+    Options: ``update`` — ``"code"`` (ascent on Σ log σ, the authors' code) or ``"paper"``
+    (descent on Σ(1 − σ)); ``target`` — y′ = y (``"none"``), y + αŷ (``"paper"``, eq 51) or the
+    code's form (``"code"``); ``alpha`` — α (0.25); ``pairing`` — ``"fed"`` (each matrix against
+    the layer it feeds) or ``"index"`` (the literal indices); ``max_norm`` — as ``bfa``.
+
+    Models: MLPs (``nn.Linear`` + elementwise activations).
+    """
+
     family = "feedback"
     paper = "Luo, Fu & Glass 2017"
     summary = "DFA through direct matrices learned by agreement of y′B_l with h_l"

@@ -79,6 +79,22 @@ REDUCTIONS = ("auto", "sum", "mean")
 
 @register("bfa")
 class BidirectionalFA(Rule):
+    """Bidirectional feedback alignment (BFA): two networks that are each other's feedback.
+
+    A label→input generative network mirrors the forward MLP. Forward phase: FA through the
+    generative weights, ``δ_k = (W←_{N+1−k} δ_{k+1}) ⊙ σ′(a_k)`` (Luo, Fu & Glass 2017, §3.1,
+    eqs 18–22); generative phase: reconstruction ``½‖x̂ − x‖²`` with its error carried by the
+    forward weights (eqs 26–29). Two learning phases per batch.
+
+    Options: ``sigma_x`` — the generative output, ``"identity"`` or ``"sigmoid"``;
+    ``recon_reduction`` — ``"auto"``, ``"sum"`` or ``"mean"`` over the batch; ``gen_bias`` —
+    generative biases; ``max_norm`` — renormalise rows and columns to this L2 norm after each step
+    (``None``: off).
+
+    Models: MLPs (``nn.Linear`` + elementwise activations); :meth:`generate` draws each label's
+    image (Fig. 6).
+    """
+
     family = "feedback"
     paper = "Luo, Fu & Glass 2017"
     summary = "FA through a label→input generative net trained by FA through the forward weights"

@@ -80,3 +80,34 @@ def test_make_docs_command_line(tmp_path):
         "index.md", "losses.md", "models.md", "presets.md", "rules.md"]
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "docs/build_api.py" in makefile.split("\ndocs:", 1)[1].split("\n\n", 1)[0]
+
+
+#: words that point readers to documents they do not have, or to the project's internal process
+USER_TEXT_INTERNAL = re.compile(
+    r"spec §|spec's|\bthe spec\b|design\.md|\bissues? #?\d+|\bthe issue'?s?\b|\[\?\]|seed paper|"
+    r"acceptance (benchmark|criteria)", re.I)
+
+
+def _help_texts(parser) -> list[str]:
+    import argparse
+
+    texts = [parser.format_help()]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                texts += _help_texts(sub)
+    return texts
+
+
+def test_readme_help_texts_and_benchmark_scripts_speak_to_users():
+    from bioplausible.cli import build_parser
+
+    found = []
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found += [("README.md", m.group(0)) for m in USER_TEXT_INTERNAL.finditer(readme)]
+    for text in _help_texts(build_parser()):
+        found += [("bioplausible --help", m.group(0)) for m in USER_TEXT_INTERNAL.finditer(text)]
+    for script in sorted((ROOT / "benchmarks").glob("*.py")) + sorted((ROOT / "examples").glob("*.py")):
+        text = script.read_text(encoding="utf-8")
+        found += [(script.name, m.group(0)) for m in USER_TEXT_INTERNAL.finditer(text)]
+    assert found == []

@@ -1,6 +1,6 @@
 """Activation Relaxation (AR): Millidge, Tschantz, Buckley & Seth 2022 (arXiv 2009.05359).
 
-One training step on a batch (spec §4; row-vector form, as the authors' code):
+One training step on a batch (row-vector form, as the authors' code):
 
 1. stored forward pass ``a_{l+1} = h_l W_lᵀ + b_l``, ``h_{l+1} = f(a_{l+1})``;
 2. the top layer is clamped to ``x_L = e = ∂loss/∂h_L`` (autograd on the loss only, so any

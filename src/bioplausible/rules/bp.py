@@ -1,6 +1,6 @@
 """Backpropagation: the reference every other rule is compared with.
 
-δ_l = (W_lᵀ δ_{l+1}) ⊙ f′(a_l),  ΔW_l = −η δ_{l+1} h_lᵀ  (Rumelhart et al. 1986; spec §0).
+δ_l = (W_lᵀ δ_{l+1}) ⊙ f′(a_l),  ΔW_l = −η δ_{l+1} h_lᵀ  (Rumelhart et al. 1986).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Direct feedback alignment (Nøkland 2016, "Direct feedback alignment provides learning in deep
-neural networks"; spec §1 row "DFA").
+neural networks").
 
 ``δ_l = (B_l e) ⊙ f′(a_l)`` for every hidden layer, with the output error ``e = ∂loss/∂output``
 and fixed random ``B_l`` (stored as ``direct_feedback``, shape ``(n_out, n_l)``). Taps cut the

@@ -1,6 +1,6 @@
 """SAL, the self-assembling four-matrix learning circuit (Liao, Ziyin, Gan, Cheung, Harnett & Poggio
-2024, arXiv 2412.20018). **The rules are a reconstruction** (spec §7.2): the seed text lost every
-equation; each uncertain element of spec §7.4 is an option below.
+2024, arXiv 2412.20018). **The rules are a reconstruction**: the text of the paper available to us
+lost every equation; each uncertain element is an option below.
 
 The user's MLP is the upstream stream. A downstream stream of width ``m_k = width·n_k`` per hidden
 layer runs top-down from the output error, ``g_L = e``, ``g_k = φ(B_k g_{k+1})``; it does not

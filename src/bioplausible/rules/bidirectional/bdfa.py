@@ -1,4 +1,4 @@
-"""Bidirectional direct feedback alignment, BDFA (Luo, Fu & Glass 2017, §3.2; spec §6.3, §6.6).
+"""Bidirectional direct feedback alignment, BDFA (Luo, Fu & Glass 2017, §3.2).
 
 Forward learning is DFA through learned direct matrices ``B_l`` (stored ``(n_out, n_l)``, as in
 the authors' code: the signal to hidden layer l is ``e B_l`` in row form, eq 36–38)::
@@ -9,9 +9,9 @@ Each ``B_l`` is trained by a per-layer agreement loss between the label's projec
 ``a←_l = y′ B_l`` (eq 39, linear) and the layer's activity ``h_l`` (treated as a constant),
 ``s = sigmoid(a←_l · h_l)``, one scalar per sample, summed over the batch:
 
-* ``update="code"`` (default; the first author's code, spec §6.6): ascent on ``Σ log s``, i.e.
+* ``update="code"`` (default; the first author's code): ascent on ``Σ log s``, i.e.
   ``∇B_l = −Σ_n (1 − s_n) y′_n h_nᵀ`` (descent convention; the code steps it at rate 5e-5);
-* ``update="paper"`` (spec §6.3's reading of eq 40–42): descent on ``Σ (1 − s)``, i.e.
+* ``update="paper"`` (a literal reading of eq 40–42): descent on ``Σ (1 − s)``, i.e.
   ``∇B_l = −Σ_n s_n(1 − s_n) y′_n h_nᵀ``.
 
 The target ``y′`` (``target``), with ``ŷ = sigmoid(a_{N+1})`` of the same forward pass:

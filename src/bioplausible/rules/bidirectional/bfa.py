@@ -1,4 +1,4 @@
-"""Bidirectional feedback alignment, BFA (Luo, Fu & Glass 2017, arXiv 1702.07097, §3.1; spec §6.2).
+"""Bidirectional feedback alignment, BFA (Luo, Fu & Glass 2017, arXiv 1702.07097, §3.1).
 
 Two networks train each other. The forward (recognition) MLP has weights ``W→_1 … W→_{N+1}``
 (``W→_k`` maps layer ``k−1`` to layer ``k``, sizes ``s_0 … s_{N+1}``). The rule owns a generative
@@ -21,7 +21,7 @@ matrices, used as they are (no transposes in the maths). Per batch:
        δ←_{N+1} = e← = (x̂ − x) ⊙ σ_x'(a←_{N+1})
        δ←_j = (W→_{N+1−j} δ←_{j+1}) ⊙ σ'(a←_j),   ∇W←_j = δ←_j h←_{j−1}ᵀ  (h←_0 = y)
 
-Depth: any number of hidden layers by this mirroring (``W←_k ↔ W→_{N+2−k}``, spec §6.2).
+Depth: any number of hidden layers by this mirroring (``W←_k ↔ W→_{N+2−k}``).
 Biases: both networks have them (the paper absorbs them into the weights); they are trained
 with their layer's δ and are not part of the feedback.
 
@@ -38,7 +38,7 @@ the sample-by-sample path; both are tested against the literal per-sample equati
 
 Options (documented defaults for what the paper leaves open):
 
-* ``sigma_x``: ``"identity"`` (default; then ``e← = x̂ − x`` is exactly ∂l←/∂a←, spec §6.2) or
+* ``sigma_x``: ``"identity"`` (default; then ``e← = x̂ − x`` is exactly ∂l←/∂a←) or
   ``"sigmoid"`` (pixels in [0, 1]).
 * ``recon_reduction``: ``"auto"`` (default: a batch sum when the forward loss is a summed one,
   such as ``bce_sum``, a batch mean otherwise), ``"sum"`` or ``"mean"``.

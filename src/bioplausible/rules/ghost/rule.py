@@ -1,4 +1,4 @@
-"""Ghost-unit rules ``ghost-ma``, ``ghost-ma-prime``, ``ghost-mb`` (Mesnard et al. 2019; spec §3).
+"""Ghost-unit rules ``ghost-ma``, ``ghost-ma-prime``, ``ghost-mb`` (Mesnard et al. 2019).
 
 The model is a plain sigmoid MLP (``nn.Sequential`` of optional ``Flatten``, then ``Linear`` +
 ``Sigmoid`` pairs, the output included: the network output is ρ(s_L)). The rule owns the
@@ -11,7 +11,7 @@ The nudge uses the paper's cost ``C = Σ_j (ρ(s_L[j]) − t[j])²`` per example
 targets ``t`` (targets of the output's shape are used as they are); the trainer's loss is
 only reported. Evaluation is the model's plain feedforward pass (§3.3).
 
-Options the paper leaves open (spec §3 [?]), with their defaults: ``reduction="mean"`` (batch
+Options the paper leaves open, with their defaults: ``reduction="mean"`` (batch
 mean of the outer products; ``v_reduction`` sets the V updates' reduction apart from W's),
 ``state_init`` (MA: ``"feedforward"`` s = s̃, g = V^f ρ(s̃);
 MB: ``"carry"`` the state over from the previous example), synchronous layer updates from the

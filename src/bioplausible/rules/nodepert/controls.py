@@ -1,4 +1,4 @@
-"""The controls of Lansdell, Prakash & Kording 2020 (spec §1, §5; Table 2): ``matched``,
+"""The controls of Lansdell, Prakash & Kording 2020 (Table 2): ``matched``,
 ``bp-noise``, ``fa-noise`` and ``dae``. (``sg`` lives with ``np`` in :mod:`.rule`; BP with Adam is
 the ``bp`` rule with ``optimizer: {name: adam}``.)
 

@@ -1,7 +1,7 @@
 """Feedback weights learned by node perturbation: ``np`` (FA form), ``np-dfa`` (DFA form), and the
-synthetic-gradient control ``sg`` / ``sg-dfa`` (Lansdell, Prakash & Kording 2020; spec §5).
+synthetic-gradient control ``sg`` / ``sg-dfa`` (Lansdell, Prakash & Kording 2020).
 
-Per batch (spec §5.2, §5.5):
+Per batch:
 
 1. **clean pass** through the converted model: the forward weights get their gradients from
    the synthetic backward pass, FA form ``ẽ^i = (ẽ^{i+1} B^{i+1}) ⊙ σ′(a^i)`` (B in W's layout,

@@ -115,7 +115,7 @@ def build_index(problems: Problems) -> str:
                    + _doc(type(obj)))
         if name != "__version__":
             problems.need_doc(f"bioplausible.{name}", doc)
-        first = doc.split("\n\n")[0].replace("\n", " ") if doc else ""
+        first = _block(doc.split("\n\n")[0]).replace("\n", " ") if doc else ""
         out.append(f"| [`{name}`](#{name.lower()}) | {kind} | {_cell(first)} |")
         module = getattr(obj, "__module__", None) or "bioplausible"
         sig = _signature(obj) if callable(obj) and kind in ("class", "function") else ""

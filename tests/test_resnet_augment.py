@@ -219,3 +219,21 @@ def test_resnet_preset_is_registered_with_augmentation():
     assert set(preset.runs) == {"bp", "fa", "dfa", "usf", "brsf", "frsf"}
     full, _ = preset.resolved("full")
     assert full["epochs"] == 250 and full["dataset"]["val_size"] == 5000
+
+
+def test_activation_relaxation_graph_mode_on_resnet20_reaches_bp():
+    """η_x = 0.5 for K = 200 steps is far past the longest chain of ResNet-20's units, so the
+    relaxed update must be BP's gradient to rounding (BatchNorm in train mode, option-A joins)."""
+    import copy
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (4,))
+    base = CifarResNet(20, input_shape=(3, 8, 8), width=4).double()
+    loss = bp.get_loss("cross_entropy")
+    rule = bp.make("ar", graph=True, relax_steps=200, eta_x=0.5)
+    model = rule.prepare(copy.deepcopy(base), example=x[:2])
+    rule.train_step(model, x, y, loss)
+    ref = copy.deepcopy(base)
+    bp.make("bp").train_step(ref, x, y, loss)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)

@@ -1,4 +1,4 @@
-"""Sweeps: a grid of configs x seeds run as :class:`~bioplausible.jobs.Job` s, locally or on Ray.
+"""Sweeps: a grid of configs x seeds run as :class:`~bioplausible.experiments.jobs.Job` s, locally or on Ray.
 
 A sweep file (YAML) names a base (a preset or a config), a grid of dotted keys and the seeds::
 
@@ -9,7 +9,7 @@ A sweep file (YAML) names a base (a preset or a config), a grid of dotted keys a
     seeds: [0, 1, 2]
     out: runs/lr-sweep              # default: runs/sweep-<name>
 
-Every run is a directory ``<out>/<label>-seed<seed>`` written by :func:`~bioplausible.jobs.run_job`
+Every run is a directory ``<out>/<label>-seed<seed>`` written by :func:`~bioplausible.experiments.jobs.run_job`
 (its ``.lock`` held while it trains); ``<out>/sweep.json`` indexes them. A run is *finished* when
 its ``summary.json`` carries the ``job`` record, which ``run_job`` writes after the model, i.e.
 last: ``completed`` and ``diverged`` runs (a result of the config) are skipped on re-launch. A run
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, UserError
+from ..errors import ConfigError, UserError
 from .jobs import (
     LOCK_NAME,
     Job,
@@ -70,7 +70,7 @@ class SweepSpec:
 
 def load_spec(path: str | os.PathLike) -> SweepSpec:
     """A :class:`SweepSpec` from a YAML file; a malformed file is a ConfigError in one line."""
-    from .config import load_config, yaml_load
+    from ..engine.config import load_config, yaml_load
 
     p = Path(path)
     if not p.is_file():
@@ -95,7 +95,7 @@ def spec_from_dict(raw: Any, source: str = "sweep", base_dir: Path | None = None
     if isinstance(config, str):  # a config file, relative to the sweep file
         path = Path(config) if Path(config).is_absolute() or base_dir is None else base_dir / config
         if load_config is None:
-            from .config import load_config
+            from ..engine.config import load_config
         config = load_config(path).to_dict()
     if config is not None and not isinstance(config, dict):
         raise ConfigError(f"{source}: config must be a mapping or a YAML file name")
@@ -121,7 +121,7 @@ def spec_from_dict(raw: Any, source: str = "sweep", base_dir: Path | None = None
 
 def plan_sweep(spec: SweepSpec, out: str | os.PathLike | None = None) -> tuple[list[Job], Path]:
     """The sweep's jobs (grid x runs x seeds) and its output folder."""
-    from .config import TrainConfig
+    from ..engine.config import TrainConfig
 
     base = Path(out or spec.out or Path("runs") / f"sweep-{spec.name}")
     if spec.preset is not None:
@@ -160,7 +160,7 @@ def run_state(run_dir: str | os.PathLike) -> str:
 
 def _same_config(job: Job) -> None:
     """A run directory from an earlier launch must hold this job's config (else: mixed results)."""
-    from .config import load_config
+    from ..engine.config import load_config
 
     path = Path(job.run_dir) / "config.yaml"
     if not path.is_file():
@@ -204,7 +204,7 @@ def _wait_for_writer(run_dir: Path) -> None:
 
 
 def execute(job_data: dict[str, Any], worker: bool = True) -> dict[str, Any]:
-    """Run one sweep job (a :func:`~bioplausible.jobs.job_dict`) and never raise for its failure.
+    """Run one sweep job (a :func:`~bioplausible.experiments.jobs.job_dict`) and never raise for its failure.
 
     Returns ``{"status", "message", "seconds"}``; a finished run found on disk is not run again.
     """
@@ -329,10 +329,10 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike | None = None, jobs: int =
     """Run every unfinished job of ``spec``; returns the index (as written to ``sweep.json``).
 
     ``executor``: ``local`` (``jobs`` spawned processes, or this process when ``jobs == 1``) or
-    ``ray`` (see :mod:`bioplausible.sweep_exec`). Every job still to run is checked first
+    ``ray`` (see :mod:`bioplausible.experiments.executors`). Every job still to run is checked first
     (config, rule, model, data); a user error stops the sweep before anything is written.
     """
-    from . import sweep_exec
+    from . import executors as sweep_exec
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs must be a positive integer, got {jobs!r}")

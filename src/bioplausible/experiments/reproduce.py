@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def select(only: str | None, skip: str | None) -> list[str]:
-    from .experiments import list_presets
+    from .presets import list_presets
 
     names = list_presets()
     wanted = [n.strip() for n in (only or "").split(",") if n.strip()]
@@ -46,7 +46,7 @@ def _check_text(check: dict[str, Any]) -> str:
 
 def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str, Any]]:
     """The Markdown of one preset's sweep folder, and its check results."""
-    from .experiments import check_metrics, evaluate_checks, get_preset, metric_digits, metric_label
+    from .presets import check_metrics, evaluate_checks, get_preset, metric_digits, metric_label
     from .jobs import mean_std
     from .sweep_report import _fmt, _metric, _num, collect, tables
 
@@ -109,7 +109,7 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
         try:
             run_sweep(spec, out=folder, jobs=jobs, executor=executor)
         except UserError as exc:  # e.g. its dataset is not on this machine: say so, run the others
-            from .experiments import get_preset
+            from .presets import get_preset
 
             reason = " ".join(str(exc).split())
             print(f"reproduce --all: {name} not run: {reason}", file=sys.stderr, flush=True)
@@ -127,14 +127,14 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
     passed = sum(c["passed"] for r in results.values() for c in r["checks"])
     total = sum(len(r["checks"]) for r in results.values())
     skipped = sum("not_run" in r for r in results.values())
-    from .experiments import list_presets
+    from .presets import list_presets
     head = ["# Reproduction", "",
             (f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
             f"{len(names)} of {len(list_presets())} registered preset(s) at scale `{scale}` ({skipped} not run), {passed}/{total} checks passed. Ours: mean ± sample "
             "std over the seeds that completed; quick scale runs fewer epochs (and often a data subset) "
             "than the papers, so gaps to the paper's numbers at quick scale are expected and are not "
             "the paper's claim being refuted. Per-preset folders hold report.md, results.csv and plots."), ""]
-    from .experiments import get_preset, list_presets
+    from .presets import get_preset, list_presets
 
     left = [n for n in list_presets() if n not in names]
     if left:

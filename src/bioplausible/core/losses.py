@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .registry import Registry
+from .._registry import Registry
 
 
 def _dense_targets(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -207,7 +207,7 @@ def get_loss(name: str | Loss) -> Loss:
         except ValueError:
             beta = float("nan")
         if not (beta > 0 and math.isfinite(beta)):
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"loss {name!r}: the number after ':' is the nudge beta and must be positive, "
                               f"e.g. nudged_sum:10")

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: Keys that place a record on the time axis rather than being plotted.
 AXIS_KEYS = ("kind", "epoch", "step")

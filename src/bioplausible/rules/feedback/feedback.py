@@ -44,10 +44,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..nn.convert import feedback_layers, swap_layers
-from ..nn.layers import FEEDBACK_INITS, init_feedback
-from ..nn.mirror import mirror_update
-from ..nn.pathway import (
+from ...nn.convert import feedback_layers, swap_layers
+from ...nn.layers import FEEDBACK_INITS, init_feedback
+from ...nn.mirror import mirror_update
+from ...nn.pathway import (
     SCALES,
     FeedbackPathway,
     FixedFeedback,
@@ -56,8 +56,8 @@ from ..nn.pathway import (
     Streams,
     draw_magnitudes,
 )
-from ..registry import register
-from .base import FeedbackPair, Rule
+from ..._registry import register
+from ...core.rule import FeedbackPair, Rule
 
 
 class FeedbackRule(Rule):

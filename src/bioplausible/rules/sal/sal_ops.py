@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .ar_mlp import MLPLayout, _apply, activation_derivative
+from ...nn.mlp import MLPLayout, _apply, activation_derivative
 
 Tensor = torch.Tensor
 NONLINEARITIES = ("identity", "relu_jacobian", "relu", "tanh")

@@ -1,6 +1,6 @@
 """Name -> factory registries for rules, models, datasets and losses.
 
-``@register("kp")`` on a :class:`~bioplausible.rules.base.Rule` subclass makes it available to
+``@register("kp")`` on a :class:`~bioplausible.core.rule.Rule` subclass makes it available to
 :func:`make` and to the CLI. Other registries (models, datasets, losses, presets) use the same
 :class:`Registry` class so that every unknown name produces the same kind of error.
 """

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,7 +73,7 @@ def _flags(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dic
 
 
 def _config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None):
-    from .config import TrainConfig, load_config
+    from ..engine.config import TrainConfig, load_config
 
     base = load_config(args.config) if args.config else TrainConfig.from_dict({})
     return base.updated(_flags(args, extra), args.set)
@@ -81,17 +81,17 @@ def _config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = N
 
 def _default_out(kind: str, config) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    from .data.custom import run_label
+    from ..data.custom import run_label
 
     return Path("runs") / f"{kind}-{config['rule']['name']}-{run_label(config['dataset']['name'])}-{stamp}"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .data import list_datasets
-    from .experiments import get_preset, list_presets
-    from .losses import list_losses
-    from .models import list_models
-    from .registry import RULES, list_rules
+    from ..data import list_datasets
+    from ..experiments.presets import get_preset, list_presets
+    from ..core.losses import list_losses
+    from ..models import list_models
+    from .._registry import RULES, list_rules
 
     what = args.what or "all"
     if what in ("all", "rules"):
@@ -115,7 +115,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .jobs import check_jobs, plan, resume_job, run_job
+    from ..experiments.jobs import check_jobs, plan, resume_job, run_job
 
     if args.resume:
         if args.config or args.out:
@@ -139,8 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .jobs import check_jobs, check_run_dir, plan, run_jobs
-    from .report import load_run, write_report
+    from ..experiments.jobs import check_jobs, check_run_dir, plan, run_jobs
+    from ..experiments.report import load_run, write_report
 
     rules = [r.strip() for item in args.rules for r in item.split(",") if r.strip()]
     if not rules:
@@ -151,14 +151,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
                         f"for two settings of one rule)")
     extra = {"probe_every": args.probe_every if args.probe_every is not None else 100}
     base = _config_from_args(args, extra)
-    from .data.custom import run_label
+    from ..data.custom import run_label
 
     out = Path(args.out) if args.out else Path("runs") / (
         f"compare-{run_label(base['dataset']['name'])}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_run_dir(out)
     if args.seeds is not None:  # every rule x seed, reported as mean ± std over seeds
-        from .cli_sweep import compare_seeds
-        from .jobs import parse_seeds
+        from .sweep import compare_seeds
+        from ..experiments.jobs import parse_seeds
 
         return compare_seeds(base, rules, parse_seeds(args.seeds), out, _workers(args))
     jobs = [plan(base.updated({"rule": {"name": r}}), out=out / r)[0] for r in rules]
@@ -175,12 +175,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .experiments import format_report, run_preset
-    from .jobs import parse_seeds
+    from ..experiments.presets import format_report, run_preset
+    from ..experiments.jobs import parse_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     if args.all or args.only or args.skip:
-        from .reproduction import cmd_reproduce_all
+        from ..experiments.reproduce import cmd_reproduce_all
 
         return cmd_reproduce_all(args, seeds, _workers(args))
     if not args.name:
@@ -194,7 +194,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .cli_sweep import cmd_report as report_runs_or_sweep
+    from .sweep import cmd_report as report_runs_or_sweep
 
     return report_runs_or_sweep(args)
 
@@ -221,7 +221,7 @@ def _float_list(text: str, flag: str) -> list[float]:
 
 
 def cmd_relax(args: argparse.Namespace) -> int:
-    from .diagnostics import run_relaxation_diagnostic
+    from ..rules.ar.diagnostics import run_relaxation_diagnostic
 
     eta = _float_list(args.eta_x, "--eta-x") if args.eta_x is not None else None
     if args.steps < 1:
@@ -245,7 +245,7 @@ def cmd_relax(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from . import data as D
+    from .. import data as D
 
     if args.action == "list":
         for name in D.list_datasets():
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the jobs in N worker processes (1 thread each)")
     p.set_defaults(func=cmd_reproduce)
 
-    from .cli_sweep import register
+    from .sweep import register
 
     register(sub, _add_train_flags)
 
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     def cmd_generate(args: argparse.Namespace) -> int:
-        from .rules.bidirectional.generate import render_run
+        from ..rules.bidirectional.generate import render_run
 
         print(render_run(args.run_dir, args.out))
         return 0
@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_ghost_diagnostics(args: argparse.Namespace) -> int:
-    from .rules.ghost.diagnostics import plot_ghost_diagnostics
+    from ..rules.ghost.diagnostics import plot_ghost_diagnostics
 
     print(plot_ghost_diagnostics(args.run_dir, args.out))
     return 0
@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bioplausible: interrupted", file=sys.stderr)
         return 130
     finally:
-        from .jobs import clear_data_cache
+        from ..experiments.jobs import clear_data_cache
 
         clear_data_cache()
 

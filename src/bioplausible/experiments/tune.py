@@ -7,7 +7,7 @@ Declared ranges, one per ``--param``::
     batch_size=int:16:256                 # integer (add :log for a log scale)
     optimizer.name=choice:sgd,adam        # one of the listed values (YAML scalars)
 
-Each trial is a :class:`~bioplausible.jobs.Job` run by :func:`~bioplausible.jobs.run_job` in
+Each trial is a :class:`~bioplausible.experiments.jobs.Job` run by :func:`~bioplausible.experiments.jobs.run_job` in
 ``<out>/trial-<number>``; its value is the run's final metric (``--objective final``) or the best
 epoch's (``best``), read from the run's own records. A run that diverges or fails scores the worst
 possible value (0 for accuracies and AUC when maximising, +inf when minimising) so the sampler
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, UserError
+from ..errors import ConfigError, UserError
 
 MAXIMIZE = {"test_accuracy", "val_accuracy", "best_test_accuracy", "train_accuracy", "test_auc", "val_auc"}
 
@@ -49,7 +49,7 @@ class Param:
 
 def parse_param(text: str) -> Param:
     """``KEY=KIND:ARGS`` -> :class:`Param`; anything malformed is a ConfigError naming the fix."""
-    from .config import yaml_load
+    from ..engine.config import yaml_load
 
     example = "e.g. --param optimizer.lr=loguniform:1e-4:1e-1"
     key, eq, spec = str(text).partition("=")
@@ -125,7 +125,7 @@ def make_objective(base: Any, params: list[Param], out: Path, metric: str, objec
 
     def fn(trial: Any) -> float:
         update: dict[str, Any] = {}
-        from .config import _merge
+        from ..engine.config import _merge
         from .jobs import _dotted
 
         for p in params:
@@ -197,7 +197,7 @@ def tune(base: Any, params: list[Param], trials: int, out: str | os.PathLike, me
 
 def best_config(base: Any, study: Any) -> Any:
     """``base`` with the best trial's values."""
-    from .config import _merge
+    from ..engine.config import _merge
     from .jobs import _dotted
 
     update: dict[str, Any] = {}
@@ -226,7 +226,7 @@ def write_preset(path: str | os.PathLike, config: Any, study: Any, metric: str, 
             f"# Tuned values: {', '.join(f'{k}={v!r}' for k, v in study.best_trial.params.items())}\n")
     p = Path(path)
     p.write_text(head + yaml.safe_dump(preset, sort_keys=False))
-    from .experiments import get_preset
+    from .presets import get_preset
 
     get_preset(str(p))  # what we wrote must load as a preset
     return p

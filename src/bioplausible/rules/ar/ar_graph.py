@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ..errors import IncompatibleModelError
+from ...errors import IncompatibleModelError
 
 Tensor = torch.Tensor
 _TRACES: weakref.WeakKeyDictionary[nn.Module, fx.GraphModule] = weakref.WeakKeyDictionary()

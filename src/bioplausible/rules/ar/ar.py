@@ -55,11 +55,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import ConfigError, DivergenceError
-from ..registry import register
-from .ar_mlp import Chain, MLPLayout, forward_chain, mlp_layout
+from ...errors import ConfigError, DivergenceError
+from ..._registry import register
+from ...nn.mlp import Chain, MLPLayout, forward_chain, mlp_layout
 from .ar_relax import SWEEPS, relax_closed_form, relax_fixed_point, relax_loop
-from .base import FeedbackPair, Rule, StepResult
+from ...core.rule import FeedbackPair, Rule, StepResult
 
 SOLVERS = ("closed_form", "loop", "fixed_point")
 GRAPH_UNITS = ("layer", "activation", "op")

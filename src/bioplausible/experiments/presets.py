@@ -22,7 +22,7 @@ every other run of the preset, by more than ``margin``, default 0).
 Metrics: those of the last epoch's record (``test_accuracy``, ``test_loss``, ...), the best test
 accuracy, the mean probe angle ``grad_angle``, and the feedback's ``relative_error_top`` /
 ``relative_error_mean`` (‖W − B‖_F/‖W‖_F of the top pair / the mean over pairs after the last
-epoch, :func:`bioplausible.probe.feedback_errors`).
+epoch, :func:`bioplausible.core.probe.feedback_errors`).
 
 Direction: losses (``test_loss``, ``train_loss``), ``grad_angle`` and ``relative_error_*`` are lower-is-better
 (:func:`lower_is_better`); ``worst`` uses it (a check may override it with
@@ -45,7 +45,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig, _merge, yaml_load
+from ..engine.config import TrainConfig, _merge, yaml_load
 from ..errors import ConfigError, UnknownNameError, UserError
 
 _METRICS = {"test_accuracy", "best_test_accuracy", "train_accuracy", "test_loss", "train_loss",
@@ -96,7 +96,7 @@ class Preset:
 
 
 def _preset_files() -> list[Any]:
-    folder = resources.files(__name__)
+    folder = resources.files(__package__)
     return sorted((f for f in folder.iterdir() if f.name.endswith(".yaml")), key=lambda f: f.name)
 
 
@@ -140,7 +140,7 @@ def _parse(text: str, source: str) -> Preset:
             raise ConfigError(f"preset {source}: run {label!r} needs a rule name")
         if rule.get("config") is not None and not isinstance(rule["config"], dict):
             raise ConfigError(f"preset {source}: run {label!r}: config must be a mapping")
-    from ..jobs import check_seeds
+    from .jobs import check_seeds
 
     seeds = check_seeds(raw.get("seeds", [0]), f"preset {source}: seeds")
     scales = dict(raw.get("scales") or {"full": {}})
@@ -301,7 +301,7 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
     ``plan`` + ``run_job`` per job + ``aggregate`` + the report; every job is checked (configs,
     rules, model, data, ``out``) before the first one trains.
     """
-    from ..jobs import aggregate, check_jobs, plan, run_jobs, statuses
+    from .jobs import aggregate, check_jobs, plan, run_jobs, statuses
 
     preset = get_preset(name)
     out_dir = Path(out or Path("runs") / f"reproduce-{preset.name}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -322,7 +322,7 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
               "runs": [{"label": j.label, "dir": j.run_dir, "seed": j.seed} for j in jobs]}
     (out_dir / "reproduce.json").write_text(json.dumps(report, indent=2, default=str))
     (out_dir / "reproduce.md").write_text(format_report(report) + "\n")
-    from ..report import load_run, plot_curves
+    from .report import load_run, plot_curves
 
     plot_curves([load_run(j.run_dir, f"{j.label} (seed {j.seed})") for j in jobs],
                 out_dir / "curves.png", preset.title)

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from .angles import EXACT_DEG, exact_layers, hidden_angle, layer_angles
-from .errors import UserError
+from ..core.angles import EXACT_DEG, exact_layers, hidden_angle, layer_angles
+from ..errors import UserError
 
 
 @dataclass

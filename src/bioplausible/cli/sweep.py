@@ -1,5 +1,5 @@
 """Command-line parts for many runs: ``sweep``, ``tune``, ``report SWEEP_DIR``, ``compare --seeds``
-and ``reproduce --all`` (registered by :func:`bioplausible.cli.build_parser`)."""
+and ``reproduce --all`` (registered by :func:`bioplausible.cli.app.build_parser`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def add_jobs_flags(p: argparse.ArgumentParser, executor: bool = False) -> None:
@@ -29,8 +29,8 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import load_spec, run_sweep
-    from .sweep_report import markdown, write_sweep_report
+    from ..experiments.sweep import load_spec, run_sweep
+    from ..experiments.sweep_report import markdown, write_sweep_report
 
     spec = load_spec(args.config)
     if args.address and args.executor != "ray":
@@ -50,17 +50,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """A sweep folder (with sweep.json) gets the mean ± std report; run folders the per-run table."""
-    from .sweep import INDEX
+    from ..experiments.sweep import INDEX
 
     if len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / INDEX).is_file():
-        from .sweep_report import markdown, write_sweep_report
+        from ..experiments.sweep_report import markdown, write_sweep_report
 
         paths = write_sweep_report(args.run_dirs[0], out=args.out,
                                    title=None if args.title == "Comparison" else args.title)
         print(markdown(paths["tables"]))
         print(f"\nreport: {paths['report']}\ncsv:    {paths['csv']}")
         return 0
-    from .report import load_run, write_report
+    from ..experiments.report import load_run, write_report
 
     runs = [load_run(p) for p in args.run_dirs]
     out = Path(args.out) if args.out else Path(args.run_dirs[0]).parent
@@ -72,8 +72,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def compare_seeds(base: Any, rules: list[str], seeds: list[int], out: Path, jobs: int) -> int:
     """``compare --seeds``: every rule x seed as a sweep in ``out``, reported as mean ± std."""
-    from .sweep import SweepSpec, run_sweep
-    from .sweep_report import write_sweep_report
+    from ..experiments.sweep import SweepSpec, run_sweep
+    from ..experiments.sweep_report import write_sweep_report
 
     spec = SweepSpec(name="compare", config=base.to_dict(), grid={"rule.name": rules}, seeds=seeds)
     index = run_sweep(spec, out=out, jobs=jobs)
@@ -87,8 +87,8 @@ def compare_seeds(base: Any, rules: list[str], seeds: list[int], out: Path, jobs
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .cli import _config_from_args
-    from .tune import best_config, parse_param, tune, write_preset
+    from .app import _config_from_args
+    from ..experiments.tune import best_config, parse_param, tune, write_preset
 
     params = [parse_param(t) for t in args.param]
     base = _config_from_args(args, {"progress": False})

@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .errors import ConfigError, DivergenceError, UnknownNameError, UserError
-from .losses import Loss, get_loss
-from .probe import Probe, feedback_errors
-from .registry import make
-from .rules.base import Rule, call_prepare
+from ..errors import ConfigError, DivergenceError, UnknownNameError, UserError
+from ..core.losses import Loss, get_loss
+from ..core.probe import Probe, feedback_errors
+from .._registry import make
+from ..core.rule import Rule, call_prepare
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
@@ -253,7 +253,7 @@ def evaluate(model: nn.Module, split: Any, loss: Loss | str, batch_size: int = 1
     if task != "reconstruction":
         result["accuracy"] = 100.0 * correct / max(n, 1)
     if task == "multilabel" and outputs:
-        from .data import multilabel_metrics
+        from ..data import multilabel_metrics
 
         result["auc"] = float(multilabel_metrics(torch.cat(outputs), split.y.float().cpu())["auc"])
     return result
@@ -386,7 +386,7 @@ class Trainer:
                             f"{detail}); start a new run with --out") from None
         metrics = self.run_dir / "metrics.jsonl" if self.run_dir else None
         if metrics is not None and metrics.exists():  # drop lines written after the checkpoint
-            from .report import read_metrics
+            from ..experiments.report import read_metrics
 
             kept = [r for r in read_metrics(metrics) if _before_checkpoint(r, self.epoch, self.step)]
             _atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
@@ -579,7 +579,7 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
     Keyword shortcuts override the config: ``lr``, ``loss``, ``epochs``, ``batch_size``,
     ``seed``, ``probe_every``, ``device``, ``dtype``, ``optimizer`` (a name). With ``out`` a run
     directory is written; ``resume=True`` continues from its checkpoint. ``loggers``: objects
-    with ``log(record)`` given every metrics record, e.g. :class:`bioplausible.loggers.TensorBoardLogger`.
+    with ``log(record)`` given every metrics record, e.g. :class:`bioplausible.engine.loggers.TensorBoardLogger`.
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config or {"progress": False})
@@ -598,11 +598,11 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
         update.setdefault("dataset", {})["name"] = data
     config = config.updated(update)
     if isinstance(data, str):
-        from .data import load_dataset
+        from ..data import load_dataset
 
         data = load_dataset(data, **{k: v for k, v in config.dataset_options().items() if v is not None})
-    from .data.adapt import as_bundle
-    from .jobs import check_run_dir, run_lock, runtime
+    from ..data.adapt import as_bundle
+    from ..experiments.jobs import check_run_dir, run_lock, runtime
 
     data = as_bundle(data, eval_data)
     # the summary names the data actually trained on, not the config's default

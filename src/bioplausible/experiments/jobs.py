@@ -11,7 +11,7 @@ cluster scheduler and run with :func:`run_job` there::
 
 :func:`run_job` is the one place that sets torch's thread count, seeds, applies
 ``deterministic`` and ``flush_denormal``, loads the data, builds the model, constructs the
-:class:`~bioplausible.train.Trainer` and writes the run directory. A run directory has one
+:class:`~bioplausible.engine.trainer.Trainer` and writes the run directory. A run directory has one
 writer at a time: :func:`run_job` holds an ``flock`` on ``<run_dir>/.lock`` while it trains (the
 kernel drops it when the process dies, so a killed run leaves nothing stuck).
 
@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import MAX_SEED, TrainConfig, _merge
-from .errors import ConfigError, UserError
+from ..engine.config import MAX_SEED, TrainConfig, _merge
+from ..errors import ConfigError, UserError
 
 THREADS_ENV = "BIOPLAUSIBLE_THREADS"
 LOCK_NAME = ".lock"
@@ -123,7 +123,7 @@ def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] |
     config gives one job per grid point x seed, labelled by its rule; a single job (no grid,
     no ``seeds``) runs in ``out`` itself. Every config is validated here.
     """
-    from .experiments import Preset, get_preset
+    from .presets import Preset, get_preset
 
     points = _grid_points(grid)
     if isinstance(preset_or_config, (str, Preset)):
@@ -148,7 +148,7 @@ def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] |
               else TrainConfig.from_dict(preset_or_config))
     single = seeds is None and not grid
     seeds = check_seeds(seeds if seeds is not None else [config["seed"]])
-    from .data.custom import run_label
+    from ..data.custom import run_label
 
     base = Path(out) if out is not None else (
         Path("runs") / f"train-{config['rule']['name']}-{run_label(config['dataset']['name'])}-"
@@ -170,8 +170,8 @@ _DATA_CACHE: dict[str, Any] = {}
 
 def load_data(config: TrainConfig) -> Any:
     """The config's dataset; the last one loaded in this process is reused."""
-    from .data import load_dataset
-    from .data.core import resolve_root
+    from ..data import load_dataset
+    from ..data.core import resolve_root
 
     options = {k: v for k, v in config.dataset_options().items() if v is not None}
     where = str(resolve_root(options.get("root")).resolve())
@@ -190,7 +190,7 @@ def clear_data_cache() -> None:
 
 def _tiny(data: Any, n: int = 2) -> Any:
     """The same dataset cut to ``n`` examples per split: enough to build a Trainer on."""
-    from .data import DataBundle, Split
+    from ..data import DataBundle, Split
 
     def cut(split: Any) -> Any:
         return None if split is None else Split(split.x[:n], split.y[:n])
@@ -202,11 +202,11 @@ def _tiny(data: Any, n: int = 2) -> Any:
 def _build(job: Job, data: Any, config: TrainConfig, out: Path | None, progress: bool | None = None):
     import torch
 
-    from .models import build_model
-    from .train import Trainer
+    from ..models import build_model
+    from ..engine.trainer import Trainer
 
     torch.manual_seed(config["seed"])
-    from .data.reconstruction import output_size
+    from ..data.reconstruction import output_size
 
     model = build_model(config["model"]["spec"], input_shape=data.info.input_shape,
                         num_classes=output_size(data.info), **config.model_options())
@@ -228,7 +228,7 @@ def check_device(name: str) -> None:
 def check_jobs(jobs: Sequence[Job]) -> None:
     """Every user error of every job (config, rule options, model, rule x model, optimizer, data),
     raised before any job trains or writes anything."""
-    from .registry import make
+    from .._registry import make
 
     for job in jobs:
         config = job.train_config()
@@ -404,7 +404,7 @@ def resume_job(run_dir: str | os.PathLike, changes: dict[str, Any] | None = None
     run, so it is refused in one line naming the key; ``progress`` and ``dataset.root`` (where
     the same files are found) may change.
     """
-    from .config import load_config
+    from ..engine.config import load_config
 
     path = Path(run_dir)
     if not (path / "config.yaml").is_file():

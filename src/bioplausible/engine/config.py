@@ -17,7 +17,7 @@ key=value`` overrides or a preset::
 ``deterministic: true`` makes torch use deterministic algorithms for the run (same seed, same
 bits); ``flush_denormal: true`` (default false) flushes subnormal floats to zero on the CPU,
 which can make GEMMs several times faster in epochs where weights or errors decay towards zero
-but changes results slightly. Both are applied by :func:`bioplausible.jobs.run_job` (and
+but changes results slightly. Both are applied by :func:`bioplausible.experiments.jobs.run_job` (and
 :func:`bioplausible.fit`) for the run only. Every number in a config must be finite.
 
 Sections ``dataset``, ``model``, ``rule``, ``optimizer`` and ``schedule`` accept extra keys that
@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DEFAULTS: dict[str, Any] = {
     "dataset": {"name": "mnist", "root": None, "normalize": "standardize", "flatten": False,
@@ -202,7 +202,7 @@ def optimizer_class(name: str) -> type:
     """``"adam"`` -> ``torch.optim.Adam`` (case-insensitive); UnknownNameError otherwise."""
     import torch
 
-    from .errors import UnknownNameError
+    from ..errors import UnknownNameError
 
     classes = {n.lower(): getattr(torch.optim, n) for n in dir(torch.optim)
                if isinstance(getattr(torch.optim, n), type)

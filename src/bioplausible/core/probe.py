@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .rules.base import FeedbackPair, LossFn, Rule
+from .rule import FeedbackPair, LossFn, Rule
 
 
 def tensor_angle(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -35,7 +35,7 @@ import operator
 import torch
 from torch import fx, nn
 
-from .ar_mlp import ELEMENTWISE
+from ...nn.mlp import ELEMENTWISE
 
 #: functional / method names of elementwise activations (``torch.*``, ``F.*``, ``Tensor.*``)
 ACTIVATION_NAMES = frozenset({

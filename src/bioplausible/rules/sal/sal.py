@@ -57,10 +57,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..registry import register
-from .ar_mlp import MLPLayout, mlp_layout
-from .base import FeedbackPair, Rule, StepResult
+from ...errors import ConfigError
+from ..._registry import register
+from ...nn.mlp import MLPLayout, mlp_layout
+from ...core.rule import FeedbackPair, Rule, StepResult
 from .sal_ops import NONLINEARITIES, downstream, fast_updates, upstream, upstream_signal
 
 MATRICES = ("W", "B", "Q", "R")

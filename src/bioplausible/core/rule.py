@@ -14,7 +14,7 @@ Two families share the contract (design.md §2):
 * circuit rules (activation relaxation, ghost units, SAL) run batched neural dynamics over the
   layers of the same plain model in their own ``train_step``.
 
-Life cycle, as driven by :func:`bioplausible.train.fit` or a hand-written loop::
+Life cycle, as driven by :func:`bioplausible.engine.trainer.fit` or a hand-written loop::
 
     rule = make("kp", decay=1e-4)
     model = rule.prepare(model, example=x[:2])   # once: may convert layers, create owned state
@@ -384,7 +384,7 @@ class Rule:
         ``options``: ``{"name": "sgd", "lr": 0.1, "momentum": 0.9, "groups": {...}}`` as in the
         config's ``optimizer`` section.
         """
-        from ..train import build_optimizer
+        from ..engine.trainer import build_optimizer
 
         options = dict(options)
         groups = self.param_groups(model, options.get("lr"), options.get("groups") or {})

@@ -2,7 +2,7 @@
 
 Each executor takes the jobs still to run and calls ``on_event(kind, index, result)`` with
 ``kind`` ``"start"`` or ``"end"``; a job's own failure comes back as a result (see
-:func:`bioplausible.sweep.execute`), never as an exception.
+:func:`bioplausible.experiments.sweep.execute`), never as an exception.
 
 Local workers are spawned processes with one torch thread each; on Linux each asks the kernel to
 kill it when the sweep's process dies (``PR_SET_PDEATHSIG``), so a killed sweep leaves no worker
@@ -21,7 +21,7 @@ import queue as queue_mod
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 from .sweep import execute
 
 Event = Callable[[str, int, dict[str, Any]], None]

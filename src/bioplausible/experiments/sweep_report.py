@@ -18,8 +18,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .angles import EXACT_DEG, exact_layers, hidden_angle, hidden_angle_series, layer_angles
-from .errors import UserError
+from ..core.angles import EXACT_DEG, exact_layers, hidden_angle, hidden_angle_series, layer_angles
+from ..errors import UserError
 from .jobs import mean_std
 from .report import RunRecord, load_run
 from .sweep import read_index
@@ -60,7 +60,7 @@ def paper_values(index: dict[str, Any]) -> tuple[str, dict[str, float]]:
     name = index.get("preset")
     if not name:
         return "test_accuracy", {}
-    from .experiments import get_preset
+    from .presets import get_preset
 
     try:
         preset = get_preset(name)
@@ -118,7 +118,7 @@ def tables(index: dict[str, Any], groups: dict[str, list[dict[str, Any]]]) -> di
 
 def markdown(t: dict[str, Any]) -> str:
     metric, has_paper = t["metric"], bool(t["paper"])
-    from .experiments import metric_digits, metric_label
+    from .presets import metric_digits, metric_label
 
     d = metric_digits(metric)
     head = f"| run | seeds | {metric_label(metric)} (mean ± std) |" + (" paper | ours − paper |" if has_paper else "")

@@ -134,14 +134,14 @@ def build_index(problems: Problems) -> str:
 # ----------------------------------------------------------------------------------- rules
 def _rule_docs(cls: type) -> str:
     """Docstrings of ``cls`` and its rule base classes (options may be documented on a base)."""
-    from bioplausible.rules.base import Rule
+    from bioplausible.core.rule import Rule
 
     return "\n".join(_own_doc(k) for k in cls.__mro__ if issubclass(k, Rule) and k is not Rule)
 
 
 def build_rules(problems: Problems) -> str:
     import bioplausible as bp
-    from bioplausible.registry import RULES
+    from bioplausible._registry import RULES
 
     out = ["# Learning rules", "",
            "Every rule registered in `bioplausible` (`bp.make(NAME, **options)`, "
@@ -170,7 +170,7 @@ def build_rules(problems: Problems) -> str:
                  f"`{cls.__module__}.{cls.__qualname__}` — family *{cls.family}*; {cls.paper}.", "",
                  f"Update: {cls.summary}.", "", _block(doc)]
         bases = [k for k in cls.__mro__[1:] if k.__module__.startswith("bioplausible.rules")
-                 and k.__name__ != "Rule" and _own_doc(k) and k.__module__ != "bioplausible.rules.base"]
+                 and k.__name__ != "Rule" and _own_doc(k) and k.__module__ != "bioplausible.core.rule"]
         for base in bases:
             body += ["", f"*From {base.__qualname__}:*", "", _block(_own_doc(base))]
         if cls.defaults:
@@ -227,7 +227,7 @@ def build_presets(problems: Problems) -> str:
            "Each is a YAML file in `src/bioplausible/experiments/`; its header comment states the "
            "paper's setting, our differences and where the paper's numbers come from.", "",
            "| preset | title | paper | scales |", "|---|---|---|---|"]
-    from bioplausible.experiments import _all
+    from bioplausible.experiments.presets import _all
 
     presets = _all()  # parse every preset file once
     for name in sorted(presets):

@@ -15,7 +15,7 @@ import sys
 import torch
 
 import bioplausible as bp
-from bioplausible.jobs import mean_std
+from bioplausible.experiments.jobs import mean_std
 
 TINY = "--tiny" in sys.argv or os.environ.get("BIOPLAUSIBLE_EXAMPLE_TINY") == "1"
 RULES = ("bp", "fa", "dfa", "usf")

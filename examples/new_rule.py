@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import bioplausible as bp
-from bioplausible.rules.base import StepResult
+from bioplausible.core.rule import StepResult
 
 TINY = "--tiny" in sys.argv or os.environ.get("BIOPLAUSIBLE_EXAMPLE_TINY") == "1"
 

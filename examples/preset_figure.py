@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 import bioplausible as bp
-from bioplausible.jobs import aggregate, plan, run_job
-from bioplausible.report import load_run, write_report
+from bioplausible.experiments.jobs import aggregate, plan, run_job
+from bioplausible.experiments.report import load_run, write_report
 
 TINY = "--tiny" in sys.argv or os.environ.get("BIOPLAUSIBLE_EXAMPLE_TINY") == "1"
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import bioplausible as bp
-from bioplausible.registry import RULES
-from bioplausible.rules.base import Rule
+from bioplausible._registry import RULES
+from bioplausible.core.rule import Rule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def _help_texts(parser) -> list[str]:
 
 
 def test_readme_help_texts_and_benchmark_scripts_speak_to_users():
-    from bioplausible.cli import build_parser
+    from bioplausible.cli.app import build_parser
 
     found = []
     readme = (ROOT / "README.md").read_text(encoding="utf-8")

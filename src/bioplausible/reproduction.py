@@ -81,7 +81,9 @@ def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str
     if note:
         lines += ["", f"Paper values: {note}"]
     if checks:
-        lines += ["", "Checks:"] + [f"- [{'pass' if c['passed'] else 'FAIL'}] {_check_text(c)}" for c in checks]
+        from .verdicts import mark
+
+        lines += ["", "Checks:"] + [f"- [{mark(c)}] {_check_text(c)}" for c in checks]
     else:
         lines += ["", "Checks: none declared by the preset."]
     bad = [(label, r) for label, runs in groups.items() for r in runs if r["status"] != "completed"]
@@ -124,8 +126,10 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
         text, res = preset_section(name, folder, one)
         sections.append(text)
         results[name] = res
+    from .verdicts import counted
+
     passed = sum(c["passed"] for r in results.values() for c in r["checks"])
-    total = sum(len(r["checks"]) for r in results.values())
+    total = sum(counted(c) for r in results.values() for c in r["checks"])
     skipped = sum("not_run" in r for r in results.values())
     from .experiments import list_presets
     head = ["# Reproduction", "",
@@ -159,6 +163,8 @@ def cmd_reproduce_all(args: argparse.Namespace, seeds: list[int] | None, jobs: i
     if jobs > 1:
         argv += ["--jobs", str(jobs)]
     results = reproduce_all(names, args.scale, seeds, jobs, out, Path(args.markdown), shlex.join(argv))
-    failed = [c for r in results.values() for c in r["checks"] if not c["passed"]]
+    from .verdicts import FAIL, mark
+
+    failed = [c for r in results.values() for c in r["checks"] if mark(c) == FAIL]
     print(f"{args.markdown}: {len(names)} preset(s), {len(failed)} failed check(s); runs in {out}")
     return 1 if failed and args.strict else 0

@@ -122,3 +122,18 @@ def test_collect_refuses_an_unfinished_sweep_unless_partial(row, tmp_path, capsy
     assert collect.main([str(row_dir), "--out", str(tmp_path / "r"), "--reproduction", "", "--partial"]) == 0
     report = (tmp_path / "r" / "tiny_row" / "report.md").read_text()
     assert "**Partial**: 1 of 6 runs unfinished: fa-seed2" in report and "(n=2)" in report
+
+
+def test_reproduce_all_keeps_the_full_scale_sections(row, tmp_path):
+    from bioplausible.reproduction import reproduce_all
+
+    row_dir, _ = row
+    md = tmp_path / "REPRODUCTION.md"
+    md.write_text("# Reproduction\n\nold quick write-up\n\n## Old quick section\n")
+    assert _load_collect().main([str(row_dir), "--out", str(tmp_path / "r"), "--reproduction", str(md)]) == 0
+    section = md.read_text()[md.read_text().index("<!-- full-scale sections begin"):]
+    section = section[:section.index("<!-- full-scale sections end -->")]
+    reproduce_all(["tiny-row"], "quick", [0], 1, tmp_path / "quick", md, "bioplausible reproduce --all")
+    text = md.read_text()
+    assert section in text and "## Old quick section" not in text and "## Tiny row" in text
+    assert text.index("### Full scale: Tiny row") < text.index("## Tiny row")

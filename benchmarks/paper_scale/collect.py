@@ -42,8 +42,9 @@ from bioplausible.errors import UserError  # noqa: E402
 
 BEGIN = "<!-- full-scale:{row} begin -->"
 END = "<!-- full-scale:{row} end -->"
-PART_BEGIN = "<!-- full-scale sections begin -->"
-PART_END = "<!-- full-scale sections end -->"
+from bioplausible.reproduction import FULL_SCALE_BEGIN as PART_BEGIN  # noqa: E402
+from bioplausible.reproduction import FULL_SCALE_END as PART_END  # noqa: E402
+
 _SKIP = {"progress", "dataset.root", "out"}
 
 

@@ -17,6 +17,18 @@ from typing import Any
 
 from .errors import UserError
 
+# the full-scale part of REPRODUCTION.md (written by benchmarks/paper_scale/collect.py), kept by --all
+FULL_SCALE_BEGIN = "<!-- full-scale sections begin -->"
+FULL_SCALE_END = "<!-- full-scale sections end -->"
+
+
+def full_scale_part(markdown: Path) -> str:
+    """The full-scale sections of an existing write-up (empty when there are none)."""
+    text = markdown.read_text() if markdown.is_file() else ""
+    if FULL_SCALE_BEGIN not in text or FULL_SCALE_END not in text:
+        return ""
+    return text[text.index(FULL_SCALE_BEGIN):text.index(FULL_SCALE_END) + len(FULL_SCALE_END)] + "\n\n"
+
 
 def select(only: str | None, skip: str | None) -> list[str]:
     from .experiments import list_presets
@@ -147,7 +159,7 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
         tail += [f"- `{n}` ({get_preset(n).title}): `bioplausible reproduce {n} --scale {scale}"
                  + (f" --seeds {','.join(map(str, seeds))}" if seeds else "") + "`" for n in left]
         sections.append("\n".join(tail))
-    markdown.write_text("\n".join(head) + "\n" + "\n\n".join(sections) + "\n")
+    markdown.write_text("\n".join(head) + "\n" + full_scale_part(markdown) + "\n\n".join(sections) + "\n")
     return results
 
 

@@ -234,7 +234,9 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
         lines += ["", f"Paper values: {note}."]
     others = [c for c in checks if c["type"] != "paper"]
     lines += ["", "The preset's other checks (the paper's claims on the ranking):", ""]
-    lines += [f"- [{mark(c)}] {c['text']}" for c in others] or ["- none"]
+    from bioplausible.reproduction import _check_text
+
+    lines += [f"- [{mark(c)}] {_check_text(c)}" for c in others] or ["- none"]
     lines += ["", "Other metrics (mean ± std over seeds): "
               + "; ".join(f"{label}: best test acc. {_fmt(stats[label]['best_test_accuracy'])}, "
                           f"angle to BP {_fmt(stats[label]['grad_angle'], 1)}°" for label in preset.runs), ""]

@@ -137,3 +137,12 @@ def test_reproduce_all_keeps_the_full_scale_sections(row, tmp_path):
     text = md.read_text()
     assert section in text and "## Old quick section" not in text and "## Tiny row" in text
     assert text.index("### Full scale: Tiny row") < text.index("## Tiny row")
+
+
+def test_collect_reports_but_accepts_a_different_probe_interval(row, tmp_path):
+    row_dir, folder = row
+    (folder / "tiny-row.yaml").write_text(TINY.replace("PAPER_BP", "50.0").replace("probe_every: 5", "probe_every: 7"))
+    assert _load_collect().main([str(row_dir), "--out", str(tmp_path / "r"), "--reproduction", ""]) == 0
+    report = (tmp_path / "r" / "tiny_row" / "report.md").read_text()
+    assert "Recording settings that differ from the preset's (training is the same): 6 runs" in report
+    assert "probe_every = 5, the preset says 7" in report

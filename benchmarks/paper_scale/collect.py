@@ -46,6 +46,9 @@ from bioplausible.reproduction import FULL_SCALE_BEGIN as PART_BEGIN  # noqa: E4
 from bioplausible.reproduction import FULL_SCALE_END as PART_END  # noqa: E402
 
 _SKIP = {"progress", "dataset.root", "out"}
+# keys that change what a run records, not how it trains (a probe leaves training unchanged): a
+# difference is reported, not refused
+_RECORDING = {"probe_every", "checkpoint_every", "logger", "eval_train"}
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -64,8 +67,10 @@ def read_sweep(row_dir: Path) -> tuple[dict[str, Any], Any]:
     return index, get_preset(index["preset"])
 
 
-def config_mismatches(row_dir: Path, index: dict[str, Any], preset: Any) -> list[str]:
-    """``run: key stored != wanted`` for every run whose config.yaml differs from the preset's plan."""
+def config_mismatches(row_dir: Path, index: dict[str, Any], preset: Any,
+                      keys: str = "training") -> list[str]:
+    """``run: key stored != wanted`` for every run whose config.yaml differs from the preset's plan:
+    in the settings of training (``keys="training"``) or in what is recorded (``"recording"``)."""
     from bioplausible.config import load_config
     from bioplausible.jobs import _flat, plan
 
@@ -77,7 +82,7 @@ def config_mismatches(row_dir: Path, index: dict[str, Any], preset: Any) -> list
             continue
         stored, wanted = _flat(load_config(path).to_dict()), _flat(job.train_config().to_dict())
         for k in sorted(set(stored) | set(wanted)):
-            if k not in _SKIP and stored.get(k) != wanted.get(k):
+            if k not in _SKIP and (k in _RECORDING) == (keys == "recording") and stored.get(k) != wanted.get(k):
                 out.append(f"{Path(job.run_dir).name}: {k} = {stored.get(k)!r}, the preset says {wanted.get(k)!r}")
     return out
 
@@ -176,6 +181,7 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
     if wrong:
         raise UserError(f"{str(row_dir)!r}: {len(wrong)} setting(s) differ from preset {preset.name!r} at scale "
                         f"{scale!r}, e.g. {wrong[0]}; the preset changed since the runs: rerun the row")
+    recorded = config_mismatches(row_dir, index, preset, keys="recording")
     rows = run_rows(row_dir, index)
     missing = [r for r in rows if r["status"] in ("new", "partial", None)]
     if missing and not partial:
@@ -240,6 +246,9 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
     lines += ["", "Other metrics (mean ± std over seeds): "
               + "; ".join(f"{label}: best test acc. {_fmt(stats[label]['best_test_accuracy'])}, "
                           f"angle to BP {_fmt(stats[label]['grad_angle'], 1)}°" for label in preset.runs), ""]
+    if recorded:
+        lines += [f"Recording settings that differ from the preset's (training is the same): {len(recorded)} runs, e.g. "
+                  f"{recorded[0]}.", ""]
     if missing:
         lines += [f"**Partial**: {len(missing)} of {len(rows)} runs unfinished: "
                   + ", ".join(r["dir"] for r in missing), ""]

@@ -88,6 +88,7 @@ def test_collect_writes_report_verdicts_and_the_reproduction_section(row, tmp_pa
     assert "Verdict against the paper: 1 reproduced, 1 not reproduced" in md.read_text()
     assert "Commit: abc1234" in report and "1111111" not in report
     assert "CPU 14 s (user 12 s, system 2 s)" in report.replace("12.50", "12")
+    assert "launched 2 times" in report
     assert "epochs: 2" in report and "ROWS=tiny_row benchmarks/paper_scale/run.sh" in report
     assert sorted(p.name for p in (out / "tiny_row" / "runs").iterdir()) == [
         "bp-seed0", "bp-seed1", "bp-seed2", "fa-seed0", "fa-seed1", "fa-seed2"]

@@ -87,17 +87,21 @@ def config_mismatches(row_dir: Path, index: dict[str, Any], preset: Any,
     return out
 
 
-def driver_commits(row_dir: Path, log: Path | None = None) -> list[str]:
-    """Commits of the driver's launches of this row (``== <row> <time> commit <hash>``), in order."""
+def driver_launches(row_dir: Path, log: Path | None = None) -> list[tuple[str, str]]:
+    """``(time, commit)`` of each launch of this row by the driver (``== <row> <time> commit <hash>``)."""
     log = log or row_dir.parent / "driver.log"
     if not log.is_file():
         return []
-    pattern = re.compile(rf"^== {re.escape(row_dir.name)} \S+ commit (\S+)")
+    pattern = re.compile(rf"^== {re.escape(row_dir.name)} (\S+) commit (\S+)")
+    return [(m.group(1), m.group(2)) for m in map(pattern.match, log.read_text(errors="replace").splitlines()) if m]
+
+
+def driver_commits(row_dir: Path, log: Path | None = None) -> list[str]:
+    """The distinct commits of the driver's launches of this row, in order."""
     seen: list[str] = []
-    for line in log.read_text(errors="replace").splitlines():
-        m = pattern.match(line)
-        if m and m.group(1) not in seen:
-            seen.append(m.group(1))
+    for _, commit in driver_launches(row_dir, log):
+        if commit not in seen:
+            seen.append(commit)
     return seen
 
 
@@ -194,6 +198,7 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
     values = preset.paper_results.get("values") or {}
     verdicts = {c["run"]: c for c in checks if c["type"] == "paper"}
     commits = [commit] if commit else driver_commits(row_dir, driver_log)
+    launches = driver_launches(row_dir, driver_log)
     timing = driver_time(row_dir)
     config, seeds = preset.resolved(scale)
 
@@ -264,7 +269,9 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
     if timing:
         lines.append(f"- Whole row (`/usr/bin/time -v` of the driver): CPU {_seconds(timing.get('user_s', 0) + timing.get('system_s', 0))} "
                      f"(user {timing.get('user_s', 0):.0f} s, system {timing.get('system_s', 0):.0f} s), wall "
-                     f"{timing.get('wall', '?')}, peak memory {timing.get('max_rss_kb', 0) / 1024:.0f} MiB")
+                     f"{timing.get('wall', '?')}, peak memory {timing.get('max_rss_kb', 0) / 1024:.0f} MiB"
+                     + (f"; the row was launched {len(launches)} times (resumed, finished runs skipped) and this "
+                        f"covers the last launch only" if len(launches) > 1 else ""))
     lines += [f"- Per-seed summaries and configs: `runs/<run>-seed<k>/`", "",
               "Preset settings at this scale:", "", "```yaml",
               _yaml({"config": config.to_dict(), "runs": preset.runs, "seeds": index.get("seeds")}).rstrip(),

@@ -192,6 +192,7 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
         raise UserError(f"{str(row_dir)!r}: {len(missing)} of {len(rows)} runs not finished (e.g. {missing[0]['dir']}); "
                         f"wait for the sweep or pass --partial")
     stats = statistics(preset, rows)
+    _, groups = collect_groups(row_dir)
     checks = evaluate_checks(preset, stats, scale)
     metric = preset.paper_results.get("metric", "test_accuracy")
     d = metric_digits(metric)
@@ -215,11 +216,12 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
         for name in ("summary.json", "config.yaml"):
             if (src / name).is_file():
                 shutil.copy2(src / name, dst / name)
-    _, groups = collect_groups(row_dir)
     figs = plot(groups, folder, preset.title)
     (folder / "time.png").unlink(missing_ok=True)  # curves and angles are the ones the write-up shows
 
-    command = (f"bioplausible sweep SWEEP.yaml --out {row_dir.parent.name}/{row}  "
+    parts = row_dir.resolve().parts
+    where = "/".join(parts[-3:]) if len(parts) >= 3 and parts[-3] == "runs" else str(row_dir)
+    command = (f"bioplausible sweep SWEEP.yaml --out {where}  "
                f"# SWEEP.yaml = {json.dumps({k: v for k, v in (index.get('spec') or {}).items() if v not in (None, [], {})})}")
     driver = f"ROWS={row} benchmarks/paper_scale/run.sh"
     same = (f"bioplausible reproduce {preset.name} --scale {scale} --seeds {','.join(map(str, index.get('seeds') or seeds))}")
@@ -248,9 +250,17 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
     from bioplausible.reproduction import _check_text
 
     lines += [f"- [{mark(c)}] {_check_text(c)}" for c in others] or ["- none"]
+    from bioplausible.angles import hidden_angle
+    from bioplausible.jobs import mean_std
+
+    hidden = {label: mean_std(hidden_angle(r["run"].probes) for r in groups.get(label, [])
+                              if r["status"] == "completed" and r["run"] is not None) for label in preset.runs}
     lines += ["", "Other metrics (mean ± std over seeds): "
-              + "; ".join(f"{label}: best test acc. {_fmt(stats[label]['best_test_accuracy'])}, "
-                          f"angle to BP {_fmt(stats[label]['grad_angle'], 1)}°" for label in preset.runs), ""]
+              + "; ".join(f"{label}: best test acc. {_fmt(stats[label]['best_test_accuracy'])}"
+                          + (f", hidden-layer angle to BP {_fmt(hidden[label], 1)}°" if hidden[label][0] is not None else "")
+                          for label in preset.runs)
+              + ". Hidden-layer angle: the mean over probes of the angle between the rule's update and BP's gradient, "
+                "over the weight layers not exact by construction.", ""]
     if recorded:
         lines += [f"Recording settings that differ from the preset's (training is the same): {len(recorded)} runs, e.g. "
                   f"{recorded[0]}.", ""]
@@ -264,10 +274,11 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
     lines += ["![curves](curves.png)", "", "![angles](angles.png)", "", "## How it was run", "",
               f"- Commit: {', '.join(commits) if commits else 'not recorded (no driver log; pass --commit)'}",
               f"- Command: `{driver}`, i.e. `{command}`; the same runs as `{same}`",
-              f"- Time per run (training, one thread, from each run's summary): "
+              f"- Time per run (wall clock of training on one thread, mean over seeds, from each run's summary; "
+              f"the machine's 2 cores were shared with other work): "
               + "; ".join(f"{label} {_seconds(stats[label]['_time'][0])}" for label in preset.runs)]
     if timing:
-        lines.append(f"- Whole row (`/usr/bin/time -v` of the driver): CPU {_seconds(timing.get('user_s', 0) + timing.get('system_s', 0))} "
+        lines.append(f"- Whole row (`/usr/bin/time -v` of the driver's sweep process): CPU {_seconds(timing.get('user_s', 0) + timing.get('system_s', 0))} "
                      f"(user {timing.get('user_s', 0):.0f} s, system {timing.get('system_s', 0):.0f} s), wall "
                      f"{timing.get('wall', '?')}, peak memory {timing.get('max_rss_kb', 0) / 1024:.0f} MiB"
                      + (f"; the row was launched {len(launches)} times (resumed, finished runs skipped) and this "
@@ -305,12 +316,14 @@ def section(row: str, preset: Any, report_lines: list[str], folder: Path, tally:
         if line.startswith("![") or line.startswith("Preset settings at this scale"):
             break
         body.append(line)
+    how = [ln for ln in report_lines if ln.startswith(("- Commit", "- Command", "- Time per run"))]
     head = (f"{tally['reproduced']} reproduced, {tally['not_reproduced']} not reproduced"
             + (f", {tally['other']} ranking only / not compared" if tally["other"] else "")
             if sum(tally.values()) else "the paper gives no number to compare (curves only): the checks below carry the comparison")
     return "\n".join([BEGIN.format(row=row), f"### Full scale: {preset.title}", "",
                       f"Verdict against the paper: {head}. Files: `{rel}/` (report.md with the preset's settings, "
-                      f"per-seed summaries).", "", *body[1:], f"![curves]({rel}/curves.png)", "", END.format(row=row)])
+                      f"per-seed summaries).", "", *body[1:], *how, "", f"![curves]({rel}/curves.png)", "",
+                      END.format(row=row)])
 
 
 def update_reproduction(path: Path, row: str, text: str) -> None:

@@ -130,3 +130,16 @@ def test_the_rows_declare_paper_numbers_and_tolerances():
     assert {mark(c) for c in evaluate_checks(ae, stats, "full") if c["type"] == "paper"} == {"ranking only"}
     for name in ("ghost-mb-500", "ghost-ma-500"):
         assert any(c["type"] == "paper" for c in get_preset(name).checks)
+
+
+def test_write_ups_record_the_commit():
+    import subprocess
+    from pathlib import Path
+
+    from bioplausible.reproduction import git_commit
+
+    here = Path(__file__).resolve().parent
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert git_commit().split("+")[0] == head.stdout.strip()

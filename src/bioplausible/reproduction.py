@@ -22,6 +22,24 @@ FULL_SCALE_BEGIN = "<!-- full-scale sections begin -->"
 FULL_SCALE_END = "<!-- full-scale sections end -->"
 
 
+def git_commit() -> str | None:
+    """The short commit of the checkout this package runs from (with ``+dirty`` when it has changes),
+    None outside a git checkout: recorded in every write-up so that a result names its code."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0 or not head.stdout.strip():
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def full_scale_part(markdown: Path) -> str:
     """The full-scale sections of an existing write-up (empty when there are none)."""
     text = markdown.read_text() if markdown.is_file() else ""
@@ -145,7 +163,8 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
     skipped = sum("not_run" in r for r in results.values())
     from .experiments import list_presets
     head = ["# Reproduction", "",
-            (f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+            (f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+             f"{f' at commit {git_commit()}' if git_commit() else ''}: "
             f"{len(names)} of {len(list_presets())} registered preset(s) at scale `{scale}` ({skipped} not run), {passed}/{total} checks passed. Ours: mean ± sample "
             "std over the seeds that completed; quick scale runs fewer epochs (and often a data subset) "
             "than the papers, so gaps to the paper's numbers at quick scale are expected and are not "

@@ -376,7 +376,10 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
     stats = aggregate(summaries, metrics)
     checks = evaluate_checks(preset, stats, scale)
     config, _ = preset.resolved(scale)
+    from ..reproduction import git_commit
+
     report = {"preset": preset.name, "title": preset.title, "paper": preset.paper, "scale": scale,
+              "commit": git_commit(),
               "seeds": sorted({j.seed for j in jobs}, key=[j.seed for j in jobs].index),
               "config": config.to_dict(), "stats": stats, "status": statuses(summaries),
               "paper_results": preset.paper_results, "checks": checks,
@@ -395,7 +398,8 @@ def format_report(report: dict[str, Any]) -> str:
     metric = report["paper_results"].get("metric", "test_accuracy")
     values = report["paper_results"].get("values") or {}
     lines = [f"# {report['title']}", "", f"Preset `{report['preset']}`, scale `{report['scale']}`, "
-             f"seeds {report['seeds']}. Paper: {report['paper']}.", "",
+             f"seeds {report['seeds']}. Paper: {report['paper']}."
+             + (f" Commit: {report['commit']}." if report.get("commit") else ""), "",
              f"| run | ours: {metric_label(metric)}, mean ± std | paper | ours − paper | angle to BP (°) | status |",
              "|---|---|---|---|---|---|"]
     for label, st in report["stats"].items():

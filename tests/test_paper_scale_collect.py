@@ -138,6 +138,8 @@ def test_reproduce_all_keeps_the_full_scale_sections(row, tmp_path):
     text = md.read_text()
     assert section in text and "## Old quick section" not in text and "## Tiny row" in text
     assert text.index("### Full scale: Tiny row") < text.index("## Tiny row")
+    # at quick scale the paper checks are listed as not evaluated and left out of the tally
+    assert "1/1 checks passed" in text and text.count("[not evaluated] test_accuracy of") == 2
 
 
 def test_collect_reports_but_accepts_a_different_probe_interval(row, tmp_path):

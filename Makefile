@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # Shared datasets beside the checkout are used when present (see README, "Data").
 export BIOPLAUSIBLE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 
-.PHONY: install demo test docs examples bench lint clean
+.PHONY: install demo test docs examples bench gpu-check lint clean
 
 $(BIN)/bioplausible: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ examples: install
 
 bench: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_bp.py
+
+# On a machine with CUDA: the CUDA tests and one epoch of each paper-scale row on the GPU, in
+# under ten minutes -> benchmarks/results/gpu_check.{json,md}. Without CUDA: one line, status 2.
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py
 
 lint: install
 	$(BIN)/pip install -q ruff && $(BIN)/ruff check src tests benchmarks

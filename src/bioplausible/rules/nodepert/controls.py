@@ -5,7 +5,7 @@ the ``bp`` rule with ``optimizer: {name: adam}``.)
 * ``matched`` — B receives W's update, ``ΔB = ΔWᵀ``: Kolen-Pollack (``kp``) with the decay λ
   defaulting to 0, as in the authors' code (``NPModel4_Matched``); ``decay > 0`` gives the
   paper's text ("weight decay is used to drive the matrices to be similar").
-* ``bp-noise`` / ``fa-noise`` / ``matched-noise`` — BP / FA / ``matched`` trained on activities with zero-mean Gaussian noise of
+* ``bp-noise`` / ``fa-noise`` / ``dfa-noise`` / ``matched-noise`` — BP / FA / DFA / ``matched`` trained on activities with zero-mean Gaussian noise of
   std ``c_h`` added to every hidden activity (the input of every Linear/Conv2d but the first)
   in training forward passes; evaluation and the probe's BP reference run without it.
 * ``dae`` — BP on inputs with Gaussian noise of std ``input_noise`` (0.3, App. C.2), the
@@ -25,6 +25,7 @@ from ...nn.context import exact_backward_enabled
 from ..._registry import register
 from ...core.rule import Rule, StepResult
 from ..bp import BP
+from ..feedback.dfa import DirectFeedbackAlignment
 from ..feedback.feedback import FeedbackAlignment, KolenPollack
 
 
@@ -147,6 +148,31 @@ class NoisyMatched(Matched):
         return add_activation_noise(self, super().prepare(model, example))
 
 
+@register("dfa-noise")
+class NoisyDFA(DirectFeedbackAlignment):
+    """DFA-with-noise control: DFA with Gaussian noise on the hidden activities.
+
+    Every hidden activity gets noise of std ``c_h`` in the forward pass, as the noisy cells of
+    Lansdell, Prakash & Kording 2020, Table 2b; the update is DFA's, δ_l = (B_l e) ⊙ f′(a_l)
+    (Nøkland 2016).
+
+    Options: ``c_h`` — activity noise std (0.01); DFA's options as for ``dfa``.
+
+    Models: MLPs and CNNs made of ``nn.Linear`` / ``nn.Conv2d`` layers (as ``dfa``).
+    """
+
+    paper = "Lansdell, Prakash & Kording 2020 (control, Table 2b 'DFA' with noise)"
+    summary = "control: DFA on hidden activities with Gaussian noise of std c_h"
+    defaults: ClassVar[dict[str, Any]] = {**DirectFeedbackAlignment.defaults, "c_h": 0.01}
+
+    def validate(self) -> None:
+        super().validate()
+        _check_std(self, "c_h")
+
+    def prepare(self, model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
+        return add_activation_noise(self, super().prepare(model, example))
+
+
 @register("dae")
 class DenoisingBP(BP):
     """Denoising autoencoder (DAE) control: BP on inputs with Gaussian noise.
@@ -171,4 +197,4 @@ class DenoisingBP(BP):
         return super().train_step(model, x + self.config["input_noise"] * xi, y, loss_fn)
 
 
-__all__ = ["DenoisingBP", "Matched", "NoisyBP", "NoisyFA", "NoisyMatched", "add_activation_noise"]
+__all__ = ["DenoisingBP", "Matched", "NoisyBP", "NoisyDFA", "NoisyFA", "NoisyMatched", "add_activation_noise"]

@@ -90,9 +90,9 @@ def test_collect_writes_report_verdicts_and_the_reproduction_section(row, tmp_pa
     assert "CPU 14 s (user 12 s, system 2 s)" in report.replace("12.50", "12")
     assert "launched 2 times" in report
     assert "epochs: 2" in report and "ROWS=tiny_row benchmarks/paper_scale/run.sh" in report
-    assert sorted(p.name for p in (out / "tiny_row" / "runs").iterdir()) == [
+    assert sorted(p.name for p in (out / "tiny_row" / "seeds").iterdir()) == [
         "bp-seed0", "bp-seed1", "bp-seed2", "fa-seed0", "fa-seed1", "fa-seed2"]
-    assert sorted(p.name for p in (out / "tiny_row" / "runs" / "bp-seed0").iterdir()) == ["config.yaml", "summary.json"]
+    assert sorted(p.name for p in (out / "tiny_row" / "seeds" / "bp-seed0").iterdir()) == ["config.yaml", "summary.json"]
     assert (out / "tiny_row" / "curves.png").stat().st_size > 1000
     text = md.read_text()
     assert text.index("## Full scale") < text.index("## Quick preset A")   # the full-scale part comes first

@@ -13,7 +13,7 @@ e.g. by ``benchmarks/paper_scale/run.sh``) it writes ``<out>/<row>/``:
 - ``report.json``: the same numbers;
 - ``curves.png`` (test accuracy or loss and training loss per epoch, mean ± std over seeds)
   and ``angles.png`` (angle of the hidden layers' update to BP's gradient);
-- ``runs/<label>-seed<k>/summary.json`` and ``config.yaml`` of every run (no checkpoints);
+- ``seeds/<label>-seed<k>/summary.json`` and ``config.yaml`` of every run (no checkpoints);
 
 and replaces (or adds) the row's "Full scale" section of ``--reproduction`` (REPRODUCTION.md).
 
@@ -206,12 +206,12 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
     folder = out_root / row
     if folder.exists():
         shutil.rmtree(folder)
-    (folder / "runs").mkdir(parents=True)
+    (folder / "seeds").mkdir(parents=True)
     for r in rows:
         src = row_dir / r["dir"]
         if r["summary"] is None:
             continue
-        dst = folder / "runs" / r["dir"]
+        dst = folder / "seeds" / r["dir"]
         dst.mkdir()
         for name in ("summary.json", "config.yaml"):
             if (src / name).is_file():
@@ -283,7 +283,7 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
                      f"{timing.get('wall', '?')}, peak memory {timing.get('max_rss_kb', 0) / 1024:.0f} MiB"
                      + (f"; the row was launched {len(launches)} times (resumed, finished runs skipped) and this "
                         f"covers the last launch only" if len(launches) > 1 else ""))
-    lines += [f"- Per-seed summaries and configs: `runs/<run>-seed<k>/`", "",
+    lines += [f"- Per-seed summaries and configs: `seeds/<run>-seed<k>/` (a copy of each run folder's small files)", "",
               "Preset settings at this scale:", "", "```yaml",
               _yaml({"config": config.to_dict(), "runs": preset.runs, "seeds": index.get("seeds")}).rstrip(),
               "```", ""]

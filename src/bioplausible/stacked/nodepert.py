@@ -1,0 +1,161 @@
+"""Stacked node perturbation (Lansdell, Prakash & Kording 2020): ``np`` (FA form) and ``np-dfa``.
+
+The step of the rule's MLP fast path (:mod:`bioplausible.rules.nodepert.fast`) over a run
+dimension, with the ``sgd`` solver (eq 3):
+
+1. clean pass; forward weights learn from the synthetic backward pass (FA form
+   ``δ_{l−1} = (δ_l B_l) ⊙ f′``, DFA form ``(e D_l) ⊙ f′``);
+2. noisy pass from the clean first layer: ``c_h ξ`` on every hidden layer's output
+   (``noise_at="post"``) or pre-activation (``"pre"``), ``ξ`` drawn with each run's own generator
+   in the rule's order (layer by layer);
+3. ``c = (ℓ̃ − ℓ)/c_h`` per example (MSE losses: ``(w/c_h) Σ_k Δ(Δ + 2(o − t))``, ``Δ = õ − o``;
+   others from float64 per-example losses);
+4. ``B_k ← B_k − η_k s⁻² δ_kᵀ(g_k − s c ξ_k)`` with ``g_k = δ_k B_k`` the synthetic signal and
+   ``s`` the loss's batch factor (1 for sums, 1/B for means).
+
+The forward weights stay frozen for the first ``warmup`` steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+from .losses import dense_targets, per_example
+from .steps import StackedDFA, StackedFA
+
+_MSE_WEIGHT = {"mse_half_sum": 0.5, "mse_sum": 1.0, "mse_batchmean": 1.0}
+
+
+class _NPMixin:
+    def setup_np(self) -> None:
+        rule = self.rules[0]
+        cfg = rule.config
+        self.c_h = float(cfg["c_h"])
+        self.post = cfg["noise_at"] == "post"
+        self.warmup = int(cfg["warmup"])
+        self.count = int(getattr(rule, "_step", 0))
+        self.errs: list = [None] * (self.net.depth - 1)
+        self.sigs: list = [None] * (self.net.depth - 1)
+
+    def refresh_rates(self) -> None:
+        super().refresh_rates()
+        # η_B of tap k (B of layer k+1), the group ``feedback`` (per layer if split), per run
+        self.rate_fb = [None] + [_per_run_lr(self.rules, k) .to(self.net.W[0]).view(-1, 1, 1)
+                                 for k in range(1, self.net.depth)]
+
+    def forward_frozen(self) -> bool:
+        return self.count < self.warmup
+
+    def after_forward(self, hs, y, e) -> None:
+        """The noisy pass and ``coef = (ℓ̃ − ℓ)/c_h`` per run and example."""
+        net, c = self.net, self.c_h
+        out = hs[-1]
+        R, B = out.shape[0], out.shape[1]
+        device, dtype = out.device, out.dtype
+        xis = [torch.empty(R, B, net.W[i].shape[1], device=device, dtype=dtype) for i in range(net.depth - 1)]
+        for r, rule in enumerate(self.rules):  # each run's draws in its rule's order
+            gen = rule.generator(device)
+            for xi in xis:
+                xi[r].normal_(generator=gen)
+        h = None
+        for i in range(net.depth):
+            if i == 0:
+                a = None if self.post else torch.baddbmm(net.b[0].unsqueeze(1), hs[0], net.W[0].transpose(1, 2)) \
+                    if net.b[0] is not None else torch.bmm(hs[0], net.W[0].transpose(1, 2))
+            else:
+                w, b = net.W[i], net.b[i]
+                a = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            fwd = net.acts[i][1]
+            if i == net.depth - 1:
+                noisy = a if fwd is None else fwd(a)
+                break
+            if self.post:
+                base = hs[1] if i == 0 else (a if fwd is None else fwd(a))
+                h = torch.add(base, xis[i], alpha=c)
+            else:
+                z = torch.add(a, xis[i], alpha=c)
+                h = z if fwd is None else fwd(z)
+        name = getattr(self.loss_fn, "name", None)
+        if name in _MSE_WEIGHT or name == "mse":
+            d = out - dense_targets(out, y)
+            delta = noisy - out
+            w = _MSE_WEIGHT.get(name, 1.0 / max(out[0, 0].numel(), 1))
+            coef = delta.mul_(torch.add(delta, d, alpha=2.0)).sum(2).mul_(w / c)
+        else:
+            coef = (per_example(self.loss_fn, noisy, y) - per_example(self.loss_fn, out, y)).div_(c)
+        if self.count < 10 and not bool((coef != 0).any(1).all()):
+            raise UserError(f"rule {self.rules[0].name!r}: the perturbation c_h={c} changed no example's "
+                            f"loss in {out.dtype}; raise c_h or train in float64")
+        self.xis, self.coef = xis, coef
+        self.scale = 1.0 if getattr(self.loss_fn, "reduction", "mean") == "sum" else 1.0 / B
+
+    def regress(self, k: int, err: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> None:
+        """Eq 3 for tap ``k`` (0-based): ``B ← B − η s⁻² δᵀ(g − s c ξ)``."""
+        s = self.scale
+        col = self.coef.to(b.dtype).unsqueeze(2)
+        target = torch.addcmul(g, col, self.xis[k], value=-s)
+        neg = self.rate_fb[k + 1] / (s * s)
+        b.baddbmm_(torch.mul(err, neg).transpose(1, 2), target)
+
+    def after_update(self) -> None:
+        self.count += 1
+
+    def unstack_rule(self) -> None:
+        for r, rule in enumerate(self.rules):
+            rule._step = self.count
+            rule._last = ([None if e is None else e[r] for e in self.errs], None)
+
+    def restack_rule(self) -> None:
+        self.count = int(getattr(self.rules[0], "_step", 0))
+
+
+def _per_run_lr(rules, layer: int) -> torch.Tensor:
+    return torch.tensor([rule.feedback_lr(layer) for rule in rules], dtype=torch.float64).neg_()
+
+
+class StackedNP(_NPMixin, StackedFA):
+    """``np``: FA form, ``B_l`` (W's layout) of layers 2..L regressed onto λ̂."""
+
+    name = "np"
+
+    def setup(self) -> None:
+        super().setup()
+        self.setup_np()
+
+    def propagate(self, i: int, delta: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        b = self.B[i]
+        g = torch.bmm(delta, b)
+        self.errs[i - 1], self.sigs[i - 1] = delta, g
+        if self.rate_fb[i] is not None:
+            self.regress(i - 1, delta, g, b)
+        return g
+
+
+class StackedNPDFA(_NPMixin, StackedDFA):
+    """``np-dfa``: DFA form, ``D_l`` ``(n_out, n_l)`` regressed onto λ̂ with the output error."""
+
+    name = "np-dfa"
+
+    def setup(self) -> None:
+        super().setup()
+        self.setup_np()
+
+    def propagate(self, i: int, delta: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        g = super().propagate(i, delta, e)
+        self.errs[i - 1], self.sigs[i - 1] = e, g
+        return g
+
+    def after_update(self) -> None:
+        # D_l is regressed after the whole backward pass (its signal used the old D)
+        for k in range(self.net.depth - 1):
+            self.regress(k, self.errs[k], self.sigs[k], self.D[k + 1])
+        super().after_update()
+
+    def unstack_rule(self) -> None:
+        for rule in self.rules:
+            rule._step = self.count
+            rule._last = None  # the DFA form's metrics read only D and W
+
+
+__all__ = ["StackedNP", "StackedNPDFA"]

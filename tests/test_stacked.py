@@ -139,3 +139,38 @@ def test_a_run_with_another_generator_is_caught():
 def test_every_promised_rule_has_a_stacked_step():
     for rule in ("bp", "fa", "usf", "brsf", "frsf", "kp", "wm", "dfa", "np", "np-dfa"):
         assert rule in stackable_rules()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shapes", [[(32, 50), (32, 20)], [(4, 16), (4, 12), (4, 3)], [(5, 12), (5, 16)]])
+def test_one_noise_draw_equals_separate_draws(dtype, shapes):
+    """The stacked node perturbation draws a run's ξ of every layer at once where it can: the
+    numbers must be those of ``torch.randn`` per layer from the same generator."""
+    from bioplausible.stacked.nodepert import draw_noise
+
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    got = draw_noise(gens, shapes, "cpu", dtype)
+    for r, seed in enumerate((3, 4)):
+        g = torch.Generator().manual_seed(seed)
+        for xi, shape in zip(got, shapes):
+            assert torch.equal(xi[r], torch.randn(shape, generator=g, dtype=dtype))
+
+
+@pytest.mark.parametrize("batch", [5, 7])
+def test_np_with_odd_batches_and_widths_stacks(batch):
+    data = make_bundle(n_train=60, n_test=10, dim=20, classes=4, dtype=torch.float64)
+
+    def build():
+        out = []
+        for seed in SEEDS:
+            cfg = TrainConfig.from_dict({
+                "dataset": {"name": "blobs"}, "model": {"spec": "mlp:20-12-9-4", "activation": "sigmoid"},
+                "rule": {"name": "np"}, "optimizer": {"name": "sgd", "lr": 0.1, "groups": {"feedback": {"lr": 0.05}}},
+                "epochs": 2, "batch_size": batch, "seed": seed, "dtype": "float64", "progress": False})
+            out.append(_build(Job(cfg.to_dict(), "unused", "np", seed), data, cfg, out=None, progress=False))
+        return out
+
+    a, b = build(), build()
+    _train_unstacked(a)
+    _train_stacked(b)
+    assert _max_rel(a, b) < 1e-10

@@ -23,8 +23,9 @@ def dense_targets(o: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return y.to(o.dtype)
 
 
-def loss_and_error(loss_fn, o: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss, e)``: the per-run losses ``(R,)`` and ``e = ∂loss_r/∂o_r`` ``(R, B, K)``."""
+def loss_and_error(loss_fn, o: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(loss, e, d)``: the per-run losses ``(R,)``, ``e = ∂loss_r/∂o_r`` ``(R, B, K)`` and, for the
+    MSE losses, the residual ``d = o − t`` (``None`` otherwise)."""
     name = getattr(loss_fn, "name", None)
     R, B = o.shape[0], o.shape[1]
     if name == "cross_entropy" and y.dim() == 2 and not y.is_floating_point():
@@ -33,20 +34,20 @@ def loss_and_error(loss_fn, o: torch.Tensor, y: torch.Tensor) -> tuple[torch.Ten
         loss = picked.sum(1).div_(-B)
         e = logp.exp_()
         e.scatter_add_(-1, y.unsqueeze(-1).long(), torch.full_like(picked, -1.0).unsqueeze(-1))
-        return loss, e.div_(B)
+        return loss, e.div_(B), None
     if name in _MSE:
         w, per_batch, per_unit = _MSE[name]
         d = o - dense_targets(o, y)
         denom = (B if per_batch else 1) * (o[0, 0].numel() if per_unit else 1)
         loss = d.square().sum((1, 2)).mul_(w / denom)
-        return loss, d.mul(2.0 * w / denom)
+        return loss, d.mul(2.0 * w / denom), d
     with torch.enable_grad():
         leaf = o.detach().requires_grad_(True)
         per = loss_fn.per_sample(leaf.reshape(R * B, *o.shape[2:]), y.reshape(R * B, *y.shape[2:]))
         scale = 1.0 if getattr(loss_fn, "reduction", "mean") == "sum" else 1.0 / B
         loss = per.view(R, B).sum(1) * scale
         (e,) = torch.autograd.grad(loss.sum(), leaf)
-    return loss.detach(), e
+    return loss.detach(), e, None
 
 
 def per_example(loss_fn, o: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -95,7 +95,7 @@ class StackedMLP:
         h = x.reshape(x.shape[0], x.shape[1], -1)
         hs = [h]
         for w, b, (_, fwd, _) in zip(self.W, self.b, self.acts):
-            a = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            a = linear(h, w, b)
             h = a if fwd is None else fwd(a)
             hs.append(h)
         return hs
@@ -133,6 +133,16 @@ class StackedMLP:
         self.R = len(keep)
 
 
+def linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``h Wᵀ + b`` per run: ``(R, B, in)``, ``(R, out, in)``, ``(R, out)`` -> ``(R, B, out)``.
+
+    ``bmm`` then an in-place bias add: on one CPU thread ``baddbmm`` with a broadcast bias costs
+    about 25 % more than the product alone for a 784-400 layer at batch 128.
+    """
+    a = torch.bmm(h, w.transpose(1, 2))
+    return a if b is None else a.add_(b.unsqueeze(1))
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The permutation :class:`~bioplausible.train.Trainer` draws for ``seed`` at ``epoch``
     (0-based): ``randperm(n)`` from a CPU generator seeded ``seed · 1 000 003 + epoch``."""
@@ -155,4 +165,4 @@ def gather(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.T
     return xb.view(R, B, *x.shape[1:]), yb.view(R, B, *y.shape[1:])
 
 
-__all__ = ["ACTIVATIONS", "StackedMLP", "epoch_order", "epoch_orders", "gather", "mlp_layers"]
+__all__ = ["ACTIVATIONS", "StackedMLP", "linear", "epoch_order", "epoch_orders", "gather", "mlp_layers"]

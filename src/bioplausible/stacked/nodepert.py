@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
-from .losses import dense_targets, per_example
+from .losses import per_example
+from .mlp import linear
 from .steps import StackedDFA, StackedFA
 
 _MSE_WEIGHT = {"mse_half_sum": 0.5, "mse_sum": 1.0, "mse_batchmean": 1.0}
@@ -43,29 +44,25 @@ class _NPMixin:
         # η_B of tap k (B of layer k+1), the group ``feedback`` (per layer if split), per run
         self.rate_fb = [None] + [_per_run_lr(self.rules, k) .to(self.net.W[0]).view(-1, 1, 1)
                                  for k in range(1, self.net.depth)]
+        self.rate_reg = None
 
     def forward_frozen(self) -> bool:
         return self.count < self.warmup
 
-    def after_forward(self, hs, y, e) -> None:
+    def after_forward(self, hs, y, e, d) -> None:
         """The noisy pass and ``coef = (ℓ̃ − ℓ)/c_h`` per run and example."""
         net, c = self.net, self.c_h
         out = hs[-1]
         R, B = out.shape[0], out.shape[1]
         device, dtype = out.device, out.dtype
-        xis = [torch.empty(R, B, net.W[i].shape[1], device=device, dtype=dtype) for i in range(net.depth - 1)]
-        for r, rule in enumerate(self.rules):  # each run's draws in its rule's order
-            gen = rule.generator(device)
-            for xi in xis:
-                xi[r].normal_(generator=gen)
+        xis = draw_noise([rule.generator(device) for rule in self.rules],
+                         [(B, net.W[i].shape[1]) for i in range(net.depth - 1)], device, dtype)
         h = None
         for i in range(net.depth):
             if i == 0:
-                a = None if self.post else torch.baddbmm(net.b[0].unsqueeze(1), hs[0], net.W[0].transpose(1, 2)) \
-                    if net.b[0] is not None else torch.bmm(hs[0], net.W[0].transpose(1, 2))
+                a = None if self.post else linear(hs[0], net.W[0], net.b[0])
             else:
-                w, b = net.W[i], net.b[i]
-                a = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+                a = linear(h, net.W[i], net.b[i])
             fwd = net.acts[i][1]
             if i == net.depth - 1:
                 noisy = a if fwd is None else fwd(a)
@@ -77,8 +74,7 @@ class _NPMixin:
                 z = torch.add(a, xis[i], alpha=c)
                 h = z if fwd is None else fwd(z)
         name = getattr(self.loss_fn, "name", None)
-        if name in _MSE_WEIGHT or name == "mse":
-            d = out - dense_targets(out, y)
+        if d is not None:
             delta = noisy - out
             w = _MSE_WEIGHT.get(name, 1.0 / max(out[0, 0].numel(), 1))
             coef = delta.mul_(torch.add(delta, d, alpha=2.0)).sum(2).mul_(w / c)
@@ -87,16 +83,17 @@ class _NPMixin:
         if self.count < 10 and not bool((coef != 0).any(1).all()):
             raise UserError(f"rule {self.rules[0].name!r}: the perturbation c_h={c} changed no example's "
                             f"loss in {out.dtype}; raise c_h or train in float64")
-        self.xis, self.coef = xis, coef
-        self.scale = 1.0 if getattr(self.loss_fn, "reduction", "mean") == "sum" else 1.0 / B
+        self.xis, self.coef, self.col = xis, coef, coef.unsqueeze(2)
+        scale = 1.0 if getattr(self.loss_fn, "reduction", "mean") == "sum" else 1.0 / B
+        if scale != getattr(self, "scale", None) or self.rate_reg is None:
+            self.rate_reg = [None if r is None else r / (scale * scale) for r in self.rate_fb]  # −η/s²
+        self.scale = scale
 
     def regress(self, k: int, err: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> None:
         """Eq 3 for tap ``k`` (0-based): ``B ← B − η s⁻² δᵀ(g − s c ξ)``."""
         s = self.scale
-        col = self.coef.to(b.dtype).unsqueeze(2)
-        target = torch.addcmul(g, col, self.xis[k], value=-s)
-        neg = self.rate_fb[k + 1] / (s * s)
-        b.baddbmm_(torch.mul(err, neg).transpose(1, 2), target)
+        target = torch.addcmul(g, self.col, self.xis[k], value=-s)
+        b.baddbmm_(torch.mul(err, self.rate_reg[k + 1]).transpose(1, 2), target)
 
     def after_update(self) -> None:
         self.count += 1
@@ -108,6 +105,34 @@ class _NPMixin:
 
     def restack_rule(self) -> None:
         self.count = int(getattr(self.rules[0], "_step", 0))
+
+
+def draw_noise(generators: list, shapes: list[tuple[int, ...]], device, dtype) -> list[torch.Tensor]:
+    """ξ ~ N(0, I) of every shape in ``shapes`` for every run, ``(R, *shape)`` each, run ``r``'s from
+    ``generators[r]`` in the order of ``shapes`` — what ``torch.randn(shape, generator=g)`` draws
+    one shape after another.
+
+    When every shape but the last has a multiple of 16 elements and the last at least 16, a run's shapes are drawn by one
+    ``normal_`` call on one buffer: torch's CPU normal kernel fills uniforms in order and turns
+    them into normals in blocks of 16 (with a fresh block for an incomplete tail; fewer than 16
+    take another path), so the buffer
+    holds the same numbers as the separate draws (``test_one_noise_draw_equals_separate_draws``
+    checks it in float32 and float64). Otherwise, and on other devices, one call per shape.
+    """
+    R = len(generators)
+    sizes = [int(torch.Size(s).numel()) for s in shapes]
+    one_call = (torch.device(device).type == "cpu" and all(n % 16 == 0 for n in sizes[:-1])
+                and sizes[-1] >= 16)
+    if one_call:
+        flat = torch.empty(R, sum(sizes), device=device, dtype=dtype)
+        for r, gen in enumerate(generators):
+            flat[r].normal_(generator=gen)
+        return [part.view(R, *shape) for part, shape in zip(flat.split(sizes, dim=1), shapes)]
+    xis = [torch.empty(R, *shape, device=device, dtype=dtype) for shape in shapes]
+    for r, gen in enumerate(generators):
+        for xi in xis:
+            xi[r].normal_(generator=gen)
+    return xis
 
 
 def _per_run_lr(rules, layer: int) -> torch.Tensor:
@@ -158,4 +183,4 @@ class StackedNPDFA(_NPMixin, StackedDFA):
             rule._last = None  # the DFA form's metrics read only D and W
 
 
-__all__ = ["StackedNP", "StackedNPDFA"]
+__all__ = ["StackedNP", "StackedNPDFA", "draw_noise"]

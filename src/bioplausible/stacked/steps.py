@@ -127,8 +127,8 @@ class StackedRule:
         self.before_forward()
         hs = net.forward(x)
         out = hs[-1]
-        loss, e = loss_and_error(self.loss_fn, out, y)
-        self.after_forward(hs, y, e)
+        loss, e, d = loss_and_error(self.loss_fn, out, y)
+        self.after_forward(hs, y, e, d)
         delta = self.output_delta(e, out)
         last = net.depth - 1
         for i in range(last, -1, -1):
@@ -146,8 +146,9 @@ class StackedRule:
     def before_forward(self) -> None:
         pass
 
-    def after_forward(self, hs: list[torch.Tensor], y: torch.Tensor, e: torch.Tensor) -> None:
-        pass
+    def after_forward(self, hs: list[torch.Tensor], y: torch.Tensor, e: torch.Tensor,
+                      d: torch.Tensor | None) -> None:
+        """After the clean pass: ``e`` the output error, ``d = o − t`` for the MSE losses."""
 
     def after_update(self) -> None:
         pass

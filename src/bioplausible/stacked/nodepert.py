@@ -29,6 +29,7 @@ _MSE_WEIGHT = {"mse_half_sum": 0.5, "mse_sum": 1.0, "mse_batchmean": 1.0}
 
 
 class _NPMixin:
+    feedback_in_step = True  # B is regressed inside the rule's step
     def setup_np(self) -> None:
         rule = self.rules[0]
         cfg = rule.config

@@ -234,12 +234,22 @@ class StackedTraining:
         correct = torch.zeros(R, dtype=torch.int64, device=device)
         step = lead.step
         threshold = cfg["divergence_threshold"]
+        probe_time = 0.0
         start = time.perf_counter()
         for lo in range(0, n, bs):
             idx = order[:, lo:lo + bs]
             xb, yb = gather(x, y, idx)
+            probing = lead.probe.due(step + 1)
+            if probing:
+                began = time.perf_counter()
+                refs = self._probe_references(xb, yb)
+                probe_time += time.perf_counter() - began
             loss, out = self.stack.step(xb, yb)
             step += 1
+            if probing:
+                began = time.perf_counter()
+                self._probe_compare(refs, step)
+                probe_time += time.perf_counter() - began
             batch = idx.shape[1]
             loss_sum.add_(loss.to(torch.float64), alpha=1 if summed else batch)
             if counting:
@@ -254,7 +264,7 @@ class StackedTraining:
                         return []
                     order, loss_sum, correct = order[keep], loss_sum[keep], correct[keep]
                     R = len(self.active)
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start - probe_time
         train_loss = (loss_sum / max(n, 1)).tolist()
         bad = [k for k, v in enumerate(train_loss) if not math.isfinite(v) or abs(v) > threshold]
         if bad:
@@ -272,10 +282,44 @@ class StackedTraining:
             record = {"train_loss": train_loss[k]}
             if counting:
                 record["train_accuracy"] = accuracy[k]
-            record.update({"epoch_time": per_run, "probe_time": 0.0,
+            record.update({"epoch_time": per_run, "probe_time": probe_time / max(R, 1),
                            "samples_per_s": n / per_run if per_run > 0 else None})
             records.append(record)
         return records
+
+    def _probe_references(self, xb: torch.Tensor, yb: torch.Tensor) -> list:
+        """BP's gradients of every run on its batch, before the step (each run's own probe)."""
+        self.stack.unstack()
+        refs = []
+        for k, i in enumerate(self.active):
+            t = self.trainers[i]
+            refs.append(t.probe.reference(t.rule, t.model, xb[k], yb[k], t.loss))
+        self.stack.capture = True
+        return refs
+
+    def _probe_compare(self, refs: list, step: int) -> None:
+        """Each run's update of this step against its reference, logged as the unstacked probe logs it."""
+        from .nodepert import _NPMixin
+
+        stack = self.stack
+        stack.capture = False
+        stack.write_grads()
+        if stack.feedback_in_step:
+            stack.write_feedback()
+        stack.unstack_rule()
+        in_step = isinstance(stack, _NPMixin)
+        for k, i in enumerate(self.active):
+            t = self.trainers[i]
+            if in_step:
+                t.rule._in_step = True
+            record = t.probe.compare(t.rule, t.model, refs[k])
+            if in_step:
+                t.rule._in_step = False
+            if "grad_angle" in record:
+                t.probe_angles.append(record["grad_angle"])
+            t._log({"kind": "probe", "epoch": t.epoch + 1, "step": step, **record})
+            for p in t.model.parameters():
+                p.grad = None
 
     def _diverge(self, bad: list[int], values: list[float], step: int, results, where) -> list[int]:
         """Finish the runs at positions ``bad`` of the stack as diverged; returns the kept positions."""
@@ -331,4 +375,38 @@ class StackedTraining:
             t.save_checkpoint()
 
 
-__all__ = ["StackedTraining", "group_key", "plan_groups", "run_jobs_stacked", "run_stacked"]
+__all__ = ["StackedTraining", "group_key", "plan_groups", "run_jobs_stacked", "run_stacked", "run_sweep_stacked"]
+
+
+def run_sweep_stacked(work: list, on_event, say=None) -> None:
+    """The sweep executor for ``--stack``: the sweep's unfinished jobs (``(index, job_dict)``) in
+    stacks of one group each, in this process; ``on_event`` as :mod:`bioplausible.sweep_exec` calls it.
+
+    A group's failure (an exception other than a user interrupt) is recorded for each of its runs
+    (``error.json``) as the unstacked executor records one run's, and the sweep goes on.
+    """
+    from ..jobs import Job
+    from ..sweep import _record_failure
+
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    jobs = [Job(**data) for _, data in work]
+    for group in plan_groups(jobs):
+        members = [jobs[k] for k in group]
+        indices = [work[k][0] for k in group]
+        for job in members:
+            for name in ("error.json", "summary.json"):
+                (Path(job.run_dir) / name).unlink(missing_ok=True)
+            job.resume = Path(job.run_dir).is_dir()
+        for index in indices:
+            on_event("start", index, {})
+        start = time.time()
+        try:
+            summaries = run_jobs_stacked(members, progress=False, say=say)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a failed group is recorded, the sweep goes on
+            summaries = [_record_failure(job, exc) for job in members]
+        seconds = (time.time() - start) / max(len(members), 1)
+        for index, summary in zip(indices, summaries):
+            on_event("end", index, {"status": summary.get("status"), "message": summary.get("message", ""),
+                                    "seconds": seconds, "skipped": False})

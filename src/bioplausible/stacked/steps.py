@@ -41,8 +41,12 @@ class StackedRule:
     """Base: BP. Subclasses override :meth:`propagate` and add their own state and updates."""
 
     name: ClassVar[str] = "bp"
+    #: the rule changes its feedback inside its train_step (a probe reads it after the step)
+    feedback_in_step: ClassVar[bool] = False
 
     def __init__(self, models: list, rules: list, optimizers: list, loss_fn: Any) -> None:
+        self.capture = False  # keep the forward weights' gradients of the next step (for a probe)
+        self.captured: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.net = StackedMLP(models)
         self.rules, self.optimizers, self.loss_fn = list(rules), list(optimizers), loss_fn
         self.setup()
@@ -161,9 +165,40 @@ class StackedRule:
         """True while the forward weights must not learn (node perturbation's warm-up)."""
         return False
 
+    def capture_grads(self, i: int, delta: torch.Tensor, h: torch.Tensor, decay: float = 0.0) -> None:
+        """Keep layer ``i``'s ``.grad`` as the unstacked rule writes it: ``δᵀh`` (+ ``λW`` where
+        the backward pass adds a decay; zero while the forward weights are frozen) and ``Σ_n δ``."""
+        w, b = self.net.W[i], self.net.b[i]
+        if self.forward_frozen():
+            self.captured[i] = (torch.zeros_like(w), None if b is None else torch.zeros_like(b))
+            return
+        gw = torch.bmm(delta.transpose(1, 2), h)
+        if decay:
+            gw.add_(w, alpha=decay)
+        self.captured[i] = (gw, None if b is None else delta.sum(1))
+
+    def write_grads(self) -> None:
+        """The captured gradients as ``.grad`` of every run's own forward weights."""
+        for i, (gw, gb) in self.captured.items():
+            for r, run in enumerate(self.net.layers):
+                run[i].weight.grad = gw[r].clone()
+                if gb is not None and run[i].bias is not None:
+                    run[i].bias.grad = gb[r].clone()
+        self.captured = {}
+
+    def write_feedback(self) -> None:
+        """Every run's feedback tensors as they stand (a probe after a step that changed them)."""
+        with torch.no_grad():
+            for pairs in self.feedback_tensors().values():
+                for stacked, runs in pairs:
+                    for r, t in enumerate(runs):
+                        t.copy_(stacked[r])
+
     def update_layer(self, i: int, delta: torch.Tensor, h: torch.Tensor) -> None:
         """SGD on ``W_i`` and ``b_i`` with the gradient ``δ_iᵀ h`` and ``Σ_n δ_i``."""
         net = self.net
+        if self.capture:
+            self.capture_grads(i, delta, h)
         frozen = self.forward_frozen()
         neg, wd = self.rate_w[i]
         outer(net.W[i], neg, wd, None if frozen else delta, h)
@@ -214,6 +249,8 @@ class StackedFA(StackedRule):
 class StackedSign(StackedFA):
     """uSF ``sign(W)·c``; frSF/brSF ``sign(W) ⊙ M·c`` (brSF redraws M before every forward pass),
     ``c = mean|W|`` per run and layer (``scale="mean_abs"``) or 1."""
+
+    feedback_in_step = True  # brSF's redraw
 
     def setup(self) -> None:
         rule = self.rules[0]
@@ -273,6 +310,8 @@ class StackedKP(StackedFA):
     def update_layer(self, i: int, delta: torch.Tensor, h: torch.Tensor) -> None:
         lam = self.grad_decay if self._learns(i) else 0.0
         if lam:  # the backward pass adds λW to W's gradient and λB to B's
+            if self.capture:
+                self.capture_grads(i, delta, h, lam)
             self._decayed_outer(self.net.W[i], self.rate_w[i], lam, delta, h)
             nb, wdb = self.rate_b[i] if self.net.b[i] is not None else (None, None)
             if nb is not None:

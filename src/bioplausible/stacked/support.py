@@ -3,7 +3,7 @@
 A group of runs stacks when its rule has a stacked step here, its model is a plain MLP
 (``[Flatten,] (Linear, activation)*`` with sigmoid, tanh, ReLU or identity), the optimizer is SGD
 without momentum (per-run learning rates, parameter groups, weight decay and LR schedules are
-fine), no probe is asked for, and the task is single-label classification or reconstruction.
+fine; probes are taken run by run), and the task is single-label classification or reconstruction.
 Otherwise :func:`config_reason` / :func:`model_reason` say why in one line and the runs train
 one after another.
 """
@@ -37,8 +37,6 @@ def config_reason(config) -> str | None:
     for key in ("momentum", "nesterov", "maximize"):
         if opt.get(key) or any(isinstance(g, dict) and g.get(key) for g in (opt.get("groups") or {}).values()):
             return f"the optimizer uses {key}; stacked runs step plain SGD without it"
-    if config["probe_every"]:
-        return "probes (probe_every > 0) are taken run by run"
     if config["dtype"] not in ("float32", "float64"):
         return f"dtype {config['dtype']} is not stacked (float32, float64)"
     options = config.rule_options()

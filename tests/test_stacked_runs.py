@@ -1,0 +1,128 @@
+"""``--stack`` is invisible in the results: a stacked ``compare --seeds`` writes the run folders an
+unstacked one writes — the same files, the same keys, the same numbers (float64, 1e-10 relative) —
+and a stacked run resumes from its checkpoints to the same end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from bioplausible.cli import main
+
+TIMING = {"epoch_time", "samples_per_s", "eval_time", "probe_time", "total_time", "mean_epoch_time", "updated",
+          "seconds"}
+
+
+def _compare(out: Path, rules: str, stack: bool, epochs: int = 2, extra: list[str] | None = None) -> int:
+    args = ["compare", "--rules", rules, "--dataset", "mnist", "--model", "mlp:784-16-12-10", "--epochs", str(epochs),
+            "--batch-size", "40", "--dtype", "float64", "--seeds", "0,1,2", "--quiet", "--out", str(out),
+            "--probe-every", "4", "--lr", "0.05", *(extra or [])]
+    return main(args + (["--stack"] if stack else []))
+
+
+def _close(a, b, where: str) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            if k not in TIMING:
+                _close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        # an angle near 0 is arccos(1 − ε) ≈ √(2ε): rounding of 1e-16 shows as ~1e-6 degrees
+        tol = 1e-5 if "angle" in where else 1e-9
+        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=tol), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
+def _runs(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if p.is_dir() and (p / "config.yaml").exists())
+
+
+def _same_runs(plain: Path, stacked: Path) -> None:
+    a_runs, b_runs = _runs(plain), _runs(stacked)
+    assert [p.name for p in a_runs] == [p.name for p in b_runs] and a_runs
+    for a, b in zip(a_runs, b_runs):
+        assert sorted(f.name for f in a.iterdir()) == sorted(f.name for f in b.iterdir())
+        _close([json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()],
+               [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()], f"{a.name} metrics")
+        sa, sb = json.loads((a / "summary.json").read_text()), json.loads((b / "summary.json").read_text())
+        sa.pop("run_dir", None), sb.pop("run_dir", None)
+        _close(sa, sb, f"{a.name} summary")
+        assert (a / "config.yaml").read_text() == (b / "config.yaml").read_text()
+        if not (a / "model.pt").exists():  # a diverged run (the file lists were compared above)
+            continue
+        ma, mb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+        assert ma.keys() == mb.keys()
+        for k in ma:
+            assert torch.allclose(ma[k], mb[k], rtol=1e-10, atol=1e-12), (a.name, k)
+        ca, cb = torch.load(a / "checkpoint.pt", weights_only=True), torch.load(b / "checkpoint.pt", weights_only=True)
+        assert ca.keys() == cb.keys() and ca["epoch"] == cb["epoch"] and ca["step"] == cb["step"]
+        for k in ca["model"]:
+            assert torch.allclose(ca["model"][k], cb["model"][k], rtol=1e-10, atol=1e-12), (a.name, k)
+
+
+def test_stacked_compare_writes_what_the_unstacked_compare_writes(synthetic_root, tmp_path, capsys):
+    assert _compare(tmp_path / "plain", "bp,fa,np", stack=False) == 0
+    assert _compare(tmp_path / "stacked", "bp,fa,np", stack=True) == 0
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")
+    probes = [json.loads(line) for line in (tmp_path / "stacked" / "np-seed1" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "probe" and "grad_angle" in r for r in probes)
+
+
+def test_a_rule_that_cannot_stack_says_so_and_runs_unstacked(synthetic_root, tmp_path, capsys):
+    assert _compare(tmp_path / "plain", "ar", stack=False, epochs=1) == 0
+    capsys.readouterr()
+    assert _compare(tmp_path / "stacked", "ar", stack=True, epochs=1) == 0
+    err = capsys.readouterr().err
+    assert "--stack: ar: rule 'ar' has no stacked step" in err and err.count("--stack") == 1
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")
+
+
+def test_a_stacked_sweep_resumes_to_the_same_end(synthetic_root, tmp_path, capsys, monkeypatch):
+    """Two epochs, stopped, then extended to three, against three epochs unstacked in one go."""
+    assert _compare(tmp_path / "plain", "kp,dfa", stack=False, epochs=3) == 0
+    out = tmp_path / "stacked"
+    assert _compare(out, "kp,dfa", stack=True, epochs=2) == 0
+    from bioplausible.jobs import resume_job, run_jobs
+    from bioplausible.stacked.steps import StackedRule
+
+    steps = []
+    step = StackedRule.step
+    monkeypatch.setattr(StackedRule, "step", lambda self, x, y: steps.append(1) or step(self, x, y))
+    jobs = [resume_job(d, {"epochs": 3}) for d in _runs(out)]
+    summaries = run_jobs(jobs, stack=True)
+    assert len(steps) == 2 * 6  # two stacks (kp, dfa) x one epoch of 240 examples in batches of 40
+    assert [s["status"] for s in summaries] == ["completed"] * len(jobs)
+    for a, b in zip(_runs(tmp_path / "plain"), _runs(out)):
+        ma, mb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+        for k in ma:
+            assert torch.allclose(ma[k], mb[k], rtol=1e-10, atol=1e-12), (a.name, k)
+        la = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+        lb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+        _close(la, lb, a.name)
+
+
+def test_a_diverging_run_leaves_the_stack_and_the_others_finish(synthetic_root, tmp_path, capsys):
+    """Learning rates per run in one stack: the run with the huge rate diverges as it does alone."""
+    from bioplausible.config import TrainConfig
+    from bioplausible.jobs import plan, run_jobs
+
+    base = TrainConfig.from_dict({"dataset": {"name": "mnist"}, "model": {"spec": "mlp:784-16-10"},
+                                  "rule": {"name": "fa"}, "epochs": 2, "batch_size": 4, "dtype": "float64",
+                                  "progress": False, "loss": "mse_sum", "divergence_threshold": 1e6})
+    plain = plan(base, seeds=[0, 1], grid={"optimizer.lr": [1e-3, 10.0]}, out=tmp_path / "plain")
+    stacked = plan(base, seeds=[0, 1], grid={"optimizer.lr": [1e-3, 10.0]}, out=tmp_path / "stacked")
+    a, b = run_jobs(plain), run_jobs(stacked, stack=True)
+    assert [s["status"] for s in a] == ["completed", "completed", "diverged", "diverged"]
+    assert [s["status"] for s in a] == [s["status"] for s in b]
+    for sa, sb in zip(a, b):
+        assert sa["message"] == sb["message"] and sa["steps"] == sb["steps"]
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")

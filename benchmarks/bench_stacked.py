@@ -19,6 +19,10 @@ the run-steps per second no implementation can beat on this core.
 
     BIOPLAUSIBLE_DATA=/work/shared/datasets python benchmarks/bench_stacked.py
     python benchmarks/bench_stacked.py --quick      # smoke run
+    python benchmarks/bench_stacked.py --device cuda --out benchmarks/results/gpu   # the GPU check
+
+On a GPU (``--device cuda``) the times are wall-clock after ``torch.cuda.synchronize()`` (the
+thread's CPU time says nothing about the device's work) and the FLOP limit is left out.
 
 Results: ``benchmarks/results/stacked_speed.{json,md}`` (``_quick`` suffix for ``--quick``).
 """
@@ -67,7 +71,7 @@ def build_runs(task: dict, rule_name: str, example: torch.Tensor):
     runs = []
     for seed in range(R):
         torch.manual_seed(seed)
-        model = bp.build_model(task["model"], activation=task["activation"])
+        model = bp.build_model(task["model"], activation=task["activation"]).to(example.device)
         rule = bp.make(rule_name)
         rule.set_seed(seed)
         model = rule.prepare(model, example=example)
@@ -95,7 +99,7 @@ def flops_per_run_step(task: dict, rule: str) -> float:
     return 2.0 * task["batch"] * (2 * every + backward + extra)
 
 
-def gemm_rate(reps: int = 10) -> float:
+def gemm_rate(reps: int = 20) -> float:
     """The machine's one-thread GEMM rate in this process: FLOP/s of a 1024×784 by 784×512 ``torch.mm``."""
     a, w = torch.rand(1024, 784), torch.rand(512, 784)
     torch.mm(a, w.t())
@@ -107,36 +111,50 @@ def gemm_rate(reps: int = 10) -> float:
     return 2.0 * 1024 * 784 * 512 / max(best, 1e-9)
 
 
+def _clock(device: torch.device):
+    """(wall, cpu) now; on a GPU after synchronising, and the "cpu" figure is wall-clock too."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        return now, now
+    return time.perf_counter(), time.thread_time()
+
+
 def run_task(key: str, task: dict, steps: int, reps: int, x, y, source: str) -> dict:
     loss_fn = bp.get_loss(task["loss"])
+    device = x.device
     bs = task["batch"]
     n = x.shape[0]
-    orders = epoch_orders(list(range(R)), 0, n)
+    orders = epoch_orders(list(range(R)), 0, n, device)
     batches = [orders[:, i * bs:(i + 1) * bs] for i in range(steps)]
     rows = {}
-    limit_rate = gemm_rate()
+    limit_rate = gemm_rate() if device.type == "cpu" else float("nan")
     for rule_name in task["rules"]:
+        if device.type == "cpu":  # the best rate seen: a burst of load during one measurement lowers it
+            limit_rate = max(limit_rate, gemm_rate())
         seq_runs = build_runs(task, rule_name, x[:2])
         stack_runs = build_runs(task, rule_name, x[:2])
         stack = stack_from([m for _, m, _ in stack_runs], [r for r, _, _ in stack_runs],
                            [o for _, _, o in stack_runs], loss_fn)
 
         def sequential(batches=batches, runs=seq_runs):
-            start, cpu = time.perf_counter(), time.thread_time()
+            start, cpu = _clock(device)
             for r, (rule, model, opt) in enumerate(runs):
                 for idx in batches:
                     i = idx[r]
                     rule.train_step(model, x.index_select(0, i), y.index_select(0, i), loss_fn)
                     opt.step()
                     rule.after_step(model)
-            return time.perf_counter() - start, time.thread_time() - cpu
+            end, cpu_end = _clock(device)
+            return end - start, cpu_end - cpu
 
         def stacked(batches=batches, stack=stack):
-            start, cpu = time.perf_counter(), time.thread_time()
+            start, cpu = _clock(device)
             for idx in batches:
                 xb, yb = gather(x, y, idx)
                 stack.step(xb, yb)
-            return time.perf_counter() - start, time.thread_time() - cpu
+            end, cpu_end = _clock(device)
+            return end - start, cpu_end - cpu
 
         for fn in (sequential, stacked):  # warm-up
             fn(batches[: max(2, len(batches) // 10)])
@@ -152,6 +170,8 @@ def run_task(key: str, task: dict, steps: int, reps: int, x, y, source: str) -> 
         run_steps = R * len(batches)
         rate = {k: run_steps / statistics.median(v) for k, v in cpu.items()}
         wall_rate = {k: run_steps / statistics.median(v) for k, v in wall.items()}
+        if device.type == "cpu":
+            limit_rate = max(limit_rate, gemm_rate())
         limit = limit_rate / flops_per_run_step(task, rule_name)
         speedup = rate["stacked"] / rate["sequential"]
         rows[rule_name] = {
@@ -170,9 +190,10 @@ def markdown(result: dict) -> str:
     lines = ["# Stacked runs: 8 runs as one model vs the same 8 runs one after another", "",
              f"Command: `{result['command']}`  ", f"Machine: {result['machine']}, torch {result['torch']}, "
              f"1 thread, round-robin, {result['reps']} repetitions, medians.  ",
-             "Speed: run-steps per second of this thread's CPU time (`time.thread_time`); the machine is "
-             "shared with other processes, so CPU time is the figure that does not count waiting for a core "
-             "(wall-clock speed-ups beside it).  ",
+             ("Speed: run-steps per second of this thread's CPU time (`time.thread_time`); the machine is "
+              "shared with other processes, so CPU time is the figure that does not count waiting for a core "
+              "(wall-clock speed-ups beside it).  " if result.get("device", "cpu") == "cpu" else
+              "Speed: run-steps per second of wall-clock time after `torch.cuda.synchronize()` (both columns).  "),
              f"Load average (1, 5, 15 min) before: {result['load_average']['before']}, after: "
              f"{result['load_average']['after']}.  ",
              "FLOP limit: the run-step's floating-point operations (forward and weight gradient of every layer, "
@@ -203,14 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="steps per run and repetition (default per task)")
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: the GPU check")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     reps = 2 if args.quick else args.reps
     default_steps = {"np-fig2": 300, "bfa-400": 60, "sal-3x200": 30, "ghost-500-b100": 60, "ghost-500-b1": 600}
     x, y, source = load_mnist(60000)
-    result = {"torch": torch.__version__, "reps": reps, "runs": R,
-              "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "python": sys.version.split()[0],
+    device = torch.device(args.device)
+    x, y = x.to(device), y.to(device)
+    result = {"torch": torch.__version__, "reps": reps, "runs": R, "device": str(device),
+              "machine": (f"{platform.machine()} {os.cpu_count()} CPUs" if device.type == "cpu"
+                    else torch.cuda.get_device_name(device)), "python": sys.version.split()[0],
               "tasks": []}
     load_before = os.getloadavg()
     for key in args.tasks.split(","):

@@ -24,13 +24,13 @@ RULES = {
     "kp-unused": {"decay": 0.01, "learn_unused": True},
     "wm": {"mirror_batch": 8, "mirror_every": 2}, "dfa": {},
     "np": {"c_h": 0.01}, "np-pre": {"c_h": 0.01, "noise_at": "pre"}, "np-dfa": {"c_h": 0.01},
-    "np-warmup": {"c_h": 0.01, "warmup": 3},
+    "np-warmup": {"c_h": 0.01, "warmup": 3}, "sg": {}, "sg-dfa": {},
 }
 
 
 def _config(rule: str, options: dict, seed: int, lr: float, loss: str = "auto", acts: str = "tanh",
             groups: dict | None = None, weight_decay: float = 0.0) -> TrainConfig:
-    name = rule.split("-")[0] if rule not in ("np-dfa",) else rule
+    name = rule.split("-")[0] if rule not in ("np-dfa", "sg-dfa") else rule
     opt = {"name": "sgd", "lr": lr, "groups": groups or {}}
     if weight_decay:
         opt["weight_decay"] = weight_decay

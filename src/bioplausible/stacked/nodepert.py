@@ -85,16 +85,22 @@ class _NPMixin:
             raise UserError(f"rule {self.rules[0].name!r}: the perturbation c_h={c} changed no example's "
                             f"loss in {out.dtype}; raise c_h or train in float64")
         self.xis, self.coef, self.col = xis, coef, coef.unsqueeze(2)
-        scale = 1.0 if getattr(self.loss_fn, "reduction", "mean") == "sum" else 1.0 / B
-        if scale != getattr(self, "scale", None) or self.rate_reg is None:
-            self.rate_reg = [None if r is None else r / (scale * scale) for r in self.rate_fb]  # −η/s²
-        self.scale = scale
+        self.set_scale(B)
 
     def regress(self, k: int, err: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> None:
         """Eq 3 for tap ``k`` (0-based): ``B ← B − η s⁻² δᵀ(g − s c ξ)``."""
-        s = self.scale
-        target = torch.addcmul(g, self.col, self.xis[k], value=-s)
-        b.baddbmm_(torch.mul(err, self.rate_reg[k + 1]).transpose(1, 2), target)
+        target = torch.addcmul(g, self.col, self.xis[k], value=-self.scale)
+        self.regress_onto(k, err, target, b)
+
+    def regress_onto(self, k: int, err: torch.Tensor, residual: torch.Tensor, b: torch.Tensor) -> None:
+        """``B ← B − η_k s⁻² errᵀ residual`` (``residual = err B − s λ̂``)."""
+        b.baddbmm_(torch.mul(err, self.rate_reg[k + 1]).transpose(1, 2), residual)
+
+    def set_scale(self, batch: int) -> None:
+        scale = 1.0 if getattr(self.loss_fn, "reduction", "mean") == "sum" else 1.0 / batch
+        if scale != getattr(self, "scale", None) or self.rate_reg is None:
+            self.rate_reg = [None if r is None else r / (scale * scale) for r in self.rate_fb]  # −η/s²
+        self.scale = scale
 
     def after_update(self) -> None:
         self.count += 1
@@ -184,4 +190,55 @@ class StackedNPDFA(_NPMixin, StackedDFA):
             rule._last = None  # the DFA form's metrics read only D and W
 
 
-__all__ = ["StackedNP", "StackedNPDFA", "draw_noise"]
+class _SGMixin:
+    """The synthetic-gradient control: ``B`` regressed onto the true per-example gradient
+    ``λ = ∂ℓ/∂h`` at every tap, from an exact backward pass through ``W`` beside the rule's own:
+    ``B ← B − η s⁻² δᵀ(δB − λ_batch)`` (``λ_batch = s λ``, the batch loss's gradient)."""
+
+    def after_forward(self, hs, y, e, d) -> None:
+        self.hs = hs
+        self.set_scale(hs[-1].shape[1])
+
+    def output_delta(self, e, out):
+        delta = super().output_delta(e, out)
+        self.bp_delta = self.net.act_backward(self.net.depth - 1, e, out)
+        return delta
+
+    def true_gradient(self, i: int) -> torch.Tensor:
+        """``λ_batch`` at layer ``i``'s input (W before its update); steps the exact chain down."""
+        lam = torch.bmm(self.bp_delta, self.net.W[i])
+        self.bp_delta = self.net.act_backward(i - 1, lam, self.hs[i])
+        return lam
+
+
+class StackedSG(_SGMixin, StackedNP):
+    """``sg``: FA form, ``B_l`` regressed onto the true gradient."""
+
+    name = "sg"
+
+    def propagate(self, i: int, delta: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        b = self.B[i]
+        g = torch.bmm(delta, b)
+        lam = self.true_gradient(i)
+        self.errs[i - 1], self.sigs[i - 1] = delta, g
+        self.regress_onto(i - 1, delta, g - lam, b)
+        return g
+
+
+class StackedSGDFA(_SGMixin, StackedNPDFA):
+    """``sg-dfa``: DFA form, ``D_l`` regressed onto the true gradient with the output error."""
+
+    name = "sg-dfa"
+
+    def propagate(self, i: int, delta: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        g = StackedDFA.propagate(self, i, delta, e)
+        self.errs[i - 1], self.sigs[i - 1] = e, g - self.true_gradient(i)
+        return g
+
+    def after_update(self) -> None:
+        for k in range(self.net.depth - 1):
+            self.regress_onto(k, self.errs[k], self.sigs[k], self.D[k + 1])
+        self.count += 1
+
+
+__all__ = ["StackedNP", "StackedNPDFA", "StackedSG", "StackedSGDFA", "draw_noise"]

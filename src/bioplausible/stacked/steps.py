@@ -308,31 +308,30 @@ class StackedKP(StackedFA):
         return i > 0 or self.learn_unused
 
     def update_layer(self, i: int, delta: torch.Tensor, h: torch.Tensor) -> None:
-        lam = self.grad_decay if self._learns(i) else 0.0
-        if lam:  # the backward pass adds λW to W's gradient and λB to B's
-            if self.capture:
-                self.capture_grads(i, delta, h, lam)
-            self._decayed_outer(self.net.W[i], self.rate_w[i], lam, delta, h)
-            nb, wdb = self.rate_b[i] if self.net.b[i] is not None else (None, None)
-            if nb is not None:
-                b = self.net.b[i]
-                if wdb is not None:
-                    b.mul_(1.0 + nb * wdb)
-                b.addcmul_(delta.sum(1), nb)
-        else:
-            super().update_layer(i, delta, h)
-        if self._learns(i):
-            self._decayed_outer(self.B[i], self.rate_fb[i], lam, delta, h)
+        if not self._learns(i):
+            return super().update_layer(i, delta, h)
+        # W and B take the same raw gradient δᵀh: one product, two scaled adds
+        lam = self.grad_decay  # the backward pass adds λW to W's gradient and λB to B's (0: optimizer decay)
+        if self.capture:
+            self.capture_grads(i, delta, h, lam)
+        gw = torch.bmm(delta.transpose(1, 2), h)
+        self._decayed_add(self.net.W[i], self.rate_w[i], lam, gw)
+        if self.net.b[i] is not None:
+            nb, wdb = self.rate_b[i]
+            b = self.net.b[i]
+            if wdb is not None:
+                b.mul_(1.0 + nb * wdb)
+            b.addcmul_(delta.sum(1), nb)
+        self._decayed_add(self.B[i], self.rate_fb[i], lam, gw)
 
     @staticmethod
-    def _decayed_outer(t, rate, lam, delta, h) -> None:
+    def _decayed_add(t, rate, lam, gw) -> None:
+        """``t ← t − η (gw + (λ + λ_opt) t)`` per run."""
         neg, wd = rate
         total = lam + (0.0 if wd is None else wd)
-        if lam:
+        if isinstance(total, torch.Tensor) or total:
             t.mul_(1.0 + neg * total)
-        elif wd is not None:
-            t.mul_(1.0 + neg * wd)
-        t.baddbmm_(torch.mul(delta, neg).transpose(1, 2), h)
+        t.addcmul_(gw, neg)
 
 
 class StackedWM(StackedFA):

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .nodepert import StackedNP, StackedNPDFA
+from .nodepert import StackedNP, StackedNPDFA, StackedSG, StackedSGDFA
 from .steps import StackedDFA, StackedFA, StackedKP, StackedRule, StackedSign, StackedWM
 
 #: rule name -> stacked step class
 STACKED: dict[str, type[StackedRule]] = {
     "bp": StackedRule, "fa": StackedFA, "usf": StackedSign, "brsf": StackedSign, "frsf": StackedSign,
     "kp": StackedKP, "wm": StackedWM, "dfa": StackedDFA, "np": StackedNP, "np-dfa": StackedNPDFA,
+    "sg": StackedSG, "sg-dfa": StackedSGDFA,
 }
 
 
@@ -40,7 +41,7 @@ def config_reason(config) -> str | None:
     if config["dtype"] not in ("float32", "float64"):
         return f"dtype {config['dtype']} is not stacked (float32, float64)"
     options = config.rule_options()
-    if rule in ("np", "np-dfa") and options.get("solver", "sgd") != "sgd":
+    if rule in ("np", "np-dfa", "sg", "sg-dfa") and options.get("solver", "sgd") != "sgd":
         return "node perturbation's ridge solver has no stacked step (solver sgd has)"
     return None
 

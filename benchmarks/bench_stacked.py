@@ -198,7 +198,8 @@ def markdown(result: dict) -> str:
              f"{result['load_average']['after']}.  ",
              "FLOP limit: the run-step's floating-point operations (forward and weight gradient of every layer, "
              "the error at every layer's input but the first's; NP's noisy pass and regression) at the best "
-             "rate a 1024×784 by 784×512 `torch.mm` reaches on this thread in the same run.", ""]
+             "rate a 1024×784 by 784×512 `torch.mm` reaches on this thread in the same run (measured before "
+             "and after every rule's timing; the best is kept).", ""]
     for task in result["tasks"]:
         lines += [f"## {task['title']}", "",
                   f"{task['steps_per_run']} steps per run and repetition; data: {task['data']}; "

@@ -25,6 +25,8 @@ RULES = {
     "wm": {"mirror_batch": 8, "mirror_every": 2}, "dfa": {},
     "np": {"c_h": 0.01}, "np-pre": {"c_h": 0.01, "noise_at": "pre"}, "np-dfa": {"c_h": 0.01},
     "np-warmup": {"c_h": 0.01, "warmup": 3}, "sg": {}, "sg-dfa": {},
+    "bfa": {}, "bfa-sigmoid": {"sigma_x": "sigmoid", "gen_bias": False, "recon_reduction": "sum"},
+    "bdfa": {}, "bdfa-paper": {"update": "paper", "target": "paper"}, "bdfa-code": {"target": "code"},
 }
 
 

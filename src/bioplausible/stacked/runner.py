@@ -303,7 +303,11 @@ class StackedTraining:
 
         stack = self.stack
         stack.capture = False
-        stack.write_grads()
+        if stack.forward_in_step:  # the unstacked probe sees the weights the rule already stepped
+            stack.captured = {}
+            stack.net.unstack()
+        else:
+            stack.write_grads()
         if stack.feedback_in_step:
             stack.write_feedback()
         stack.unstack_rule()

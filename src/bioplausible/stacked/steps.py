@@ -43,6 +43,8 @@ class StackedRule:
     name: ClassVar[str] = "bp"
     #: the rule changes its feedback inside its train_step (a probe reads it after the step)
     feedback_in_step: ClassVar[bool] = False
+    #: the rule steps the forward weights inside its train_step (a probe reads their net change)
+    forward_in_step: ClassVar[bool] = False
 
     def __init__(self, models: list, rules: list, optimizers: list, loss_fn: Any) -> None:
         self.capture = False  # keep the forward weights' gradients of the next step (for a probe)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .bidirectional import StackedBDFA, StackedBFA
 from .nodepert import StackedNP, StackedNPDFA, StackedSG, StackedSGDFA
 from .steps import StackedDFA, StackedFA, StackedKP, StackedRule, StackedSign, StackedWM
 
@@ -19,7 +20,7 @@ from .steps import StackedDFA, StackedFA, StackedKP, StackedRule, StackedSign, S
 STACKED: dict[str, type[StackedRule]] = {
     "bp": StackedRule, "fa": StackedFA, "usf": StackedSign, "brsf": StackedSign, "frsf": StackedSign,
     "kp": StackedKP, "wm": StackedWM, "dfa": StackedDFA, "np": StackedNP, "np-dfa": StackedNPDFA,
-    "sg": StackedSG, "sg-dfa": StackedSGDFA,
+    "sg": StackedSG, "sg-dfa": StackedSGDFA, "bfa": StackedBFA, "bdfa": StackedBDFA,
 }
 
 
@@ -41,6 +42,8 @@ def config_reason(config) -> str | None:
     if config["dtype"] not in ("float32", "float64"):
         return f"dtype {config['dtype']} is not stacked (float32, float64)"
     options = config.rule_options()
+    if rule in ("bfa", "bdfa") and options.get("max_norm") is not None:
+        return f"{rule}'s max_norm has no stacked step"
     if rule in ("np", "np-dfa", "sg", "sg-dfa") and options.get("solver", "sgd") != "sgd":
         return "node perturbation's ridge solver has no stacked step (solver sgd has)"
     return None
@@ -59,6 +62,8 @@ def model_reason(trainers: list) -> str | None:
             return plan
         if len({p.dtype for p in t.model.parameters()}) != 1:
             return "the model mixes dtypes"
+    if lead.rule.name in ("bfa", "bdfa") and lead.train_split.y.is_floating_point():
+        return f"{lead.rule.name} with soft (float) labels takes the rule's sample-by-sample path"
     if lead.rule.name in ("np", "np-dfa") and getattr(lead.rule, "_plan", None) is None:
         return "node perturbation takes its general path on this model"
     if lead.rule.name == "dfa" and lead.rule.config.get("output_layer") == "dfa":

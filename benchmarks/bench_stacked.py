@@ -52,9 +52,9 @@ TASKS = {
     "np-fig2": {"title": "NP Fig. 2 net 784-50-20-10 sigmoid, batch 32 (½-summed MSE)",
                 "model": "mlp:784-50-20-10", "activation": "sigmoid", "batch": 32, "loss": "mse_half_sum",
                 "lr": 4e-4, "rules": ["bp", "fa", "np"], "target": 3.0, "stretch": 5.0},
-    "bfa-400": {"title": "BFA Table 1 shape 784-400-10 tanh, batch 128 (fa, dfa: bfa/bdfa are not stacked)",
-                "model": "mlp:784-400-10", "activation": "tanh", "batch": 128, "loss": "cross_entropy",
-                "lr": 0.01, "rules": ["fa", "dfa"], "target": 1.3},
+    "bfa-400": {"title": "BFA Table 1 net 784-400-10 tanh, batch 128 (summed BCE)",
+                "model": "mlp:784-400-10", "activation": "tanh", "batch": 128, "loss": "bce_sum",
+                "lr": 1e-4, "rules": ["bfa", "bdfa"], "target": 1.3},
     "sal-3x200": {"title": "SAL shape 784-200-200-200-10 relu, batch 256 (kp: sal is not stacked)",
                   "model": "mlp:784-200-200-200-10", "activation": "relu", "batch": 256,
                   "loss": "cross_entropy", "lr": 0.01, "rules": ["kp"], "target": 1.3},
@@ -75,7 +75,8 @@ def build_runs(task: dict, rule_name: str, example: torch.Tensor):
         rule = bp.make(rule_name)
         rule.set_seed(seed)
         model = rule.prepare(model, example=example)
-        groups = {"feedback": {"lr": 5e-4}} if rule_name in ("np", "np-dfa") else {}
+        groups = {"feedback": {"lr": 5e-4 if rule_name in ("np", "np-dfa") else 5e-5}} \
+            if rule_name in ("np", "np-dfa", "bdfa") else {}
         opt = rule.build_optimizer(model, {"name": "sgd", "lr": task["lr"], "groups": groups})
         runs.append((rule, model, opt))
     return runs
@@ -96,6 +97,10 @@ def flops_per_run_step(task: dict, rule: str) -> float:
     extra = 2 * upper if rule in ("np", "np-dfa") else 0
     if rule == "kp":
         extra = 0  # B takes W's gradient: no second product
+    if rule == "bfa":  # the generative net on the class rows, the class sums, its weight gradients
+        extra = (2 * sizes[-1] * every + sizes[-1] * sizes[0] * task["batch"]) / task["batch"]
+    if rule == "bdfa":  # y′B_l and the agreement gradient of every direct matrix
+        extra = 2 * sum(sizes[-1] * a for a, _ in layers[1:])
     return 2.0 * task["batch"] * (2 * every + backward + extra)
 
 

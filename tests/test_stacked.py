@@ -99,7 +99,7 @@ def test_a_stack_equals_its_runs_one_after_another(rule):
     assert _max_rel(a, b) < 1e-10
 
 
-@pytest.mark.parametrize("loss", ["mse_half_sum", "mse", "mse_batchmean", "bce"])
+@pytest.mark.parametrize("loss", ["mse_half_sum", "mse", "mse_batchmean", "bce", "bce_sum", "nudged_sum:0.5"])
 @pytest.mark.parametrize("rule", ["bp", "np"])
 def test_losses_stack(rule, loss):
     lrs = (0.005, 0.002, 0.005) if loss.endswith("sum") else (0.05, 0.02, 0.05)  # sums grow with the batch

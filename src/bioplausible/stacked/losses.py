@@ -3,7 +3,8 @@
 Every run's loss is the library loss of its own batch (:mod:`bioplausible.losses`): with the
 per-example losses ``ℓ`` of the loss's ``per_sample`` form, ``loss_r = s Σ_n ℓ_rn`` with
 ``s = 1/B`` for batch means and ``s = 1`` for batch sums. Cross-entropy with class indices and
-the MSE family have closed-form errors (softmax minus one-hot over ``B``; ``k (o − t)``); any
+the MSE and sigmoid-BCE families have closed-form errors (softmax minus one-hot over ``B``;
+``k (o − t)``; ``(σ(o) − t)/(B K)`` or ``σ(o) − t``); any
 other loss gets ``e`` from autograd on ``Σ_r loss_r`` alone (one graph over the stack).
 """
 
@@ -41,6 +42,11 @@ def loss_and_error(loss_fn, o: torch.Tensor, y: torch.Tensor) -> tuple[torch.Ten
         denom = (B if per_batch else 1) * (o[0, 0].numel() if per_unit else 1)
         loss = d.square().sum((1, 2)).mul_(w / denom)
         return loss, d.mul(2.0 * w / denom), d
+    if name in ("bce", "bce_sum"):
+        t = dense_targets(o, y)
+        per = torch.nn.functional.binary_cross_entropy_with_logits(o, t, reduction="none")
+        scale = 1.0 if name == "bce_sum" else 1.0 / o[0].numel()
+        return per.sum((1, 2)).mul_(scale), torch.sigmoid(o).sub_(t).mul_(scale), None
     with torch.enable_grad():
         leaf = o.detach().requires_grad_(True)
         per = loss_fn.per_sample(leaf.reshape(R * B, *o.shape[2:]), y.reshape(R * B, *y.shape[2:]))

@@ -82,6 +82,33 @@ def build_runs(task: dict, rule_name: str, example: torch.Tensor):
     return runs
 
 
+def run_bytes(rule, model) -> int:
+    """Bytes of one run's trained state: its model's tensors and the rule's own."""
+    tensors = list(model.state_dict().values()) + list(rule.owned.state_dict().values())
+    return _unique_bytes(tensors)
+
+
+def _unique_bytes(tensors) -> int:
+    """Bytes of ``tensors``, each storage region counted once (a rule may own a model tensor)."""
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None:
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def stack_bytes(stack) -> int:
+    """Bytes of the stack's state: weights, biases and every stacked rule tensor."""
+    tensors = [*stack.net.W, *stack.net.b]
+    for pairs in stack.feedback_tensors().values():
+        tensors += [t for t, _ in pairs]
+    return _unique_bytes(tensors)
+
+
 def flops_per_run_step(task: dict, rule: str) -> float:
     """Multiply-adds × 2 of one run-step: forward and weight gradient of every layer, the error
     at the input of every layer but the first (DFA: ``e D_l``), and for ``np`` the noisy forward
@@ -185,6 +212,8 @@ def run_task(key: str, task: dict, steps: int, reps: int, x, y, source: str) -> 
             "cpu_s": cpu, "wall_s": wall, "flop_limit_run_steps_per_s": limit,
             "stacked_fraction_of_limit": rate["stacked"] / limit,
             "target": task["target"], "ok": speedup >= task["target"],
+            "bytes_one_run": run_bytes(stack_runs[0][0], stack_runs[0][1]),
+            "bytes_stack": stack_bytes(stack),
             "stretch": task.get("stretch"),
         }
     return {"task": key, "title": task["title"], "data": source, "steps_per_run": len(batches),
@@ -210,15 +239,16 @@ def markdown(result: dict) -> str:
                   f"{task['steps_per_run']} steps per run and repetition; data: {task['data']}; "
                   f"measured GEMM rate {task['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s.", "",
                   "| rule | sequential run-steps/s | stacked run-steps/s | speed-up (CPU) | speed-up (wall) | "
-                  "FLOP limit run-steps/s | stacked / limit | target | ok |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+                  "FLOP limit run-steps/s | stacked / limit | target | ok | stack state / one run's |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|"]
         for rule, row in task["rules"].items():
             target = f"≥ {row['target']:.1f}×" + (f" (stretch {row['stretch']:.0f}×)" if row["stretch"] else "")
             lines.append(f"| {rule} | {row['run_steps_per_s_cpu']['sequential']:.0f} | "
                          f"{row['run_steps_per_s_cpu']['stacked']:.0f} | {row['speedup_cpu']:.2f}× | "
                          f"{row['speedup_wall']:.2f}× | {row['flop_limit_run_steps_per_s']:.0f} | "
                          f"{row['stacked_fraction_of_limit']:.2f} | {target} | "
-                         f"{'yes' if row['ok'] else '**no**'} |")
+                         f"{'yes' if row['ok'] else '**no**'} | "
+                         f"{row['bytes_stack'] / max(row['bytes_one_run'], 1):.2f} |")
         lines.append("")
     return "\n".join(lines)
 

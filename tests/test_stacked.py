@@ -27,6 +27,9 @@ RULES = {
     "np-warmup": {"c_h": 0.01, "warmup": 3}, "sg": {}, "sg-dfa": {},
     "bfa": {}, "bfa-sigmoid": {"sigma_x": "sigmoid", "gen_bias": False, "recon_reduction": "sum"},
     "bdfa": {}, "bdfa-paper": {"update": "paper", "target": "paper"}, "bdfa-code": {"target": "code"},
+    "ar": {"relax_steps": 20}, "ar-loop": {"solver": "loop", "relax_steps": 5, "sweep": "jacobi"},
+    "ar-learned": {"backward_weights": "learned", "relax_steps": 10},
+    "ar-fa-noderiv": {"variant": "fa_noderiv", "relax_steps": 10, "solver": "fixed_point"},
 }
 
 

@@ -77,12 +77,16 @@ def test_stacked_compare_writes_what_the_unstacked_compare_writes(synthetic_root
     assert any(r["kind"] == "probe" and "grad_angle" in r for r in probes)
 
 
-def test_a_rule_that_cannot_stack_says_so_and_runs_unstacked(synthetic_root, tmp_path, capsys):
-    assert _compare(tmp_path / "plain", "ar", stack=False, epochs=1) == 0
+@pytest.mark.parametrize("what,flags,line", [
+    ("fa-noise", [], "rule 'fa-noise' has no stacked step"),
+    ("bp", ["--optimizer", "adam"], "the optimizer is 'adam'; stacked runs step plain SGD"),
+])
+def test_what_cannot_stack_says_so_and_runs_unstacked(synthetic_root, tmp_path, capsys, what, flags, line):
+    assert _compare(tmp_path / "plain", what, stack=False, epochs=1, extra=flags) == 0
     capsys.readouterr()
-    assert _compare(tmp_path / "stacked", "ar", stack=True, epochs=1) == 0
+    assert _compare(tmp_path / "stacked", what, stack=True, epochs=1, extra=flags) == 0
     err = capsys.readouterr().err
-    assert "--stack: ar: rule 'ar' has no stacked step" in err and err.count("--stack") == 1
+    assert f"--stack: {what}: {line}" in err and err.count("--stack") == 1
     _same_runs(tmp_path / "plain", tmp_path / "stacked")
 
 
@@ -110,13 +114,15 @@ def test_a_stacked_sweep_resumes_to_the_same_end(synthetic_root, tmp_path, capsy
         _close(la, lb, a.name)
 
 
-def test_a_diverging_run_leaves_the_stack_and_the_others_finish(synthetic_root, tmp_path, capsys):
-    """Learning rates per run in one stack: the run with the huge rate diverges as it does alone."""
+@pytest.mark.parametrize("rule", [{"name": "fa"}, {"name": "ar", "relax_steps": 5, "divergence_threshold": 1e3}])
+def test_a_diverging_run_leaves_the_stack_and_the_others_finish(synthetic_root, tmp_path, capsys, rule):
+    """Learning rates per run in one stack: the run with the huge rate diverges as it does alone
+    (by the trainer's loss check, or by the rule's own check for activation relaxation)."""
     from bioplausible.config import TrainConfig
     from bioplausible.jobs import plan, run_jobs
 
     base = TrainConfig.from_dict({"dataset": {"name": "mnist"}, "model": {"spec": "mlp:784-16-10"},
-                                  "rule": {"name": "fa"}, "epochs": 2, "batch_size": 4, "dtype": "float64",
+                                  "rule": rule, "epochs": 2, "batch_size": 4, "dtype": "float64",
                                   "progress": False, "loss": "mse_sum", "divergence_threshold": 1e6})
     plain = plan(base, seeds=[0, 1], grid={"optimizer.lr": [1e-3, 10.0]}, out=tmp_path / "plain")
     stacked = plan(base, seeds=[0, 1], grid={"optimizer.lr": [1e-3, 10.0]}, out=tmp_path / "stacked")

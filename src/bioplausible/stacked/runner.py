@@ -33,6 +33,14 @@ from ..errors import DivergenceError, UserError
 from . import support
 from .losses import correct_counts
 from .mlp import epoch_orders, gather
+from .relaxation import RunsDiverged
+
+
+def _message(where: str, value: float, threshold: float) -> str:
+    """The trainer's divergence message (:meth:`bioplausible.train.Trainer._check`)."""
+    return str(DivergenceError(
+        f"training diverged at {where}: loss = {value:g} (threshold {threshold:g}); lower the learning "
+        f"rate or change the rule's hyperparameters"))
 
 
 def group_key(config: dict[str, Any]) -> str:
@@ -244,7 +252,11 @@ class StackedTraining:
                 began = time.perf_counter()
                 refs = self._probe_references(xb, yb)
                 probe_time += time.perf_counter() - began
-            loss, out = self.stack.step(xb, yb)
+            rule_diverged: dict[int, str] = {}
+            try:
+                loss, out = self.stack.step(xb, yb)
+            except RunsDiverged as exc:  # the rule's own check failed for some runs
+                loss, out, rule_diverged = exc.losses, exc.outputs, exc.messages
             step += 1
             if probing:
                 began = time.perf_counter()
@@ -254,23 +266,27 @@ class StackedTraining:
             loss_sum.add_(loss.to(torch.float64), alpha=1 if summed else batch)
             if counting:
                 correct.add_(correct_counts(out, yb))
-            if step % 50 == 0:
+            if rule_diverged or step % 50 == 0:
                 values = loss.tolist()
-                bad = [k for k, v in enumerate(values) if not math.isfinite(v) or abs(v) > threshold]
+                bad = dict(rule_diverged)
+                if step % 50 == 0:
+                    for k, v in enumerate(values):
+                        if k not in bad and (not math.isfinite(v) or abs(v) > threshold):
+                            bad[k] = _message(f"epoch {lead.epoch + 1}, step {step}", v, threshold)
                 if bad:
-                    keep = self._diverge(bad, values, step, results,
-                                         lambda v, s=step: f"epoch {lead.epoch + 1}, step {s}")
+                    keep = self._diverge(bad, step, results)
                     if not self.active:
                         return []
                     order, loss_sum, correct = order[keep], loss_sum[keep], correct[keep]
                     R = len(self.active)
         elapsed = time.perf_counter() - start - probe_time
         train_loss = (loss_sum / max(n, 1)).tolist()
-        bad = [k for k, v in enumerate(train_loss) if not math.isfinite(v) or abs(v) > threshold]
+        bad = {k: _message(f"the end of epoch {lead.epoch + 1}", v, threshold)
+               for k, v in enumerate(train_loss) if not math.isfinite(v) or abs(v) > threshold}
         if bad:
             for i in self.active:
                 self.trainers[i].step = step
-            keep = self._diverge(bad, train_loss, step, results, lambda v: f"the end of epoch {lead.epoch + 1}")
+            keep = self._diverge(bad, step, results)
             train_loss = [train_loss[k] for k in keep]
             correct = correct[keep]
         for i in self.active:
@@ -325,17 +341,14 @@ class StackedTraining:
             for p in t.model.parameters():
                 p.grad = None
 
-    def _diverge(self, bad: list[int], values: list[float], step: int, results, where) -> list[int]:
-        """Finish the runs at positions ``bad`` of the stack as diverged; returns the kept positions."""
+    def _diverge(self, bad: dict[int, str], step: int, results) -> list[int]:
+        """Finish the runs at positions ``bad`` of the stack (with their messages) as diverged;
+        returns the kept positions."""
         self.stack.unstack()
-        for k in bad:
+        for k, message in bad.items():
             i = self.active[k]
             t = self.trainers[i]
             t.step = step
-            message = str(DivergenceError(
-                f"training diverged at {where(values[k])}: loss = {values[k]:g} "
-                f"(threshold {t.config['divergence_threshold']:g}); lower the learning rate "
-                f"or change the rule's hyperparameters"))
             t._log({"kind": "event", "event": "diverged", "epoch": t.epoch + 1, "step": step, "message": message})
             results[i] = self._finish(i, "diverged", message)
         keep = [k for k in range(len(self.active)) if k not in bad]

@@ -14,13 +14,14 @@ from typing import Any
 
 from .bidirectional import StackedBDFA, StackedBFA
 from .nodepert import StackedNP, StackedNPDFA, StackedSG, StackedSGDFA
+from .relaxation import StackedAR
 from .steps import StackedDFA, StackedFA, StackedKP, StackedRule, StackedSign, StackedWM
 
 #: rule name -> stacked step class
 STACKED: dict[str, type[StackedRule]] = {
     "bp": StackedRule, "fa": StackedFA, "usf": StackedSign, "brsf": StackedSign, "frsf": StackedSign,
     "kp": StackedKP, "wm": StackedWM, "dfa": StackedDFA, "np": StackedNP, "np-dfa": StackedNPDFA,
-    "sg": StackedSG, "sg-dfa": StackedSGDFA, "bfa": StackedBFA, "bdfa": StackedBDFA,
+    "sg": StackedSG, "sg-dfa": StackedSGDFA, "bfa": StackedBFA, "bdfa": StackedBDFA, "ar": StackedAR,
 }
 
 
@@ -42,6 +43,8 @@ def config_reason(config) -> str | None:
     if config["dtype"] not in ("float32", "float64"):
         return f"dtype {config['dtype']} is not stacked (float32, float64)"
     options = config.rule_options()
+    if rule == "ar" and options.get("graph"):
+        return "ar's graph mode (any fx-traceable model) has no stacked step; its MLP path has"
     if rule in ("bfa", "bdfa") and options.get("max_norm") is not None:
         return f"{rule}'s max_norm has no stacked step"
     if rule in ("np", "np-dfa", "sg", "sg-dfa") and options.get("solver", "sgd") != "sgd":

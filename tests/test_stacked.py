@@ -21,7 +21,7 @@ SEEDS = (0, 1, 2)
 RULES = {
     "bp": {}, "fa": {}, "usf": {}, "brsf": {}, "frsf": {}, "usf-unit": {"scale": "unit"},
     "kp": {"decay": 0.01}, "kp-backward": {"decay": 0.01, "decay_in": "backward"},
-    "kp-unused": {"decay": 0.01, "learn_unused": True},
+    "kp-unused": {"decay": 0.01, "learn_unused": True}, "matched": {},
     "wm": {"mirror_batch": 8, "mirror_every": 2}, "dfa": {},
     "np": {"c_h": 0.01}, "np-pre": {"c_h": 0.01, "noise_at": "pre"}, "np-dfa": {"c_h": 0.01},
     "np-warmup": {"c_h": 0.01, "warmup": 3}, "sg": {}, "sg-dfa": {},

@@ -132,3 +132,32 @@ def test_a_diverging_run_leaves_the_stack_and_the_others_finish(synthetic_root, 
     for sa, sb in zip(a, b):
         assert sa["message"] == sb["message"] and sa["steps"] == sb["steps"]
     _same_runs(tmp_path / "plain", tmp_path / "stacked")
+
+
+PRESET = """
+name: tiny
+title: Tiny preset
+paper: none
+config:
+  dataset: {name: mnist}
+  model: {spec: "mlp:784-16-10"}
+  epochs: 2
+  batch_size: 40
+  dtype: float64
+runs: {fa: {name: fa}, dfa: {name: dfa, config: {optimizer: {lr: 0.05}}}}
+seeds: [0, 1, 2]
+scales: {quick: {epochs: 2, seeds: [0, 1, 2]}, full: {}}
+paper_results: {metric: test_accuracy, values: {fa: 99.0}, note: made up}
+"""
+
+
+def test_stacked_reproduce_gives_the_unstacked_report(synthetic_root, tmp_path, capsys):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(PRESET)
+    for name, flags in (("plain", []), ("stacked", ["--stack"])):
+        assert main(["reproduce", str(preset), "--out", str(tmp_path / name), "--quiet", *flags]) == 0
+    a = json.loads((tmp_path / "plain" / "reproduce.json").read_text())
+    b = json.loads((tmp_path / "stacked" / "reproduce.json").read_text())
+    a.pop("runs"), b.pop("runs")
+    _close(a, b, "reproduce.json")
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")

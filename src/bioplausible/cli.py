@@ -268,8 +268,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-STACK_HELP = ("train the seeds (and learning rates) of each rule as one stacked model in this process; "
-              "same run directories; rules or models that cannot stack say so and run one by one")
+STACK_HELP = ("train the seeds (and learning rates) of each rule as one stacked model in this process "
+              "(--jobs is not used); same run directories; rules or models that cannot stack say so "
+              "and run one by one")
 
 
 def build_parser() -> argparse.ArgumentParser:

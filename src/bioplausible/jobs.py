@@ -366,7 +366,8 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, progress: bool | None = None
     Each worker runs :func:`run_job_in_worker` (one torch thread unless ``$BIOPLAUSIBLE_THREADS``
     says otherwise, no progress bar); summaries come back in the order of ``jobs``. ``stack=True``
     trains jobs that differ only by seed and learning rate as one stacked model in this process
-    (:mod:`bioplausible.stacked`; the same run directories), the others one after another.
+    (:mod:`bioplausible.stacked`; the same run directories), the others one after another; with
+    ``stack`` everything runs in this process (``workers`` is not used).
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")

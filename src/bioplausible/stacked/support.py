@@ -1,6 +1,7 @@
 """Which runs can stack, and the stacked step of each rule.
 
-A group of runs stacks when its rule has a stacked step here, its model is a plain MLP
+A group of runs stacks when its rule has a stacked step here (:data:`STACKED`: bp, fa, usf, brsf,
+frsf, kp, matched, wm, dfa, np, np-dfa, sg, sg-dfa, bfa, bdfa, ar), its model is a plain MLP
 (``[Flatten,] (Linear, activation)*`` with sigmoid, tanh, ReLU or identity), the optimizer is SGD
 without momentum (per-run learning rates, parameter groups, weight decay and LR schedules are
 fine; probes are taken run by run), and the task is single-label classification or reconstruction.
@@ -20,7 +21,7 @@ from .steps import StackedDFA, StackedFA, StackedKP, StackedRule, StackedSign, S
 #: rule name -> stacked step class
 STACKED: dict[str, type[StackedRule]] = {
     "bp": StackedRule, "fa": StackedFA, "usf": StackedSign, "brsf": StackedSign, "frsf": StackedSign,
-    "kp": StackedKP, "wm": StackedWM, "dfa": StackedDFA, "np": StackedNP, "np-dfa": StackedNPDFA,
+    "kp": StackedKP, "matched": StackedKP, "wm": StackedWM, "dfa": StackedDFA, "np": StackedNP, "np-dfa": StackedNPDFA,
     "sg": StackedSG, "sg-dfa": StackedSGDFA, "bfa": StackedBFA, "bdfa": StackedBDFA, "ar": StackedAR,
 }
 

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import bioplausible as bp
-from bioplausible.losses import get_loss
-from bioplausible.rules.ar_relax import count_backward_products
+from bioplausible.core.losses import get_loss
+from bioplausible.rules.ar.ar_relax import count_backward_products
 
 SPEC = "mlp:784-300-300-100-10,activation=relu,init=normal:0.05"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -131,8 +131,8 @@ def graph_diagnostics(build, x, y, loss) -> dict:
     """Per unit choice: units, longest chain, closed-form VJP count at the default K and η_x,
     and the angle of the AR update to BP's gradient (all parameters, and per weight) at each
     of ``ANGLE_SETTINGS`` (float64, initial weights, one batch)."""
-    from bioplausible.rules import ar_graph_closed
-    from bioplausible.rules.ar_graph import _run_forward, trace_model
+    from bioplausible.rules.ar import ar_graph_closed
+    from bioplausible.rules.ar.ar_graph import _run_forward, trace_model
 
     torch.manual_seed(0)
     model = build().double()

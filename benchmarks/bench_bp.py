@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import bioplausible as bp
-from bioplausible.config import TrainConfig
-from bioplausible.train import Trainer
+from bioplausible.engine.config import TrainConfig
+from bioplausible.engine.trainer import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

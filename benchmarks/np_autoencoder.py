@@ -54,7 +54,7 @@ def runs_of(run_dir: Path, seed: int | None) -> dict[str, Path]:
 
 def codes_and_outputs(run: Path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The trained model of ``run``: bottleneck codes and outputs on ``x``, and its test loss."""
-    from bioplausible.config import load_config
+    from bioplausible.engine.config import load_config
     from bioplausible.models import build_model
 
     config = load_config(run / "config.yaml")

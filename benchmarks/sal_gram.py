@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import bioplausible as bp
-from bioplausible.rules.sal_diag import gram_images
+from bioplausible.rules.sal.sal_diag import gram_images
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import bioplausible as bp
-from bioplausible.losses import get_loss
-from bioplausible.rules.ar_relax import relaxation_coefficients
+from bioplausible.core.losses import get_loss
+from bioplausible.rules.ar.ar_relax import relaxation_coefficients
 
 MSE_SUM = get_loss("mse_sum")
 

@@ -8,9 +8,9 @@ from torch import nn
 
 import bioplausible as bp
 from bioplausible.errors import ConfigError, DivergenceError, IncompatibleModelError
-from bioplausible.losses import get_loss
+from bioplausible.core.losses import get_loss
 from bioplausible.models import LeNet5
-from bioplausible.rules.ar_graph import graph_relax
+from bioplausible.rules.ar.ar_graph import graph_relax
 
 CE = get_loss("cross_entropy")
 MSE_SUM = get_loss("mse_sum")

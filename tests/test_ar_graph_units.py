@@ -30,8 +30,8 @@ from torch import nn
 
 import bioplausible as bp
 from bioplausible.errors import ConfigError
-from bioplausible.losses import get_loss
-from bioplausible.rules.ar_graph import graph_relax
+from bioplausible.core.losses import get_loss
+from bioplausible.rules.ar.ar_graph import graph_relax
 
 LOSSES = ("mse_sum", "cross_entropy")
 # the units (their keys: the last merged op's key) of every zoo model, read off the models

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 import bioplausible as bp
-from bioplausible.losses import get_loss
-from bioplausible.rules.ar_graph import graph_relax
+from bioplausible.core.losses import get_loss
+from bioplausible.rules.ar.ar_graph import graph_relax
 
 Tensor = torch.Tensor
 LOSSES = ("mse_sum", "cross_entropy")

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from bioplausible.config import DEFAULTS, TrainConfig, check_optimizer_options
+from bioplausible.engine.config import DEFAULTS, TrainConfig, check_optimizer_options
 from bioplausible.errors import ConfigError, UnknownNameError
 
 

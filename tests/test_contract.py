@@ -16,12 +16,12 @@ from conftest import make_bundle
 from torch import nn
 
 import bioplausible as bp
-from bioplausible.config import TrainConfig
+from bioplausible.engine.config import TrainConfig
 from bioplausible.errors import ConfigError
 from bioplausible.nn import feedback_layers
-from bioplausible.probe import Probe
-from bioplausible.rules.base import Rule
-from bioplausible.train import Trainer
+from bioplausible.core.probe import Probe
+from bioplausible.core.rule import Rule
+from bioplausible.engine.trainer import Trainer
 
 
 def _model(seed=0, dim=20, classes=4):
@@ -81,8 +81,8 @@ def test_weight_mirror_phase_runs_under_the_trainer():
     before = layer.feedback.detach().clone()
     trainer.run()
     # only mirror steps change B (it is outside the optimizer); 4 steps moved it towards W
-    angle_before = bp.probe.tensor_angle(layer.weight, before)
-    assert bp.probe.tensor_angle(layer.weight, layer.feedback) < angle_before - 5.0
+    angle_before = bp.core.probe.tensor_angle(layer.weight, before)
+    assert bp.core.probe.tensor_angle(layer.weight, layer.feedback) < angle_before - 5.0
 
 
 def test_resume_restores_owned_state_and_optimizer_of_owned_tensors(tmp_path):
@@ -209,7 +209,7 @@ def test_probe_refuses_a_missing_update():
     x, y = data.train.x[:8], data.train.y[:8]
     ref = probe.reference(rule, model, x, y, loss)
     rule.train_step(model, x, y, loss)
-    with pytest.raises(bp.probe.ProbeError, match="1.weight"):
+    with pytest.raises(bp.core.probe.ProbeError, match="1.weight"):
         probe.compare(rule, model, ref)
 
 

@@ -246,7 +246,7 @@ def test_cli_bad_inputs_one_line_exit_2(user_dir, capsys, args, needle):
 
 
 def test_fit_and_configs_take_the_names_too(user_dir):
-    from bioplausible.config import TrainConfig
+    from bioplausible.engine.config import TrainConfig
 
     torch.manual_seed(0)
     model = bp.build_model("tests_pkg.nets:mlp,hidden=5", input_shape=(3, 8, 8), num_classes=4)
@@ -300,7 +300,7 @@ def test_the_working_directory_is_searched_last(tmp_path, monkeypatch):
 
 def test_default_run_directories_name_the_data_without_path_separators(user_dir):
     from bioplausible.data.custom import run_label
-    from bioplausible.jobs import plan
+    from bioplausible.experiments.jobs import plan
 
     assert run_label("npz:/data/my set.npz") == "npz-my_set"
     assert run_label("tests_pkg.data:load") == "tests_pkg.data-load" and run_label("mnist") == "mnist"

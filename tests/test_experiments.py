@@ -6,7 +6,7 @@ import pytest
 
 import bioplausible as bp
 from bioplausible.cli import main
-from bioplausible.experiments import evaluate_checks, get_preset, list_presets
+from bioplausible.experiments.presets import evaluate_checks, get_preset, list_presets
 
 
 @pytest.mark.parametrize("name", list_presets())
@@ -46,7 +46,7 @@ def test_np_cifar_checks_encode_the_issue_ranking_bp_np_dfa():
 
 
 def test_a_check_limited_to_scales_is_left_out_elsewhere():
-    from bioplausible.experiments import _parse
+    from bioplausible.experiments.presets import _parse
 
     text = """
 name: scaled-checks

@@ -14,10 +14,10 @@ import torch
 from conftest import make_bundle
 
 import bioplausible as bp
-from bioplausible import experiments
-from bioplausible.config import TrainConfig
-from bioplausible.probe import feedback_errors
-from bioplausible.train import Trainer
+from bioplausible.experiments import presets as experiments
+from bioplausible.engine.config import TrainConfig
+from bioplausible.core.probe import feedback_errors
+from bioplausible.engine.trainer import Trainer
 
 
 def _by_hand(w: torch.Tensor, b: torch.Tensor) -> float:

@@ -348,7 +348,7 @@ def test_update_gain_is_one_at_small_beta_and_shrinks_with_beta(tmp_path):
 def test_nudged_output_is_the_circuits_output_steady_state():
     """The clamped circuit's output settles where s_L = W ρ(s_{L-1}) − 2β(ρ(s_L) − t): the fixed point
     ``losses.nudged_output`` solves, for the displaced hidden rates of the same steady state."""
-    from bioplausible.losses import nudged_output
+    from bioplausible.core.losses import nudged_output
 
     W = net(SIZES, seed=5)
     x, t = data(6, 3)
@@ -363,7 +363,7 @@ def test_nudged_output_is_the_circuits_output_steady_state():
 def test_nudged_loss_gradient_is_the_nudged_output_error():
     """∂/∂s̃ of ``nudged_batchmean:β`` is 2ρ′(s*)(ρ(s*) − t)/N, s* from Newton's method written here;
     as β → 0 it becomes C's gradient 2ρ′(s̃)(ρ(s̃) − t)/N; its value is C at ρ(s̃)."""
-    from bioplausible.losses import get_loss
+    from bioplausible.core.losses import get_loss
 
     g = torch.Generator().manual_seed(3)
     pre = torch.randn(5, 4, generator=g, dtype=D) * 3

@@ -16,8 +16,8 @@ import torch
 
 from bioplausible.cli import main
 from bioplausible.errors import ConfigError, UserError
-from bioplausible.jobs import Job, aggregate, check_jobs, parse_seeds, plan, run_job, run_lock
-from bioplausible.train import Trainer
+from bioplausible.experiments.jobs import Job, aggregate, check_jobs, parse_seeds, plan, run_job, run_lock
+from bioplausible.engine.trainer import Trainer
 
 PRESET = """
 name: tiny
@@ -169,7 +169,7 @@ def test_a_killed_writer_leaves_no_stuck_lock(synthetic_root, tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from bioplausible.jobs import run_lock
+        from bioplausible.experiments.jobs import run_lock
         with run_lock(Path({str(run_dir)!r})):
             print("locked", flush=True)
             time.sleep(60)

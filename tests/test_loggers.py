@@ -15,9 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import bioplausible as bp
-from bioplausible.config import TrainConfig
+from bioplausible.engine.config import TrainConfig
 from bioplausible.data import as_bundle
-from bioplausible.loggers import TensorBoardLogger, make_logger, scalars
+from bioplausible.engine.loggers import TensorBoardLogger, make_logger, scalars
 
 EventAccumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator").EventAccumulator

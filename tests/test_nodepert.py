@@ -17,7 +17,7 @@ from conftest import make_bundle
 
 import bioplausible as bp
 from bioplausible.errors import ConfigError, IncompatibleModelError, UserError
-from bioplausible.losses import get_loss
+from bioplausible.core.losses import get_loss
 from bioplausible.rules.nodepert import (
     RidgeState,
     loss_difference,
@@ -299,8 +299,8 @@ def test_warmup_freezes_forward_weights():
 
 
 def test_warmup_longer_than_the_run_warns():
-    from bioplausible.config import TrainConfig
-    from bioplausible.train import Trainer
+    from bioplausible.engine.config import TrainConfig
+    from bioplausible.engine.trainer import Trainer
 
     cfg = TrainConfig.from_dict({"epochs": 1, "batch_size": 64, "progress": False, "loss": "mse_half_sum",
                                  "optimizer": {"name": "sgd", "lr": 0.001}})
@@ -354,8 +354,8 @@ def test_np_dfa_needs_an_example():
 
 @pytest.mark.parametrize("name", ["np", "np-dfa"])
 def test_resume_is_bit_identical_with_owned_feedback(tmp_path, name):
-    from bioplausible.config import TrainConfig
-    from bioplausible.train import Trainer
+    from bioplausible.engine.config import TrainConfig
+    from bioplausible.engine.trainer import Trainer
 
     data = make_bundle()
     cfg = TrainConfig.from_dict({"epochs": 4, "batch_size": 32, "progress": False, "loss": "mse_half_sum",

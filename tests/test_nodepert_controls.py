@@ -7,7 +7,7 @@ import torch
 
 import bioplausible as bp
 from bioplausible.errors import ConfigError
-from bioplausible.losses import get_loss
+from bioplausible.core.losses import get_loss
 from bioplausible.nn.convert import feedback_layers
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import bioplausible as bp
-from bioplausible.losses import get_loss
+from bioplausible.core.losses import get_loss
 from bioplausible.nn.convert import feedback_layers
 from bioplausible.rules.nodepert import fast
 from bioplausible.rules.nodepert.rule import _NodePerturbation

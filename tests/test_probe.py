@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import bioplausible as bp
-from bioplausible.probe import Probe, relative_error, sign_congruence, tensor_angle
-from bioplausible.rules.base import FeedbackPair, Rule
+from bioplausible.core.probe import Probe, relative_error, sign_congruence, tensor_angle
+from bioplausible.core.rule import FeedbackPair, Rule
 
 
 def test_metric_formulas_on_hand_examples():

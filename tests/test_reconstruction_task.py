@@ -10,7 +10,7 @@ import bioplausible as bp
 from bioplausible.data import Split, as_bundle, load_dataset
 from bioplausible.data.reconstruction import ReconstructionSplit, output_size
 from bioplausible.errors import ConfigError
-from bioplausible.experiments import _parse, evaluate_checks, lower_is_better
+from bioplausible.experiments.presets import _parse, evaluate_checks, lower_is_better
 
 
 def _tensors(n: int = 96, shape=(1, 4, 4), seed: int = 0):
@@ -66,12 +66,12 @@ def test_reported_loss_is_the_reconstruction_error_and_there_is_no_accuracy():
     ref = np.mean([np.sum((out[i] - xt[i].double().numpy()) ** 2) for i in range(len(xt))])
     assert record["test_loss"] == pytest.approx(ref, rel=1e-5)
     # the same through evaluate() with a mean convention: (1/units) of the sum
-    mean = bp.train.evaluate(result.model, data.test, "mse", task="reconstruction")
+    mean = bp.evaluate(result.model, data.test, "mse", task="reconstruction")
     assert set(mean) == {"loss"} and mean["loss"] == pytest.approx(ref / 12, rel=1e-5)
 
 
 def test_auto_loss_on_reconstruction_is_the_summed_squared_error():
-    from bioplausible.train import resolve_loss
+    from bioplausible.engine.trainer import resolve_loss
 
     assert resolve_loss("auto", "reconstruction").name == "mse_batchmean"
     assert resolve_loss("auto", "multiclass").name == "cross_entropy"
@@ -95,7 +95,7 @@ def test_model_output_size_must_equal_input_size():
 
 
 def test_config_model_spec_is_sized_for_the_input(synthetic_root, tmp_path):
-    from bioplausible.jobs import check_jobs, plan
+    from bioplausible.experiments.jobs import check_jobs, plan
 
     base = {"dataset": {"name": "mnist", "flatten": True, "task": "reconstruction"}, "loss": "mse_sum",
             "epochs": 1, "progress": False}
@@ -161,7 +161,7 @@ def test_bad_checks_are_one_line(check, message):
 
 
 def test_the_builtin_preset_declares_table_2a():
-    preset = bp.experiments.get_preset("np-table2a-autoencoder")
+    preset = bp.get_preset("np-table2a-autoencoder")
     config, _ = preset.resolved("quick")
     assert config["dataset"]["task"] == "reconstruction" and preset.paper_results["metric"] == "test_loss"
     assert len(preset.runs) == 11 and set(preset.paper_results["values"]) == set(preset.runs)
@@ -169,7 +169,7 @@ def test_the_builtin_preset_declares_table_2a():
 
 
 def test_reproduce_writes_losses_beside_the_paper(synthetic_root, tmp_path, monkeypatch):
-    from bioplausible import experiments
+    from bioplausible.experiments import presets as experiments
 
     text = PRESET.replace("autoencoder:8", "autoencoder:4").replace(
         "loss: mse_sum}", "loss: mse_sum, optimizer: {name: sgd, lr: 0.001}, epochs: 1, batch_size: 32}")

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from bioplausible import experiments
+from bioplausible.experiments import presets as experiments
 from bioplausible.cli import main
 
 TINY = """
@@ -82,7 +82,7 @@ def test_only_and_skip_name_real_presets(tiny_presets, capsys):
 
 
 def test_a_grid_label_is_compared_with_its_runs_paper_value():
-    from bioplausible.sweep_report import _paper_for
+    from bioplausible.experiments.sweep_report import _paper_for
 
     values = {"fa": 85.5, "bp": 90.0}
     assert _paper_for("fa[optimizer.lr=0.01]", values) == 85.5 and _paper_for("bp", values) == 90.0

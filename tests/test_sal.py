@@ -19,8 +19,8 @@ import torch
 
 import bioplausible as bp
 from bioplausible.errors import ConfigError
-from bioplausible.losses import get_loss
-from bioplausible.rules.sal_ops import literal_updates
+from bioplausible.core.losses import get_loss
+from bioplausible.rules.sal.sal_ops import literal_updates
 
 MSE = get_loss("mse_batchmean")
 #: The spec's reconstruction (§7.2 defaults), so that the tests do not depend on the rule's defaults.
@@ -279,7 +279,7 @@ def test_short_term_modulation_lowers_the_loss():
 
 
 def test_metrics_and_gram_images(tmp_path):
-    from bioplausible.rules.sal_diag import effective_rank, gram_images
+    from bioplausible.rules.sal.sal_diag import effective_rank, gram_images
 
     assert effective_rank(torch.eye(5)) == pytest.approx(5.0)
     assert effective_rank(torch.ones(4, 3)) == pytest.approx(1.0)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bioplausible.config import TrainConfig
-from bioplausible.jobs import Job, _build
+from bioplausible.engine.config import TrainConfig
+from bioplausible.experiments.jobs import Job, _build
 from bioplausible.stacked import epoch_orders, gather, make_stack, stackable_rules
 
 from conftest import make_bundle

@@ -17,7 +17,7 @@ import yaml
 
 from bioplausible.cli import main
 from bioplausible.errors import ConfigError, UserError
-from bioplausible.sweep import load_spec, plan_sweep, run_state, run_sweep, spec_from_dict
+from bioplausible.experiments.sweep import load_spec, plan_sweep, run_state, run_sweep, spec_from_dict
 
 BASE = {"dataset": {"name": "mnist"}, "model": {"spec": "mlp:784-16-10"}, "epochs": 2, "batch_size": 40,
         "probe_every": 3}
@@ -135,7 +135,7 @@ def test_relaunch_skips_finished_runs(local_sweep, data_env, capsys):
 
 
 def test_a_failed_run_is_recorded_and_retried(data_env, tmp_path, monkeypatch, capsys):
-    from bioplausible.train import Trainer
+    from bioplausible.engine.trainer import Trainer
 
     original = Trainer.run
 

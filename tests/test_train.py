@@ -9,9 +9,9 @@ import torch
 from conftest import make_bundle
 
 import bioplausible as bp
-from bioplausible.config import TrainConfig
+from bioplausible.engine.config import TrainConfig
 from bioplausible.errors import ConfigError, UnknownNameError
-from bioplausible.train import Trainer, build_optimizer, evaluate
+from bioplausible.engine.trainer import Trainer, build_optimizer, evaluate
 
 
 def _model(seed=0, dim=20, classes=4):

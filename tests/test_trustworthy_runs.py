@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bioplausible.cli import main
-from bioplausible.train import evaluate, fit
+from bioplausible.engine.trainer import evaluate, fit
 
 TRAIN = ["train", "--rule", "fa", "--dataset", "mnist", "--model", "mlp:784-16-10", "--batch-size", "30",
          "--quiet", "--probe-every", "3"]

@@ -9,7 +9,7 @@ import pytest
 
 from bioplausible.cli import main
 from bioplausible.errors import ConfigError
-from bioplausible.tune import parse_param
+from bioplausible.experiments.tune import parse_param
 
 pytest.importorskip("optuna", reason="optuna is not installed (pip install 'bioplausible[sweep]')")
 
@@ -41,7 +41,7 @@ def test_bad_params_are_config_errors(text):
 
 def _grid_best(tmp_path) -> float:
     """The oracle: the learning rate of least final training loss on a quarter-decade grid."""
-    from bioplausible.jobs import plan, run_job
+    from bioplausible.experiments.jobs import plan, run_job
 
     losses = {}
     for lr in np.logspace(-3, math.log10(3), 14):
@@ -66,7 +66,7 @@ def test_tune_finds_the_best_learning_rate_within_a_factor(synthetic_root, tmp_p
     assert len(study.trials) == 14
     found = study.best_trial.params["optimizer.lr"]
     assert best / FACTOR <= found <= best * FACTOR, (found, best)
-    from bioplausible.experiments import get_preset
+    from bioplausible.experiments.presets import get_preset
 
     preset = get_preset(str(tmp_path / "tuned.yaml"))
     assert preset.config["optimizer"]["lr"] == pytest.approx(found) and list(preset.runs) == ["bp"]

@@ -20,14 +20,14 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     # registry and rules
-    "register": "registry", "make": "registry", "list_rules": "registry", "RULES": "registry",
-    "Rule": "rules.base", "StepResult": "rules.base", "FeedbackPair": "rules.base",
+    "register": "_registry", "make": "_registry", "list_rules": "_registry", "RULES": "_registry",
+    "Rule": "core.rule", "StepResult": "core.rule", "FeedbackPair": "core.rule",
     # errors
     "UserError": "errors", "ConfigError": "errors", "DataError": "errors",
     "MissingDataError": "errors", "CorruptDataError": "errors", "UnknownNameError": "errors",
     "IncompatibleModelError": "errors", "DivergenceError": "errors",
     # losses and models
-    "get_loss": "losses", "list_losses": "losses", "Loss": "losses",
+    "get_loss": "core.losses", "list_losses": "core.losses", "Loss": "core.losses",
     "build_model": "models", "list_models": "models", "MLP": "models", "LeNet5": "models",
     "NPConvNet": "models",
     # data
@@ -35,10 +35,11 @@ _EXPORTS = {
     # feedback layers
     "convert": "nn", "exact_backward": "nn", "to_plain": "nn", "plain_state_dict": "nn",
     # training, diagnostics, experiments
-    "fit": "train", "evaluate": "train", "Trainer": "train", "FitResult": "train",
-    "TrainConfig": "config", "load_config": "config",
-    "Probe": "probe", "gradient_angles": "probe",
-    "list_presets": "experiments", "get_preset": "experiments",
+    "fit": "engine.trainer", "evaluate": "engine.trainer", "Trainer": "engine.trainer",
+    "FitResult": "engine.trainer",
+    "TrainConfig": "engine.config", "load_config": "engine.config",
+    "Probe": "core.probe", "gradient_angles": "core.probe",
+    "list_presets": "experiments.presets", "get_preset": "experiments.presets",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

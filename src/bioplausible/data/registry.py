@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..registry import Registry
+from .._registry import Registry
 from .core import RawData
 from .download import Remote
 

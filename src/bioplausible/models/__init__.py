@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
-from ..registry import Registry
+from .._registry import Registry
 from .autoencoder import autoencoder
 from .cnn import LeNet5, NPConvNet
 from .mlp import ACTIVATIONS, MLP, init_weights

@@ -124,7 +124,7 @@ def convert(model: nn.Module, rule: Any = "fa", **rule_config: Any) -> nn.Module
     call per step, e.g. ``wm``'s :meth:`after_step`). Equivalent to ``rule.prepare(model)``.
     """
     if isinstance(rule, str):
-        from ..registry import make
+        from .._registry import make
 
         rule = make(rule, **rule_config)
     elif rule_config:

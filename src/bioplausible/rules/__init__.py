@@ -10,11 +10,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import FeedbackPair, ParamEntry, Rule, RuleState, StepResult
+from ..core.rule import FeedbackPair, ParamEntry, Rule, RuleState, StepResult
 from .bp import BP
 
 for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base":
-        importlib.import_module(f"{__name__}.{_info.name}")
+    importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = ["BP", "FeedbackPair", "ParamEntry", "Rule", "RuleState", "StepResult"]

@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from ..registry import register
-from .base import Rule
+from .._registry import register
+from ..core.rule import Rule
 
 
 @register("bp")

@@ -70,7 +70,7 @@ def run_jobs_stacked(jobs: list, progress: bool | None = None, say=None) -> list
     A group that cannot stack (or a group of one) runs unstacked through
     :func:`~bioplausible.jobs.run_job`, after one line on ``say`` (stderr by default) saying why.
     """
-    from ..jobs import run_job
+    from ..experiments.jobs import run_job
 
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     out: list[dict[str, Any] | None] = [None] * len(jobs)
@@ -89,7 +89,7 @@ def run_jobs_stacked(jobs: list, progress: bool | None = None, say=None) -> list
 def run_stacked(jobs: list, progress: bool | None = None, say=None) -> list[dict[str, Any]]:
     """Train ``jobs`` (one group) as one stack; returns their summaries as ``run_job`` would."""
     from ..data import DataBundle
-    from ..jobs import _build, check_device, check_run_dir, load_data, run_job, run_lock, runtime
+    from ..experiments.jobs import _build, check_device, check_run_dir, load_data, run_job, run_lock, runtime
 
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     configs = [job.train_config() for job in jobs]
@@ -102,7 +102,7 @@ def run_stacked(jobs: list, progress: bool | None = None, say=None) -> list[dict
         check_run_dir(run_dir, resume=job.resume)
     with runtime(first):
         data = load_data(first)
-        from ..train import DTYPES, resolve_device
+        from ..engine.trainer import DTYPES, resolve_device
 
         device, dtype = resolve_device(first["device"]), DTYPES[first["dtype"]]
         shared = DataBundle(train=data.train.to(device, dtype),
@@ -142,7 +142,7 @@ class StackedTraining:
 
     # ------------------------------------------------------------------ start
     def _start(self, trainer, resume: bool) -> None:
-        from ..train import _atomic_write_text
+        from ..engine.trainer import _atomic_write_text
 
         run_dir = trainer.run_dir
         ckpt = run_dir / "checkpoint.pt"
@@ -154,8 +154,8 @@ class StackedTraining:
         _atomic_write_text(run_dir / "config.yaml", trainer.config.to_yaml())
 
     def _finish(self, i: int, status: str, message: str = "") -> dict[str, Any]:
-        from ..jobs import _write_json
-        from ..train import _atomic_torch_save
+        from ..experiments.jobs import _write_json
+        from ..engine.trainer import _atomic_torch_save
 
         t, job = self.trainers[i], self.jobs[i]
         summary = dict(t._write_summary(status, message, self.started))
@@ -172,7 +172,7 @@ class StackedTraining:
 
     # ------------------------------------------------------------------ run
     def run(self) -> list[dict[str, Any]]:
-        from ..loggers import make_logger
+        from ..engine.loggers import make_logger
 
         self.started = time.time()
         for job, t in zip(self.jobs, self.trainers):
@@ -181,7 +181,7 @@ class StackedTraining:
         if len(epochs) > 1:
             self.say(f"--stack: {self.jobs[0].label}: the runs stopped at different epochs "
                      f"({', '.join(map(str, sorted(epochs)))}); resuming them one after another")
-            from ..jobs import _write_json
+            from ..experiments.jobs import _write_json
 
             summaries = []
             for j, t in zip(self.jobs, self.trainers):
@@ -359,8 +359,8 @@ class StackedTraining:
 
     def end_epoch(self, i: int, record: dict[str, Any]) -> None:
         """What :meth:`Trainer.run` does after a training epoch, for run ``i``."""
-        from ..probe import feedback_errors
-        from ..train import evaluate
+        from ..core.probe import feedback_errors
+        from ..engine.trainer import evaluate
 
         t = self.trainers[i]
         cfg = t.config
@@ -402,8 +402,8 @@ def run_sweep_stacked(work: list, on_event, say=None) -> None:
     A group's failure (an exception other than a user interrupt) is recorded for each of its runs
     (``error.json``) as the unstacked executor records one run's, and the sweep goes on.
     """
-    from ..jobs import Job
-    from ..sweep import _record_failure
+    from ..experiments.jobs import Job
+    from ..experiments.sweep import _record_failure
 
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     jobs = [Job(**data) for _, data in work]

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, IncompatibleModelError
-from ...registry import register
-from ..base import FeedbackPair, Rule, StepResult
+from ..._registry import register
+from ...core.rule import FeedbackPair, Rule, StepResult
 from .common import (
     Chain,
     apply_max_norm,

@@ -29,9 +29,9 @@ def _owned_state(run: Path) -> dict[str, torch.Tensor]:
 
 def generated_images(run_dir: str | Path) -> tuple[torch.Tensor, str]:
     """``(images, dataset)``: one generated input per class, shape ``(n_classes, n_inputs)``."""
-    from ...config import load_config
+    from ...engine.config import load_config
     from ...models import build_model
-    from ...registry import make
+    from ..._registry import make
 
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, DivergenceError, IncompatibleModelError
-from ..ar_mlp import mlp_layout
-from ..base import Rule, StepResult
+from ...nn.mlp import mlp_layout
+from ...core.rule import Rule, StepResult
 from .circuit import Circuit, HParams, feedforward_state, literal_example, zero_state
 from .fast import FastCircuit
 

@@ -22,10 +22,10 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...nn.context import exact_backward_enabled
-from ...registry import register
-from ..base import Rule, StepResult
+from ..._registry import register
+from ...core.rule import Rule, StepResult
 from ..bp import BP
-from ..feedback import FeedbackAlignment, KolenPollack
+from ..feedback.feedback import FeedbackAlignment, KolenPollack
 
 
 def _check_std(rule: Rule, key: str) -> None:

@@ -33,7 +33,7 @@ def per_example_losses(loss_fn: Callable, output: torch.Tensor,
                        target: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``(ℓ, s)``: the per-example losses ``ℓ`` (shape ``(N,)``) and ``s`` with ``loss = s Σ ℓ``.
 
-    A :class:`~bioplausible.losses.Loss` gives ``ℓ`` by ``per_sample`` (``s = 1`` for a
+    A :class:`~bioplausible.core.losses.Loss` gives ``ℓ`` by ``per_sample`` (``s = 1`` for a
     batch-summed loss, ``1/N`` for a batch mean); any other callable is evaluated one example
     at a time and taken as a batch mean unless it has ``reduction == "sum"``.
     """

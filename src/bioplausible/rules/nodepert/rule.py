@@ -67,8 +67,8 @@ from ...nn.convert import feedback_layers, swap_layers
 from ...nn.dfa import CONV_SCALES, attach_direct_feedback
 from ...nn.layers import FEEDBACK_INITS, FeedbackLinear, init_feedback
 from ...nn.pathway import FixedFeedback
-from ...registry import register
-from ..base import FeedbackPair, Rule, StepResult
+from ..._registry import register
+from ...core.rule import FeedbackPair, Rule, StepResult
 from . import fast
 from .estimator import loss_difference, regression_grad, ridge_update, signal_angle
 

@@ -1,0 +1,367 @@
+"""Training configuration: one nested mapping, validated, with YAML files and dotted overrides.
+
+A configuration is the same whether it comes from CLI flags, ``--config run.yaml``, ``--set
+key=value`` overrides or a preset::
+
+    dataset:   {name: mnist, normalize: standardize, flatten: false, val_size: 0, subset: null}
+    model:     {spec: "mlp:784-500-10", activation: sigmoid}   # other keys: model options
+    rule:      {name: fa}                                      # other keys: rule hyperparameters
+    loss:      auto                # cross_entropy, or bce for multi-label data
+    optimizer: {name: sgd, lr: 0.1, groups: {feedback: {lr: 0.01}}}  # other keys: optimizer options
+    schedule:  {name: none}                                    # step | cosine | exponential | multistep
+    epochs: 10
+    batch_size: 100
+    logger: none        # tensorboard: also write the metrics as TensorBoard events (RUN_DIR/tensorboard)
+    ...
+
+``deterministic: true`` makes torch use deterministic algorithms for the run (same seed, same
+bits); ``flush_denormal: true`` (default false) flushes subnormal floats to zero on the CPU,
+which can make GEMMs several times faster in epochs where weights or errors decay towards zero
+but changes results slightly. Both are applied by :func:`bioplausible.experiments.jobs.run_job` (and
+:func:`bioplausible.fit`) for the run only. Every number in a config must be finite.
+
+Sections ``dataset``, ``model``, ``rule``, ``optimizer`` and ``schedule`` accept extra keys that
+are passed on (and validated) where they are used; every other key is checked here, by name and
+by type, so a typo or ``--set optimizer.lr=abc`` fails before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "dataset": {"name": "mnist", "root": None, "normalize": "standardize", "flatten": False,
+                "val_size": 0, "subset": None},
+    "model": {"spec": "mlp:784-500-10"},
+    "rule": {"name": "bp"},
+    "loss": "auto",
+    "optimizer": {"name": "sgd", "lr": 0.1, "groups": {}},
+    "schedule": {"name": "none"},
+    "epochs": 10,
+    "batch_size": 100,
+    "eval_batch_size": 1000,
+    "seed": 0,
+    "deterministic": False,
+    "flush_denormal": False,
+    "device": "cpu",
+    "dtype": "float32",
+    "probe_every": 0,
+    "divergence_threshold": 1.0e8,
+    "checkpoint_every": 1,
+    "eval_train": False,
+    "progress": True,
+    "logger": "none",
+    "out": None,
+}
+
+OPEN_SECTIONS = {"dataset", "model", "rule", "optimizer", "schedule"}
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loader that also reads ``1e-4`` as a float (YAML 1.2 behaviour)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+_NULLABLE = {"out", "dataset.root", "dataset.subset"}
+_POSITIVE = {"epochs", "batch_size", "eval_batch_size", "checkpoint_every"}
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _check_value(path: str, value: Any, default: Any) -> Any:
+    if value is None and (path in _NULLABLE or default is None):
+        return None
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, dict):
+        if isinstance(value, dict):
+            return value
+    raise ConfigError(f"{path} must be {_type_name(default)}, got {value!r}")
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if isinstance(out.get(key), dict) and isinstance(value, dict):
+            out[key] = _merge(out[key], value, path + ".")
+        elif isinstance(out.get(key), dict) and isinstance(value, str) and key in ("model", "rule", "dataset"):
+            # shorthand: rule: fa, model: "mlp:784-500-10", dataset: mnist
+            out[key] = {**out[key], ("spec" if key == "model" else "name"): value}
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _validate(cfg: dict[str, Any]) -> dict[str, Any]:
+    for key in cfg:
+        if key not in DEFAULTS:
+            close = difflib.get_close_matches(key, list(DEFAULTS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}; known keys: {', '.join(DEFAULTS)}")
+    for key, default in DEFAULTS.items():
+        if isinstance(default, dict):
+            section = cfg[key]
+            if not isinstance(section, dict):
+                raise ConfigError(f"{key} must be a mapping, got {section!r}")
+            for sub, sub_default in default.items():
+                section[sub] = _check_value(f"{key}.{sub}", section.get(sub), sub_default)
+            if key not in OPEN_SECTIONS:
+                extra = sorted(set(section) - set(default))
+                if extra:
+                    raise ConfigError(f"unknown key {key}.{extra[0]}")
+        else:
+            cfg[key] = _check_value(key, cfg[key], default)
+    for key in _POSITIVE:
+        if cfg[key] < 1:
+            raise ConfigError(f"{key} must be at least 1, got {cfg[key]}")
+    if cfg["probe_every"] < 0:
+        raise ConfigError(f"probe_every must be >= 0, got {cfg['probe_every']}")
+    _check_finite(cfg, "")
+    if cfg["optimizer"]["lr"] <= 0:
+        raise ConfigError(f"optimizer.lr must be positive, got {cfg['optimizer']['lr']}")
+    if cfg["divergence_threshold"] <= 0:
+        raise ConfigError(f"divergence_threshold must be a positive number, got {cfg['divergence_threshold']}")
+    if not 0 <= cfg["seed"] <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer from 0 to {MAX_SEED}, got {cfg['seed']}")
+    if cfg["dtype"] not in ("float32", "float64", "float16", "bfloat16"):
+        raise ConfigError(f"dtype must be float32, float64, float16 or bfloat16, got {cfg['dtype']!r}")
+    if not _DEVICE.match(cfg["device"]):
+        raise ConfigError(f"device must be cpu, cuda, cuda:N or auto, got {cfg['device']!r}")
+    for key in ("root", "name", "normalize"):
+        value = cfg["dataset"].get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"dataset.{key} must be a string, got {value!r}")
+    if cfg["dataset"]["subset"] is not None and (
+            isinstance(cfg["dataset"]["subset"], bool) or not isinstance(cfg["dataset"]["subset"], int)
+            or cfg["dataset"]["subset"] < 1):
+        raise ConfigError(f"dataset.subset must be a positive integer or null, got {cfg['dataset']['subset']!r}")
+    check_optimizer_options(cfg["optimizer"])
+    from .loggers import logger_names
+
+    logger_names(cfg["logger"])
+    return cfg
+
+
+MAX_SEED = 2**32 - 1
+_DEVICE = re.compile(r"^(cpu|auto|cuda(:[0-9]+)?)$")
+
+
+def _check_finite(node: Any, path: str) -> None:
+    """Every number anywhere in the config is finite (nan and inf are never meant)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite(value, f"{path}{key}.")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            _check_finite(value, f"{path}{i}.")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{path.rstrip('.')} must be a finite number, got {node}")
+
+
+# Options that must be >= 0 (when present) for every torch optimizer that takes them.
+_NON_NEGATIVE = {"lr", "momentum", "dampening", "weight_decay", "eps", "alpha", "lr_decay",
+                 "initial_accumulator_value", "rho", "lambd", "t0", "momentum_decay"}
+
+
+def optimizer_class(name: str) -> type:
+    """``"adam"`` -> ``torch.optim.Adam`` (case-insensitive); UnknownNameError otherwise."""
+    import torch
+
+    from ..errors import UnknownNameError
+
+    classes = {n.lower(): getattr(torch.optim, n) for n in dir(torch.optim)
+               if isinstance(getattr(torch.optim, n), type)
+               and issubclass(getattr(torch.optim, n), torch.optim.Optimizer) and n != "Optimizer"}
+    if str(name).lower() not in classes:
+        raise UnknownNameError(f"unknown optimizer {name!r}; choose from {', '.join(sorted(classes))}")
+    return classes[str(name).lower()]
+
+
+def check_optimizer_options(section: dict[str, Any]) -> None:
+    """Names, types and ranges of the optimizer's options, top level and per group.
+
+    An option the optimizer does not take (``momentun``) or a non-numeric/negative rate is a
+    ConfigError here, before any run directory is written, rather than an error at the first
+    step or an option silently ignored.
+    """
+    cls = optimizer_class(section.get("name", "sgd"))
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
+    groups = section.get("groups") or {}
+    if not isinstance(groups, dict):
+        raise ConfigError("optimizer.groups must map a group name to options, e.g. {feedback: {lr: 0.01}}")
+    tables = [("optimizer", {k: v for k, v in section.items() if k not in ("name", "groups")})]
+    for group, options in groups.items():
+        if not isinstance(options, dict):
+            raise ConfigError(f"optimizer.groups.{group} must map options to values, e.g. {{lr: 0.01}}, "
+                              f"got {options!r}")
+        tables.append((f"optimizer.groups.{group}", options))
+    for where, options in tables:
+        for key, value in options.items():
+            if key not in accepted:
+                close = difflib.get_close_matches(key, sorted(accepted), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{where}.{key}: {cls.__name__} has no option {key!r}{hint}; "
+                                  f"options: {', '.join(sorted(accepted))}")
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if key == "betas" and not (isinstance(value, (list, tuple)) and len(value) == 2
+                                       and all(_is_number(v) and 0 <= v < 1 for v in value)):
+                raise ConfigError(f"{where}.betas must be two numbers in [0, 1), got {value!r}")
+            if key in _NON_NEGATIVE:
+                if not all(_is_number(v) for v in values):
+                    raise ConfigError(f"{where}.{key} must be a number, got {value!r}")
+                if any(v < 0 for v in values):
+                    raise ConfigError(f"{where}.{key} must be >= 0, got {value!r}")
+                if key == "lr" and where == "optimizer" and any(v == 0 for v in values):
+                    raise ConfigError(f"{where}.lr must be positive, got {value!r}")  # 0 in a group: frozen
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"optimizer.lr=0.01"`` -> (["optimizer", "lr"], 0.01); values are parsed as YAML scalars."""
+    key, eq, raw = item.partition("=")
+    key = key.strip()
+    if not eq or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r} must look like key=value, e.g. optimizer.lr=0.01")
+    try:
+        value = yaml_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; numbers are meant
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def overrides_to_dict(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r} conflicts with another override")
+        node[path[-1]] = value
+    return out
+
+
+class TrainConfig:
+    """A validated configuration, immutable: ``config["optimizer"]`` returns a copy.
+
+    Build one with :meth:`from_dict`; derive a changed one with :meth:`updated`. Values read
+    from it (``config["rule"]``, ``config.data``, ``config.to_dict()``) are copies, so no caller
+    can change a config another part of the program already holds.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_data", _validate(_merge(DEFAULTS, copy.deepcopy(data or {}))))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("TrainConfig is immutable; use config.updated({...})")
+
+    def __reduce__(self):
+        return (TrainConfig, (self._data,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TrainConfig) and self._data == other._data
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self._data, sort_keys=True, default=str))
+
+    def __repr__(self) -> str:
+        return f"TrainConfig({self._data!r})"
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """A copy of the full nested mapping."""
+        return copy.deepcopy(self._data)
+
+    @classmethod
+    def from_dict(cls, mapping: dict[str, Any] | None = None, overrides: list[str] | None = None) -> TrainConfig:
+        cfg = _merge(DEFAULTS, dict(mapping or {}))
+        if overrides:
+            cfg = _merge(cfg, overrides_to_dict(overrides))
+        return cls(cfg)
+
+    def updated(self, mapping: dict[str, Any] | None = None, overrides: list[str] | None = None) -> TrainConfig:
+        return TrainConfig.from_dict(_merge(self._data, dict(mapping or {})), overrides)
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._data[key]
+        return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._data)
+
+    def rule_options(self) -> dict[str, Any]:
+        return {k: copy.deepcopy(v) for k, v in self._data["rule"].items() if k != "name"}
+
+    def model_options(self) -> dict[str, Any]:
+        return {k: copy.deepcopy(v) for k, v in self._data["model"].items() if k != "spec"}
+
+    def dataset_options(self) -> dict[str, Any]:
+        return {k: copy.deepcopy(v) for k, v in self._data["dataset"].items() if k not in ("name",)}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(json.loads(json.dumps(self._data)), sort_keys=False)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML (or JSON) training config and apply ``key=value`` overrides."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        mapping = yaml_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(p)!r} is not a text (YAML) file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(p)!r} cannot be read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {first}") from None
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"config file {str(p)!r} must contain a mapping of keys to values")
+    return TrainConfig.from_dict(mapping, overrides)

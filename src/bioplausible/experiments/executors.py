@@ -1,0 +1,138 @@
+"""Executors of a sweep: this process, spawned local processes, or Ray tasks.
+
+Each executor takes the jobs still to run and calls ``on_event(kind, index, result)`` with
+``kind`` ``"start"`` or ``"end"``; a job's own failure comes back as a result (see
+:func:`bioplausible.experiments.sweep.execute`), never as an exception.
+
+Local workers are spawned processes with one torch thread each; on Linux each asks the kernel to
+kill it when the sweep's process dies (``PR_SET_PDEATHSIG``), so a killed sweep leaves no worker
+behind writing a run directory; elsewhere a re-launch waits on the run's lock instead.
+
+Ray: ``address="local"`` starts a private Ray instance on this machine (loopback addresses, no
+dashboard, ``num_cpus`` = the number of jobs); ``"auto"`` or ``"HOST:PORT"`` joins a running
+cluster, whose nodes must see the sweep's ``out`` folder at the same path (a shared filesystem)
+and have bioplausible installed. If Ray is already initialised in this process it is used as is.
+"""
+
+from __future__ import annotations
+
+import os
+import queue as queue_mod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import UserError
+from .sweep import execute
+
+Event = Callable[[str, int, dict[str, Any]], None]
+_EVENTS: Any = None
+
+
+def run_inline(jobs: Sequence[tuple[int, dict[str, Any]]], on_event: Event) -> None:
+    for index, data in jobs:
+        on_event("start", index, {})
+        on_event("end", index, execute(data, worker=False))
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def _init_worker(events: Any, parent: int) -> None:
+    global _EVENTS
+    _EVENTS = events
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _task(index: int, data: dict[str, Any]) -> dict[str, Any]:
+    if _EVENTS is not None:
+        _EVENTS.put(index)
+    return execute(data, worker=True)
+
+
+def run_local(jobs: Sequence[tuple[int, dict[str, Any]]], workers: int, on_event: Event) -> None:
+    """``workers`` spawned processes, one torch thread each."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = multiprocessing.get_context("spawn")
+    events = ctx.Queue()
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                             initargs=(events, os.getpid())) as pool:
+        futures = {pool.submit(_task, index, data): index for index, data in jobs}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            _drain(events, on_event)
+            for fut in done:
+                on_event("end", futures[fut], fut.result())
+        _drain(events, on_event)
+
+
+def _drain(events: Any, on_event: Event) -> None:
+    while True:
+        try:
+            index = events.get_nowait()
+        except (queue_mod.Empty, OSError, ValueError):
+            return
+        on_event("start", index, {})
+
+
+def _ray_task(data: dict[str, Any]) -> dict[str, Any]:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return execute(data, worker=True)
+
+
+def run_ray(jobs: Sequence[tuple[int, dict[str, Any]]], workers: int, address: str | None,
+            on_event: Event) -> None:
+    """The jobs as Ray tasks (one CPU each) on a local instance or a cluster."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'bioplausible[sweep]' (or pip install ray)") from None
+    started = False
+    if not ray.is_initialized():
+        env = {k: os.environ[k] for k in ("BIOPLAUSIBLE_DATA", "BIOPLAUSIBLE_THREADS") if k in os.environ}
+        if address in (None, "local"):
+            ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     log_to_driver=False, runtime_env={"env_vars": env} if env else None)
+        else:
+            ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
+        started = True
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
+        refs = {}
+        for index, data in jobs:
+            refs[task.remote(data)] = index
+        pending = list(refs)
+        cpus = max(1, int(ray.available_resources().get("CPU", workers) or workers))
+        for index in [refs[r] for r in pending[:cpus]]:
+            on_event("start", index, {})
+        announced = set(pending[:cpus])
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            for ref in done:
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a worker crash: recorded like a run that raised
+                    result = {"status": "failed", "message": f"ray task failed: {type(exc).__name__}",
+                              "seconds": 0.0, "skipped": False}
+                if ref not in announced:
+                    on_event("start", refs[ref], {})
+                on_event("end", refs[ref], result)
+            for ref in pending[:cpus]:  # ray runs them in submission order, as CPUs free up
+                if ref not in announced:
+                    announced.add(ref)
+                    on_event("start", refs[ref], {})
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,499 @@
+"""Runs as jobs: ``plan`` what to train, ``run_job`` one run anywhere, ``aggregate`` the results.
+
+A :class:`Job` is plain, picklable data (the full config mapping, the run directory, a label,
+the seed and the preset it came from), so a job can be handed to a worker process or a
+cluster scheduler and run with :func:`run_job` there::
+
+    jobs = plan("fb-mnist-sigmoid", "quick")             # preset x scale x seeds (x grid)
+    check_jobs(jobs)                                      # every user error, before anything is written
+    summaries = [run_job(job) for job in jobs]            # or pool.map(run_job_in_worker, jobs)
+    stats = aggregate(summaries)                          # {label: {metric: (mean, std, n)}}
+
+:func:`run_job` is the one place that sets torch's thread count, seeds, applies
+``deterministic`` and ``flush_denormal``, loads the data, builds the model, constructs the
+:class:`~bioplausible.engine.trainer.Trainer` and writes the run directory. A run directory has one
+writer at a time: :func:`run_job` holds an ``flock`` on ``<run_dir>/.lock`` while it trains (the
+kernel drops it when the process dies, so a killed run leaves nothing stuck).
+
+``flush_denormal: true`` (default false) makes the CPU flush subnormal floats to zero
+(``torch.set_flush_denormal``): GEMMs over weights or errors that decay towards zero can run
+several times faster, but results change slightly (values below ~1e-38 in float32 become 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import json
+import math
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..engine.config import MAX_SEED, TrainConfig, _merge
+from ..errors import ConfigError, UserError
+
+THREADS_ENV = "BIOPLAUSIBLE_THREADS"
+LOCK_NAME = ".lock"
+METRICS = ("test_accuracy", "best_test_accuracy", "grad_angle", "test_loss", "train_loss")
+
+
+@dataclass
+class Job:
+    """One training run: everything :func:`run_job` needs, as plain data."""
+
+    config: dict[str, Any]
+    run_dir: str
+    label: str
+    seed: int
+    preset: str | None = None
+    scale: str | None = None
+    resume: bool = False
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.config)
+
+
+# ----------------------------------------------------------------------------- plan
+def check_seeds(seeds: Iterable[Any], where: str = "seeds") -> list[int]:
+    """Seeds as distinct integers in [0, 2**32 - 1]; ConfigError in one line otherwise."""
+    out: list[int] = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+            raise ConfigError(f"{where}: {s!r} is not a seed; seeds are integers from 0 to {MAX_SEED}")
+        if s in out:
+            raise ConfigError(f"{where}: seed {s} is listed twice")
+        out.append(s)
+    if not out:
+        raise ConfigError(f"{where}: give at least one seed")
+    return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; anything else is a ConfigError naming the bad item."""
+    items = [t.strip() for t in str(text).split(",")]
+    values: list[Any] = []
+    for t in items:
+        try:
+            values.append(int(t))
+        except ValueError:
+            raise ConfigError(f"--seeds {text!r}: {t!r} is not an integer; use e.g. --seeds 0,1,2") from None
+    return check_seeds(values, f"--seeds {text!r}")
+
+
+def _dotted(key: str, value: Any) -> dict[str, Any]:
+    node: dict[str, Any] = {}
+    cur = node
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[parts[-1]] = value
+    return node
+
+
+def _grid_points(grid: dict[str, Sequence[Any]] | None) -> list[tuple[str, dict[str, Any]]]:
+    if not grid:
+        return [("", {})]
+    if not isinstance(grid, dict):
+        raise ConfigError("grid must map a config key to a list of values, e.g. {optimizer.lr: [0.1, 0.01]}")
+    keys = list(grid)
+    for k in keys:
+        if not isinstance(grid[k], (list, tuple)) or not grid[k]:
+            raise ConfigError(f"grid {k}: give a non-empty list of values")
+    points = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        update: dict[str, Any] = {}
+        for k, v in zip(keys, values):
+            update = _merge(update, _dotted(k, v))
+        points.append((",".join(f"{k}={v}" for k, v in zip(keys, values)), update))
+    return points
+
+
+def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] | None = None,
+         grid: dict[str, Sequence[Any]] | None = None, out: str | os.PathLike | None = None) -> list[Job]:
+    """Jobs for a preset (name, file or :class:`Preset`) or a config (TrainConfig or mapping).
+
+    A preset gives one job per run x grid point x seed, in ``<out>/<label>-seed<seed>``. A
+    config gives one job per grid point x seed, labelled by its rule; a single job (no grid,
+    no ``seeds``) runs in ``out`` itself. Every config is validated here.
+    """
+    from .presets import Preset, get_preset
+
+    points = _grid_points(grid)
+    if isinstance(preset_or_config, (str, Preset)):
+        preset = preset_or_config if isinstance(preset_or_config, Preset) else get_preset(preset_or_config)
+        scale = scale or "quick"
+        config, preset_seeds = preset.resolved(scale)
+        seeds = check_seeds(seeds if seeds is not None else preset_seeds)
+        base = Path(out) if out is not None else (
+            Path("runs") / f"reproduce-{preset.name}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}")
+        jobs = []
+        for label, run in preset.runs.items():
+            rule = {k: v for k, v in run.items() if k != "config"}
+            for suffix, update in points:
+                name = f"{label}[{suffix}]" if suffix else label
+                for seed in seeds:
+                    cfg = config.updated(run.get("config") or {}).updated(update).updated(
+                        {"rule": rule, "seed": seed})
+                    jobs.append(Job(cfg.to_dict(), str(base / f"{name}-seed{seed}"), name, seed,
+                                    preset=preset.name, scale=scale))
+        return jobs
+    config = (preset_or_config if isinstance(preset_or_config, TrainConfig)
+              else TrainConfig.from_dict(preset_or_config))
+    single = seeds is None and not grid
+    seeds = check_seeds(seeds if seeds is not None else [config["seed"]])
+    from ..data.custom import run_label
+
+    base = Path(out) if out is not None else (
+        Path("runs") / f"train-{config['rule']['name']}-{run_label(config['dataset']['name'])}-"
+        f"{time.strftime('%Y%m%d-%H%M%S')}")
+    jobs = []
+    for suffix, update in points:
+        cfg_point = config.updated(update)
+        label = cfg_point["rule"]["name"] + (f"[{suffix}]" if suffix else "")
+        for seed in seeds:
+            cfg = cfg_point.updated({"seed": seed})
+            run_dir = base if single else base / f"{label}-seed{seed}"
+            jobs.append(Job(cfg.to_dict(), str(run_dir), label, seed))
+    return jobs
+
+
+# ----------------------------------------------------------------------------- data and checks
+_DATA_CACHE: dict[str, Any] = {}
+
+
+def load_data(config: TrainConfig) -> Any:
+    """The config's dataset; the last one loaded in this process is reused."""
+    from ..data import load_dataset
+    from ..data.core import resolve_root
+
+    options = {k: v for k, v in config.dataset_options().items() if v is not None}
+    where = str(resolve_root(options.get("root")).resolve())
+    key = json.dumps([config["dataset"]["name"], options, where, os.environ.get("BIOPLAUSIBLE_MIRROR")],
+                     sort_keys=True, default=str)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = load_dataset(config["dataset"]["name"], **options)
+    return _DATA_CACHE[key]
+
+
+def clear_data_cache() -> None:
+    """Forget the dataset :func:`load_data` keeps (the CLI does this after every command)."""
+    _DATA_CACHE.clear()
+
+
+def _tiny(data: Any, n: int = 2) -> Any:
+    """The same dataset cut to ``n`` examples per split: enough to build a Trainer on."""
+    from ..data import DataBundle, Split
+
+    def cut(split: Any) -> Any:
+        return None if split is None else Split(split.x[:n], split.y[:n])
+
+    return DataBundle(train=cut(data.train), test=cut(data.test), val=cut(getattr(data, "val", None)),
+                      info=data.info)
+
+
+def _build(job: Job, data: Any, config: TrainConfig, out: Path | None, progress: bool | None = None):
+    import torch
+
+    from ..models import build_model
+    from ..engine.trainer import Trainer
+
+    torch.manual_seed(config["seed"])
+    from ..data.reconstruction import output_size
+
+    model = build_model(config["model"]["spec"], input_shape=data.info.input_shape,
+                        num_classes=output_size(data.info), **config.model_options())
+    return Trainer(model, config["rule"]["name"], data, config, out=out, progress=progress)
+
+
+def check_device(name: str) -> None:
+    """The device exists here (``cuda:3`` on a one-GPU machine is a ConfigError)."""
+    import torch
+
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def check_jobs(jobs: Sequence[Job]) -> None:
+    """Every user error of every job (config, rule options, model, rule x model, optimizer, data),
+    raised before any job trains or writes anything."""
+    from .._registry import make
+
+    for job in jobs:
+        config = job.train_config()
+        check_device(config["device"])
+        make(config["rule"]["name"], **config.rule_options())
+        data = load_data(config)
+        _build(job, _tiny(data), config, out=None, progress=False)
+        check_run_dir(Path(job.run_dir), resume=job.resume)
+
+
+def check_run_dir(run_dir: Path, resume: bool = False) -> None:
+    """``run_dir`` can be used: not a file, not inside a file, empty unless resuming."""
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"run directory {str(run_dir)!r}: {str(parent)!r} is a file; choose another --out")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"run directory {str(run_dir)!r}: {str(parent)!r} is not writable; "
+                                f"choose another --out")
+            break
+    if not resume and run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+        raise UserError(f"run directory {str(run_dir)!r} already exists and is not empty; choose another "
+                        f"--out or use --resume")
+
+
+# ----------------------------------------------------------------------------- run
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``<run_dir>/.lock`` exclusively; a second writer gets a UserError in one line."""
+    path = run_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock, one writer is the user's job
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise UserError(f"run directory {str(run_dir)!r} is being written by another run (pid "
+                                f"{holder}); wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _threads_from_env() -> int | None:
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"{THREADS_ENV}={raw!r} must be a positive integer (torch threads per run)")
+    return n
+
+
+@contextlib.contextmanager
+def runtime(config: TrainConfig, worker: bool = False) -> Iterator[None]:
+    """Threads, determinism and denormal flushing for one run; the previous settings come back after."""
+    import torch
+
+    threads = _threads_from_env() or (1 if worker else None)
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if config["deterministic"]:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        if config["flush_denormal"] and not torch.set_flush_denormal(True):
+            raise ConfigError("flush_denormal: this CPU cannot flush denormals (needs SSE3); set it to false")
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+        torch.backends.cudnn.benchmark = before[3]
+        if config["flush_denormal"]:
+            torch.set_flush_denormal(False)
+
+
+def run_job(job: Job, progress: bool | None = None, worker: bool = False) -> dict[str, Any]:
+    """Train ``job`` and write its run directory; returns the run's summary.
+
+    ``worker=True`` (a process that runs jobs for someone else) uses one torch thread unless
+    ``$BIOPLAUSIBLE_THREADS`` says otherwise. User errors are raised before the directory is
+    created; a directory this call created is removed again when one is raised later.
+    """
+    config = job.train_config()
+    run_dir = Path(job.run_dir)
+    check_device(config["device"])
+    check_run_dir(run_dir, resume=job.resume)
+    with runtime(config, worker=worker):
+        data = load_data(config)
+        created = not run_dir.exists()
+        trainer = _build(job, data, config, out=run_dir, progress=progress)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create run directory {str(run_dir)!r}: {exc.strerror}; "
+                            f"choose another --out") from None
+        try:
+            with run_lock(run_dir):
+                check_run_dir(run_dir, resume=job.resume)
+                result = trainer.run(resume=job.resume)
+                summary = dict(result.summary)
+                summary["job"] = {"label": job.label, "seed": job.seed, "preset": job.preset,
+                                  "scale": job.scale}
+                _write_json(run_dir / "summary.json", summary)
+        except UserError:
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+    summary["run_dir"] = str(run_dir)
+    return summary
+
+
+def run_job_in_worker(job: Job) -> dict[str, Any]:
+    """:func:`run_job` as a worker process calls it: one thread, no progress bar."""
+    return run_job(job, progress=False, worker=True)
+
+
+def run_jobs(jobs: Sequence[Job], workers: int = 1, progress: bool | None = None,
+             stack: bool = False) -> list[dict[str, Any]]:
+    """Run ``jobs`` in this process (``workers=1``) or in a pool of ``workers`` spawned processes.
+
+    Each worker runs :func:`run_job_in_worker` (one torch thread unless ``$BIOPLAUSIBLE_THREADS``
+    says otherwise, no progress bar); summaries come back in the order of ``jobs``. ``stack=True``
+    trains jobs that differ only by seed and learning rate as one stacked model in this process
+    (:mod:`bioplausible.stacked`; the same run directories), the others one after another; with
+    ``stack`` everything runs in this process (``workers`` is not used).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    if stack:
+        from ..stacked import run_jobs_stacked
+
+        return run_jobs_stacked(list(jobs), progress=progress)
+    if workers == 1 or len(jobs) <= 1:
+        return [run_job(job, progress=progress) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(run_job_in_worker, jobs))
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- resume
+RESUMABLE = {"epochs", "progress", "dataset.root"}
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): node}
+
+
+def resume_job(run_dir: str | os.PathLike, changes: dict[str, Any] | None = None,
+               overrides: list[str] | None = None) -> Job:
+    """The job that continues ``run_dir``; ``changes``/``overrides`` may only extend ``epochs``.
+
+    Any other change (rule, learning rate, batch size, dataset, ...) would mix two configs in one
+    run, so it is refused in one line naming the key; ``progress`` and ``dataset.root`` (where
+    the same files are found) may change.
+    """
+    from ..engine.config import load_config
+
+    path = Path(run_dir)
+    if not (path / "config.yaml").is_file():
+        raise UserError(f"--resume {str(path)!r}: no config.yaml there; pass a run directory written by train")
+    stored = load_config(path / "config.yaml")
+    wanted = stored.updated(changes or {}, overrides or [])
+    old, new = _flat(stored.to_dict()), _flat(wanted.to_dict())
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE)
+    if changed:
+        k = changed[0]
+        raise UserError(f"--resume cannot change {k} ({old.get(k)!r} -> {new.get(k)!r}): a run keeps its "
+                        f"config; only --epochs can be extended. Start a new run with --out for other values")
+    if wanted["epochs"] < stored["epochs"]:
+        raise UserError(f"--resume --epochs {wanted['epochs']}: the run was planned for {stored['epochs']} "
+                        f"epochs; --epochs can only extend it")
+    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    job = summary.get("job") or {}
+    return Job(wanted.to_dict(), str(path), str(job.get("label") or wanted["rule"]["name"]), wanted["seed"],
+               preset=job.get("preset"), scale=job.get("scale"), resume=True)
+
+
+# ----------------------------------------------------------------------------- aggregate
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{str(path)!r} cannot be read as JSON ({type(exc).__name__}); the run was "
+                        f"interrupted while writing it or the file is damaged: rerun or --resume it") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{str(path)!r} is not a run summary")
+    return data
+
+
+def _metric(summary: dict[str, Any], metric: str) -> float | None:
+    if metric == "best_test_accuracy":
+        return summary.get("best_test_accuracy")
+    if metric == "grad_angle":
+        return summary.get("grad_angle_mean")
+    return (summary.get("final") or {}).get(metric)
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
+    """(mean, sample std, n) of the finite values; (None, None, 0) when there are none."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None, None, 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
+
+
+def _summary_of(item: Any) -> dict[str, Any]:
+    if isinstance(item, dict):
+        return item
+    return _read_json(Path(item) / "summary.json")
+
+
+def aggregate(items: Iterable[Any], metrics: Sequence[str] = METRICS) -> dict[str, dict[str, tuple]]:
+    """Run directories or summaries -> ``{label: {metric: (mean, std, n)}}`` over seeds.
+
+    The label is the job's (``summary["job"]["label"]``), else the rule's name.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        s = _summary_of(item)
+        label = str((s.get("job") or {}).get("label") or s.get("rule", "?"))
+        groups.setdefault(label, []).append(s)
+    return {label: {m: mean_std(_metric(s, m) for s in sums) for m in metrics}
+            for label, sums in groups.items()}
+
+
+def statuses(items: Iterable[Any]) -> dict[str, list[str]]:
+    out: dict[str, set[str]] = {}
+    for item in items:
+        s = _summary_of(item)
+        label = str((s.get("job") or {}).get("label") or s.get("rule", "?"))
+        out.setdefault(label, set()).add(str(s.get("status")))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    return copy.deepcopy(asdict(job))
+
+
+__all__ = ["Job", "aggregate", "check_jobs", "load_data", "mean_std", "parse_seeds", "plan",
+           "resume_job", "run_job", "run_job_in_worker", "run_jobs", "runtime", "statuses"]

@@ -1,0 +1,205 @@
+"""Tables, Markdown reports and learning-curve plots regenerated from run directories.
+
+Everything here reads only what a run wrote (``config.yaml``, ``metrics.jsonl``,
+``summary.json``), so ``bioplausible report RUN_DIR...`` rebuilds a comparison at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..core.angles import EXACT_DEG, exact_layers, hidden_angle, layer_angles
+from ..errors import UserError
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    label: str
+    config: dict[str, Any]
+    epochs: list[dict[str, Any]]
+    probes: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``.
+
+    A torn last line (what a kill during an append leaves) is dropped; a damaged line before
+    the last is a UserError in one line.
+    """
+    p = Path(path)
+    try:
+        lines = p.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        raise UserError(f"{str(p)!r} cannot be read: {exc.strerror}") from None
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            if i == len(lines) - 1:
+                break  # torn last line
+            raise UserError(f"{str(p)!r} line {i + 1} is damaged (not a JSON record); the run directory "
+                            f"was edited or corrupted")
+        records.append(rec)
+    return records
+
+
+def load_run(path: str | os.PathLike, label: str | None = None) -> RunRecord:
+    p = Path(path)
+    if not (p / "summary.json").is_file():
+        raise UserError(f"{str(p)!r} is not a run directory (no summary.json); pass directories written by train/compare")
+    try:
+        summary = json.loads((p / "summary.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{str(p / 'summary.json')!r} cannot be read ({type(exc).__name__}); the run was "
+                        f"interrupted while writing it or the file is damaged: rerun or --resume it") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"{str(p / 'summary.json')!r} is not a run summary; the run directory is damaged")
+    try:
+        config = yaml.safe_load((p / "config.yaml").read_text()) if (p / "config.yaml").exists() else {}
+    except (OSError, ValueError, yaml.YAMLError):
+        raise UserError(f"{str(p / 'config.yaml')!r} cannot be read as YAML; the run directory is damaged") from None
+    epochs, probes = [], []
+    if (p / "metrics.jsonl").exists():
+        for rec in read_metrics(p / "metrics.jsonl"):
+            (epochs if rec.get("kind") == "epoch" else probes if rec.get("kind") == "probe" else []).append(rec)
+    job_label = (summary.get("job") or {}).get("label")
+    return RunRecord(p, label or job_label or summary.get("rule", p.name), config if isinstance(config, dict) else {},
+                     epochs, probes, summary)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def comparison_rows(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """One row per run: final/best test accuracy, mean gradient angle to BP, time per epoch."""
+    bp_time = next((r.summary.get("mean_epoch_time") for r in runs if r.summary.get("rule") == "bp"), None)
+    rows = []
+    for r in runs:
+        final = r.summary.get("final") or {}
+        t = r.summary.get("mean_epoch_time")
+        rows.append({
+            "rule": r.label,
+            "status": r.summary.get("status"),
+            "epochs": r.summary.get("epochs_completed"),
+            "test_accuracy": final.get("test_accuracy"),
+            "best_test_accuracy": r.summary.get("best_test_accuracy"),
+            "train_loss": final.get("train_loss"),
+            "grad_angle": r.summary.get("grad_angle_mean"),
+            "hidden_angle": hidden_angle(r.probes),
+            "layer_angles": layer_angles(r.probes),
+            "exact_layers": exact_layers(r.probes),
+            "epoch_time": t,
+            "time_vs_bp": (t / bp_time) if (t and bp_time) else None,
+        })
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    head = ("| rule | status | epochs | test acc. (%) | best (%) | train loss | "
+            "hidden-layer angle to BP (°) | s/epoch | time vs BP |")
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(
+            f"| {r['rule']} | {r['status']} | {r['epochs']} | {_fmt(r['test_accuracy'])} | "
+            f"{_fmt(r['best_test_accuracy'])} | {_fmt(r['train_loss'], 4)} | {_fmt(r['hidden_angle'], 1)} | "
+            f"{_fmt(r['epoch_time'])} | {_fmt(r['time_vs_bp'])} |")
+    return "\n".join(lines)
+
+
+def layer_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """A per-layer angle table (Markdown lines), empty when nothing was probed."""
+    lines = ["| rule | layer | angle to BP (°) | exact by construction |", "|---|---|---|---|"]
+    for r in rows:
+        for name, angle in (r.get("layer_angles") or {}).items():
+            lines.append(f"| {r['rule']} | {name} | {angle:.2f} | {'yes' if name in r['exact_layers'] else 'no'} |")
+    return lines + [""] if len(lines) > 2 else []
+
+
+def plot_curves(runs: Sequence[RunRecord], path: str | os.PathLike, title: str = "") -> Path:
+    """Test accuracy and training loss per epoch, one line per run, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3 if any(r.probes for r in runs) else 2, figsize=(13, 4))
+    # a reconstruction task has no accuracy: the first panel shows the test loss instead
+    key = "test_accuracy" if any("test_accuracy" in e for r in runs for e in r.epochs) else "test_loss"
+    for r in runs:
+        ep = [e["epoch"] for e in r.epochs]
+        axes[0].plot(ep, [e.get(key) for e in r.epochs], marker="o", label=r.label)
+        axes[1].plot(ep, [e.get("train_loss") for e in r.epochs], marker="o", label=r.label)
+        if len(axes) > 2 and r.probes:
+            steps = [p["step"] for p in r.probes if "grad_angle" in p]
+            axes[2].plot(steps, [p["grad_angle"] for p in r.probes if "grad_angle" in p], label=r.label)
+    if key == "test_accuracy":
+        axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    else:
+        axes[0].set(xlabel="epoch", ylabel="test loss", title="test loss (lower is better)")
+    axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss", yscale="log")
+    if len(axes) > 2:
+        axes[2].set(xlabel="step", ylabel="degrees", title="angle to the BP gradient")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_report(runs: Sequence[RunRecord], out_dir: str | os.PathLike, title: str = "Comparison") -> dict[str, Path]:
+    """Write ``report.md``, ``curves.png`` and ``comparison.json`` into ``out_dir``."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write the report into {str(out)!r}: {exc.strerror}; give a folder with --out") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the report into {str(out)!r}: not writable; give a folder with --out")
+    rows = comparison_rows(runs)
+    png = plot_curves(runs, out / "curves.png", title)
+    cfg = runs[0].config if runs else {}
+    ds = (cfg.get("dataset") or {}).get("name", "?")
+    model = (cfg.get("model") or {}).get("spec", "?")
+    md = [f"# {title}", "",
+          f"Dataset `{ds}`, model `{model}`, loss `{cfg.get('loss', '?')}`, optimizer "
+          f"`{(cfg.get('optimizer') or {}).get('name', '?')}` (lr {(cfg.get('optimizer') or {}).get('lr', '?')}), "
+          f"batch {cfg.get('batch_size', '?')}, seed {cfg.get('seed', '?')}.", "",
+          markdown_table(rows), "",
+          ("Hidden-layer angle to BP: mean over probe steps of the angle between the rule's weight "
+          "update and the true BP gradient on the same batch, averaged over the weight layers that are "
+          f"not exact (a layer is exact when its angle stayed below {EXACT_DEG:g}° at every probe, like the "
+          "output layer of FA, DFA, KP, WM and sign symmetry; per layer below). s/epoch: training time "
+          "only (no evaluation, no probe measurements)."), "",
+          *layer_lines(rows),
+          "![learning curves](curves.png)", ""]
+    for r in runs:
+        if r.summary.get("status") != "completed":
+            md.append(f"- `{r.label}`: {r.summary.get('status')}: {r.summary.get('message', '')}")
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    (out / "comparison.json").write_text(json.dumps(rows, indent=2, default=str))
+    return {"report": out / "report.md", "plot": png, "json": out / "comparison.json"}

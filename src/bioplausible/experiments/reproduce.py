@@ -1,0 +1,167 @@
+"""``bioplausible reproduce --all``: every registered preset as a sweep, written up in REPRODUCTION.md.
+
+Each preset runs as a sweep in ``<out>/<preset>`` (so a re-launch skips finished runs and
+resumes the rest), and the write-up gives, per preset, the command, the paper's numbers beside
+ours (mean ± std over the seeds), the preset's checks passed and failed, and the runs that did
+not complete. Presets are selected with ``--only`` / ``--skip``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+
+def select(only: str | None, skip: str | None) -> list[str]:
+    from .presets import list_presets
+
+    names = list_presets()
+    wanted = [n.strip() for n in (only or "").split(",") if n.strip()]
+    dropped = [n.strip() for n in (skip or "").split(",") if n.strip()]
+    for n in wanted + dropped:
+        if n not in names:
+            import difflib
+
+            close = difflib.get_close_matches(n, names, n=1)
+            raise UserError(f"unknown preset {n!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                            + "; see `bioplausible list presets`")
+    chosen = [n for n in names if (not wanted or n in wanted) and n not in dropped]
+    if not chosen:
+        raise UserError("--only/--skip leave no preset to run")
+    return chosen
+
+
+def _check_text(check: dict[str, Any]) -> str:
+    if check["text"] != "not measured":
+        return check["text"]
+    named = check.get("runs") or [check.get("run")]
+    return f"{check['type']} on {', '.join(map(str, named))}: not measured (no completed seed of a run)"
+
+
+def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str, Any]]:
+    """The Markdown of one preset's sweep folder, and its check results."""
+    from .presets import check_metrics, evaluate_checks, get_preset, metric_digits, metric_label
+    from .jobs import mean_std
+    from .sweep_report import _fmt, _metric, _num, collect, tables
+
+    preset = get_preset(name)
+    index, groups = collect(folder)
+    t = tables(index, groups)
+    metric = t["metric"]
+    stats = {label: {m: st[m] for m in (metric, "best_test_accuracy", "grad_angle") if m in st}
+             for label, st in t["stats"].items()}
+    # a check's metric other than the paper's (test_accuracy beside test_loss, relative_error_top, ...)
+    for m in sorted({"test_accuracy", *check_metrics(preset)}):
+        for label, runs in groups.items():
+            if label in stats and m not in stats[label]:
+                stats[label][m] = mean_std(_metric(r["run"], m) for r in runs
+                                           if r["status"] == "completed" and r["run"] is not None)
+    checks = evaluate_checks(preset, stats, index.get("scale"))
+    lines = [f"## {preset.title}", "", (f"Preset `{name}`, scale `{index.get('scale')}`, seeds "
+                                        f"{index.get('seeds')}. Paper: {preset.paper}."), "",
+             f"Command: `{command}`", "",
+             f"| run | ours: {metric_label(metric)} (mean ± std, n) | paper | ours − paper | hidden-layer angle to BP (°) | runs |",
+             "|---|---|---|---|---|---|"]
+    for row, st in zip(t["rows"], t["stats"].values()):
+        d = metric_digits(metric)
+        lines.append(f"| {row['label']} | {_fmt(st[metric], d)} (n={st['n']}) | {_num(row['paper'], d)} | "
+                     f"{_num(row['diff'], -d) if row['diff'] is not None else '–'} | "
+                     f"{_fmt(st['hidden_angle'], 1)} | {row['status']} |")
+    values = (preset.paper_results.get("values") or {})
+    for label, paper in values.items():
+        if label not in t["stats"] and paper is not None:
+            lines.append(f"| {label} | not run (no such run in this preset yet) | {paper} | – | – | – |")
+    note = preset.paper_results.get("note")
+    if note:
+        lines += ["", f"Paper values: {note}"]
+    if checks:
+        lines += ["", "Checks:"] + [f"- [{'pass' if c['passed'] else 'FAIL'}] {_check_text(c)}" for c in checks]
+    else:
+        lines += ["", "Checks: none declared by the preset."]
+    bad = [(label, r) for label, runs in groups.items() for r in runs if r["status"] != "completed"]
+    if bad:
+        lines += ["", "Runs that did not complete:"]
+        for label, r in bad:
+            msg = r["run"].summary.get("message", "") if r["run"] is not None else ""
+            lines.append(f"- `{label}` seed {r['seed']}: {r['status']}" + (f" ({msg})" if msg else ""))
+    return "\n".join(lines), {"checks": checks, "stats": t["stats"]}
+
+
+def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: int, out: Path,
+                  markdown: Path, command: str, executor: str = "local", stack: bool = False) -> dict[str, Any]:
+    """Run every preset in ``names`` (each a resumable sweep) and write ``markdown``."""
+    from .sweep import SweepSpec, run_sweep
+
+    results: dict[str, Any] = {}
+    sections = []
+    for name in names:
+        print(f"reproduce --all: {name}", file=sys.stderr, flush=True)
+        spec = SweepSpec(name=name, preset=name, scale=scale, seeds=seeds)
+        folder = out / name
+        one = f"bioplausible reproduce {name} --scale {scale}" + (
+            f" --seeds {','.join(map(str, seeds))}" if seeds else "") + (f" --jobs {jobs}" if jobs > 1 else "")
+        try:
+            run_sweep(spec, out=folder, jobs=jobs, executor=executor, stack=stack)
+        except UserError as exc:  # e.g. its dataset is not on this machine: say so, run the others
+            from .presets import get_preset
+
+            reason = " ".join(str(exc).split())
+            print(f"reproduce --all: {name} not run: {reason}", file=sys.stderr, flush=True)
+            short = reason.split(":")[0]  # the full message (with this machine's paths) went to stderr
+            sections.append(f"## {get_preset(name).title}\n\nPreset `{name}`: **not run** here: {short}.\n\n"
+                            f"Command: `{one}`")
+            results[name] = {"checks": [], "not_run": reason}
+            continue
+        from .sweep_report import write_sweep_report
+
+        write_sweep_report(folder, title=name)
+        text, res = preset_section(name, folder, one)
+        sections.append(text)
+        results[name] = res
+    passed = sum(c["passed"] for r in results.values() for c in r["checks"])
+    total = sum(len(r["checks"]) for r in results.values())
+    skipped = sum("not_run" in r for r in results.values())
+    from .presets import list_presets
+    head = ["# Reproduction", "",
+            (f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+            f"{len(names)} of {len(list_presets())} registered preset(s) at scale `{scale}` ({skipped} not run), {passed}/{total} checks passed. Ours: mean ± sample "
+            "std over the seeds that completed; quick scale runs fewer epochs (and often a data subset) "
+            "than the papers, so gaps to the paper's numbers at quick scale are expected and are not "
+            "the paper's claim being refuted. Per-preset folders hold report.md, results.csv and plots."), ""]
+    from .presets import get_preset, list_presets
+
+    left = [n for n in list_presets() if n not in names]
+    if left:
+        tail = ["## Presets not run in this write-up", "",
+                "Left out by --only/--skip in the command above; run one with the command beside it:", ""]
+        tail += [f"- `{n}` ({get_preset(n).title}): `bioplausible reproduce {n} --scale {scale}"
+                 + (f" --seeds {','.join(map(str, seeds))}" if seeds else "") + "`" for n in left]
+        sections.append("\n".join(tail))
+    markdown.write_text("\n".join(head) + "\n" + "\n\n".join(sections) + "\n")
+    return results
+
+
+def cmd_reproduce_all(args: argparse.Namespace, seeds: list[int] | None, jobs: int) -> int:
+    if args.name:
+        raise UserError("give a preset name or --all/--only/--skip, not both")
+    names = select(args.only, args.skip)
+    out = Path(args.out) if args.out else Path("runs") / f"reproduce-all-{args.scale}"
+    argv = ["bioplausible", "reproduce", "--all", "--scale", args.scale]
+    for flag, value in (("--only", args.only), ("--skip", args.skip), ("--seeds", args.seeds)):
+        if value:
+            argv += [flag, value]
+    if jobs > 1:
+        argv += ["--jobs", str(jobs)]
+    if getattr(args, "stack", False):
+        argv += ["--stack"]
+    results = reproduce_all(names, args.scale, seeds, jobs, out, Path(args.markdown), shlex.join(argv),
+                            stack=getattr(args, "stack", False))
+    failed = [c for r in results.values() for c in r["checks"] if not c["passed"]]
+    print(f"{args.markdown}: {len(names)} preset(s), {len(failed)} failed check(s); runs in {out}")
+    return 1 if failed and args.strict else 0

@@ -1,0 +1,395 @@
+"""Sweeps: a grid of configs x seeds run as :class:`~bioplausible.experiments.jobs.Job` s, locally or on Ray.
+
+A sweep file (YAML) names a base (a preset or a config), a grid of dotted keys and the seeds::
+
+    name: lr-sweep
+    preset: fb-mnist-sigmoid        # or  config: {dataset: {name: mnist}, ...}  or  config: run.yaml
+    scale: quick                    # presets only
+    grid: {optimizer.lr: [0.001, 0.003]}
+    seeds: [0, 1, 2]
+    out: runs/lr-sweep              # default: runs/sweep-<name>
+
+Every run is a directory ``<out>/<label>-seed<seed>`` written by :func:`~bioplausible.experiments.jobs.run_job`
+(its ``.lock`` held while it trains); ``<out>/sweep.json`` indexes them. A run is *finished* when
+its ``summary.json`` carries the ``job`` record, which ``run_job`` writes after the model, i.e.
+last: ``completed`` and ``diverged`` runs (a result of the config) are skipped on re-launch. A run
+that raised is recorded as ``failed`` (``error.json`` with the traceback, and a summary with
+``status: failed``); it does not stop the others and is tried again on re-launch. Any other
+directory (a sweep killed mid-run) is resumed from its last epoch checkpoint (``checkpoint.pt``,
+written atomically every ``checkpoint_every`` epochs), or restarted from scratch when it has none;
+in both cases the trainer first drops what was written after the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, UserError
+from .jobs import (
+    LOCK_NAME,
+    Job,
+    _flat,
+    _read_json,
+    _write_json,
+    check_jobs,
+    check_seeds,
+    job_dict,
+    plan,
+)
+
+INDEX = "sweep.json"
+FINAL = ("completed", "diverged")
+_SPEC_KEYS = {"name", "preset", "config", "scale", "grid", "seeds", "out", "overrides"}
+
+
+@dataclass
+class SweepSpec:
+    """What a sweep file says (see the module docstring)."""
+
+    name: str
+    preset: str | None = None
+    config: dict[str, Any] | None = None
+    scale: str | None = None
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: list[int] | None = None
+    out: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "preset": self.preset, "config": self.config, "scale": self.scale,
+                "grid": self.grid, "seeds": self.seeds, "out": self.out, "overrides": self.overrides}
+
+
+def load_spec(path: str | os.PathLike) -> SweepSpec:
+    """A :class:`SweepSpec` from a YAML file; a malformed file is a ConfigError in one line."""
+    from ..engine.config import load_config, yaml_load
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"sweep file {str(p)!r} does not exist")
+    try:
+        raw = yaml_load(p.read_text(encoding="utf-8")) or {}
+    except Exception as exc:  # noqa: BLE001 - yaml.YAMLError, UnicodeDecodeError
+        raise ConfigError(f"sweep file {str(p)!r} is not valid YAML ({type(exc).__name__})") from None
+    return spec_from_dict(raw, str(p), base_dir=p.parent, load_config=load_config)
+
+
+def spec_from_dict(raw: Any, source: str = "sweep", base_dir: Path | None = None,
+                   load_config: Callable[..., Any] | None = None) -> SweepSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a sweep is a mapping with preset: or config:, grid: and seeds:")
+    extra = sorted(set(raw) - _SPEC_KEYS)
+    if extra:
+        raise ConfigError(f"{source}: unknown key {extra[0]!r}; use {', '.join(sorted(_SPEC_KEYS))}")
+    if ("preset" in raw) == ("config" in raw):
+        raise ConfigError(f"{source}: give exactly one of preset: (a preset name or file) or config:")
+    config = raw.get("config")
+    if isinstance(config, str):  # a config file, relative to the sweep file
+        path = Path(config) if Path(config).is_absolute() or base_dir is None else base_dir / config
+        if load_config is None:
+            from ..engine.config import load_config
+        config = load_config(path).to_dict()
+    if config is not None and not isinstance(config, dict):
+        raise ConfigError(f"{source}: config must be a mapping or a YAML file name")
+    preset = raw.get("preset")
+    if preset is not None and not isinstance(preset, str):
+        raise ConfigError(f"{source}: preset must be a preset name or a .yaml file")
+    if preset and preset.endswith((".yaml", ".yml")) and base_dir is not None and not Path(preset).is_absolute():
+        preset = str(base_dir / preset)
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f"{source}: grid must map dotted keys to non-empty lists, e.g. "
+                          f"{{optimizer.lr: [0.01, 0.1]}}")
+    seeds = raw.get("seeds")
+    if seeds is not None:
+        seeds = check_seeds(seeds if isinstance(seeds, list) else [seeds], f"{source}: seeds")
+    overrides = raw.get("overrides") or []
+    if not isinstance(overrides, list):
+        raise ConfigError(f"{source}: overrides must be a list of KEY=VALUE strings")
+    name = str(raw.get("name") or Path(source).stem)
+    return SweepSpec(name=name, preset=preset, config=config, scale=raw.get("scale"), grid=grid,
+                     seeds=seeds, out=raw.get("out"), overrides=[str(o) for o in overrides])
+
+
+def plan_sweep(spec: SweepSpec, out: str | os.PathLike | None = None) -> tuple[list[Job], Path]:
+    """The sweep's jobs (grid x runs x seeds) and its output folder."""
+    from ..engine.config import TrainConfig
+
+    base = Path(out or spec.out or Path("runs") / f"sweep-{spec.name}")
+    if spec.preset is not None:
+        if spec.overrides:
+            raise ConfigError("overrides: apply to config: sweeps; for a preset put the keys in grid:")
+        jobs = plan(spec.preset, spec.scale or "quick", seeds=spec.seeds, grid=spec.grid or None, out=base)
+    else:
+        config = TrainConfig.from_dict(spec.config or {}, spec.overrides)
+        jobs = plan(config, seeds=spec.seeds or [config["seed"]], grid=spec.grid or None, out=base)
+    for job in jobs:
+        job.config["progress"] = False
+        if "[rule.name=" in job.label:  # the rule already names the run: drop it from the label
+            name, _, rest = job.label.partition("[")
+            keys = [k for k in rest.rstrip("]").split(",") if not k.startswith("rule.name=")]
+            job.label = name + (f"[{','.join(keys)}]" if keys else "")
+            job.run_dir = str(base / f"{job.label}-seed{job.seed}")
+    return jobs, base
+
+
+# ----------------------------------------------------------------------------- state of a run
+def run_state(run_dir: str | os.PathLike) -> str:
+    """``new`` (nothing there), ``partial`` (started, not finished) or the finished run's status."""
+    p = Path(run_dir)
+    if not p.is_dir() or not any(x.name != LOCK_NAME for x in p.iterdir()):
+        return "new"
+    s = p / "summary.json"
+    if s.is_file():
+        try:
+            summary = json.loads(s.read_text())
+        except (OSError, ValueError):
+            return "partial"
+        if isinstance(summary, dict) and summary.get("job") is not None:
+            return str(summary.get("status"))
+    return "partial"
+
+
+def _same_config(job: Job) -> None:
+    """A run directory from an earlier launch must hold this job's config (else: mixed results)."""
+    from ..engine.config import load_config
+
+    path = Path(job.run_dir) / "config.yaml"
+    if not path.is_file():
+        return
+    stored = _flat(load_config(path).to_dict())
+    wanted = _flat(job.train_config().to_dict())
+    skip = {"progress", "dataset.root", "out"}
+    diff = sorted(k for k in set(stored) | set(wanted) if k not in skip and stored.get(k) != wanted.get(k))
+    if diff:
+        k = diff[0]
+        raise UserError(f"run {job.run_dir!r} was made with {k}={stored.get(k)!r}, this sweep asks for "
+                        f"{wanted.get(k)!r}: the sweep file changed; use another out: folder")
+
+
+def _record_failure(job: Job, exc: BaseException) -> dict[str, Any]:
+    run_dir = Path(job.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    message = " ".join(f"{type(exc).__name__}: {exc}".split())
+    _write_json(run_dir / "error.json", {"type": type(exc).__name__, "message": str(exc),
+                                         "traceback": traceback.format_exc()})
+    summary = {"status": "failed", "message": message, "rule": job.config.get("rule", {}).get("name"),
+               "job": {"label": job.label, "seed": job.seed, "preset": job.preset, "scale": job.scale}}
+    _write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _wait_for_writer(run_dir: Path) -> None:
+    """Block while another process (a worker of a killed sweep) still writes ``run_dir``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return
+    lock = run_dir / LOCK_NAME
+    if not lock.exists():
+        return
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    finally:
+        os.close(fd)
+
+
+def execute(job_data: dict[str, Any], worker: bool = True) -> dict[str, Any]:
+    """Run one sweep job (a :func:`~bioplausible.experiments.jobs.job_dict`) and never raise for its failure.
+
+    Returns ``{"status", "message", "seconds"}``; a finished run found on disk is not run again.
+    """
+    from .jobs import run_job
+
+    job = Job(**job_data)
+    start = time.time()
+    run_dir = Path(job.run_dir)
+    _wait_for_writer(run_dir)
+    state = run_state(run_dir)
+    if state in FINAL:
+        return {"status": state, "message": "already finished", "seconds": 0.0, "skipped": True}
+    for name in ("error.json", "summary.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    job.resume = run_dir.is_dir()
+    try:
+        summary = run_job(job, progress=False, worker=worker)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
+        summary = _record_failure(job, exc)
+    return {"status": summary.get("status"), "message": summary.get("message", ""),
+            "seconds": time.time() - start, "skipped": False}
+
+
+# ----------------------------------------------------------------------------- the index
+def write_index(base: Path, spec: SweepSpec, jobs: Sequence[Job], states: dict[int, dict[str, Any]],
+                extra: dict[str, Any] | None = None) -> Path:
+    runs = []
+    for i, job in enumerate(jobs):
+        st = states.get(i, {})
+        runs.append({"label": job.label, "seed": job.seed, "dir": os.path.relpath(job.run_dir, base),
+                     "status": st.get("status", run_state(job.run_dir)), "message": st.get("message", ""),
+                     "preset": job.preset, "scale": job.scale})
+    index = {"name": spec.name, "spec": spec.to_dict(), "preset": jobs[0].preset if jobs else None,
+             "scale": jobs[0].scale if jobs else None,
+             "labels": list(dict.fromkeys(j.label for j in jobs)),
+             "seeds": list(dict.fromkeys(j.seed for j in jobs)), "runs": runs,
+             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})}
+    base.mkdir(parents=True, exist_ok=True)
+    _write_json(base / INDEX, index)
+    return base / INDEX
+
+
+def read_index(base: str | os.PathLike) -> dict[str, Any]:
+    """``sweep.json`` with each run's status read again from its directory."""
+    p = Path(base)
+    if not (p / INDEX).is_file():
+        raise UserError(f"{str(p)!r} is not a sweep folder (no {INDEX}); pass the out: folder of a sweep")
+    index = _read_json(p / INDEX)
+    for run in index.get("runs", []):
+        run["status"] = run_state(p / run["dir"])
+    return index
+
+
+# ----------------------------------------------------------------------------- progress
+class Progress:
+    """``done / running / failed, ETA`` on stderr: rewritten in place on a terminal, else per event."""
+
+    def __init__(self, total: int, skipped: int, workers: int, stream: Any = None) -> None:
+        self.total, self.skipped, self.workers = total, skipped, max(1, workers)
+        self.done, self.failed, self.running = skipped, 0, 0
+        self.durations: list[float] = []
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last = ""
+
+    def line(self) -> str:
+        left = self.total - self.done
+        eta = "?"
+        if self.durations and left:
+            mean = sum(self.durations) / len(self.durations)
+            eta = _duration(mean * left / min(self.workers, left))
+        elif not left:
+            eta = "0s"
+        return (f"sweep: {self.done}/{self.total} done ({self.skipped} skipped), {self.running} running, "
+                f"{self.failed} failed, ETA {eta}")
+
+    def show(self, force: bool = False) -> None:
+        text = self.line()
+        if text == self._last and not force:
+            return
+        self._last = text
+        if self.tty:
+            print("\r" + text, end="", file=self.stream, flush=True)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# ----------------------------------------------------------------------------- run a sweep
+def _sweep_lock(base: Path) -> int:
+    """Hold ``<out>/.sweep.lock``: one sweep process per folder (released when it dies)."""
+    base.mkdir(parents=True, exist_ok=True)
+    fd = os.open(base / ".sweep.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"another sweep is running in {str(base)!r}; wait for it or choose another out") from None
+    except ImportError:  # pragma: no cover
+        pass
+    return fd
+
+
+def run_sweep(spec: SweepSpec, out: str | os.PathLike | None = None, jobs: int = 1, executor: str = "local",
+              address: str | None = None, stream: Any = None, stack: bool = False) -> dict[str, Any]:
+    """Run every unfinished job of ``spec``; returns the index (as written to ``sweep.json``).
+
+    ``executor``: ``local`` (``jobs`` spawned processes, or this process when ``jobs == 1``) or
+    ``ray`` (see :mod:`bioplausible.experiments.executors`). Every job still to run is checked first
+    (config, rule, model, data); a user error stops the sweep before anything is written.
+    ``stack=True``: runs that differ only by seed and learning rate train as one stacked model in
+    this process (:mod:`bioplausible.stacked`), with the same run folders.
+    """
+    from . import executors as sweep_exec
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be a positive integer, got {jobs!r}")
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor {executor!r}: use local or ray")
+    planned, base = plan_sweep(spec, out)
+    labels = [f"{j.label}-seed{j.seed}" for j in planned]
+    if len(set(labels)) != len(labels):
+        raise ConfigError("two runs of this sweep have the same label and seed; give the grid distinct values")
+    states = {i: run_state(j.run_dir) for i, j in enumerate(planned)}
+    todo = [i for i, s in states.items() if s not in FINAL]
+    for job in planned:  # finished runs too: a result made with another config is not this sweep's
+        _same_config(job)
+    for i in todo:
+        planned[i].resume = Path(planned[i].run_dir).is_dir()
+    check_jobs([planned[i] for i in todo])
+    fd = _sweep_lock(base)
+    try:
+        results: dict[int, dict[str, Any]] = {i: {"status": s} for i, s in states.items() if s in FINAL}
+        write_index(base, spec, planned, results, {"executor": executor, "jobs": jobs})
+        progress = Progress(len(planned), len(planned) - len(todo), jobs, stream)
+        progress.show(force=True)
+        started = time.time()
+
+        def on_event(kind: str, index: int, result: dict[str, Any]) -> None:
+            if kind == "start":
+                progress.running += 1
+            else:
+                progress.running = max(0, progress.running - 1)
+                progress.done += 1
+                if result.get("status") == "failed":
+                    progress.failed += 1
+                    if run_state(planned[index].run_dir) != "failed":  # the worker itself died
+                        _record_failure(planned[index], RuntimeError(result.get("message", "worker died")))
+                if not result.get("skipped"):
+                    progress.durations.append(float(result.get("seconds") or 0.0))
+                results[index] = result
+                write_index(base, spec, planned, results, {"executor": executor, "jobs": jobs})
+            progress.show()
+
+        work = [(i, job_dict(planned[i])) for i in todo]
+        if work:
+            if stack:  # runs that differ by seed and learning rate as one model, this process
+                from ..stacked.runner import run_sweep_stacked
+
+                run_sweep_stacked(work, on_event)
+            elif executor == "ray":
+                sweep_exec.run_ray(work, jobs, address, on_event)
+            elif jobs == 1 or len(work) == 1:
+                sweep_exec.run_inline(work, on_event)
+            else:
+                sweep_exec.run_local(work, jobs, on_event)
+        progress.close()
+        index = write_index(base, spec, planned, results,
+                            {"executor": executor, "jobs": jobs, "seconds": time.time() - started})
+        return read_index(index.parent)
+    finally:
+        os.close(fd)

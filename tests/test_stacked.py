@@ -30,6 +30,11 @@ RULES = {
     "ar": {"relax_steps": 20}, "ar-loop": {"solver": "loop", "relax_steps": 5, "sweep": "jacobi"},
     "ar-learned": {"backward_weights": "learned", "relax_steps": 10},
     "ar-fa-noderiv": {"variant": "fa_noderiv", "relax_steps": 10, "solver": "fixed_point"},
+    "sal": {}, "sal-paper": {"downstream": "identity", "qr_init": "random", "qr_term": "potential",
+                             "read": "before", "top": "fixed", "b_init": "normal", "sign": 1},
+    "sal-wide": {"width": 2, "downstream": "tanh", "qr_init": "tied", "decay_scaling": "absolute",
+                 "rates": {"B": 0.5, "Q": 2.0}},
+    "sal-frozen": {"plastic": ["W", "B"], "downstream": "relu", "output_error": "cross_entropy"},
 }
 
 

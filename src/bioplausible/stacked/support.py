@@ -1,7 +1,7 @@
 """Which runs can stack, and the stacked step of each rule.
 
 A group of runs stacks when its rule has a stacked step here (:data:`STACKED`: bp, fa, usf, brsf,
-frsf, kp, matched, wm, dfa, np, np-dfa, sg, sg-dfa, bfa, bdfa, ar), its model is a plain MLP
+frsf, kp, matched, wm, dfa, np, np-dfa, sg, sg-dfa, bfa, bdfa, ar, sal), its model is a plain MLP
 (``[Flatten,] (Linear, activation)*`` with sigmoid, tanh, ReLU or identity), the optimizer is SGD
 without momentum (per-run learning rates, parameter groups, weight decay and LR schedules are
 fine; probes are taken run by run), and the task is single-label classification or reconstruction.
@@ -16,6 +16,7 @@ from typing import Any
 from .bidirectional import StackedBDFA, StackedBFA
 from .nodepert import StackedNP, StackedNPDFA, StackedSG, StackedSGDFA
 from .relaxation import StackedAR
+from .sal import StackedSAL
 from .steps import StackedDFA, StackedFA, StackedKP, StackedRule, StackedSign, StackedWM
 
 #: rule name -> stacked step class
@@ -23,6 +24,7 @@ STACKED: dict[str, type[StackedRule]] = {
     "bp": StackedRule, "fa": StackedFA, "usf": StackedSign, "brsf": StackedSign, "frsf": StackedSign,
     "kp": StackedKP, "matched": StackedKP, "wm": StackedWM, "dfa": StackedDFA, "np": StackedNP, "np-dfa": StackedNPDFA,
     "sg": StackedSG, "sg-dfa": StackedSGDFA, "bfa": StackedBFA, "bdfa": StackedBDFA, "ar": StackedAR,
+    "sal": StackedSAL,
 }
 
 
@@ -44,6 +46,8 @@ def config_reason(config) -> str | None:
     if config["dtype"] not in ("float32", "float64"):
         return f"dtype {config['dtype']} is not stacked (float32, float64)"
     options = config.rule_options()
+    if rule == "sal" and options.get("timing", "simultaneous") != "simultaneous":
+        return "sal's timing='feedback_first' has no stacked step (simultaneous has)"
     if rule == "ar" and options.get("graph"):
         return "ar's graph mode (any fx-traceable model) has no stacked step; its MLP path has"
     if rule in ("bfa", "bdfa") and options.get("max_norm") is not None:

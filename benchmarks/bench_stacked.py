@@ -55,9 +55,9 @@ TASKS = {
     "bfa-400": {"title": "BFA Table 1 net 784-400-10 tanh, batch 128 (summed BCE)",
                 "model": "mlp:784-400-10", "activation": "tanh", "batch": 128, "loss": "bce_sum",
                 "lr": 1e-4, "rules": ["bfa", "bdfa"], "target": 1.3},
-    "sal-3x200": {"title": "SAL shape 784-200-200-200-10 relu, batch 256 (kp: sal is not stacked)",
+    "sal-3x200": {"title": "SAL Table 1 net 784-200-200-200-10 relu, batch 256 (batch-mean MSE)",
                   "model": "mlp:784-200-200-200-10", "activation": "relu", "batch": 256,
-                  "loss": "cross_entropy", "lr": 0.01, "rules": ["kp"], "target": 1.3},
+                  "loss": "mse_batchmean", "lr": 0.3, "rules": ["sal", "kp"], "target": 1.3},
     "ghost-500-b100": {"title": "ghost MA-500 shape 784-500-10 sigmoid, batch 100 (bp: ghost rules are not stacked)",
                        "model": "mlp:784-500-10", "activation": "sigmoid", "batch": 100,
                        "loss": "mse_batchmean", "lr": 0.05, "rules": ["bp"], "target": 1.0},
@@ -126,6 +126,8 @@ def flops_per_run_step(task: dict, rule: str) -> float:
         extra = 0  # B takes W's gradient: no second product
     if rule == "bfa":  # the generative net on the class rows, the class sums, its weight gradients
         extra = (2 * sizes[-1] * every + sizes[-1] * sizes[0] * task["batch"]) / task["batch"]
+    if rule == "sal":  # the downstream pass through B, the Q gates of W's signal, B/Q/R gradients
+        extra = upper + 4 * upper
     if rule == "bdfa":  # y′B_l and the agreement gradient of every direct matrix
         extra = 2 * sum(sizes[-1] * a for a, _ in layers[1:])
     return 2.0 * task["batch"] * (2 * every + backward + extra)
@@ -235,9 +237,11 @@ def markdown(result: dict) -> str:
              "rate a 1024×784 by 784×512 `torch.mm` reaches on this thread in the same run (measured before "
              "and after every rule's timing; the best is kept).", ""]
     for task in result["tasks"]:
+        run_by = (f" Measured by `{task['command']}` on {task['date']}, load average {task['load_average']}."
+                  if task.get("command") and task.get("command") != result["command"] else "")
         lines += [f"## {task['title']}", "",
                   f"{task['steps_per_run']} steps per run and repetition; data: {task['data']}; "
-                  f"measured GEMM rate {task['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s.", "",
+                  f"measured GEMM rate {task['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s.{run_by}", "",
                   "| rule | sequential run-steps/s | stacked run-steps/s | speed-up (CPU) | speed-up (wall) | "
                   "FLOP limit run-steps/s | stacked / limit | target | ok | stack state / one run's |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|"]
@@ -261,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: the GPU check")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only the tasks run now in the existing results file (each task keeps "
+                             "the command, load and date of the run that measured it)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
@@ -279,9 +286,21 @@ def main(argv: list[str] | None = None) -> int:
         result["tasks"].append(run_task(key, TASKS[key], steps, reps, x, y, source))
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}
     result["command"] = "python benchmarks/bench_stacked.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
+    for task in result["tasks"]:
+        task.update(command=result["command"], load_average=result["load_average"],
+                    date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
+    old = out / f"stacked_speed{suffix}.json"
+    if args.merge and old.exists():
+        previous = json.loads(old.read_text())
+        fresh = {t["task"]: t for t in result["tasks"]}
+        keys = [t["task"] for t in previous["tasks"]] + [k for k in fresh if k not in
+                                                          {t["task"] for t in previous["tasks"]}]
+        merged = {t["task"]: t for t in previous["tasks"]} | fresh
+        previous["tasks"] = [merged[k] for k in keys]
+        result = previous
     (out / f"stacked_speed{suffix}.json").write_text(json.dumps(result, indent=2))
     md = markdown(result)
     (out / f"stacked_speed{suffix}.md").write_text(md + "\n")

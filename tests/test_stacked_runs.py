@@ -73,7 +73,8 @@ def test_stacked_compare_writes_what_the_unstacked_compare_writes(synthetic_root
     assert _compare(tmp_path / "plain", "bp,fa,np", stack=False) == 0
     assert _compare(tmp_path / "stacked", "bp,fa,np", stack=True) == 0
     _same_runs(tmp_path / "plain", tmp_path / "stacked")
-    probes = [json.loads(line) for line in (tmp_path / "stacked" / "np-seed1" / "metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "stacked" / "np-seed1" / "metrics.jsonl").read_text().splitlines()
+    probes = [json.loads(line) for line in lines]
     assert any(r["kind"] == "probe" and "grad_angle" in r for r in probes)
 
 

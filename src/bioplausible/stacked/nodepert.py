@@ -119,7 +119,8 @@ def draw_noise(generators: list, shapes: list[tuple[int, ...]], device, dtype) -
     ``generators[r]`` in the order of ``shapes`` — what ``torch.randn(shape, generator=g)`` draws
     one shape after another.
 
-    When every shape but the last has a multiple of 16 elements and the last at least 16, a run's shapes are drawn by one
+    When every shape but the last has a multiple of 16 elements and the last at least 16, a
+    run's shapes are drawn by one
     ``normal_`` call on one buffer: torch's CPU normal kernel fills uniforms in order and turns
     them into normals in blocks of 16 (with a fresh block for an incomplete tail; fewer than 16
     take another path), so the buffer

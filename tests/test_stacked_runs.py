@@ -78,6 +78,15 @@ def test_stacked_compare_writes_what_the_unstacked_compare_writes(synthetic_root
     assert any(r["kind"] == "probe" and "grad_angle" in r for r in probes)
 
 
+@pytest.mark.parametrize("rules", ["brsf,wm,np-dfa,sg", "ar,sal,bfa,bdfa"])
+def test_probes_and_rule_metrics_of_every_family_match(synthetic_root, tmp_path, capsys, rules):
+    """Probes read the rule's state where the unstacked probe reads it: feedback the step changed
+    (brSF's magnitudes, NP's regression), weights the rule stepped itself (BFA's phases)."""
+    assert _compare(tmp_path / "plain", rules, stack=False, epochs=1) == 0
+    assert _compare(tmp_path / "stacked", rules, stack=True, epochs=1) == 0
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")
+
+
 @pytest.mark.parametrize("what,flags,line", [
     ("fa-noise", [], "rule 'fa-noise' has no stacked step"),
     ("bp", ["--optimizer", "adam"], "the optimizer is 'adam'; stacked runs step plain SGD"),

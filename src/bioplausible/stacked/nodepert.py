@@ -120,12 +120,11 @@ def draw_noise(generators: list, shapes: list[tuple[int, ...]], device, dtype) -
     one shape after another.
 
     When every shape but the last has a multiple of 16 elements and the last at least 16, a
-    run's shapes are drawn by one
-    ``normal_`` call on one buffer: torch's CPU normal kernel fills uniforms in order and turns
-    them into normals in blocks of 16 (with a fresh block for an incomplete tail; fewer than 16
-    take another path), so the buffer
-    holds the same numbers as the separate draws (``test_one_noise_draw_equals_separate_draws``
-    checks it in float32 and float64). Otherwise, and on other devices, one call per shape.
+    run's shapes are drawn by one ``normal_`` call on one buffer: torch's CPU normal kernel fills
+    uniforms in order and turns them into normals in blocks of 16 (with a fresh block for an
+    incomplete tail; fewer than 16 take another path), so the buffer holds the same numbers as
+    the separate draws (``test_one_noise_draw_equals_separate_draws`` checks it in float32 and
+    float64). Otherwise, and on other devices, one call per shape.
     """
     R = len(generators)
     sizes = [int(torch.Size(s).numel()) for s in shapes]

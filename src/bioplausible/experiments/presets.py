@@ -355,10 +355,12 @@ def _worst(check: dict[str, Any], metric: str, stats: dict[str, dict[str, Any]])
 
 
 def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
-               progress: bool = True, seeds: list[int] | None = None, workers: int = 1) -> dict[str, Any]:
+               progress: bool = True, seeds: list[int] | None = None, workers: int = 1,
+               stack: bool = False) -> dict[str, Any]:
     """Train every run of preset ``name`` at ``scale`` with every seed; write and return a report.
 
-    ``workers > 1`` runs the jobs in that many worker processes (one torch thread each).
+    ``workers > 1`` runs the jobs in that many worker processes (one torch thread each);
+    ``stack=True`` trains the seeds of each run as one stacked model (:mod:`bioplausible.stacked`).
 
     ``plan`` + ``run_job`` per job + ``aggregate`` + the report; every job is checked (configs,
     rules, model, data, ``out``) before the first one trains.
@@ -371,7 +373,7 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
         raise UserError(f"output directory {str(out_dir)!r} already exists; choose another --out")
     jobs = plan(preset, scale, seeds=seeds, out=out_dir)
     check_jobs(jobs)
-    summaries = run_jobs(jobs, workers=workers, progress=progress)
+    summaries = run_jobs(jobs, workers=workers, progress=progress, stack=stack)
     metrics = sorted({preset.paper_results.get("metric", "test_accuracy"), "test_accuracy",
                       "best_test_accuracy", "grad_angle", *check_metrics(preset)})
     stats = aggregate(summaries, metrics)

@@ -126,7 +126,7 @@ def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str
 
 
 def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: int, out: Path,
-                  markdown: Path, command: str, executor: str = "local") -> dict[str, Any]:
+                  markdown: Path, command: str, executor: str = "local", stack: bool = False) -> dict[str, Any]:
     """Run every preset in ``names`` (each a resumable sweep) and write ``markdown``."""
     from .sweep import SweepSpec, run_sweep
 
@@ -139,7 +139,7 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
         one = f"bioplausible reproduce {name} --scale {scale}" + (
             f" --seeds {','.join(map(str, seeds))}" if seeds else "") + (f" --jobs {jobs}" if jobs > 1 else "")
         try:
-            run_sweep(spec, out=folder, jobs=jobs, executor=executor)
+            run_sweep(spec, out=folder, jobs=jobs, executor=executor, stack=stack)
         except UserError as exc:  # e.g. its dataset is not on this machine: say so, run the others
             from .presets import get_preset
 
@@ -193,7 +193,10 @@ def cmd_reproduce_all(args: argparse.Namespace, seeds: list[int] | None, jobs: i
             argv += [flag, value]
     if jobs > 1:
         argv += ["--jobs", str(jobs)]
-    results = reproduce_all(names, args.scale, seeds, jobs, out, Path(args.markdown), shlex.join(argv))
+    if getattr(args, "stack", False):
+        argv += ["--stack"]
+    results = reproduce_all(names, args.scale, seeds, jobs, out, Path(args.markdown), shlex.join(argv),
+                            stack=getattr(args, "stack", False))
     from .verdicts import FAIL, mark
 
     failed = [c for r in results.values() for c in r["checks"] if mark(c) == FAIL]

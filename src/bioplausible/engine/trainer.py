@@ -325,7 +325,8 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.history: list[dict[str, Any]] = []
-        self.probe_angles: list[float] = []
+        self.probe_angles: list[float] = []  # hidden-layer angle per probe (core.angles)
+        self.probe_angles_all: list[float] = []  # whole-network mean per probe, exact layers in
         self.callbacks: list[Callable[[dict[str, Any]], None]] = []
         #: objects with ``log(record)``, called for every record written to metrics.jsonl
         self.loggers: list[Any] = []
@@ -354,6 +355,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "history": self.history, "probe_angles": self.probe_angles,
+            "probe_angles_all": self.probe_angles_all,
         }
 
     def save_checkpoint(self) -> None:
@@ -380,6 +382,7 @@ class Trainer:
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             self.history = list(state["history"])
             self.probe_angles = list(state.get("probe_angles", []))
+            self.probe_angles_all = list(state.get("probe_angles_all", []))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             detail = " ".join(str(exc).split())[:160]
             raise UserError(f"checkpoint {str(path)!r} does not match this run ({type(exc).__name__}: "
@@ -403,8 +406,11 @@ class Trainer:
             "final": last,
             "best_test_accuracy": max(tests) if tests else None,
             "mean_epoch_time": sum(times) / len(times) if times else None,
+            # the hidden-layer angle to BP (bioplausible.core.angles), and the whole-network mean
             "grad_angle_mean": (sum(self.probe_angles) / len(self.probe_angles)
                                 if self.probe_angles else None),
+            "grad_angle_all_layers_mean": (sum(self.probe_angles_all) / len(self.probe_angles_all)
+                                           if self.probe_angles_all else None),
             "total_time": (time.time() - started) if started else None,
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
@@ -451,6 +457,7 @@ class Trainer:
                 record = self.probe.compare(rule, model, reference)
                 if "grad_angle" in record:
                     self.probe_angles.append(record["grad_angle"])
+                    self.probe_angles_all.append(record["grad_angle_all_layers"])
                 self._log({"kind": "probe", "epoch": self.epoch + 1, "step": self.step, **record})
                 probe_time += time.perf_counter() - probe_start
             opt.step()

@@ -20,7 +20,7 @@ m_b − m_a ≤ max), ``min_value`` (a run's metric at least ``min``), ``max_val
 every other run of the preset, by more than ``margin``, default 0).
 
 Metrics: those of the last epoch's record (``test_accuracy``, ``test_loss``, ...), the best test
-accuracy, the mean probe angle ``grad_angle``, and the feedback's ``relative_error_top`` /
+accuracy, the mean hidden-layer angle to BP ``grad_angle`` (:mod:`bioplausible.core.angles`), and the feedback's ``relative_error_top`` /
 ``relative_error_mean`` (‖W − B‖_F/‖W‖_F of the top pair / the mean over pairs after the last
 epoch, :func:`bioplausible.core.probe.feedback_errors`).
 
@@ -335,7 +335,7 @@ def format_report(report: dict[str, Any]) -> str:
     values = report["paper_results"].get("values") or {}
     lines = [f"# {report['title']}", "", f"Preset `{report['preset']}`, scale `{report['scale']}`, "
              f"seeds {report['seeds']}. Paper: {report['paper']}.", "",
-             f"| run | ours: {metric_label(metric)}, mean ± std | paper | ours − paper | angle to BP (°) | status |",
+             f"| run | ours: {metric_label(metric)}, mean ± std | paper | ours − paper | hidden-layer angle to BP (°) | status |",
              "|---|---|---|---|---|---|"]
     for label, st in report["stats"].items():
         m, s = tuple(st.get(metric, (None, None)))[:2]

@@ -90,7 +90,9 @@ def label_stats(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
         metric: mean_std(_metric(r, metric) for r in done),
         "best_test_accuracy": mean_std(r.summary.get("best_test_accuracy") for r in done),
         "hidden_angle": mean_std(hidden_angle(r.probes) for r in done),
-        "grad_angle": mean_std(r.summary.get("grad_angle_mean") for r in done),
+        # the same hidden-layer angle (bioplausible.core.angles), from the records rather than
+        # summary.json so that runs written before the definition was unified agree too
+        "grad_angle": mean_std(hidden_angle(r.probes) for r in done),
         "epoch_time": mean_std(r.summary.get("mean_epoch_time") for r in done),
         "layers": {name: mean_std(v) for name, v in layer.items()}, "exact_layers": sorted(exact),
     }

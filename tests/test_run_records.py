@@ -44,3 +44,83 @@ def test_one_hidden_angle_in_table_plot_summary_and_aggregate(synthetic_root, tm
             assert summary["grad_angle_all_layers_mean"] < 0.6 * want
         else:
             assert want == 0.0
+
+
+class MyModule(__import__("torch").nn.Module):
+    """A user's own 784-128-128-10 MLP (236,298 parameters), not mlp:784-500-10."""
+
+    def __init__(self):
+        super().__init__()
+        import torch.nn as nn
+
+        self.body = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                                  nn.Linear(128, 10))
+
+    def forward(self, x):
+        return self.body(x.flatten(1))
+
+
+def test_fit_records_the_module_and_the_data_that_ran(tmp_path, capsys):
+    import torch
+    import yaml
+
+    import bioplausible as bp
+    from bioplausible.engine.provenance import model_fingerprint
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(60, 784, generator=g) * 2 - 1, torch.randint(0, 10, (60,), generator=g)
+    xt, yt = torch.rand(25, 784, generator=g), torch.randint(0, 10, (25,), generator=g)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=20)
+    out = tmp_path / "run"
+    model = MyModule()
+    bp.fit(model, "fa", loader, (xt, yt), epochs=1, out=out, probe_every=0)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    want_params = 784 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10
+    assert want_params == 118_282 and want_params == sum(p.numel() for p in MyModule().parameters())
+    for rec in (cfg["model"], summary["model_info"]):
+        assert rec["class"] == "MyModule"
+        assert rec["import_path"] == f"{__name__}.MyModule"
+        assert rec["parameters"] == want_params
+        assert rec["fingerprint"] == model_fingerprint(MyModule())
+        assert rec["repr"] == repr(MyModule())
+    assert "spec" not in cfg["model"] and "500" not in json.dumps(summary["model"])
+    assert summary["parameters"] == want_params
+    # the data as given: a DataLoader, with its real sizes; no normalisation invented
+    assert cfg["dataset"]["given_as"] == "DataLoader"
+    assert "normalize" not in cfg["dataset"] and "subset" not in cfg["dataset"]
+    assert summary["data_sizes"] == {"train": 60, "val": None, "test": 25}
+    # `report` prints the module, not a spec from the defaults
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    printed = capsys.readouterr().out
+    assert f"{__name__}.MyModule ({want_params} parameters" in printed
+    assert "train 60, validation none, test 25" in printed and "mlp:784-500-10" not in printed
+
+
+def test_fingerprint_tells_architectures_apart_but_not_instances():
+    import torch.nn as nn
+
+    from bioplausible.engine.provenance import model_fingerprint
+
+    a = model_fingerprint(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)))
+    assert a == model_fingerprint(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)))
+    assert a != model_fingerprint(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)))
+    assert a != model_fingerprint(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)))
+    assert a != model_fingerprint(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double())
+
+
+def test_named_dataset_in_fit_records_its_real_options(synthetic_root, tmp_path):
+    import torch
+    import yaml
+
+    import bioplausible as bp
+
+    out = tmp_path / "run"
+    bp.fit(MyModule(), "bp", "mnist", epochs=1, out=out, probe_every=0,
+           config={"dataset": {"subset": 100, "normalize": "unit"}, "progress": False})
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert cfg["dataset"]["given_as"] == "dataset name" and cfg["dataset"]["name"] == "mnist"
+    assert cfg["dataset"]["subset"] == 100 and cfg["dataset"]["normalize"] == "unit"
+    n_test = len(bp.load_dataset("mnist").test)
+    assert summary["data_sizes"] == {"train": 100, "val": None, "test": n_test}

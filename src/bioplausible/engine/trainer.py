@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from .config import TrainConfig
@@ -311,6 +312,13 @@ class Trainer:
         if getattr(data, "val", None) is not None:
             self.eval_splits["val"] = data.val.to(self.device, self.dtype)
         self.plain_keys = list(model.state_dict().keys())
+        from .provenance import describe_model, split_sizes
+
+        self.model_record = describe_model(model)  # the module as given, before prepare
+        self.data_sizes = split_sizes(self.train_split, self.eval_splits.get("val"),
+                                      self.eval_splits.get("test"))
+        #: what config.yaml records instead of the config (fit(): the user's module and data)
+        self.recorded_config: dict[str, Any] | None = None
         model = model.to(device=self.device, dtype=self.dtype)
         example = next(iter(self.train_split.batches(2, shuffle=False)))[0]
         self.model = call_prepare(self.rule, model, example)
@@ -401,7 +409,12 @@ class Trainer:
         summary = {
             "status": status, "message": message,
             "rule": self.rule.name, "rule_config": self.rule.config,
-            "dataset": self.config["dataset"]["name"], "model": self.config["model"]["spec"],
+            "dataset": self.config["dataset"]["name"],
+            "model": (self.config["model"]["spec"] if self.recorded_config is None
+                      else self.model_record["import_path"]),
+            "model_info": {k: v for k, v in self.model_record.items()},
+            "data_sizes": self.data_sizes,
+            **({"data": self.recorded_config["dataset"]} if self.recorded_config is not None else {}),
             "epochs_completed": self.epoch, "epochs": self.config["epochs"], "steps": self.step,
             "final": last,
             "best_test_accuracy": max(tests) if tests else None,
@@ -412,7 +425,8 @@ class Trainer:
             "grad_angle_all_layers_mean": (sum(self.probe_angles_all) / len(self.probe_angles_all)
                                            if self.probe_angles_all else None),
             "total_time": (time.time() - started) if started else None,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "parameters": self.model_record["parameters"],  # the model's own (no feedback tensors)
+            "parameters_with_rule": sum(p.numel() for p in self.model.parameters()),
         }
         if self.run_dir is not None:
             _atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
@@ -499,7 +513,9 @@ class Trainer:
                 (self.run_dir / "summary.json").unlink(missing_ok=True)
                 (self.run_dir / "model.pt").unlink(missing_ok=True)
                 (self.run_dir / "rule_state.pt").unlink(missing_ok=True)
-            _atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+            _atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml() if self.recorded_config is None
+                               else yaml.safe_dump(json.loads(json.dumps(self.recorded_config, default=str)),
+                                                   sort_keys=False))
         from .loggers import make_logger
 
         made = [make_logger(name, self.run_dir, purge_step=self.step + 1 if self.step else None)
@@ -604,12 +620,16 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
     if isinstance(data, str):
         update.setdefault("dataset", {})["name"] = data
     config = config.updated(update)
+    given = data
+    load_options = None
     if isinstance(data, str):
         from ..data import load_dataset
 
-        data = load_dataset(data, **{k: v for k, v in config.dataset_options().items() if v is not None})
+        load_options = {k: v for k, v in config.dataset_options().items() if v is not None}
+        data = load_dataset(data, **load_options)
     from ..data.adapt import as_bundle
     from ..experiments.jobs import check_run_dir, run_lock, runtime
+    from .provenance import describe_data
 
     data = as_bundle(data, eval_data)
     # the summary names the data actually trained on, not the config's default
@@ -617,6 +637,12 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
     with runtime(config):  # threads, determinism and denormal flushing, as run_job applies them
         torch.manual_seed(config["seed"])
         trainer = Trainer(model, rule, data, config, out=out)
+        # config.yaml and summary.json record the module and the data that ran, not the
+        # config's model.spec / dataset defaults, which fit() never used
+        recorded = config.to_dict()
+        recorded["model"] = {k: v for k, v in trainer.model_record.items()}
+        recorded["dataset"] = describe_data(given, data, load_options)
+        trainer.recorded_config = recorded
         trainer.loggers.extend(loggers or [])
         if out is None:
             return trainer.run(resume=resume)

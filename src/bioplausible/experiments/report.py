@@ -90,6 +90,28 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def run_model(run: RunRecord) -> str:
+    """The model a run trained: its spec, or (runs started from Python) the module's import path
+    with its parameter count and structural fingerprint."""
+    m = run.config.get("model") or {}
+    if m.get("spec"):
+        return str(m["spec"])
+    info = run.summary.get("model_info") or m
+    if info.get("import_path"):
+        return (f"{info['import_path']} ({info.get('parameters', '?')} parameters, "
+                f"fingerprint {info.get('fingerprint', '?')})")
+    return str(run.summary.get("model", "?"))
+
+
+def sizes_text(run: RunRecord) -> str:
+    """"train N, validation N, test N" from the run's summary ("sizes not recorded" for old runs)."""
+    sizes = run.summary.get("data_sizes")
+    if not sizes:
+        return "split sizes not recorded"
+    return ", ".join(f"{label} {'none' if sizes.get(key) is None else sizes[key]}"
+                     for key, label in (("train", "train"), ("val", "validation"), ("test", "test")))
+
+
 def comparison_rows(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
     """One row per run: final/best test accuracy, mean gradient angle to BP, time per epoch."""
     bp_time = next((r.summary.get("mean_epoch_time") for r in runs if r.summary.get("rule") == "bp"), None)
@@ -184,11 +206,13 @@ def write_report(runs: Sequence[RunRecord], out_dir: str | os.PathLike, title: s
     png = plot_curves(runs, out / "curves.png", title)
     cfg = runs[0].config if runs else {}
     ds = (cfg.get("dataset") or {}).get("name", "?")
-    model = (cfg.get("model") or {}).get("spec", "?")
+    model = run_model(runs[0]) if runs else "?"
     md = [f"# {title}", "",
           f"Dataset `{ds}`, model `{model}`, loss `{cfg.get('loss', '?')}`, optimizer "
           f"`{(cfg.get('optimizer') or {}).get('name', '?')}` (lr {(cfg.get('optimizer') or {}).get('lr', '?')}), "
-          f"batch {cfg.get('batch_size', '?')}, seed {cfg.get('seed', '?')}.", "",
+          f"batch {cfg.get('batch_size', '?')}, seed {cfg.get('seed', '?')}; {sizes_text(runs[0]) if runs else ''}.",
+          *[f"- `{r.label}`: model `{run_model(r)}`, {sizes_text(r)}" for r in runs[1:]
+            if (run_model(r), sizes_text(r)) != (model, sizes_text(runs[0]))], "",
           markdown_table(rows), "",
           ("Hidden-layer angle to BP: mean over probe steps of the angle between the rule's weight "
           "update and the true BP gradient on the same batch, averaged over the weight layers that are "

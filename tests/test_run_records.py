@@ -124,3 +124,37 @@ def test_named_dataset_in_fit_records_its_real_options(synthetic_root, tmp_path)
     assert cfg["dataset"]["subset"] == 100 and cfg["dataset"]["normalize"] == "unit"
     n_test = len(bp.load_dataset("mnist").test)
     assert summary["data_sizes"] == {"train": 100, "val": None, "test": n_test}
+
+
+# ----------------------------------------------------------------------------- reports and papers
+def _preset_report(scale, n):
+    return {"title": "T", "preset": "p", "scale": scale, "seeds": list(range(n)), "paper": "P",
+            "paper_results": {"metric": "test_accuracy", "values": {"fa": 97.0}},
+            "stats": {"fa": {"test_accuracy": (70.71, 0.0 if n == 1 else 0.5, n), "grad_angle": (40.0, 1.0, n)}},
+            "status": {"fa": ["completed"]}, "checks": []}
+
+
+def test_one_seed_is_printed_without_a_zero_spread():
+    from bioplausible.experiments.presets import format_report
+
+    text = format_report(_preset_report("full", 1))
+    assert "70.71 (n=1)" in text and "± 0.00" not in text
+    assert "70.71 ± 0.50 (n=3)" in format_report(_preset_report("full", 3))
+
+
+def test_quick_scale_is_not_put_against_the_papers_full_length_numbers():
+    from bioplausible.experiments.presets import format_report
+    from bioplausible.experiments.sweep_report import markdown
+
+    quick, full = format_report(_preset_report("quick", 3)), format_report(_preset_report("full", 3))
+    assert "| 97.0 | not comparable at quick scale |" in quick and "-26.29" not in quick
+    assert "| 97.0 | -26.29 |" in full
+
+    stats = {"n": 3, "status": {"completed": 3}, "test_accuracy": (70.71, 0.5, 3),
+             "best_test_accuracy": (71.0, 0.5, 3), "hidden_angle": (40.0, 1.0, 3),
+             "epoch_time": (1.0, 0.1, 3)}
+    for scale, cell in (("quick", "not comparable at quick scale"), ("full", "-26.29")):
+        row = {"label": "fa", "n": 3, "paper": 97.0, "comparable": scale == "full",
+               "diff": 70.71 - 97.0 if scale == "full" else None, "status": "completed 3"}
+        text = markdown({"metric": "test_accuracy", "paper": {"fa": 97.0}, "stats": {"fa": stats}, "rows": [row]})
+        assert f"| 97.00 | {cell} |" in text

@@ -11,7 +11,10 @@ feedback aligns with the forward weights:
 * ``sign_congruence/<layer>``: fraction of entries with sign(W) = sign(B);
 * ``relative_error/<layer>``: ‖W − B‖_F / ‖W‖_F.
 
-Means over layers are reported as ``grad_angle``, ``weight_angle`` etc.
+``grad_angle`` is the hidden-layer angle of the step (:func:`~.angles.step_hidden_angle`: the
+mean over the weights that are not exact, leaving out e.g. the output layer of FA, which gets
+the true gradient by construction); ``grad_angle_all_layers`` is the mean over every weight.
+``weight_angle`` etc. are means over the feedback pairs.
 
 :func:`feedback_errors` gives a run's summary numbers of the feedback: ``relative_error_top``
 (‖W − B‖_F/‖W‖_F of the last pair in model order, the output layer's W whose B carries the
@@ -28,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .angles import step_hidden_angle
 from .rule import FeedbackPair, LossFn, Rule
 
 
@@ -138,7 +142,8 @@ class Probe:
             if params_is_weight(name):
                 weight_angles.append(angle)
         if weight_angles:
-            out["grad_angle"] = sum(weight_angles) / len(weight_angles)
+            out["grad_angle"] = step_hidden_angle(out)
+            out["grad_angle_all_layers"] = sum(weight_angles) / len(weight_angles)
         out.update(alignment_metrics(rule.feedback_pairs(model)))
         out.update(rule.metrics(model))
         return out

@@ -6,8 +6,9 @@ tensors, always in the same order, so that every dataset behaves alike:
 
 1. validation split: the dataset's own (MedMNIST) or the *last* ``val_size`` training
    examples (deterministic; the first ``N - val_size`` remain for training);
-2. ``subset=N``: keep the first ``N`` training examples and the first ``max(1, N // 6)``
-   validation and test examples;
+2. ``subset=N``: keep the first ``N`` training examples; the validation and test splits stay
+   whole (evaluation on a fixed prefix of the test set would measure a different, and for
+   MNIST harder, test set);
 3. normalisation: ``"standardize"`` subtracts the per-channel mean and divides by the
    per-channel standard deviation, both computed exactly (from a 256-bin histogram) on the
    final training split only; ``"unit"`` divides by 255; ``"none"`` keeps 0..255 as float;
@@ -269,10 +270,8 @@ def assemble(
             )
         val = (train[0][n - val_size :], train[1][n - val_size :])
         train = (train[0][: n - val_size], train[1][: n - val_size])
-    if subset is not None:
-        small = max(1, int(subset) // 6)
-        train, test = _subset(train, int(subset)), _subset(test, small)
-        val = _subset(val, small) if val is not None else None
+    if subset is not None:  # training data only: validation and test stay whole
+        train = _subset(train, int(subset))
     mean = std = None
     if normalize == "standardize":
         mean, std = channel_stats(train[0])

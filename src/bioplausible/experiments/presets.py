@@ -22,7 +22,7 @@ the paper's number, with the paper's spread or a default tolerance, at full scal
 verdicts and the "not meaningful" outcome of relative checks at chance: :mod:`bioplausible.experiments.verdicts`).
 
 Metrics: those of the last epoch's record (``test_accuracy``, ``test_loss``, ...), the best test
-accuracy, the mean probe angle ``grad_angle``, and the feedback's ``relative_error_top`` /
+accuracy, the mean hidden-layer angle to BP ``grad_angle`` (:mod:`bioplausible.core.angles`), and the feedback's ``relative_error_top`` /
 ``relative_error_mean`` (‖W − B‖_F/‖W‖_F of the top pair / the mean over pairs after the last
 epoch, :func:`bioplausible.core.probe.feedback_errors`).
 
@@ -52,6 +52,26 @@ from ..errors import ConfigError, UnknownNameError, UserError
 
 _METRICS = {"test_accuracy", "best_test_accuracy", "train_accuracy", "test_loss", "train_loss",
             "val_accuracy", "test_auc", "grad_angle", "relative_error_top", "relative_error_mean"}
+
+
+#: The only scale whose runs are as long as the papers' (quick runs fewer epochs, often on a subset).
+PAPER_SCALE = "full"
+NOT_COMPARABLE = "not comparable at quick scale"
+
+
+def comparable_to_paper(scale: str | None) -> bool:
+    """Whether ``ours − paper`` means anything: only at the full (paper-length) scale."""
+    return scale == PAPER_SCALE
+
+
+def mean_std_text(mean: float | None, std: float | None, n: int | None, digits: int) -> str:
+    """``"97.12 ± 0.08 (n=3)"``; one value is ``"70.71 (n=1)"`` (no spread to show)."""
+    if mean is None:
+        return "–"
+    if n is not None and n <= 1:
+        return f"{mean:.{digits}f} (n={n})"
+    spread = f" ± {std:.{digits}f}" if std is not None else ""
+    return f"{mean:.{digits}f}{spread}" + (f" (n={n})" if n is not None else "")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -403,15 +423,17 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"# {report['title']}", "", f"Preset `{report['preset']}`, scale `{report['scale']}`, "
              f"seeds {report['seeds']}. Paper: {report['paper']}."
              + (f" Commit: {report['commit']}." if report.get("commit") else ""), "",
-             f"| run | ours: {metric_label(metric)}, mean ± std | paper | ours − paper | angle to BP (°) | status |",
+             f"| run | ours: {metric_label(metric)}, mean ± std | paper | ours − paper | hidden-layer angle to BP (°) | status |",
              "|---|---|---|---|---|---|"]
+    comparable = comparable_to_paper(report.get("scale"))
     for label, st in report["stats"].items():
-        m, s = tuple(st.get(metric, (None, None)))[:2]
+        m, s, n = (tuple(st.get(metric, (None, None, None))) + (None,))[:3]
         ang = next(iter(st.get("grad_angle", (None, None))))
         d = metric_digits(metric)
-        ours = "–" if m is None else f"{m:.{d}f} ± {s:.{d}f}"
+        ours = mean_std_text(m, s, n, d)
         paper = values.get(label)
-        diff = "–" if m is None or paper is None else f"{m - paper:+.{d}f}"
+        diff = ("–" if m is None or paper is None else
+                f"{m - paper:+.{d}f}" if comparable else NOT_COMPARABLE)
         lines.append(f"| {label} | {ours} | {'–' if paper is None else paper} | {diff} | "
                      f"{'–' if ang is None else f'{ang:.1f}'} | {', '.join(report['status'][label])} |")
     for label, paper in values.items():

@@ -76,7 +76,7 @@ def _check_text(check: dict[str, Any]) -> str:
 
 def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str, Any]]:
     """The Markdown of one preset's sweep folder, and its check results."""
-    from .presets import check_metrics, evaluate_checks, get_preset, metric_digits, metric_label
+    from .presets import NOT_COMPARABLE, check_metrics, evaluate_checks, get_preset, metric_digits, metric_label
     from .jobs import mean_std
     from .sweep_report import _fmt, _metric, _num, collect, tables
 
@@ -100,8 +100,9 @@ def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str
              "|---|---|---|---|---|---|"]
     for row, st in zip(t["rows"], t["stats"].values()):
         d = metric_digits(metric)
-        lines.append(f"| {row['label']} | {_fmt(st[metric], d)} (n={st['n']}) | {_num(row['paper'], d)} | "
-                     f"{_num(row['diff'], -d) if row['diff'] is not None else '–'} | "
+        diff = (_num(row["diff"], -d) if row["diff"] is not None else
+                "–" if row["paper"] is None or row["comparable"] else NOT_COMPARABLE)
+        lines.append(f"| {row['label']} | {_fmt(st[metric], d)} (n={st['n']}) | {_num(row['paper'], d)} | {diff} | "
                      f"{_fmt(st['hidden_angle'], 1)} | {row['status']} |")
     values = (preset.paper_results.get("values") or {})
     for label, paper in values.items():

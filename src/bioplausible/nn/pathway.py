@@ -124,8 +124,9 @@ class FeedbackPathway:
     def forward(self, layer, x: torch.Tensor) -> torch.Tensor:
         need_x = x.requires_grad
         learn_b = self.learn and (need_x or self.learn_unused)
-        if not (need_x or learn_b or self.record):
-            return layer.plain_forward(x)  # first layer: the weight gradient is the usual one
+        if not (need_x or learn_b or self.record or self.weight_decay()):
+            # first layer without decay in the backward: the weight gradient is the usual one
+            return layer.plain_forward(x)
         backward_weight = self.backward_weight(layer) if need_x else None
         feedback = self.stored(layer) if learn_b else None
         return layer.feedback_function(x, feedback, backward_weight, self)

@@ -337,6 +337,7 @@ class StackedTraining:
                 t.rule._in_step = False
             if "grad_angle" in record:
                 t.probe_angles.append(record["grad_angle"])
+                t.probe_angles_all.append(record["grad_angle_all_layers"])
             t._log({"kind": "probe", "epoch": t.epoch + 1, "step": step, **record})
             for p in t.model.parameters():
                 p.grad = None

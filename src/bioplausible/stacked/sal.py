@@ -93,10 +93,15 @@ class StackedSAL(StackedRule):
                         for i in range(L)]
         out = hs[-1]
         loss, e = self._error(out, y)
+        # per-example errors in the downstream stream (N·e for a batch-mean error, as the rule
+        # does, so a nonlinear φ sees the same input whatever the batch size); the 1/N goes into
+        # the updates below
+        mean_error = self.error_kind != "loss" or getattr(self.loss_fn, "reduction", "sum") == "mean"
+        scale = float(out.shape[1]) if mean_error else 1.0
         # downstream pass
         g: list = [None] * (L + 1)
         v: list = [None] * (L + 1)
-        g[L] = e
+        g[L] = e * scale if scale != 1.0 else e
         for k in range(L - 1, 0, -1):
             v[k] = torch.bmm(g[k + 1], self.B[k].transpose(1, 2))
             g[k] = self._phi(v[k], fps[k])
@@ -118,9 +123,13 @@ class StackedSAL(StackedRule):
                 p, gg, q, hh = hs[k], g[k], g[k], hs[k]
             grads[f"Q.{k}"] = torch.bmm(p.transpose(1, 2), gg).mul_(-self.sign)
             grads[f"R.{k}"] = torch.bmm(q.transpose(1, 2), hh).mul_(-self.sign)
+        if scale != 1.0:
+            grads = {name: grad.div_(scale) for name, grad in grads.items()}
         for l in range(L):
             gw = torch.bmm(signals[l].transpose(1, 2), hs[l])
             gb = signals[l].sum(1)
+            if scale != 1.0:
+                gw, gb = gw.div_(scale), gb.div_(scale)
             if self.capture:
                 self.captured[l] = (gw, gb if b[l] is not None else None)
             neg, wd = self.rate_w[l]

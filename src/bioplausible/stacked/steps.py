@@ -310,10 +310,22 @@ class StackedKP(StackedFA):
         return i > 0 or self.learn_unused
 
     def update_layer(self, i: int, delta: torch.Tensor, h: torch.Tensor) -> None:
-        if not self._learns(i):
-            return super().update_layer(i, delta, h)
-        # W and B take the same raw gradient δᵀh: one product, two scaled adds
         lam = self.grad_decay  # the backward pass adds λW to W's gradient and λB to B's (0: optimizer decay)
+        if not self._learns(i):
+            if not lam:
+                return super().update_layer(i, delta, h)
+            # an unused B (the first layer) is not learned, but W still decays: δᵀh + λW
+            if self.capture:
+                self.capture_grads(i, delta, h, lam)
+            self._decayed_add(self.net.W[i], self.rate_w[i], lam, torch.bmm(delta.transpose(1, 2), h))
+            if self.net.b[i] is not None:
+                nb, wdb = self.rate_b[i]
+                b = self.net.b[i]
+                if wdb is not None:
+                    b.mul_(1.0 + nb * wdb)
+                b.addcmul_(delta.sum(1), nb)
+            return None
+        # W and B take the same raw gradient δᵀh: one product, two scaled adds
         if self.capture:
             self.capture_grads(i, delta, h, lam)
         gw = torch.bmm(delta.transpose(1, 2), h)

@@ -321,9 +321,8 @@ class _NodePerturbation(Rule):
             with torch.no_grad():  # ℓ̃ − ℓ per example, float32 or wider
                 diff = loss_difference(loss_fn, noisy_out, output.detach(), y)
                 if self._step < 10 and not bool(diff.any()):  # checked on the first steps
-                    raise UserError(
-                        f"rule {self.name!r}: the perturbation c_h={self.config['c_h']} changed no "
-                        f"example's loss in {output.dtype}; raise c_h or train in float64")
+                    base = self._a1 if self.config["noise_at"] == "pre" else None
+                    self._check_no_change(noisy_out, output.detach(), base)
                 coef = diff / self.config["c_h"]  # λ̂ = (ℓ̃ − ℓ)ξ/c_h, eq 2
                 targets = _Estimates(self._xi, coef)  # λ̂_k = ξ_k coef, formed only where needed
         else:
@@ -356,6 +355,33 @@ class _NodePerturbation(Rule):
         self._in_step = True  # until after_step: metrics() is then a probe's call
         return StepResult(loss.detach(), output.detach())
 
+    def _check_no_change(self, noisy: torch.Tensor, clean: torch.Tensor,
+                         base: torch.Tensor | None) -> None:
+        """``ℓ̃ − ℓ`` is zero for every example (checked on the first steps): refuse a float
+        round-off, accept an exact zero.
+
+        Round-off: the noisy outputs differ but the loss difference rounded to 0, or the noise
+        ``c_h ξ`` vanished when added to ``base`` (the clean activity it perturbs first). Exact:
+        the noise moved ``base`` but no output changed — every path from the perturbed units is
+        cut (e.g. every hidden ReLU off with ``noise_at="pre"``), so ``λ̂ = 0`` is the right
+        estimate. Without a ``base`` to check (``noise_at="post"`` on a model run through hooks)
+        the step is taken with a warning.
+        """
+        c = self.config["c_h"]
+        what = f"rule {self.name!r}: the perturbation c_h={c} changed no example's loss in {clean.dtype}"
+        if not torch.equal(noisy, clean):
+            raise UserError(f"{what} (the outputs changed but the loss rounded off); raise c_h or "
+                            f"train in float64")
+        xi = self._xi[0]
+        if base is not None and xi is not None and xi.shape == base.shape:
+            if torch.equal(torch.add(base, xi, alpha=c), base):
+                raise UserError(f"{what} (c_h*xi rounds off against the activities); raise c_h or "
+                                f"train in float64")
+            return  # exact: the noise moved the units but no output depends on them here
+        warnings.warn(f"{what}: no output changed, taking the estimate 0 (exact when every path "
+                      f"from the perturbed units is cut, e.g. all hidden ReLUs off; otherwise raise "
+                      f"c_h or train in float64)", stacklevel=3)
+
     def _fast_step(self, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
         """The same step for a plain MLP without autograd graph or module calls (fast.py)."""
         plan, c = self._plan, self.config["c_h"]
@@ -379,9 +405,7 @@ class _NodePerturbation(Rule):
             else:  # float64 per-example losses
                 coef = loss_difference(loss_fn, noisy, out, y).div_(c)
             if self._step < 10 and not bool(coef.any()):
-                raise UserError(
-                    f"rule {self.name!r}: the perturbation c_h={c} changed no example's loss in "
-                    f"{out.dtype}; raise c_h or train in float64")
+                self._check_no_change(noisy, out, a1 if self.config["noise_at"] == "pre" else hs[1])
             errs, sigs = fast.backward(plan, hs, e, self.form, self._feedback)
             targets = _Estimates(self._xi, coef)
             if self.config["solver"] == "sgd":

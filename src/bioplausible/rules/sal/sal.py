@@ -39,7 +39,9 @@ starting point is the KP special case with B learned from zero; the paper's own 
   widths); ``timing`` = ``simultaneous`` (all four from one cycle) or
   ``feedback_first`` (B, Q, R step first, in place at their rate, then W reads a fresh
   downstream pass); ``output_error`` = ``loss`` (∂loss/∂h_L of the trainer's loss), ``mse``
-  ((h_L − y)/N) or ``cross_entropy`` ((softmax − y)/N).
+  ((h_L − y)/N) or ``cross_entropy`` ((softmax − y)/N). With a batch-mean error the downstream
+  stream carries each example's own error (N times it) and the 1/N is applied to the updates,
+  so a nonlinear φ (``tanh``) makes the same update whatever the batch size.
 * ``modulation``: τ of the optional inference-time short-term modulation (:meth:`SAL.modulate`).
 
 B, Q, R are rule-owned tensors (``rule.owned``, checkpointed and resumed) created in
@@ -305,21 +307,34 @@ class SAL(Rule):
             pred = output if kind == "mse" else torch.softmax(output, dim=1)
             return (pred - target) / output.shape[0], loss
 
-    def cycle(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn):
-        """One upstream and downstream pass: ``(cycle, loss)``."""
+    def batch_scale(self, output: torch.Tensor, loss_fn) -> float:
+        """``N`` when the output error is a batch mean (``1/N`` times each example's error), else 1."""
+        if self.config["output_error"] != "loss" or getattr(loss_fn, "reduction", "sum") == "mean":
+            return float(output.shape[0])
+        return 1.0
+
+    def cycle(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn,
+              per_example: bool = False):
+        """One upstream and downstream pass: ``(cycle, loss)``.
+
+        ``per_example``: the downstream stream carries each example's own error (``N·e`` for a
+        batch-mean loss, so that a nonlinear φ such as tanh sees the same input whatever the
+        batch size); ``cyc.scale`` is that ``N`` and the updates are divided by it.
+        """
         layout = self._layout(model)
         B, _, _ = self._lists(model)
         with torch.no_grad():
             cyc = upstream(layout, x, self.config["downstream"] == "relu_jacobian")
         e, loss = self.output_error(cyc.output, y, loss_fn)
+        cyc.scale = self.batch_scale(cyc.output, loss_fn) if per_example else 1.0
         with torch.no_grad():
-            downstream(cyc, e, B, self.config["downstream"])
+            downstream(cyc, e * cyc.scale if cyc.scale != 1.0 else e, B, self.config["downstream"])
         return cyc, loss
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
         """Upstream pass, downstream pass, and the four updates as ``.grad`` (no autograd graph)."""
         c = self.config
-        cyc, loss = self.cycle(model, x, y, loss_fn)
+        cyc, loss = self.cycle(model, x, y, loss_fn, per_example=True)
         B, Q, R = self._lists(model)
         plastic = set(c["plastic"])
         opts = {"sign": float(c["sign"]), "term": c["qr_term"], "read": c["read"]}
@@ -329,6 +344,8 @@ class SAL(Rule):
                 downstream(cyc, cyc.g[-1], B, c["downstream"])
                 plastic &= {"W"}
             grads = fast_updates(cyc, Q, R, want=plastic, **opts)
+            if cyc.scale != 1.0:  # per-example errors: the batch mean's 1/N goes into the update
+                grads = {name: g.div_(cyc.scale) for name, g in grads.items()}
             layers = self._layout(model).layers
             for name, g in grads.items():
                 kind, k = name.split(".")
@@ -344,6 +361,8 @@ class SAL(Rule):
     def _apply_feedback_first(self, cyc, Q, R, want: set[str], opts: dict[str, Any]) -> None:
         """B, Q, R step in place: ``X ← X − η_X (grad + wd_X X)`` at their group rates."""
         for name, g in fast_updates(cyc, Q, R, want=want, **opts).items():
+            if cyc.scale != 1.0:
+                g = g / cyc.scale
             kind, k = name.split(".")
             eta = self.group_lr(kind, int(k))
             p = self.owned.get(name)

@@ -47,6 +47,7 @@ class Cycle:
     fprime: list[Tensor | None]          # f′(u_k) at hidden k (only for the Jacobian nonlinearity)
     g: list[Tensor | None] = field(default_factory=list)  # g_1..g_L (g[0] is None)
     v: list[Tensor | None] = field(default_factory=list)  # v_1..v_{L−1}
+    scale: float = 1.0                   # g_L is scale·(the loss's error); updates divide by it
 
     @property
     def output(self) -> Tensor:
@@ -145,11 +146,12 @@ def fast_updates(cycle: Cycle, Q: list[Tensor | None], R: list[Tensor | None], *
 def literal_updates(weights: list[Tensor], biases: list[Tensor | None], acts: list[str],
                     B: list[Tensor | None], Q: list[Tensor | None], R: list[Tensor | None],
                     x: Tensor, error_fn, *, kind: str, sign: float, term: str,
-                    read: str) -> dict[str, Tensor]:
+                    read: str, mean: bool = False) -> dict[str, Tensor]:
     """Spec §7.2 written literally: per sample, column vectors, explicit loops, then a batch sum.
 
     ``acts[l]`` is ``"relu"`` or ``"linear"`` (the activation after Linear ``l``); ``error_fn(h_L, n)``
-    returns sample ``n``'s output error ``e`` (a column vector, the loss's own batch scaling).
+    returns sample ``n``'s own output error ``e = ∂ℓ_n/∂h_L`` (a column vector). ``mean``: the
+    loss is the batch mean of the ``ℓ_n``, so the summed updates are divided by ``N``.
     """
     L = len(weights)
     total: dict[str, Tensor] = {}
@@ -198,6 +200,8 @@ def literal_updates(weights: list[Tensor], biases: list[Tensor | None], acts: li
             else:
                 add(f"Q.{k}", -sign * (h[k] @ g[k].T))                    # ΔQ_k = s η h_k g_kᵀ
                 add(f"R.{k}", -sign * (g[k] @ h[k].T))                    # ΔR_k = s η g_k h_kᵀ
+    if mean:
+        total = {key: value / x.shape[0] for key, value in total.items()}
     return total
 
 

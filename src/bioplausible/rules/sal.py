@@ -50,6 +50,7 @@ B, Q, R are rule-owned tensors (``rule.owned``, checkpointed and resumed) create
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from typing import Any, ClassVar
@@ -84,8 +85,19 @@ class SAL(Rule):
         "decay": 1e-4, "decay_scaling": "rate", "plastic": ["W", "B", "Q", "R"], "sign": -1,
         "qr_term": "activity", "read": "after", "top": "plastic", "qr_init": "identity",
         "qr_init_scale": 0.1, "b_init": "zero", "timing": "simultaneous", "output_error": "loss",
-        "modulation": 0.0,
+        "modulation": 0.0, "w_init": "model", "w_init_scale": 1.0, "qr_fan": "in", "connections": None, "setting": "library",
     }
+
+    def __init__(self, **config: Any) -> None:
+        # setting="paper" fills every option the caller did not give from PAPER_SETTING
+        if config.get("setting") == "paper":
+            from .sal_paper import PAPER_SETTING
+
+            config = {**copy.deepcopy(PAPER_SETTING), **config}
+        if config.get("connections") is not None and "width" in config:
+            raise ConfigError("sal: give either width (a width multiple) or connections (the "
+                              "downstream:upstream connection ratio), not both")
+        super().__init__(**config)
 
     @property
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -118,11 +130,21 @@ class SAL(Rule):
                 raise ConfigError(f"sal: {k} is marked plastic but its rate ratio is 0; give it a "
                                   f"positive ratio or remove it from plastic")
         c["rates"] = {k: float(v) for k, v in rates.items()}
-        for key in ("decay", "qr_init_scale", "modulation"):
+        for key in ("decay", "qr_init_scale", "w_init_scale", "modulation"):
             v = c[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
                 raise ConfigError(f"sal option {key} must be a number >= 0, got {v!r}")
             c[key] = float(v)
+        if c["setting"] not in ("library", "paper"):
+            raise ConfigError(f"sal option setting={c['setting']!r} is not valid; accepted: library, paper")
+        if c["qr_fan"] not in ("in", "downstream"):
+            raise ConfigError(f"sal option qr_fan={c['qr_fan']!r} is not valid; accepted: in, downstream")
+        if c["w_init"] not in ("model", "normal"):
+            raise ConfigError(f"sal option w_init={c['w_init']!r} is not valid; accepted: model, normal")
+        if c["connections"] is not None:
+            from .sal_paper import width_from_connections
+
+            c["width"] = width_from_connections(c["connections"])
         width = c["width"]
         widths = width if isinstance(width, (list, tuple)) else [width]
         for w in widths:
@@ -171,6 +193,14 @@ class SAL(Rule):
         dev, dt = w0.device, w0.dtype
         gen = self.generator(dev)
         first = c["timing"] == "feedback_first"
+        if c["w_init"] == "normal":  # the paper's i.i.d. Gaussian start: W ~ N(0, w_init_scale²/fan_in)
+            with torch.no_grad():
+                for lin, _ in layers:
+                    fan_in = lin.weight.shape[1]
+                    lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen, device=dev, dtype=dt)
+                                     * (c["w_init_scale"] / math.sqrt(fan_in)))
+                    if lin.bias is not None:
+                        lin.bias.zero_()
         if "W" not in c["plastic"]:  # frozen upstream (ablations): no optimizer group, no probe entry
             for lin, _ in layers:
                 for p in lin.parameters():
@@ -194,20 +224,23 @@ class SAL(Rule):
             new(f"B.{k}", b, "B", k)
         qr_layers = list(range(1, L)) + ([L] if c["top"] == "plastic" else [])
         for k in qr_layers:
-            r = self._qr_init(m[k], n[k], gen, dev, dt)
-            q = r.t().clone() if c["qr_init"] == "tied" else self._qr_init(n[k], m[k], gen, dev, dt)
+            r = self._qr_init(m[k], n[k], gen, dev, dt, m[k])
+            q = r.t().clone() if c["qr_init"] == "tied" else self._qr_init(n[k], m[k], gen, dev, dt, m[k])
             new(f"Q.{k}", q, "Q", k)
             new(f"R.{k}", r, "R", k)
         return model
 
-    def _qr_init(self, rows: int, cols: int, gen: torch.Generator, dev, dt) -> torch.Tensor:
+    def _qr_init(self, rows: int, cols: int, gen: torch.Generator, dev, dt, down: int) -> torch.Tensor:
         c = self.config
         kw = {"device": dev, "dtype": dt}
         if c["qr_init"] == "zero":
             return torch.zeros(rows, cols, **kw)
         if c["qr_init"] == "identity":
             return torch.eye(rows, cols, **kw)
-        return torch.randn(rows, cols, generator=gen, **kw) * (c["qr_init_scale"] / math.sqrt(cols))
+        # fan "in": N(0, scale²/fan_in); "downstream": N(0, scale²/m_k) for both Q_k and R_k, so
+        # that M = RᵀR starts near the identity whatever the downstream width
+        fan = down if c["qr_fan"] == "downstream" else cols
+        return torch.randn(rows, cols, generator=gen, **kw) * (c["qr_init_scale"] / math.sqrt(fan))
 
     def _lists(self, model: nn.Module):
         L = len(self._layout(model).layers)

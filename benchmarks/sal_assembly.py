@@ -32,6 +32,7 @@ import bioplausible as bp
 from bioplausible.data import load_dataset
 from bioplausible.losses import get_loss
 from bioplausible.probe import Probe
+from bioplausible.rules.sal_paper import bilinear_coupling
 
 OUT = Path(__file__).resolve().parent / "results" / "sal"
 SPEC = "mlp:784-100-100-10"
@@ -105,6 +106,7 @@ def train(data, name: str, opts: dict, lr: float, steps: int, seed: int = 0,
                        **{k: v for k, v in rec.items() if isinstance(v, (int, float))
                           and not k.startswith(("update_norm", "bp_norm", "erank"))}}
                 if gap0 is not None:
+                    row.update(bilinear_coupling(rule, model, xb, yb, loss_fn))
                     row["qr_gap"] = qr_gap(rule)
                     row["qr_gap_lemma1"] = gap0 * (1 - eta_q * gamma) ** (step - 1) if eta_q else None
                 rows.append(row)
@@ -114,6 +116,7 @@ def train(data, name: str, opts: dict, lr: float, steps: int, seed: int = 0,
         if status != "completed":
             break
     out = {"rule": name, "opts": opts, "lr": lr, "steps": steps, "seed": seed, "status": status,
+           "gamma": gamma,
            "eta_gamma_steps": (eta_q * gamma * steps) if eta_q and gamma else None,
            "val_accuracy": accuracy(model, *data["val"]) if status == "completed" else 0.0,
            "test_accuracy": accuracy(model, *data["test"]) if status == "completed" else 0.0,
@@ -137,15 +140,18 @@ def plot(runs: list[dict], path: Path, title: str) -> None:
               ("bwd_relerr", "‖B R − R Wᵀ‖/‖R Wᵀ‖ (max)", True),
               ("grad_angle", "∠(ΔW, BP gradient) (deg, mean)", False),
               ("m_lambda_min", "λ_min(RᵀR) (min over layers)", True),
+              ("coupling", "σ_max(Σ h_k g_{k+1}ᵀ) (solid) vs γ (dotted)", True),
               ("val_accuracy", "validation accuracy (%)", False),
               ("loss", "train loss (mean since last probe)", True)]
-    fig, axes = plt.subplots(2, 4, figsize=(18, 7.5))
+    fig, axes = plt.subplots(3, 3, figsize=(16, 11))
     for ax, (key, label, log) in zip(axes.flat, panels):
         for run in runs:
             pts = [(r["step"], r[key]) for r in run["rows"] if r.get(key) is not None]
             if not pts:
                 continue
             line, = ax.plot(*zip(*pts), label=run.get("label", ""))
+            if key == "coupling" and run["rule"] == "sal":
+                ax.axhline(run["gamma"], ls=":", color=line.get_color())
             if key == "qr_gap":
                 lem = [(r["step"], r["qr_gap_lemma1"]) for r in run["rows"] if r.get("qr_gap_lemma1")]
                 if lem:
@@ -182,7 +188,7 @@ HEADER = ("| run | lr | status | val % | test % | peak val % | ‖Q−Rᵀ‖/�
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["curves", "probe", "tune"])
+    ap.add_argument("mode", choices=["curves", "probe", "tune", "replot"])
     ap.add_argument("--tag", default="run")
     ap.add_argument("--steps", type=int, default=30000)
     ap.add_argument("--lr", type=float, default=0.01)
@@ -190,23 +196,27 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--probe-every", type=int, default=500)
     ap.add_argument("--opts", default="{}", help="rule options as JSON (curves)")
-    ap.add_argument("--grid", default="", help="JSON list of [label, options, lr] (probe)")
+    ap.add_argument("--grid", default="", help="JSON list of [label, options, lr] (probe; curves)")
     ap.add_argument("--methods", default="bp,fa,wm,kp,sal")
     ap.add_argument("--sal-opts", default='{"setting": "paper", "connections": 5}')
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.mode == "replot":  # redraw OUT/<tag>.png from OUT/<tag>.json (no training)
+        saved = json.loads((OUT / f"{args.tag}.json").read_text())
+        plot(saved["runs"], OUT / f"{args.tag}.png", f"SAL self-assembly: {args.tag} — {saved['scale']}")
+        return
     data = load()
     seeds = [int(s) for s in args.seeds.split(",")]
     scale = (f"MNIST {TRAIN} train / {VAL} val (held out of the training set) / 10,000 test, "
              f"{SPEC}, ReLU, mse_batchmean, SGD, batch {BATCH}, {args.steps} steps, one thread, "
              f"{platform.machine()}")
     if args.mode in ("curves", "probe"):
-        grid = ([[args.tag, json.loads(args.opts), args.lr]] if args.mode == "curves"
-                else json.loads(args.grid))
+        grid = json.loads(args.grid) if args.grid else [[args.tag, json.loads(args.opts), args.lr]]
         runs = []
         for label, opts, lr in grid:
             for seed in seeds:
-                gram = OUT / f"gram_{args.tag}_s{seed}.png" if args.mode == "curves" else None
+                gram = (OUT / f"gram_{args.tag}_{label.replace(' ', '_')}_s{seed}.png"
+                        if args.mode == "curves" else None)
                 r = train(data, "sal", opts, lr, args.steps, seed, args.probe_every, gram)
                 r["label"] = f"{label} s{seed}"
                 runs.append(r)

@@ -70,7 +70,8 @@ def test_paper_setting_draws_all_four_matrices_iid_gaussian():
         assert var == pytest.approx(1 / (3 * lin.weight.shape[1]), rel=0.08 if lin.weight.numel() > 1000 else 0.5)
         assert float(lin.bias.abs().max()) == 0.0
     t = rule.tensors
-    assert float(t["B.1"].var()) == pytest.approx(1 / 400, rel=0.05)     # N(0, 1/m_{k+1})
+    assert float(t["B.1"].var()) == pytest.approx(1 / 400, rel=0.05)     # N(0, 1/m_k)
+    assert float(t["B.2"].var()) == pytest.approx(1 / 400, rel=0.15)
     for name in ("Q.1", "R.1", "Q.2", "R.2"):                           # N(0, 1/m_k), m_k = 400
         assert float(t[name].var()) == pytest.approx(1 / 400, rel=0.05)
     # independent draws: Q and Rᵀ are unaligned, ‖Q − Rᵀ‖/‖Q‖ ≈ √2
@@ -137,3 +138,16 @@ def test_assembly_metrics_in_the_rules_metrics():
     assert m["bwd_angle/1"] == pytest.approx(ang) and m["bwd_relerr/1"] == pytest.approx(rel)
     assert m["m_lambda_min"] == pytest.approx(min(m_spectrum(t["R.1"])[0], m_spectrum(t["R.2"])[0]))
     assert {"bwd_angle/2", "bwd_relerr", "m_lambda_mean/1"} <= set(m)
+
+
+def test_b_init_normal_out_takes_the_variance_of_w_transpose():
+    """``normal_out``: B_k ~ N(0, 1/m_k), so the top B (m × n_L) does not amplify the n_L output
+    errors √(m/n_L)-fold as B's fan-in init N(0, 1/n_L) does."""
+    rule = bp.make("sal", setting="paper", connections=4)   # the paper setting's B init
+    assert rule.config["b_init"] == "normal_out"
+    rule.prepare(_net(sizes=(300, 200, 200, 3)))
+    assert float(rule.tensors["B.1"].var()) == pytest.approx(1 / 400, rel=0.05)
+    assert float(rule.tensors["B.2"].var()) == pytest.approx(1 / 400, rel=0.15)
+    fan_in = bp.make("sal", setting="paper", connections=4, b_init="normal")
+    fan_in.prepare(_net(sizes=(300, 200, 200, 3)))
+    assert float(fan_in.tensors["B.2"].var()) == pytest.approx(1 / 3, rel=0.15)

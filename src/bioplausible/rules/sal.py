@@ -22,8 +22,17 @@ Q_L/R_L, B = 0 at init, the ReLU-Jacobian downstream, all four rates equal, γ =
 starting point is the KP special case with B learned from zero; the paper's own default
 (identity downstream, Q/R from zero or random) learned less in the search.
 
+* ``setting``: ``"library"`` (the defaults below) or ``"paper"``: the paper's random connectivity
+  (:data:`~bioplausible.rules.sal_paper.PAPER_SETTING`: W, B, Q, R all i.i.d. Gaussian, identity
+  downstream, everything plastic, one uniform decay, equal rates); options given explicitly win.
 * ``width``: downstream width per hidden layer as a multiple of the upstream width (a number or
   a list, one per hidden layer); < 1 warns (the theorem needs an over-parametrised downstream).
+* ``connections``: the paper's Fig. 2 axis instead of ``width``: the ratio of backprojection to
+  forward connections; it sets every hidden downstream width to ``√connections`` × the upstream
+  (the hidden-to-hidden B then has ``connections`` × W's connections).
+* ``w_init``: ``model`` (keep the model's weights) or ``normal`` (W ~ N(0, w_init_scale²/fan_in),
+  biases 0); ``qr_fan``: Q and R drawn with variance ``qr_init_scale²`` over their fan-in (``in``)
+  or over the downstream width m_k (``downstream``, so M = RᵀR starts near I at any width).
 * ``downstream``: φ = ``identity`` (paper default), ``relu_jacobian`` (the upstream gate f′(u_k),
   tiled over the ``width`` downstream copies of each unit; this gives KP), ``relu``, ``tanh``.
 * ``rates``: ``{W, B, Q, R}`` ratio of the learning rates; the optimizer's lr is the overall scale.
@@ -35,7 +44,8 @@ starting point is the KP special case with B learned from zero; the paper's own 
   ``potential`` (u, v); ``read`` = W gated by g (``after`` φ) or v (``before``); ``top`` =
   ``fixed`` (option a: Q_L = R_L = I) or ``plastic`` (option b); ``qr_init`` = ``zero``,
   ``random`` (independent N(0, qr_init_scale²/fan_in)), ``tied`` (random R, Q = Rᵀ) or
-  ``identity``; ``b_init`` = ``normal`` (N(0, 1/fan_in)), ``zero`` or ``transpose`` (Wᵀ, equal
+  ``identity``; ``b_init`` = ``normal`` (N(0, 1/fan_in)), ``normal_out`` (N(0, 1/m_k), the
+  variance of W_kᵀ), ``zero`` or ``transpose`` (Wᵀ, equal
   widths); ``timing`` = ``simultaneous`` (all four from one cycle) or
   ``feedback_first`` (B, Q, R step first, in place at their rate, then W reads a fresh
   downstream pass); ``output_error`` = ``loss`` (∂loss/∂h_L of the trainer's loss), ``mse``
@@ -68,7 +78,7 @@ MATRICES = ("W", "B", "Q", "R")
 CHOICES: dict[str, tuple[Any, ...]] = {
     "downstream": NONLINEARITIES, "qr_term": ("activity", "potential"), "read": ("after", "before"),
     "top": ("fixed", "plastic"), "qr_init": ("zero", "random", "tied", "identity"),
-    "b_init": ("normal", "zero", "transpose"), "timing": ("simultaneous", "feedback_first"),
+    "b_init": ("normal", "normal_out", "zero", "transpose"), "timing": ("simultaneous", "feedback_first"),
     "output_error": ("loss", "mse", "cross_entropy"), "decay_scaling": ("rate", "absolute"),
     "sign": (1, -1),
 }
@@ -219,8 +229,10 @@ class SAL(Rule):
                 b = layers[k][0].weight.detach().t().clone()
             elif c["b_init"] == "zero":
                 b = torch.zeros(m[k], m[k + 1], device=dev, dtype=dt)
-            else:
-                b = torch.randn(m[k], m[k + 1], generator=gen, device=dev, dtype=dt) / math.sqrt(m[k + 1])
+            else:  # normal: N(0, 1/m_{k+1}) (B's fan-in); normal_out: N(0, 1/m_k), the variance
+                # W_kᵀ has under a fan-in init of W, so g_k starts at BP's scale, not √(m_k/n_L)-fold
+                fan = m[k] if c["b_init"] == "normal_out" else m[k + 1]
+                b = torch.randn(m[k], m[k + 1], generator=gen, device=dev, dtype=dt) / math.sqrt(fan)
             new(f"B.{k}", b, "B", k)
         qr_layers = list(range(1, L)) + ([L] if c["top"] == "plastic" else [])
         for k in qr_layers:

@@ -34,10 +34,10 @@ PAPER_SETTING: dict = {
     "setting": "paper",
     "downstream": "identity",
     "qr_init": "random", "qr_init_scale": 1.0, "qr_fan": "downstream",
-    "b_init": "normal", "w_init": "normal", "w_init_scale": 3 ** -0.5,
+    "b_init": "normal_out", "w_init": "normal", "w_init_scale": 3 ** -0.5,
     "plastic": ["W", "B", "Q", "R"],
     "rates": {"W": 1.0, "B": 1.0, "Q": 1.0, "R": 1.0},
-    "decay": 1e-2, "decay_scaling": "rate",
+    "decay": 0.1, "decay_scaling": "rate",
     "sign": -1, "top": "fixed", "qr_term": "activity", "read": "after",
     "timing": "simultaneous", "output_error": "loss",
 }
@@ -109,5 +109,26 @@ def assembly_metrics(rule: SAL, model: nn.Module) -> dict[str, float]:
     return out
 
 
-__all__ = ["PAPER_SETTING", "assembly_metrics", "backward_alignment", "m_spectrum",
+@torch.no_grad()
+def bilinear_coupling(rule: SAL, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> dict[str, float]:
+    """``σ_max(C_k)`` with ``C_k = Σ_batch h_k g_{k+1}ᵀ`` per hidden layer ``k`` (``coupling/k``, max ``coupling``).
+
+    With the identity downstream the B and R data terms are ``ΔB_k = −η R_k C_k`` and
+    ``ΔR_k = s η B_k C_kᵀ``. For ``s = −1`` the pair descends the bilinear local loss
+    ``⟨R_k h_k, B_k g_{k+1}⟩ + γ(‖B_k‖² + ‖R_k‖²)/2``, which is bounded below only while
+    ``γ ≥ σ_max(C_k)``: above it (B, R) grow exponentially at rate ``η(σ_max − γ)``. For ``s = +1``
+    the pair rotates instead (eigenvalues ``±iησ``) and the decay shrinks it.
+    """
+    cyc, _ = rule.cycle(model, x, y, loss_fn)
+    out: dict[str, float] = {}
+    L = len(cyc.h) - 1
+    for k in range(1, L):
+        c = cyc.h[k].double().t() @ cyc.g[k + 1].double()
+        out[f"coupling/{k}"] = float(torch.linalg.matrix_norm(c, ord=2))
+    if out:
+        out["coupling"] = max(out.values())
+    return out
+
+
+__all__ = ["PAPER_SETTING", "assembly_metrics", "backward_alignment", "bilinear_coupling", "m_spectrum",
            "width_from_connections"]

@@ -6,13 +6,16 @@ targets (``mse_batchmean``), plain SGD, batch 64; the first 10,000 training imag
 the last 5,000 training images as the validation split (selection only), the full 10,000-image
 test set for the reported numbers. One thread.
 
-    # one long run from random init, curves + Gram images (rule options as JSON)
-    python benchmarks/sal_assembly.py curves --tag paper --steps 30000 --lr 0.01 \\
-        --opts '{"setting": "paper", "connections": 5}'
-    # several short stability probes (one process, sequential)
-    python benchmarks/sal_assembly.py probe --steps 6000 --grid stability
-    # the equal-budget tuning table: every method gets the same lrs, steps and split
-    python benchmarks/sal_assembly.py tune --steps 20000
+    # long runs from random init, curves + Gram images (rule options as JSON)
+    python benchmarks/sal_assembly.py curves --tag paper --seeds 0,1 --steps 30000 --probe-every 1000 \\
+        --grid '[["identity c5", {"setting":"paper","connections":5}, 0.003]]'
+    # short stability probes (one process, sequential): a JSON list of [label, options, lr]
+    python benchmarks/sal_assembly.py probe --tag NAME --steps 6000 --probe-every 1000 --grid '[...]'
+    # the equal-budget tuning table: every method gets the same lrs, steps, split and seed
+    python benchmarks/sal_assembly.py tune --tag mnist --steps 10000 --probe-every 2500 \\
+        --lrs 0.0003,0.003,0.03,0.3 --sal-opts '{"setting": "paper", "connections": 5}'
+    # redraw a figure from its json
+    python benchmarks/sal_assembly.py replot --tag curves_paper
 
 Results: ``benchmarks/results/sal/*.json`` (every probe row), ``*.png`` (curves), ``*.md`` (tables).
 """

@@ -6,9 +6,14 @@ width from the paper's connection ratio, and the metrics that show the circuit s
   B_k ~ N(0, 1/m_{k+1}), Q_k, R_k ~ N(0, 1/m_k) independently (so M = RᵀR starts near the
   identity at any downstream width) — with the identity downstream nonlinearity, everything
   plastic, one uniform weight decay γ and a fixed ratio of the four rates (the optimizer's lr is
-  the one overall factor that is tuned). The choices the paper leaves open (the sign of the
-  inter-stream data term, the top layer, the decay scaling) are the stable ones found in
-  ``benchmarks/results/sal/`` (see ``benchmarks/sal_assembly.py``).
+  the one overall factor that is tuned). B is drawn with the variance W_kᵀ has (1/m_k), not
+  its own fan-in: the fan-in draw amplifies the n_L output errors √(m/n_L)-fold at the top and
+  diverged at every lr ≥ 1e-3 in the MNIST probes. The choices the paper leaves open: s = −1 (gradient
+  descent on the bilinear local losses; s = +1 shrinks Q and R to zero), a fixed top
+  (Q_L = R_L = I), decay per unit rate, γ = 0.1 with lr 3e-3 the best of the MNIST probes in
+  ``benchmarks/results/sal/``. There the circuit assembles (Lemma 1 exactly) and then collapses
+  to chance: with the identity downstream the Q/R data terms reach at most n_L directions, so
+  M = RᵀR decays towards rank ≤ n_L (``benchmarks/sal_assembly.py``; README, SAL section).
 * :func:`width_from_connections`: the paper's Fig. 2 axis is a ratio of *connections*
   (backprojections vs forward connections). A downstream ``k`` times wider than the upstream at
   every hidden layer gives the hidden-to-hidden B ``k²`` times the connections of the matching W,

@@ -68,7 +68,7 @@ def test_paper_setting_draws_all_four_matrices_iid_gaussian():
     for lin in lins:                                       # W_l ~ N(0, 1/(3 n_l)), biases 0
         var = float(lin.weight.detach().double().var())
         assert var == pytest.approx(1 / (3 * lin.weight.shape[1]), rel=0.08 if lin.weight.numel() > 1000 else 0.5)
-        assert float(lin.bias.abs().max()) == 0.0
+        assert float(lin.bias.detach().abs().max()) == 0.0
     t = rule.tensors
     assert float(t["B.1"].var()) == pytest.approx(1 / 400, rel=0.05)     # N(0, 1/m_k)
     assert float(t["B.2"].var()) == pytest.approx(1 / 400, rel=0.15)

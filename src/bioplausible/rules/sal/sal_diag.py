@@ -57,6 +57,9 @@ def sal_metrics(rule: SAL, model: nn.Module) -> dict[str, float]:
     if mis:
         out["qr_misalignment"] = max(mis)
         out["qr_lambda_min"] = min(lam)
+    from .sal_paper import assembly_metrics
+
+    out.update(assembly_metrics(rule, model))
     return out
 
 

@@ -16,12 +16,12 @@ from conftest import make_bundle
 from torch import nn
 
 import bioplausible as bp
-from bioplausible.engine.config import TrainConfig
-from bioplausible.errors import ConfigError
-from bioplausible.nn import feedback_layers
 from bioplausible.core.probe import Probe
 from bioplausible.core.rule import Rule
+from bioplausible.engine.config import TrainConfig
 from bioplausible.engine.trainer import Trainer
+from bioplausible.errors import ConfigError
+from bioplausible.nn import feedback_layers
 
 
 def _model(seed=0, dim=20, classes=4):

@@ -1,15 +1,15 @@
-"""Name -> factory registries for rules, models, datasets and losses.
+"""The generic name -> object registry behind rules, models, datasets, losses and metrics.
 
-``@register("kp")`` on a :class:`~bioplausible.core.rule.Rule` subclass makes it available to
-:func:`make` and to the CLI. Other registries (models, datasets, losses, presets) use the same
-:class:`Registry` class so that every unknown name produces the same kind of error.
+Every registry is a :class:`Registry`, so every unknown name produces the same kind of error
+(:class:`~bioplausible.errors.UnknownNameError` with a "did you mean" hint). The rule registry
+and its ``make`` are in :mod:`bioplausible.rules.registry`.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from .errors import UnknownNameError
 
@@ -59,25 +59,3 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return sorted(self._items.items())
-
-
-RULES: Registry[Any] = Registry("rule")
-
-
-def register(name: str) -> Callable[[T], T]:
-    """Class decorator: ``@register("fa")`` registers a Rule subclass under ``name``."""
-    return RULES.decorator(name)
-
-
-def make(name: str, **config: Any):
-    """Instantiate the rule registered as ``name`` with its hyperparameters ``config``."""
-    from . import rules as _rules  # noqa: F401  (importing registers the built-in rules)
-
-    cls = RULES.get(name)
-    return cls(**config)
-
-
-def list_rules() -> list[str]:
-    from . import rules as _rules  # noqa: F401
-
-    return RULES.names()

@@ -37,16 +37,16 @@ mean ± std beside the paper's values.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import TrainConfig, _merge, yaml_load
-from ..errors import ConfigError, UnknownNameError, UserError
+from .._io import yaml_load
+from ..engine.config import TrainConfig, _merge
+from ..errors import ConfigError, UnknownNameError
+from .seeds import check_seeds
 
 _METRICS = {"test_accuracy", "best_test_accuracy", "train_accuracy", "test_loss", "train_loss",
             "val_accuracy", "test_auc", "grad_angle", "relative_error_top", "relative_error_mean"}
@@ -140,8 +140,6 @@ def _parse(text: str, source: str) -> Preset:
             raise ConfigError(f"preset {source}: run {label!r} needs a rule name")
         if rule.get("config") is not None and not isinstance(rule["config"], dict):
             raise ConfigError(f"preset {source}: run {label!r}: config must be a mapping")
-    from .jobs import check_seeds
-
     seeds = check_seeds(raw.get("seeds", [0]), f"preset {source}: seeds")
     scales = dict(raw.get("scales") or {"full": {}})
     for scale, over in scales.items():
@@ -292,71 +290,5 @@ def _worst(check: dict[str, Any], metric: str, stats: dict[str, dict[str, Any]])
     return gap > margin, text
 
 
-def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
-               progress: bool = True, seeds: list[int] | None = None, workers: int = 1) -> dict[str, Any]:
-    """Train every run of preset ``name`` at ``scale`` with every seed; write and return a report.
-
-    ``workers > 1`` runs the jobs in that many worker processes (one torch thread each).
-
-    ``plan`` + ``run_job`` per job + ``aggregate`` + the report; every job is checked (configs,
-    rules, model, data, ``out``) before the first one trains.
-    """
-    from .jobs import aggregate, check_jobs, plan, run_jobs, statuses
-
-    preset = get_preset(name)
-    out_dir = Path(out or Path("runs") / f"reproduce-{preset.name}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"output directory {str(out_dir)!r} already exists; choose another --out")
-    jobs = plan(preset, scale, seeds=seeds, out=out_dir)
-    check_jobs(jobs)
-    summaries = run_jobs(jobs, workers=workers, progress=progress)
-    metrics = sorted({preset.paper_results.get("metric", "test_accuracy"), "test_accuracy",
-                      "best_test_accuracy", "grad_angle", *check_metrics(preset)})
-    stats = aggregate(summaries, metrics)
-    checks = evaluate_checks(preset, stats, scale)
-    config, _ = preset.resolved(scale)
-    report = {"preset": preset.name, "title": preset.title, "paper": preset.paper, "scale": scale,
-              "seeds": sorted({j.seed for j in jobs}, key=[j.seed for j in jobs].index),
-              "config": config.to_dict(), "stats": stats, "status": statuses(summaries),
-              "paper_results": preset.paper_results, "checks": checks,
-              "runs": [{"label": j.label, "dir": j.run_dir, "seed": j.seed} for j in jobs]}
-    (out_dir / "reproduce.json").write_text(json.dumps(report, indent=2, default=str))
-    (out_dir / "reproduce.md").write_text(format_report(report) + "\n")
-    from .report import load_run, plot_curves
-
-    plot_curves([load_run(j.run_dir, f"{j.label} (seed {j.seed})") for j in jobs],
-                out_dir / "curves.png", preset.title)
-    report["out_dir"] = str(out_dir)
-    return report
-
-
-def format_report(report: dict[str, Any]) -> str:
-    metric = report["paper_results"].get("metric", "test_accuracy")
-    values = report["paper_results"].get("values") or {}
-    lines = [f"# {report['title']}", "", f"Preset `{report['preset']}`, scale `{report['scale']}`, "
-             f"seeds {report['seeds']}. Paper: {report['paper']}.", "",
-             f"| run | ours: {metric_label(metric)}, mean ± std | paper | ours − paper | angle to BP (°) | status |",
-             "|---|---|---|---|---|---|"]
-    for label, st in report["stats"].items():
-        m, s = tuple(st.get(metric, (None, None)))[:2]
-        ang = next(iter(st.get("grad_angle", (None, None))))
-        d = metric_digits(metric)
-        ours = "–" if m is None else f"{m:.{d}f} ± {s:.{d}f}"
-        paper = values.get(label)
-        diff = "–" if m is None or paper is None else f"{m - paper:+.{d}f}"
-        lines.append(f"| {label} | {ours} | {'–' if paper is None else paper} | {diff} | "
-                     f"{'–' if ang is None else f'{ang:.1f}'} | {', '.join(report['status'][label])} |")
-    for label, paper in values.items():
-        if label not in report["stats"] and paper is not None:
-            lines.append(f"| {label} | not run (rule not in this preset) | {paper} | – | – | – |")
-    note = report["paper_results"].get("note")
-    if note:
-        lines += ["", f"Paper values: {note}"]
-    if report["checks"]:
-        lines += ["", "Checks:"]
-        lines += [f"- [{'pass' if c['passed'] else 'FAIL'}] {c['text']}" for c in report["checks"]]
-    return "\n".join(lines)
-
-
-__all__ = ["Preset", "check_metrics", "evaluate_checks", "format_report", "get_preset", "list_presets",
-           "lower_is_better", "metric_digits", "metric_label", "run_preset"]
+__all__ = ["Preset", "check_metrics", "evaluate_checks", "get_preset", "list_presets", "lower_is_better",
+           "metric_digits", "metric_label"]

@@ -49,7 +49,7 @@ class Param:
 
 def parse_param(text: str) -> Param:
     """``KEY=KIND:ARGS`` -> :class:`Param`; anything malformed is a ConfigError naming the fix."""
-    from ..engine.config import yaml_load
+    from .._io import yaml_load
 
     example = "e.g. --param optimizer.lr=loguniform:1e-4:1e-1"
     key, eq, spec = str(text).partition("=")

@@ -1,4 +1,4 @@
-"""``convert(model, rule)``: swap ``nn.Linear``/``nn.Conv2d`` for their feedback versions.
+"""Swap ``nn.Linear``/``nn.Conv2d`` for their feedback versions (:func:`swap_layers`).
 
 The swap is a per-layer-type ``functools.singledispatch`` (:func:`to_feedback_layer`); other
 modules (activations, pooling, dropout, normalisation, flatten) are kept and backpropagate
@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from functools import singledispatch
-from typing import Any
 
 import torch
 from torch import nn
@@ -116,20 +115,4 @@ def feedback_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield (name or module.layer_name), module
 
 
-def convert(model: nn.Module, rule: Any = "fa", **rule_config: Any) -> nn.Module:
-    """Return a copy of ``model`` whose backward pass uses ``rule``'s feedback.
-
-    ``rule`` is a rule name (``"fa"``, ``"usf"``, ``"brsf"``, ``"frsf"``, ``"kp"``, ``"wm"``,
-    ``"dfa"``) with its options as keywords, or a rule instance (keep it when the rule needs a
-    call per step, e.g. ``wm``'s :meth:`after_step`). Equivalent to ``rule.prepare(model)``.
-    """
-    if isinstance(rule, str):
-        from .._registry import make
-
-        rule = make(rule, **rule_config)
-    elif rule_config:
-        raise ConfigError("pass rule options either with a rule name or to make(), not both")
-    return rule.prepare(model)
-
-
-__all__ = ["convert", "feedback_layers", "swap_layers", "to_feedback_layer"]
+__all__ = ["feedback_layers", "swap_layers", "to_feedback_layer"]

@@ -155,3 +155,13 @@ def count_backward_products(n_layers: int) -> tuple[int, int]:
         total += min(n_vecs, m)
         n_vecs = min(n_vecs, m) + 1
     return total, max(L - 1, 0)
+
+
+def batch_mean(loss_fn) -> bool:
+    """True for losses averaged over the batch (``Loss.reduction == "mean"``).
+
+    Their output error is ``1/N`` times each example's error; AR relaxes the per-example
+    errors (so the relaxation starts on the same scale as the stored activities) and applies
+    the ``1/N`` to the weight update. A plain callable is taken as a summed loss.
+    """
+    return getattr(loss_fn, "reduction", "sum") == "mean"

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import DataError
 from ...core.losses import get_loss
-from ..._registry import make
+from ...errors import DataError
 from ...nn.mlp import _apply, mlp_layout
+from ..registry import make
 
 PAPER_MODEL = "mlp:784-300-300-100-10,activation=relu,init=normal:0.05"
 
@@ -164,10 +164,10 @@ def run_relaxation_diagnostic(out_dir: str | os.PathLike, dataset: str = "mnist"
     of AR training (``mse_sum``, learning rate ``lr``, batches of ``batch_size``), because the
     paper's figure is of a network in training. Returns the JSON dict.
     """
-    from ... import build_model
+    from ...models import build_model
 
     try:
-        from ... import load_dataset
+        from ...data import load_dataset
         data = load_dataset(dataset, root, normalize="unit", flatten=True)
     except (ImportError, AttributeError) as exc:
         raise DataError(f"the relaxation diagnostic needs bioplausible.load_dataset: {exc}") from None

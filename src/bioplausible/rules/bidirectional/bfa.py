@@ -58,9 +58,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ...errors import ConfigError
-from ..._registry import register
 from ...core.rule import FeedbackPair, Rule, StepResult
+from ...errors import ConfigError
+from ..registry import register
 from .common import (
     Chain,
     apply_max_norm,

@@ -61,14 +61,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ...core.context import exact_backward
+from ...core.rule import FeedbackPair, Rule, StepResult
 from ...errors import ConfigError, IncompatibleModelError, UserError
-from ...nn.context import exact_backward
 from ...nn.convert import feedback_layers, swap_layers
 from ...nn.dfa import CONV_SCALES, attach_direct_feedback
 from ...nn.layers import FEEDBACK_INITS, FeedbackLinear, init_feedback
 from ...nn.pathway import FixedFeedback
-from ..._registry import register
-from ...core.rule import FeedbackPair, Rule, StepResult
+from ..registry import register
 from . import fast
 from .estimator import loss_difference, regression_grad, ridge_update, signal_angle
 

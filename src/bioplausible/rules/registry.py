@@ -1,0 +1,50 @@
+"""The rule registry: ``@register("kp")`` on a Rule subclass, :func:`make` and :func:`list_rules`.
+
+Importing this module imports :mod:`bioplausible.rules` first (its package), which imports every
+built-in family and every installed plugin family, so :func:`make` sees them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+from .._registry import Registry
+from ..errors import ConfigError
+
+T = TypeVar("T")
+
+RULES: Registry[Any] = Registry("rule")
+
+
+def register(name: str) -> Callable[[T], T]:
+    """Class decorator: ``@register("fa")`` registers a Rule subclass under ``name``."""
+    return RULES.decorator(name)
+
+
+def make(name: str, **config: Any):
+    """Instantiate the rule registered as ``name`` with its hyperparameters ``config``."""
+    return RULES.get(name)(**config)
+
+
+def list_rules() -> list[str]:
+    return RULES.names()
+
+
+def convert(model: nn.Module, rule: Any = "fa", **rule_config: Any) -> nn.Module:
+    """Return a copy of ``model`` whose backward pass uses ``rule``'s feedback.
+
+    ``rule`` is a rule name (``"fa"``, ``"usf"``, ``"brsf"``, ``"frsf"``, ``"kp"``, ``"wm"``,
+    ``"dfa"``) with its options as keywords, or a rule instance (keep it when the rule needs a
+    call per step, e.g. ``wm``'s :meth:`after_step`). Equivalent to ``rule.prepare(model)``.
+    """
+    if isinstance(rule, str):
+        rule = make(rule, **rule_config)
+    elif rule_config:
+        raise ConfigError("pass rule options either with a rule name or to make(), not both")
+    return rule.prepare(model)
+
+
+__all__ = ["RULES", "convert", "list_rules", "make", "register"]

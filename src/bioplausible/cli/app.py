@@ -1,4 +1,5 @@
-"""Command line: ``bioplausible list | train | compare | reproduce | sweep | tune | report | relax-diagnostic | data``.
+"""Command line: ``bioplausible list | train | compare | reproduce | sweep | tune | report | data``, and
+the subcommands and plots the rule families register (:mod:`bioplausible.core.hooks`).
 
 User errors (unknown names, bad values, missing data) print one line and exit with status 2,
 before any run directory is written.
@@ -11,8 +12,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from .._registry import discover_families
+from ..core.hooks import COMMANDS, PLOTS, Plot
 from ..errors import UserError
 from .args import Parser, add_train_flags, config_from_args, default_out, flags_from_args
 
@@ -137,45 +139,6 @@ def _workers(args: argparse.Namespace) -> int:
     return args.workers
 
 
-def _float_list(text: str, flag: str) -> list[float]:
-    import math
-
-    values = []
-    for item in text.split(","):
-        try:
-            v = float(item)
-        except ValueError:
-            v = float("nan")
-        if not (math.isfinite(v) and v > 0):
-            raise UserError(f"{flag} {text!r}: {item.strip()!r} is not a positive number; e.g. {flag} 0.05,0.1")
-        values.append(v)
-    return values
-
-
-def cmd_relax(args: argparse.Namespace) -> int:
-    from ..rules.ar.diagnostics import run_relaxation_diagnostic
-
-    eta = _float_list(args.eta_x, "--eta-x") if args.eta_x is not None else None
-    if args.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {args.steps}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {args.out!r} is a file; give a folder")
-    kwargs: dict[str, Any] = {"dataset": args.dataset, "steps": args.steps}
-    if eta:
-        kwargs["eta_xs"] = eta
-    result = run_relaxation_diagnostic(args.out, **kwargs) or {}
-    for m in result.get("measurements", []):
-        chk = m.get("checks", {})
-        folds = ", ".join(f"{f:.3g}x" for f in chk.get("fold_reduction", []))
-        print(f"{m['label']}: error reduction per hidden layer at eta_x={chk.get('eta_x')} after "
-              f"{args.steps} iterations: {folds} (>= 100x in every layer: "
-              f"{'yes' if chk.get('passed') else 'no'}; larger eta_x no slower: "
-              f"{'yes' if chk.get('larger_eta_no_slower') else 'no'})")
-    print(f"wrote {Path(args.out) / 'convergence.json'} and {Path(args.out) / 'convergence.png'}")
-    return 0
-
-
 def cmd_data(args: argparse.Namespace) -> int:
     from .. import data as D
 
@@ -246,45 +209,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="Comparison")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("relax-diagnostic", help="activation relaxation: error to the BP gradient per iteration")
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--eta-x", help="comma-separated step sizes, e.g. 0.05,0.1,0.2")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--out", default="runs/relax-diagnostic")
-    p.set_defaults(func=cmd_relax)
-
     p = sub.add_parser("data", help="list, fetch or verify datasets")
     p.add_argument("action", choices=["list", "fetch", "verify"])
     p.add_argument("names", nargs="*")
     p.add_argument("--root", help="dataset root (default: $BIOPLAUSIBLE_DATA, then the user cache)")
     p.set_defaults(func=cmd_data)
 
-    def cmd_generate(args: argparse.Namespace) -> int:
-        from ..rules.bidirectional.generate import render_run
-
-        print(render_run(args.run_dir, args.out))
-        return 0
-
-    p = sub.add_parser("generate", help="BFA: render the generative network's image for each label (PNG)")
-    p.add_argument("run_dir", help="run directory of a bfa training run")
-    p.add_argument("--out", help="PNG path (default: RUN_DIR/generated.png)")
-    p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("ghost-diagnostics", help="plot a ghost-unit run's Figs 3-5 diagnostics")
-    p.add_argument("run_dir")
-    p.add_argument("--out", help="PNG path (default: RUN_DIR/ghost_diagnostics.png)")
-    p.set_defaults(func=cmd_ghost_diagnostics)
+    for name, command in COMMANDS.registered():  # the rule families' own subcommands
+        p = sub.add_parser(name, help=command.help)
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
+    for name, plot in PLOTS.registered():  # the rule families' plots of a run directory
+        p = sub.add_parser(name, help=plot.help)
+        p.add_argument("run_dir", help=plot.run_dir_help)
+        p.add_argument("--out", help=plot.out_help)
+        p.set_defaults(func=_plot_command(plot))
     return parser
 
 
-def cmd_ghost_diagnostics(args: argparse.Namespace) -> int:
-    from ..rules.ghost.diagnostics import plot_ghost_diagnostics
+def _plot_command(plot: Plot):
+    def run(args: argparse.Namespace) -> int:
+        print(plot.render(args.run_dir, args.out))
+        return 0
 
-    print(plot_ghost_diagnostics(args.run_dir, args.out))
-    return 0
+    return run
+
+
+BUILTIN = ("list", "train", "compare", "reproduce", "sweep", "tune", "report", "data")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in BUILTIN:  # a family's command, or --help: find the families first
+        discover_families()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

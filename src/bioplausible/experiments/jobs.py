@@ -36,12 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_json
+from ..core.metrics import metric_value
 from ..engine.config import TrainConfig, _merge
 from ..engine.rundir import check_run_dir, run_lock
 from ..engine.runtime import check_device, runtime
 from ..errors import ConfigError, UserError
 from .seeds import check_seeds
 
+#: what :func:`aggregate` reports by default (names of :mod:`bioplausible.core.metrics`)
 METRICS = ("test_accuracy", "best_test_accuracy", "grad_angle", "test_loss", "train_loss")
 
 
@@ -315,14 +317,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _metric(summary: dict[str, Any], metric: str) -> float | None:
-    if metric == "best_test_accuracy":
-        return summary.get("best_test_accuracy")
-    if metric == "grad_angle":
-        return summary.get("grad_angle_mean")
-    return (summary.get("final") or {}).get(metric)
-
-
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
     """(mean, sample std, n) of the finite values; (None, None, 0) when there are none."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
@@ -347,7 +341,7 @@ def aggregate(items: Iterable[Any], metrics: Sequence[str] = METRICS) -> dict[st
         s = _summary_of(item)
         label = str((s.get("job") or {}).get("label") or s.get("rule", "?"))
         groups.setdefault(label, []).append(s)
-    return {label: {m: mean_std(_metric(s, m) for s in sums) for m in metrics}
+    return {label: {m: mean_std(metric_value(s, m) for s in sums) for m in metrics}
             for label, sums in groups.items()}
 
 

@@ -25,7 +25,7 @@ accuracy, the mean probe angle ``grad_angle``, and the feedback's ``relative_err
 epoch, :func:`bioplausible.core.probe.feedback_errors`).
 
 Direction: losses (``test_loss``, ``train_loss``), ``grad_angle`` and ``relative_error_*`` are lower-is-better
-(:func:`lower_is_better`); ``worst`` uses it (a check may override it with
+(the metric table, :mod:`bioplausible.core.metrics`); ``worst`` uses it (a check may override it with
 ``lower_is_better: true|false``). ``max_gap``, ``within`` and the min/max bounds are plain
 arithmetic: "FA's loss is at least BP's" is ``{type: max_gap, metric: test_loss, runs: [fa, bp],
 max: 0}`` (bp − fa ≤ 0). "ours − paper" in reports is ours minus the paper's value either way.
@@ -44,22 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from .._io import yaml_load
+from ..core.metrics import METRICS, is_metric, lower_is_better, metric_digits
 from ..engine.config import TrainConfig, _merge
 from ..errors import ConfigError, UnknownNameError
 from .seeds import check_seeds
-
-_METRICS = {"test_accuracy", "best_test_accuracy", "train_accuracy", "test_loss", "train_loss",
-            "val_accuracy", "test_auc", "grad_angle", "relative_error_top", "relative_error_mean"}
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of ``metric`` is the better one (losses, angles, feedback errors)."""
-    return metric.endswith("_loss") or metric == "grad_angle" or metric.startswith("relative_error")
-
-
-def metric_digits(metric: str) -> int:
-    """Decimals to print ``metric`` with: 4 for the feedback's relative errors (fractions), else 2."""
-    return 4 if metric.startswith("relative_error") else 2
 
 
 def check_metrics(preset: Preset) -> list[str]:
@@ -173,13 +161,13 @@ def _parse(text: str, source: str) -> Preset:
                                                                                   {"full": {}}) for x in only)):
             raise ConfigError(f"preset {source}: check {i + 1} ({check['type']}): scales must list scales of "
                               f"this preset, got {only!r}")
-        if "metric" in check and check["metric"] not in _METRICS:
+        if "metric" in check and not is_metric(check["metric"]):
             raise ConfigError(f"preset {source}: check {i + 1}: unknown metric {check['metric']!r}; "
-                              f"use {', '.join(sorted(_METRICS))}")
+                              f"use {', '.join(METRICS.names())}")
     metric = (raw.get("paper_results") or {}).get("metric")
-    if metric is not None and metric not in _METRICS:
+    if metric is not None and not is_metric(metric):
         raise ConfigError(f"preset {source}: paper_results.metric {metric!r} is not one of "
-                          f"{', '.join(sorted(_METRICS))}")
+                          f"{', '.join(METRICS.names())}")
     return Preset(name=str(raw["name"]), title=str(raw.get("title", raw["name"])),
                   paper=str(raw.get("paper", "")), config=raw["config"], runs=runs, seeds=seeds,
                   scales=scales, paper_results=dict(raw.get("paper_results") or {}),

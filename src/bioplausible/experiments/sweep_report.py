@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.angles import EXACT_DEG, exact_layers, hidden_angle, hidden_angle_series, layer_angles
+from ..core.metrics import metric_value
 from ..errors import UserError
 from .jobs import mean_std
 from .report import RunRecord, load_run
@@ -72,9 +73,7 @@ def paper_values(index: dict[str, Any]) -> tuple[str, dict[str, float]]:
 
 
 def _metric(run: RunRecord, metric: str) -> float | None:
-    if metric == "best_test_accuracy":
-        return run.summary.get("best_test_accuracy")
-    return (run.summary.get("final") or {}).get(metric)
+    return metric_value(run.summary, metric)
 
 
 def label_stats(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:

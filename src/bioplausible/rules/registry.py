@@ -16,7 +16,7 @@ from ..errors import ConfigError
 
 T = TypeVar("T")
 
-RULES: Registry[Any] = Registry("rule")
+RULES: Registry[Any] = Registry("rule", discover=True)
 
 
 def register(name: str) -> Callable[[T], T]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ...core.hooks import Plot, register_plot
 from ...errors import UserError
 
 
@@ -94,3 +95,8 @@ def render_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+register_plot(Plot("generate", "BFA: render the generative network's image for each label (PNG)", render_run,
+                   run_dir_help="run directory of a bfa training run",
+                   out_help="PNG path (default: RUN_DIR/generated.png)"))

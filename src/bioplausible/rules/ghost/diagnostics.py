@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ...core.hooks import Plot, register_plot
 from ...errors import UserError
 
 
@@ -83,3 +84,7 @@ def plot_ghost_diagnostics(run_dir: str | Path, out: str | Path | None = None) -
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+register_plot(Plot("ghost-diagnostics", "plot a ghost-unit run's Figs 3-5 diagnostics", plot_ghost_diagnostics,
+                   out_help="PNG path (default: RUN_DIR/ghost_diagnostics.png)"))

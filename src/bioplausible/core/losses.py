@@ -45,8 +45,10 @@ class Loss:
     """A named scalar loss ``loss(output, target)`` with its reduction convention.
 
     ``per_sample(output, target)`` gives the ``(N,)`` vector of each example's loss in the same
-    convention, so that ``loss = per_sample.mean()`` for ``reduction="mean"`` and
-    ``loss = per_sample.sum()`` for ``reduction="sum"`` (node perturbation needs it per example).
+    convention, so that ``loss = batch_factor(N) · per_sample.sum()``: ``per_sample.mean()`` for
+    ``reduction="mean"`` and ``per_sample.sum()`` for ``reduction="sum"`` (node perturbation needs
+    it per example). Rules read the convention here, never from a bare callable
+    (:func:`as_loss`).
     """
 
     name: str
@@ -55,9 +57,21 @@ class Loss:
     reduction: str = "mean"  # "sum" losses grow with the batch; reports divide them by N
     sample_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
+    def __post_init__(self) -> None:
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"loss {self.name!r}: reduction must be 'mean' or 'sum', got {self.reduction!r}")
+
     def per_sample(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Each example's loss, shape ``(N,)`` (see the class docstring for the convention)."""
-        return self.sample_fn(output, target)
+        """Each example's loss, shape ``(N,)`` (see the class docstring for the convention);
+        without a per-example form the loss is evaluated one example at a time."""
+        if self.sample_fn is not None:
+            return self.sample_fn(output, target)
+        return torch.stack([self.fn(output[i:i + 1], target[i:i + 1]).reshape(())
+                            for i in range(output.shape[0])])
+
+    def batch_factor(self, n: int) -> float:
+        """``s`` with ``loss = s · Σ_n ℓ_n`` for a batch of ``n``: ``1/n`` (mean) or 1 (sum)."""
+        return 1.0 if self.reduction == "sum" else 1.0 / n
 
     def mean_per_example(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The batch's loss per example, comparable across batch sizes (``per_sample().mean()``)."""
@@ -142,6 +156,17 @@ def _cross_entropy(o, t):
 @_add("bce", "mean sigmoid binary cross-entropy (logits in, one-hot or multi-label targets)", _bce_samples)
 def _bce(o, t):
     return F.binary_cross_entropy_with_logits(o, _dense_targets(o, t))
+
+
+def as_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | Loss) -> Loss:
+    """A :class:`Loss` passes through; any other callable is typed once, here, as a batch mean
+    (torch's convention) unless it carries ``reduction = "sum"``. Rules call this instead of
+    guessing a convention from a bare callable."""
+    if isinstance(loss_fn, Loss):
+        return loss_fn
+    reduction = getattr(loss_fn, "reduction", "mean")
+    return Loss(f"<{getattr(loss_fn, '__name__', type(loss_fn).__name__)}>", loss_fn, "a user's loss callable",
+                "sum" if reduction == "sum" else "mean", getattr(loss_fn, "per_sample", None))
 
 
 def get_loss(name: str | Loss) -> Loss:

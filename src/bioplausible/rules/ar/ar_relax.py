@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ...core.losses import as_loss
+
 Tensor = torch.Tensor
 #: ``backward(l, v)`` applies ``T_l`` to a value ``v`` of layer ``l+1`` (returns a new tensor).
 BackwardFn = Callable[[int, Tensor], Tensor]
@@ -162,6 +164,7 @@ def batch_mean(loss_fn) -> bool:
 
     Their output error is ``1/N`` times each example's error; AR relaxes the per-example
     errors (so the relaxation starts on the same scale as the stored activities) and applies
-    the ``1/N`` to the weight update. A plain callable is taken as a summed loss.
+    the ``1/N`` to the weight update. A bare callable is typed by
+    :func:`~bioplausible.core.losses.as_loss` (a batch mean unless it says ``reduction = "sum"``).
     """
-    return getattr(loss_fn, "reduction", "sum") == "mean"
+    return as_loss(loss_fn).reduction == "mean"

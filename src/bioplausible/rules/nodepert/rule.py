@@ -62,6 +62,7 @@ import torch
 from torch import nn
 
 from ...core.context import exact_backward
+from ...core.losses import as_loss
 from ...core.rule import FeedbackPair, Rule, StepResult
 from ...errors import ConfigError, IncompatibleModelError, UserError
 from ...nn.convert import feedback_layers, swap_layers
@@ -310,7 +311,7 @@ class _NodePerturbation(Rule):
         loss = loss_fn(output, y)
         loss.backward()
         n = output.shape[0]
-        scale = 1.0 if getattr(loss_fn, "reduction", "mean") == "sum" else 1.0 / n
+        scale = as_loss(loss_fn).batch_factor(n)
         if self.target == "np":
             if saved is not None:
                 after = self._rng_state(device)
@@ -371,7 +372,7 @@ class _NodePerturbation(Rule):
                     (e,) = torch.autograd.grad(loss_fn(o, y), o)
             else:
                 e, d = mse
-            scale = 1.0 if getattr(loss_fn, "reduction", "mean") == "sum" else 1.0 / out.shape[0]
+            scale = as_loss(loss_fn).batch_factor(out.shape[0])
             noisy = fast.noisy_forward(plan, hs, a1, c, self.config["noise_at"] == "post",
                                        self.generator(x.device), self._xi)
             if mse is not None:  # coef = (ℓ̃ − ℓ)/c_h in the outputs' dtype, cancellation-free

@@ -140,7 +140,7 @@ class Probe:
         if weight_angles:
             out["grad_angle"] = sum(weight_angles) / len(weight_angles)
         out.update(alignment_metrics(rule.feedback_pairs(model)))
-        out.update(rule.metrics(model))
+        out.update(rule.probe_metrics(model))
         return out
 
     def measure(self, rule: Rule, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -242,8 +242,21 @@ class Rule:
         return []
 
     def metrics(self, model: nn.Module) -> dict[str, float]:
-        """Extra rule-specific numbers to log (e.g. a divergence indicator); default none."""
+        """Extra rule-specific numbers to log (e.g. a divergence indicator); default none.
+
+        Both hooks below default to this; override one of them where the two moments differ.
+        """
         return {}
+
+    def probe_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Numbers for a probe record: called by the probe right after :meth:`train_step`, before
+        the optimizer step (the state of the batch just computed)."""
+        return self.metrics(model)
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Numbers for an epoch record (``rule/<name>``): called by the trainer after the epoch's
+        last step, between steps."""
+        return self.metrics(model)
 
     # ------------------------------------------------------------ owned state
     def own(self, name: str, tensor: torch.Tensor, *, group: str, layer: int | None = None,

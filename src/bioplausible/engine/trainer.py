@@ -391,7 +391,7 @@ class Trainer:
                           "eval_time": time.perf_counter() - t0,
                           "lr": self.optimizer.param_groups[0]["lr"]}
                 record.update(feedback_errors(self.rule, self.model))  # ‖W − B‖/‖W‖ after the epoch
-                record.update({f"rule/{k}": v for k, v in self.rule.metrics(self.model).items()})
+                record.update({f"rule/{k}": v for k, v in self.rule.epoch_metrics(self.model).items()})
                 if self.schedule is not None:
                     self.schedule.step()
                 self.history.append(record)

@@ -354,7 +354,6 @@ class _NodePerturbation(Rule):
                 if p.grad is not None:
                     p.grad.zero_()
         self._step += 1
-        self._in_step = True  # until after_step: metrics() is then a probe's call
         return StepResult(loss.detach(), output.detach())
 
     def _fast_step(self, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
@@ -401,11 +400,7 @@ class _NodePerturbation(Rule):
         self.last_noise = self._xi
         self._xi = [None] * len(self._xi)
         self._step += 1
-        self._in_step = True
         return StepResult(loss.detach(), out)
-
-    def after_step(self, model: nn.Module) -> None:
-        self._in_step = False
 
     @staticmethod
     def _dense_target(loss_fn, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -449,6 +444,16 @@ class _NodePerturbation(Rule):
                     for n, layer in zip(self._names, self._layers)][1:]
         return [FeedbackPair(n, layer.weight, None) for n, layer in zip(self._names, self._layers)][1:]
 
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """:meth:`metrics`, and a warning when an epoch ends inside the warm-up (W still frozen)."""
+        step, warmup = getattr(self, "_step", 0), self.config["warmup"]
+        if 0 < step < warmup and not getattr(self, "_warned", False):
+            self._warned = True
+            warnings.warn(f"rule {self.name!r}: the warm-up of {warmup} steps (W frozen) is not over "
+                          f"after {step} steps; the forward weights have not learned yet. Lower "
+                          f"warmup or train longer", UserWarning, stacklevel=2)
+        return self.metrics(model)
+
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """Fig. 2B's angle per layer on the last batch, and DFA's Corollary-1 relative error.
 
@@ -458,11 +463,6 @@ class _NodePerturbation(Rule):
         """
         out: dict[str, float] = {}
         step, warmup = getattr(self, "_step", 0), self.config["warmup"]
-        if 0 < step < warmup and not getattr(self, "_warned", False) and not getattr(self, "_in_step", False):
-            self._warned = True  # between steps: the trainer's end-of-epoch call (not a probe's)
-            warnings.warn(f"rule {self.name!r}: the warm-up of {warmup} steps (W frozen) is not over "
-                          f"after {step} steps; the forward weights have not learned yet. Lower "
-                          f"warmup or train longer", UserWarning, stacklevel=2)
         if step < warmup:
             out["warmup_left"] = float(warmup - step)
         last = getattr(self, "_last", None)

@@ -24,7 +24,7 @@ import bioplausible as bp
 from bioplausible.cli import main
 from bioplausible.core.probe import Probe
 from bioplausible.core.rule import call_prepare
-from bioplausible.engine.trainer import resolve_loss
+from bioplausible.engine.task import resolve_loss
 
 DIM, CLASSES = 6, 3
 

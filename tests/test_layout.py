@@ -186,3 +186,30 @@ def test_no_two_flat_modules_in_rules_share_a_family_prefix():
 @pytest.mark.parametrize("name", sorted(bioplausible._EXPORTS))
 def test_the_flat_api_resolves(name):
     assert getattr(bioplausible, name) is not None
+
+
+def _readme_layout() -> str:
+    readme = (ROOT.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Layout", 1)[1]
+    return section.split("```", 2)[1]
+
+
+def test_every_folder_of_the_package_is_a_package():
+    for folder in [ROOT, *(p for p in ROOT.rglob("*") if p.is_dir() and p.name != "__pycache__")]:
+        if any(folder.glob("*.py")):
+            assert (folder / "__init__.py").is_file(), f"{folder} has modules but no __init__.py"
+
+
+def test_the_readme_layout_names_every_package_and_top_level_module():
+    block = _readme_layout()
+    named = set(re.findall(r"^\s*([\w.]+/|[\w]+\.py)\s", block, re.M))
+    packages = {str(p.parent.relative_to(ROOT)) for p in ROOT.rglob("__init__.py") if p.parent != ROOT}
+    for package in packages:
+        assert f"{package.rsplit('/', 1)[-1]}/" in named, f"README Layout does not name {package}/"
+    for module in ROOT.glob("*.py"):
+        if module.name != "__main__.py":
+            assert module.name in named, f"README Layout does not name {module.name}"
+    assert "rules/" in named and "rule.py" not in named  # entries only, not the prose after them
+    for name in named - {"tests/", "benchmarks/"}:
+        hits = list(ROOT.rglob(name.rstrip("/")))
+        assert hits, f"README Layout names {name}, which is not in the package"

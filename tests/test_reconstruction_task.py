@@ -71,7 +71,7 @@ def test_reported_loss_is_the_reconstruction_error_and_there_is_no_accuracy():
 
 
 def test_auto_loss_on_reconstruction_is_the_summed_squared_error():
-    from bioplausible.engine.trainer import resolve_loss
+    from bioplausible.engine.task import resolve_loss
 
     assert resolve_loss("auto", "reconstruction").name == "mse_batchmean"
     assert resolve_loss("auto", "multiclass").name == "cross_entropy"

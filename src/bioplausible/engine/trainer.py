@@ -36,6 +36,7 @@ from ..rules.registry import make
 from .config import TrainConfig
 from .rundir import before_checkpoint, check_run_dir, load_checkpoint_file, read_metrics, run_lock
 from .runtime import runtime
+from .task import accuracy_counts, check_reconstruction_output, correct_counter, resolve_loss
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
@@ -52,48 +53,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
     return device
-
-
-#: losses that compare class scores with a class: meaningless when the target is the input
-CLASSIFICATION_LOSSES = ("cross_entropy",)
-
-
-def resolve_loss(name: str, task: str) -> Loss:
-    """``auto`` is cross-entropy for single-label data, sigmoid BCE for multi-label data and
-    ``mse_batchmean`` (squared error summed over the outputs, batch mean) for reconstruction."""
-    if name == "auto":
-        name = {"multilabel": "bce", "reconstruction": "mse_batchmean"}.get(task, "cross_entropy")
-    loss = get_loss(name)
-    if task == "reconstruction" and loss.name in CLASSIFICATION_LOSSES:
-        raise ConfigError(f"loss {loss.name!r} is a classification loss but the task is reconstruction "
-                          f"(targets = inputs); use mse_sum, mse_batchmean, mse_half_sum, mse or bce")
-    if task == "multilabel" and loss.name == "cross_entropy":
-        raise ConfigError("this dataset is multi-label: use --loss bce (per-label sigmoid) or an mse loss")
-    return loss
-
-
-def _accuracy_counts(output: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    if task == "multilabel":
-        return ((output > 0) == (y > 0.5)).to(torch.float64).mean(dim=1).sum()
-    if y.dim() > 1:  # one-hot targets
-        y = y.argmax(dim=1)
-    return (output.argmax(dim=1) == y).sum()
-
-
-def _correct_counter(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """The per-batch correct count for ``task`` (class-index targets in three ops); ``None``
-    for reconstruction, which has no accuracy."""
-    if task == "reconstruction":
-        return None
-    if task == "multilabel":
-        return lambda output, y: _accuracy_counts(output, y, task)
-
-    def count(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if y.dim() > 1:
-            y = y.argmax(dim=1)
-        return torch.eq(output.argmax(dim=1), y).sum()
-
-    return count
 
 
 @torch.no_grad()
@@ -114,7 +73,7 @@ def evaluate(model: nn.Module, split: Any, loss: Loss | str, batch_size: int = 1
             out = model(xb)
             total += float(loss.mean_per_example(out, yb)) * out.shape[0]
             if task != "reconstruction":
-                correct += float(_accuracy_counts(out, yb, task))
+                correct += float(accuracy_counts(out, yb, task))
             n += out.shape[0]
             if task == "multilabel":
                 outputs.append(out.float().cpu())
@@ -128,23 +87,6 @@ def evaluate(model: nn.Module, split: Any, loss: Loss | str, batch_size: int = 1
 
         result["auc"] = float(multilabel_metrics(torch.cat(outputs), split.y.float().cpu())["auc"])
     return result
-
-
-@torch.no_grad()
-def check_reconstruction_output(model: nn.Module, example: torch.Tensor) -> None:
-    """A model trained to reconstruct its input must output as many numbers as the input has."""
-    was_training = model.training
-    model.eval()  # no dropout, no training-time noise: only the shape is wanted
-    try:
-        out = model(example)
-    finally:
-        model.train(was_training)
-    want = example[0].numel()
-    got = out[0].numel() if out.dim() > 0 and out.shape[0] == example.shape[0] else -1
-    if got != want:
-        raise ConfigError(f"the task is reconstruction (targets = inputs) but the model outputs "
-                          f"{tuple(out.shape[1:])} per example for inputs of {want} numbers; give it "
-                          f"{want} outputs (e.g. model autoencoder or mlp:...-{want})")
 
 
 @dataclass
@@ -301,7 +243,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         loss_part: torch.Tensor | None = None
         summed = loss_fn.reduction == "sum"
-        count_correct = _correct_counter(self.task)
+        count_correct = correct_counter(self.task)
         correct = torch.zeros((), dtype=torch.float64 if self.task == "multilabel" else torch.int64,
                               device=self.device)
         n = 0

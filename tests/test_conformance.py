@@ -109,7 +109,7 @@ def test_prepare_and_steps_train(name):
 
 @pytest.mark.parametrize("name", RULES)
 def test_the_probe_compares_with_bp(name):
-    rule, model, opt, loss, x, y = prepared(name)
+    rule, model, _opt, loss, x, y = prepared(name)
     probe = Probe(1)
     ref = probe.reference(rule, model, x, y, loss)
     rule.train_step(model, x, y, loss)

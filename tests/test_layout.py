@@ -202,7 +202,7 @@ def test_every_folder_of_the_package_is_a_package():
 
 def test_the_readme_layout_names_every_package_and_top_level_module():
     block = _readme_layout()
-    named = set(re.findall(r"^\s*([\w.]+/|[\w]+\.py)\s", block, re.M))
+    named = set(re.findall(r"^\s*([\w.]+/|[\w]+\.py)\s", block, re.MULTILINE))
     packages = {str(p.parent.relative_to(ROOT)) for p in ROOT.rglob("__init__.py") if p.parent != ROOT}
     for package in packages:
         assert f"{package.rsplit('/', 1)[-1]}/" in named, f"README Layout does not name {package}/"

@@ -11,11 +11,17 @@ are left out, as in the probe's own ``grad_angle`` mean.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 EXACT_DEG = 1e-3
 
+
+
+def degrees_from_cosine(cos: float) -> float:
+    """The angle in degrees whose cosine is ``cos`` (clamped to [-1, 1] against rounding)."""
+    return math.degrees(math.acos(max(-1.0, min(1.0, float(cos)))))
 
 def layer_names(probes: Sequence[dict[str, Any]]) -> list[str]:
     """Weight tensors with a recorded angle, in the order the probe wrote them."""

@@ -21,13 +21,13 @@ reports); the trainer records them in every epoch record, measured after the epo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from .angles import degrees_from_cosine
 from .rule import FeedbackPair, LossFn, Rule
 
 
@@ -38,7 +38,7 @@ def tensor_angle(a: torch.Tensor, b: torch.Tensor) -> float:
     if na == 0 or nb == 0:
         return 90.0
     cos = torch.clamp(torch.dot(a64, b64) / (na * nb), -1.0, 1.0)
-    return math.degrees(math.acos(float(cos)))
+    return degrees_from_cosine(float(cos))
 
 
 def sign_congruence(w: torch.Tensor, b: torch.Tensor) -> float:

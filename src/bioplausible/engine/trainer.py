@@ -290,20 +290,83 @@ class Trainer:
         return {"train_loss": train_loss, **accuracy, "epoch_time": elapsed, "probe_time": probe_time,
                 "samples_per_s": n / elapsed if elapsed > 0 else None}
 
-    def run(self, resume: bool = False) -> FitResult:
+    def _open_run_dir(self, resume: bool) -> None:
+        """Continue from the checkpoint (``resume``) or start clean; write ``config.yaml``."""
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = self.run_dir / "checkpoint.pt"
+        if resume and ckpt.exists():
+            self.load_checkpoint(ckpt)
+        else:  # a fresh start, or a resume with nothing to resume from: no older lines kept
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            (self.run_dir / "summary.json").unlink(missing_ok=True)
+            (self.run_dir / "model.pt").unlink(missing_ok=True)
+            (self.run_dir / "rule_state.pt").unlink(missing_ok=True)
+        atomic_write_text(self.run_dir / "config.yaml", self.config.to_yaml())
+
+    def _evaluate_epoch(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The epoch's record: training numbers, evaluation splits, feedback errors, rule metrics."""
         cfg = self.config
+        t0 = time.perf_counter()
+        for split_name, split in self.eval_splits.items():
+            for k, v in evaluate(self.model, split, self.loss, cfg["eval_batch_size"], self.task).items():
+                record[f"{split_name}_{k}"] = v
+        if cfg["eval_train"]:
+            for k, v in evaluate(self.model, self.train_split, self.loss, cfg["eval_batch_size"], self.task).items():
+                record[f"train_eval_{k}"] = v
+        record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **record,
+                  "eval_time": time.perf_counter() - t0,
+                  "lr": self.optimizer.param_groups[0]["lr"]}
+        record.update(feedback_errors(self.rule, self.model))  # ‖W − B‖/‖W‖ after the epoch
+        record.update({f"rule/{k}": v for k, v in self.rule.epoch_metrics(self.model).items()})
+        return record
+
+    def _print_epoch(self, record: dict[str, Any]) -> None:
+        test = (f"test loss {record.get('test_loss', float('nan')):.4g}" if self.task == "reconstruction"
+                else f"test acc {record.get('test_accuracy', float('nan')):.2f}%")
+        msg = (f"[{self.rule.name}] epoch {self.epoch}/{self.config['epochs']}  "
+               f"loss {record['train_loss']:.4f}  {test}  "
+               f"{record['epoch_time']:.1f}s ({record['samples_per_s']:.0f} ex/s)")
+        print(msg, flush=True)
+
+    def _run_epoch(self) -> None:
+        """Train one epoch, evaluate, log, step the schedule and checkpoint when due."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        bar = tqdm(total=len(self.train_split), desc=f"{self.rule.name} epoch {self.epoch + 1}/{cfg['epochs']}",
+                   unit="ex", leave=False, mininterval=0.5,
+                   disable=not (self.progress and sys.stderr.isatty()))
+        try:
+            record = self.train_epoch(bar)
+        finally:
+            bar.close()
+        self.epoch += 1
+        record = self._evaluate_epoch(record)
+        if self.schedule is not None:
+            self.schedule.step()
+        self.history.append(record)
+        self._log(record)
+        for cb in self.callbacks:
+            cb(record)
+        if self.progress:
+            self._print_epoch(record)
+        if self.epoch % cfg["checkpoint_every"] == 0 or self.epoch == cfg["epochs"]:
+            self.save_checkpoint()
+
+    def _save_final(self) -> None:
+        """The plain model (``model.pt``) and the rule's own tensors (``rule_state.pt``)."""
+        plain = {k: v for k, v in self.model.state_dict().items() if k in set(self.plain_keys)}
+        atomic_torch_save(plain, self.run_dir / "model.pt")
+        owned = self.rule.owned.state_dict()
+        if owned:  # the rule's own tensors beside the plain model
+            atomic_torch_save(dict(owned), self.run_dir / "rule_state.pt")
+
+    def run(self, resume: bool = False) -> FitResult:
+        """Train to ``config["epochs"]`` (from the checkpoint with ``resume``); write the run directory."""
         started = time.time()
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt = self.run_dir / "checkpoint.pt"
-            if resume and ckpt.exists():
-                self.load_checkpoint(ckpt)
-            else:  # a fresh start, or a resume with nothing to resume from: no older lines kept
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-                (self.run_dir / "summary.json").unlink(missing_ok=True)
-                (self.run_dir / "model.pt").unlink(missing_ok=True)
-                (self.run_dir / "rule_state.pt").unlink(missing_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+        self._open_run_dir(resume)
         from .loggers import make_logger
 
         made = [make_logger(name, self.run_dir, purge_step=self.step + 1 if self.step else None)
@@ -311,44 +374,8 @@ class Trainer:
         self.loggers.extend(made)
         status, message = "completed", ""
         try:
-            from tqdm import tqdm
-
-            while self.epoch < cfg["epochs"]:
-                bar = tqdm(total=len(self.train_split), desc=f"{self.rule.name} epoch {self.epoch + 1}/{cfg['epochs']}",
-                           unit="ex", leave=False, mininterval=0.5,
-                           disable=not (self.progress and sys.stderr.isatty()))
-                try:
-                    record = self.train_epoch(bar)
-                finally:
-                    bar.close()
-                self.epoch += 1
-                t0 = time.perf_counter()
-                for split_name, split in self.eval_splits.items():
-                    for k, v in evaluate(self.model, split, self.loss, cfg["eval_batch_size"], self.task).items():
-                        record[f"{split_name}_{k}"] = v
-                if cfg["eval_train"]:
-                    for k, v in evaluate(self.model, self.train_split, self.loss, cfg["eval_batch_size"], self.task).items():
-                        record[f"train_eval_{k}"] = v
-                record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **record,
-                          "eval_time": time.perf_counter() - t0,
-                          "lr": self.optimizer.param_groups[0]["lr"]}
-                record.update(feedback_errors(self.rule, self.model))  # ‖W − B‖/‖W‖ after the epoch
-                record.update({f"rule/{k}": v for k, v in self.rule.epoch_metrics(self.model).items()})
-                if self.schedule is not None:
-                    self.schedule.step()
-                self.history.append(record)
-                self._log(record)
-                for cb in self.callbacks:
-                    cb(record)
-                if self.progress:
-                    test = (f"test loss {record.get('test_loss', float('nan')):.4g}" if self.task == "reconstruction"
-                            else f"test acc {record.get('test_accuracy', float('nan')):.2f}%")
-                    msg = (f"[{self.rule.name}] epoch {self.epoch}/{cfg['epochs']}  "
-                           f"loss {record['train_loss']:.4f}  {test}  "
-                           f"{record['epoch_time']:.1f}s ({record['samples_per_s']:.0f} ex/s)")
-                    print(msg, flush=True)
-                if self.epoch % cfg["checkpoint_every"] == 0 or self.epoch == cfg["epochs"]:
-                    self.save_checkpoint()
+            while self.epoch < self.config["epochs"]:
+                self._run_epoch()
         except DivergenceError as exc:
             status, message = "diverged", str(exc)
             self._log({"kind": "event", "event": "diverged", "epoch": self.epoch + 1,
@@ -363,11 +390,7 @@ class Trainer:
                 self.loggers.remove(logger)
         summary = self._write_summary(status, message, started)
         if self.run_dir is not None and status == "completed":
-            plain = {k: v for k, v in self.model.state_dict().items() if k in set(self.plain_keys)}
-            atomic_torch_save(plain, self.run_dir / "model.pt")
-            owned = self.rule.owned.state_dict()
-            if owned:  # the rule's own tensors beside the plain model
-                atomic_torch_save(dict(owned), self.run_dir / "rule_state.pt")
+            self._save_final()
         return FitResult(self.model, self.rule, self.history, summary, self.run_dir)
 
 

@@ -110,10 +110,9 @@ def layer_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def plot_curves(runs: Sequence[RunRecord], path: str | os.PathLike, title: str = "") -> Path:
     """Test accuracy and training loss per epoch, one line per run, as a PNG."""
-    import matplotlib
+    from .._io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3 if any(r.probes for r in runs) else 2, figsize=(13, 4))
     # a reconstruction task has no accuracy: the first panel shows the test loss instead

@@ -174,10 +174,9 @@ def _band(ax: Any, xs: list[float], runs: list[list[float]], label: str) -> None
 
 def plot(groups: dict[str, list[dict[str, Any]]], out: Path, title: str = "") -> dict[str, Path]:
     """``curves.png``, ``angles.png`` and ``time.png`` with mean ± std bands over seeds."""
-    import matplotlib
+    from .._io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     done = {label: [r["run"] for r in runs if r["status"] == "completed" and r["run"] is not None]
             for label, runs in groups.items()}

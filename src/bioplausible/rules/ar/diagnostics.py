@@ -118,10 +118,9 @@ def plot_relaxation_convergence(result: dict[str, Any], path: str | os.PathLike)
     """Write a PNG like the paper's Fig. 1: (a) per-layer MSE at η_x ≈ 0.1, (b) the MSE
     averaged over layers for each η_x. ``result`` is one :func:`relaxation_convergence`
     dict or ``{"measurements": [{"label": ..., "result": ...}, ...]}`` (one row each)."""
-    import matplotlib
+    from ..._io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = result.get("measurements") or [{"label": "", "result": result}]
     fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.8 * len(rows)), squeeze=False)

@@ -72,10 +72,9 @@ def _as_image(v: torch.Tensor):
 
 def render_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the Fig. 6 grid of ``run_dir`` as a PNG (default ``RUN_DIR/generated.png``)."""
-    import matplotlib
+    from ..._io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     images, dataset = generated_images(run_dir)
     n = images.shape[0]

@@ -31,10 +31,9 @@ def load_records(run_dir: Path) -> list[dict]:
 
 def plot_ghost_diagnostics(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Draw Figs 3-5 of a ghost-unit run into one PNG; returns its path."""
-    import matplotlib
+    from ..._io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     run_dir = Path(run_dir)
     records = [r for r in load_records(run_dir) if r.get("kind", "epoch") == "epoch" and "epoch" in r]

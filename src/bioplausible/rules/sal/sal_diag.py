@@ -60,10 +60,9 @@ def sal_metrics(rule: Rule, model: nn.Module) -> dict[str, float]:
 
 def gram_images(rule: Rule, model: nn.Module, path: str | Path) -> Path:
     """Save the Gram matrices ``XᵀX`` of every learned matrix (W, B, Q, R per layer) as one PNG."""
-    import matplotlib
+    from ..._io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     mats = [(f"W.{l}", lin.weight) for l, (lin, _) in enumerate(rule._layout(model).layers)]
     mats += sorted(rule.tensors.items())

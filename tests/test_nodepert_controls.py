@@ -31,7 +31,7 @@ def test_matched_gives_b_the_update_of_w_without_decay():
         torch.testing.assert_close((layer.weight - layer.feedback).detach(), g)
 
 
-@pytest.mark.parametrize("name", ["bp-noise", "fa-noise"])
+@pytest.mark.parametrize("name", ["bp-noise", "fa-noise", "dfa-noise"])
 def test_activation_noise_only_in_training_passes(name):
     rule = bp.make(name, c_h=0.5)
     model = rule.prepare(_mlp())
@@ -61,7 +61,7 @@ def test_dae_perturbs_the_input_only():
     assert abs(float(seen[0].std()) - 0.3) < 0.05
 
 
-@pytest.mark.parametrize(("name", "cfg"), [("bp-noise", {"c_h": 0}), ("fa-noise", {"c_h": -1}),
+@pytest.mark.parametrize(("name", "cfg"), [("bp-noise", {"c_h": 0}), ("fa-noise", {"c_h": -1}), ("dfa-noise", {"c_h": 0}),
                                            ("dae", {"input_noise": 0.0})])
 def test_bad_noise_levels(name, cfg):
     with pytest.raises(ConfigError):

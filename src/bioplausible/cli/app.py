@@ -123,7 +123,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                         workers=_workers(args))
     print(format_report(report))
     print(f"\nresults: {report['out_dir']}")
-    failed = [c for c in report["checks"] if not c["passed"]]
+    from ..experiments.verdicts import FAIL, mark
+
+    failed = [c for c in report["checks"] if mark(c) == FAIL]
     return 1 if failed and args.strict else 0
 
 

@@ -1,4 +1,4 @@
-"""Losses used by the seed papers, with their batch-reduction conventions made explicit.
+"""Losses used by the papers behind the rules, with their batch-reduction conventions made explicit.
 
 The papers differ in whether a loss (and so every update) is a batch *sum* or a batch *mean*;
 this changes the learning rate a paper's numbers need, so each convention is its own name:
@@ -183,4 +183,5 @@ def get_loss(name: str | Loss) -> Loss:
 
 
 def list_losses() -> list[str]:
+    """Names accepted by :func:`get_loss` (and by ``loss:`` in configs)."""
     return LOSSES.names()

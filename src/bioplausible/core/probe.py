@@ -1,4 +1,4 @@
-"""Diagnostics that show *how* a rule differs from backprop (spec §2).
+"""Diagnostics that show *how* a rule differs from backprop (docs/notation.md, "Diagnostics").
 
 On a batch, after a rule has filled ``.grad`` and before the optimizer step, the probe compares
 the rule's update of each forward weight with the true BP gradient at the same parameters and
@@ -7,7 +7,7 @@ feedback aligns with the forward weights:
 
 * ``grad_angle/<param>``: angle in degrees between vec(ΔW_rule) and vec(ΔW_BP) (0 for BP),
   with ``update_norm/<param>`` and ``bp_norm/<param>`` beside it;
-* ``weight_angle/<layer>``: angle between W and B (B in W's layout, i.e. W vs Bᵀ of the spec);
+* ``weight_angle/<layer>``: angle between W and B (B in W's layout, i.e. W vs Bᵀ of the equations);
 * ``sign_congruence/<layer>``: fraction of entries with sign(W) = sign(B);
 * ``relative_error/<layer>``: ‖W − B‖_F / ‖W‖_F.
 

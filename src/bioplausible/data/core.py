@@ -29,7 +29,20 @@ import torch
 
 from ..errors import ConfigError
 
-NORMALIZATIONS = ("standardize", "unit", "none")
+NORMALIZATIONS = ("standardize", "unit", "none", "per_image")
+
+
+def per_image_standardize(t: torch.Tensor) -> torch.Tensor:
+    """Each example to zero mean and unit variance over all its values (in place where possible).
+
+    As TensorFlow's ``tf.image.per_image_standardization`` (used by the node-perturbation authors'
+    CIFAR code): ``(x − mean) / max(std, 1/√n)``, std the population std over the n values.
+    """
+    flat = t.reshape(t.shape[0], -1)
+    n = flat.shape[1]
+    mean = flat.mean(1, keepdim=True)
+    std = flat.std(1, unbiased=False, keepdim=True).clamp_min(1.0 / n ** 0.5)
+    return ((flat - mean) / std).reshape(t.shape)
 
 
 @dataclass
@@ -188,6 +201,8 @@ def _to_inputs(x: np.ndarray, normalize: str, mean, std, dtype, flatten: bool) -
         m = torch.tensor(mean, dtype=t.dtype).view(1, -1, 1, 1)
         s = torch.tensor(std, dtype=t.dtype).clamp_min(1e-8).view(1, -1, 1, 1)
         t.sub_(m).div_(s)
+    elif normalize == "per_image":
+        t = per_image_standardize(t)
     if flatten:
         t = t.reshape(t.shape[0], -1)
     return t if dtype is None or dtype == t.dtype else t.to(dtype)

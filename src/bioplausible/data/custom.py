@@ -250,6 +250,10 @@ def assemble_arrays(name: str, splits: dict[str, Pair], *, normalize: str = "sta
         elif normalize == "unit" and pair[0].dtype == np.uint8:
             x = x / 255.0
         t = torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+        if normalize == "per_image":
+            from .core import per_image_standardize
+
+            t = per_image_standardize(t)
         if flatten:
             t = t.reshape(t.shape[0], -1)
         s = Split(t, _labels(pair[1], task, num_classes, one_hot, dtype))

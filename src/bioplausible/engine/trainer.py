@@ -126,6 +126,13 @@ class Trainer:
         self.plain_keys = list(model.state_dict().keys())
         model = model.to(device=self.device, dtype=self.dtype)
         example = next(iter(self.train_split.batches(2, shuffle=False)))[0]
+        from ..data.augment import pad_fill, parse_augment
+
+        self.augment = parse_augment(config["dataset"].get("augment"))
+        self.augment_fill = pad_fill(getattr(data, "info", None))
+        if self.augment is not None and example.dim() != 4:
+            raise ConfigError(f"dataset.augment needs image inputs (N, C, H, W), but the training "
+                              f"batches have shape {tuple(example.shape)}; set dataset.flatten=false")
         self.model = call_prepare(self.rule, model, example)
         if self.task == "reconstruction":
             check_reconstruction_output(self.model, example)
@@ -237,6 +244,10 @@ class Trainer:
         model, rule, opt, loss_fn = self.model, self.rule, self.optimizer, self.loss
         gen = torch.Generator()
         gen.manual_seed(cfg["seed"] * 1_000_003 + self.epoch)
+        aug_gen = None
+        if self.augment is not None:  # its own stream: (seed, epoch) fixes it, so resume is exact
+            aug_gen = torch.Generator()
+            aug_gen.manual_seed(cfg["seed"] * 1_000_033 + self.epoch + 7_919)
         model.train()
         # Per-step sums in the loss's own dtype (no type promotion per step), folded into
         # float64 every 50 steps so long epochs keep full precision.
@@ -250,6 +261,8 @@ class Trainer:
         probe_time = 0.0  # diagnostics are not part of the rule's cost: excluded from epoch_time
         start = time.perf_counter()
         for xb, yb in self.train_split.batches(cfg["batch_size"], shuffle=True, generator=gen):
+            if aug_gen is not None:
+                xb = self.augment(xb, aug_gen, self.augment_fill)
             self.step += 1
             probing = self.probe.due(self.step)
             if probing:  # BP's reference on the same batch, before the rule's step (like for like)

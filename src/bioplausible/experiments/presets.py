@@ -17,7 +17,9 @@ as in the paper), the numbers the paper reports and checks that compare ours wit
 Check types: ``within`` (|a − b| ≤ max), ``max_gap`` (run a at most ``max`` below run b, i.e.
 m_b − m_a ≤ max), ``min_value`` (a run's metric at least ``min``), ``max_value`` (at most ``max``),
 ``within_paper`` (|ours − paper| ≤ ``tol``) and ``worst`` (every run in ``runs`` is worse than
-every other run of the preset, by more than ``margin``, default 0).
+every other run of the preset, by more than ``margin``, default 0), and ``paper`` (ours against
+the paper's number, with the paper's spread or a default tolerance, at full scale only; its
+verdicts and the "not meaningful" outcome of relative checks at chance: :mod:`bioplausible.experiments.verdicts`).
 
 Metrics: those of the last epoch's record (``test_accuracy``, ``test_loss``, ...), the best test
 accuracy, the mean probe angle ``grad_angle``, and the feedback's ``relative_error_top`` /
@@ -136,11 +138,15 @@ def _parse(text: str, source: str) -> Preset:
         if over and "seeds" in over:
             check_seeds(over["seeds"] if isinstance(over["seeds"], list) else [over["seeds"]],
                         f"preset {source}: scales.{scale}.seeds")
+    _check_paper_results(raw.get("paper_results") or {}, runs, source)
     for i, check in enumerate(raw.get("checks") or []):
+        if isinstance(check, dict) and check.get("type") == "paper":
+            _check_paper_check(check, i, runs, raw.get("paper_results") or {}, source)
+            continue
         if not isinstance(check, dict) or check.get("type") not in _CHECK_FIELDS:
             kind = check.get("type") if isinstance(check, dict) else check
             raise ConfigError(f"preset {source}: unknown check type {kind!r}; "
-                              f"use {', '.join(_CHECK_FIELDS)}")
+                              f"use {', '.join(_CHECK_FIELDS)}, paper")
         run_key, bound = _CHECK_FIELDS[check["type"]]
         named = check.get(run_key)
         named = named if run_key == "runs" else [named]
@@ -174,6 +180,46 @@ def _parse(text: str, source: str) -> Preset:
                   checks=list(raw.get("checks") or []), source=source)
 
 
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_paper_results(results: dict[str, Any], runs: dict[str, Any], source: str) -> None:
+    """``tolerance`` (per run, non-negative), ``default_tolerance`` and ``ranking_only`` are well formed."""
+    tol = results.get("tolerance")
+    if tol is not None:
+        if not isinstance(tol, dict):
+            raise ConfigError(f"preset {source}: paper_results.tolerance must map run labels to numbers")
+        for label, value in tol.items():
+            if not (_number(value) and value >= 0):
+                raise ConfigError(f"preset {source}: paper_results.tolerance.{label} must be a number >= 0")
+    if "default_tolerance" in results and not (_number(results["default_tolerance"])
+                                               and results["default_tolerance"] >= 0):
+        raise ConfigError(f"preset {source}: paper_results.default_tolerance must be a number >= 0")
+    if not isinstance(results.get("ranking_only", False), bool):
+        raise ConfigError(f"preset {source}: paper_results.ranking_only must be true or false")
+
+
+def _check_paper_check(check: dict[str, Any], i: int, runs: dict[str, Any], results: dict[str, Any],
+                       source: str) -> None:
+    """A ``paper`` check names a run with a paper value (or none: every such run); ``tol`` >= 0."""
+    values = results.get("values") or {}
+    run = check.get("run")
+    if run is not None and (str(run) not in runs or values.get(str(run)) is None):
+        raise ConfigError(f"preset {source}: check {i + 1} (paper): run must name a run of this preset "
+                          f"with a value in paper_results.values, got {run!r}")
+    if run is None and not any(v is not None for k, v in values.items() if k in runs):
+        raise ConfigError(f"preset {source}: check {i + 1} (paper): paper_results.values has no number "
+                          f"for a run of this preset")
+    if "tol" in check and not (_number(check["tol"]) and check["tol"] >= 0):
+        raise ConfigError(f"preset {source}: check {i + 1} (paper) needs a number tol >= 0")
+    if "scales" in check:
+        raise ConfigError(f"preset {source}: check {i + 1} (paper) applies at full scale only; drop scales:")
+    if "metric" in check and not is_metric(check["metric"]):
+        raise ConfigError(f"preset {source}: check {i + 1}: unknown metric {check['metric']!r}; "
+                          f"use {', '.join(METRICS.names())}")
+
+
 def _all() -> dict[str, Preset]:
     out: dict[str, Preset] = {}
     for f in _preset_files():
@@ -183,6 +229,7 @@ def _all() -> dict[str, Preset]:
 
 
 def list_presets() -> list[str]:
+    """Names of the registered presets (the YAML files of this package), sorted."""
     return sorted(_all())
 
 
@@ -215,12 +262,27 @@ def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]],
     after many epochs, checked at ``full`` but not after a quick run's one epoch); at ``scale``
     outside its list it is left out.
     """
+    from .verdicts import NOT_MEANINGFUL, at_chance, chance_level, evaluate_paper_check
+
     results = []
+    chance = chance_level(preset.config.get("dataset"))
     for check in preset.checks:
         if scale is not None and check.get("scales") is not None and scale not in check["scales"]:
             continue
         metric = check.get("metric", preset.paper_results.get("metric", "test_accuracy"))
         kind = check["type"]
+        if kind == "paper":
+            results += evaluate_paper_check(check, preset.paper_results, stats, scale, metric_digits(metric))
+            continue
+        if kind in ("max_gap", "within", "worst") and metric.endswith("accuracy"):
+            named = [str(r) for r in check["runs"]] if kind != "worst" else list(stats)
+            values = [(stats.get(r, {}).get(metric) or (None,))[0] for r in named]
+            if at_chance(values, chance):
+                shown = ", ".join(f"{r} {v:.2f}" for r, v in zip(named, values))
+                results.append({**check, "passed": False, "outcome": NOT_MEANINGFUL,
+                                "text": f"{kind} on {metric}: not meaningful, every compared run is at chance "
+                                        f"({chance:.0f} %): {shown}"})
+                continue
         ok, text = False, ""
         if kind in ("max_gap", "within"):
             # max_gap: run a is at most `max` below run b; within: |a − b| <= max

@@ -26,6 +26,36 @@ from .presets import (
     metric_label,
 )
 
+# the full-scale part of REPRODUCTION.md (written by benchmarks/paper_scale/collect.py), kept by --all
+FULL_SCALE_BEGIN = "<!-- full-scale sections begin -->"
+FULL_SCALE_END = "<!-- full-scale sections end -->"
+
+
+def git_commit() -> str | None:
+    """The short commit of the checkout this package runs from (with ``+dirty`` when it has changes),
+    None outside a git checkout: recorded in every write-up so that a result names its code."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0 or not head.stdout.strip():
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def full_scale_part(markdown: Path) -> str:
+    """The full-scale sections of an existing write-up (empty when there are none)."""
+    text = markdown.read_text() if markdown.is_file() else ""
+    if FULL_SCALE_BEGIN not in text or FULL_SCALE_END not in text:
+        return ""
+    return text[text.index(FULL_SCALE_BEGIN):text.index(FULL_SCALE_END) + len(FULL_SCALE_END)] + "\n\n"
+
 
 def select(only: str | None, skip: str | None) -> list[str]:
     names = list_presets()
@@ -87,7 +117,9 @@ def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str
     if note:
         lines += ["", f"Paper values: {note}"]
     if checks:
-        lines += ["", "Checks:"] + [f"- [{'pass' if c['passed'] else 'FAIL'}] {_check_text(c)}" for c in checks]
+        from .verdicts import mark
+
+        lines += ["", "Checks:"] + [f"- [{mark(c)}] {_check_text(c)}" for c in checks]
     else:
         lines += ["", "Checks: none declared by the preset."]
     bad = [(label, r) for label, runs in groups.items() for r in runs if r["status"] != "completed"]
@@ -128,11 +160,14 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
         text, res = preset_section(name, folder, one)
         sections.append(text)
         results[name] = res
+    from .verdicts import counted
+
     passed = sum(c["passed"] for r in results.values() for c in r["checks"])
-    total = sum(len(r["checks"]) for r in results.values())
+    total = sum(counted(c) for r in results.values() for c in r["checks"])
     skipped = sum("not_run" in r for r in results.values())
     head = ["# Reproduction", "",
-            (f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+            (f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+             f"{f' at commit {git_commit()}' if git_commit() else ''}: "
             f"{len(names)} of {len(list_presets())} registered preset(s) at scale `{scale}` ({skipped} not run), {passed}/{total} checks passed. Ours: mean ± sample "
             "std over the seeds that completed; quick scale runs fewer epochs (and often a data subset) "
             "than the papers, so gaps to the paper's numbers at quick scale are expected and are not "
@@ -144,7 +179,7 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
         tail += [f"- `{n}` ({get_preset(n).title}): `bioplausible reproduce {n} --scale {scale}"
                  + (f" --seeds {','.join(map(str, seeds))}" if seeds else "") + "`" for n in left]
         sections.append("\n".join(tail))
-    markdown.write_text("\n".join(head) + "\n" + "\n\n".join(sections) + "\n")
+    markdown.write_text("\n".join(head) + "\n" + full_scale_part(markdown) + "\n\n".join(sections) + "\n")
     return results
 
 
@@ -160,7 +195,9 @@ def cmd_reproduce_all(args: argparse.Namespace, seeds: list[int] | None, jobs: i
     if jobs > 1:
         argv += ["--jobs", str(jobs)]
     results = reproduce_all(names, args.scale, seeds, jobs, out, Path(args.markdown), shlex.join(argv))
-    failed = [c for r in results.values() for c in r["checks"] if not c["passed"]]
+    from .verdicts import FAIL, mark
+
+    failed = [c for r in results.values() for c in r["checks"] if mark(c) == FAIL]
     print(f"{args.markdown}: {len(names)} preset(s), {len(failed)} failed check(s); runs in {out}")
     return 1 if failed and args.strict else 0
 
@@ -189,6 +226,7 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
     checks = evaluate_checks(preset, stats, scale)
     config, _ = preset.resolved(scale)
     report = {"preset": preset.name, "title": preset.title, "paper": preset.paper, "scale": scale,
+              "commit": git_commit(),
               "seeds": sorted({j.seed for j in jobs}, key=[j.seed for j in jobs].index),
               "config": config.to_dict(), "stats": stats, "status": statuses(summaries),
               "paper_results": preset.paper_results, "checks": checks,
@@ -207,7 +245,8 @@ def format_report(report: dict[str, Any]) -> str:
     metric = report["paper_results"].get("metric", "test_accuracy")
     values = report["paper_results"].get("values") or {}
     lines = [f"# {report['title']}", "", f"Preset `{report['preset']}`, scale `{report['scale']}`, "
-             f"seeds {report['seeds']}. Paper: {report['paper']}.", "",
+             f"seeds {report['seeds']}. Paper: {report['paper']}."
+             + (f" Commit: {report['commit']}." if report.get("commit") else ""), "",
              f"| run | ours: {metric_label(metric)}, mean ± std | paper | ours − paper | angle to BP (°) | status |",
              "|---|---|---|---|---|---|"]
     for label, st in report["stats"].items():
@@ -227,5 +266,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["", f"Paper values: {note}"]
     if report["checks"]:
         lines += ["", "Checks:"]
-        lines += [f"- [{'pass' if c['passed'] else 'FAIL'}] {c['text']}" for c in report["checks"]]
+        from .verdicts import mark
+
+        lines += [f"- [{mark(c)}] {c['text']}" for c in report["checks"]]
     return "\n".join(lines)

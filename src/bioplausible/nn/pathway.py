@@ -5,7 +5,7 @@ weight gradient and delegates everything about its feedback to ``layer.pathway``
 rule supplies (docs/contract.md §6). A pathway answers:
 
 * :meth:`FeedbackPathway.backward_weight` — ``B_eff`` in W's layout, the tensor used for the
-  input gradient (``∂/∂h = δ · B_eff``); the spec's ``B_l`` is ``B_effᵀ``;
+  input gradient (``∂/∂h = δ · B_eff``); the ``B_l`` of the equations is ``B_effᵀ``;
 * :meth:`FeedbackPathway.stored` and :meth:`FeedbackPathway.feedback_grad` — when ``learn`` is
   set, the stored tensor and its gradient from the layer's raw outer product ``δᵀh`` (KP adds its
   decay here);

@@ -30,6 +30,7 @@ def make(name: str, **config: Any):
 
 
 def list_rules() -> list[str]:
+    """Names of every registered learning rule, sorted (the rule families are imported first)."""
     return RULES.names()
 
 

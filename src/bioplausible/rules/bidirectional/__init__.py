@@ -1,4 +1,4 @@
-"""Bidirectional FA and DFA (Luo, Fu & Glass 2017; spec §6): rules ``bfa`` and ``bdfa``.
+"""Bidirectional FA and DFA (Luo, Fu & Glass 2017): rules ``bfa`` and ``bdfa``.
 
 Registers the rules, the loss ``bce_sum`` (:mod:`.losses`) and the ``generate`` plot
 (:mod:`.generate`).

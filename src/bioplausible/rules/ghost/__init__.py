@@ -1,4 +1,4 @@
-"""Ghost units (Mesnard et al. 2019): rules ``ghost-ma``, ``ghost-ma-prime``, ``ghost-mb`` (spec §3).
+"""Ghost units (Mesnard et al. 2019): rules ``ghost-ma``, ``ghost-ma-prime``, ``ghost-mb``.
 
 Registers the rules, the losses ``nudged_sum:β`` / ``nudged_batchmean:β`` (:mod:`.losses`) and
 the ``ghost-diagnostics`` plot (:mod:`.diagnostics`).

@@ -16,8 +16,8 @@ from ...errors import ConfigError
 def nudged_output(pre: torch.Tensor, target: torch.Tensor, beta: float, iters: int = 60) -> torch.Tensor:
     """The output pre-activation ``s*`` that a weakly-clamped ghost-unit circuit settles to.
 
-    With the output nudge ``e = −β ∂C/∂ρ(s) = −2β (ρ(s) − t)`` (spec §3.2) and the feedforward
-    drive ``s̃`` held fixed, each unit's steady state solves ``s − s̃ + 2β (ρ(s) − t) = 0``; the
+    With the output nudge ``e = −β ∂C/∂ρ(s) = −2β (ρ(s) − t)`` (Mesnard et al. 2019, the weakly-clamped phase) and the
+    feedforward drive ``s̃`` held fixed, each unit's steady state solves ``s − s̃ + 2β (ρ(s) − t) = 0``; the
     left side increases in ``s``, so bisection on ``[s̃ − 2β(ρ(s̃) − t), s̃]`` (either order) is exact
     to ``iters`` halvings. Computed in float64.
     """
@@ -33,7 +33,7 @@ def nudged_output(pre: torch.Tensor, target: torch.Tensor, beta: float, iters: i
 
 
 def nudged_loss(beta: float, reduction: str = "sum") -> Loss:
-    """SGD's view of a ghost-unit W update at finite β (Mesnard et al. 2019, Corollary 1; spec §3.4).
+    """SGD's view of a ghost-unit W update at finite β (Mesnard et al. 2019, Corollary 1).
 
     For small β the weakly-clamped W update of MA is ``−η_W·dt·β·n·∂C/∂W`` with
     ``C = Σ_k (ρ(s_k) − t_k)²`` (Corollary 1). At the paper's β = 10 the nudge is not weak: the

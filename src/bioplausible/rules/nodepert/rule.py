@@ -1,7 +1,7 @@
 """Feedback weights learned by node perturbation: ``np`` (FA form), ``np-dfa`` (DFA form), and the
-synthetic-gradient control ``sg`` / ``sg-dfa`` (Lansdell, Prakash & Kording 2020; spec §5).
+synthetic-gradient control ``sg`` / ``sg-dfa`` (Lansdell, Prakash & Kording 2020).
 
-Per batch (spec §5.2, §5.5):
+Per batch:
 
 1. **clean pass** through the converted model: the forward weights get their gradients from
    the synthetic backward pass, FA form ``ẽ^i = (ẽ^{i+1} B^{i+1}) ⊙ σ′(a^i)`` (B in W's layout,
@@ -492,11 +492,41 @@ class _NodePerturbation(Rule):
 
 @register("np")
 class NodePerturbation(_NodePerturbation):
+    """Node-perturbation-learned feedback (NP), FA form: B regressed onto a noisy gradient estimate.
+
+    A clean pass trains W through the feedback, ``ẽ^i = (ẽ^{i+1} B^{i+1}) ⊙ σ′(a^i)``; a noisy pass
+    adds ``c_h ξ`` to the hidden activities and gives ``λ̂ = (ℓ̃ − ℓ)ξ/c_h`` (Lansdell, Prakash &
+    Kording 2020, eq 2); B is regressed onto it, ``B ← B − η_B Σ ẽᵀ(ẽB − λ̂)`` (eq 3).
+
+    Options: ``c_h`` — noise std of the perturbation (0.01); ``noise_at`` — ``"post"`` (added to
+    hidden activities, the authors' code) or ``"pre"`` (the paper's equation); ``solver`` —
+    ``"sgd"`` (eq 3, at the rate of the ``feedback`` parameter group) or ``"ridge"`` (App. C.3,
+    online ridge regression with ridge γ = ``gamma``); ``warmup`` — first steps in which only the
+    feedback learns; ``feedback_init`` — as ``fa``.
+
+    Models: any model of ``nn.Linear`` / ``nn.Conv2d`` layers; plain MLPs take a faster
+    hand-written step with the same numbers.
+    """
+
     summary = "B regressed onto the node-perturbation estimate λ̂ = (L̃ − L)ξ/c_h; FA form ẽB"
 
 
 @register("np-dfa")
 class NodePerturbationDFA(_NodePerturbation):
+    """Node-perturbation-learned feedback, DFA form (NP-DFA): direct matrices regressed onto λ̂.
+
+    ``ẽ^i = (e D^i) ⊙ σ′(a^i)`` with ``D^i`` of shape ``(n_out, n_i)`` regressed onto the
+    node-perturbation estimate λ̂ as in ``np`` (Lansdell, Prakash & Kording 2020, eqs 2–3, Table 1).
+
+    Options: ``c_h`` — noise std of the perturbation (0.01); ``noise_at`` — ``"post"`` (added to
+    hidden activities, the authors' code) or ``"pre"`` (the paper's equation); ``solver`` —
+    ``"sgd"`` (eq 3, at the rate of the ``feedback`` parameter group) or ``"ridge"`` (App. C.3,
+    online ridge regression with ridge γ = ``gamma``); ``warmup`` — first steps in which only the
+    feedback learns; ``conv_scale`` — as ``dfa``.
+
+    Models: any model of ``nn.Linear`` / ``nn.Conv2d`` layers (the paper's CIFAR CNN, ``npcnn``).
+    """
+
     summary = "DFA form of np: D_l regressed onto λ̂, signal e·D_l"
     form = "dfa"
     defaults: ClassVar[dict[str, Any]] = {**{k: v for k, v in _NodePerturbation.defaults.items()
@@ -505,12 +535,40 @@ class NodePerturbationDFA(_NodePerturbation):
 
 @register("sg")
 class SyntheticGradient(_NodePerturbation):
+    """Synthetic-gradient control (SG), FA form: B regressed onto the true gradient λ.
+
+    As ``np`` with the exact ``λ = ∂ℓ/∂h`` from a backward pass in place of the noisy estimate
+    (Lansdell, Prakash & Kording 2020, control). ``c_h`` and ``noise_at`` are accepted for
+    symmetry with ``np`` and unused.
+
+    Options: ``c_h`` — noise std of the perturbation (0.01); ``noise_at`` — ``"post"`` (added to
+    hidden activities, the authors' code) or ``"pre"`` (the paper's equation); ``solver`` —
+    ``"sgd"`` (eq 3, at the rate of the ``feedback`` parameter group) or ``"ridge"`` (App. C.3,
+    online ridge regression with ridge γ = ``gamma``); ``warmup`` — first steps in which only the
+    feedback learns; ``feedback_init`` — as ``fa``.
+
+    Models: any model of ``nn.Linear`` / ``nn.Conv2d`` layers.
+    """
+
     summary = "control: B regressed onto the true gradient λ (FA form), no perturbation"
     target = "sg"
 
 
 @register("sg-dfa")
 class SyntheticGradientDFA(NodePerturbationDFA):
+    """Synthetic-gradient control, DFA form: direct matrices regressed onto the true gradient λ.
+
+    As ``np-dfa`` with the exact λ (Lansdell, Prakash & Kording 2020, control).
+
+    Options: ``c_h`` — noise std of the perturbation (0.01); ``noise_at`` — ``"post"`` (added to
+    hidden activities, the authors' code) or ``"pre"`` (the paper's equation); ``solver`` —
+    ``"sgd"`` (eq 3, at the rate of the ``feedback`` parameter group) or ``"ridge"`` (App. C.3,
+    online ridge regression with ridge γ = ``gamma``); ``warmup`` — first steps in which only the
+    feedback learns; ``conv_scale`` — as ``dfa``.
+
+    Models: any model of ``nn.Linear`` / ``nn.Conv2d`` layers.
+    """
+
     summary = "control: D_l regressed onto the true gradient λ (DFA form)"
     target = "sg"
 

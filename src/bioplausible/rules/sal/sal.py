@@ -1,6 +1,6 @@
 """SAL, the self-assembling four-matrix learning circuit (Liao, Ziyin, Gan, Cheung, Harnett & Poggio
-2024, arXiv 2412.20018). **The rules are a reconstruction** (spec §7.2): the seed text lost every
-equation; each uncertain element of spec §7.4 is an option below.
+2024, arXiv 2412.20018). **The rules are a reconstruction**: the text of the paper available to us
+lost every equation; each uncertain element is an option below.
 
 The user's MLP is the upstream stream. A downstream stream of width ``m_k = width·n_k`` per hidden
 layer runs top-down from the output error, ``g_L = e``, ``g_k = φ(B_k g_{k+1})``; it does not
@@ -75,6 +75,26 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 
 @register("sal")
 class SAL(Rule):
+    """SAL, the self-assembling four-matrix circuit — a reconstruction (see the module docstring).
+
+    A downstream stream ``g_L = e``, ``g_k = φ(B_k g_{k+1})`` and four heterosynaptic matrices per
+    layer: ``ΔW = −η_W(Q g)hᵀ``, ``ΔB = −η_B(R h)gᵀ``, ``ΔQ = sη_Q h gᵀ``, ``ΔR = sη_R g hᵀ``, each
+    with decay γ (Liao, Ziyin, Gan, Cheung, Harnett & Poggio 2024). The paper's equations are not
+    available; every uncertain element is an option, and it reduces to KP, FA and SGD exactly.
+
+    Options: ``width`` — downstream width per hidden layer, a multiple of the upstream width;
+    ``downstream`` — φ; ``rates`` — ratios of the W, B, Q, R learning rates; ``decay`` — γ and
+    ``decay_scaling`` (``"rate"`` or ``"absolute"``); ``plastic`` — which of W, B, Q, R learn;
+    ``sign`` — s = ±1; ``qr_term`` — ``"activity"`` or ``"potential"``; ``read`` — W gated by g
+    ``"after"`` or ``"before"`` φ; ``top`` — ``"fixed"`` or ``"plastic"`` top Q, R; ``qr_init``,
+    ``qr_init_scale``, ``b_init`` — initialisations; ``timing`` — ``"simultaneous"`` or
+    ``"feedback_first"``; ``output_error`` — ``"loss"``, ``"mse"`` or ``"cross_entropy"``;
+    ``modulation`` — τ of the inference-time short-term modulation. The module docstring gives
+    every value.
+
+    Models: MLPs of ``nn.Linear`` layers with elementwise activations.
+    """
+
     family = "circuit"
     paper = "Liao, Ziyin, Gan, Cheung, Harnett & Poggio 2024 (arXiv 2412.20018), reconstructed"
     summary = "four heterosynaptic matrices W, B, Q, R: ΔW = −η(Q g)hᵀ, ΔB = −η(R h)gᵀ, ΔQ = sη h gᵀ"

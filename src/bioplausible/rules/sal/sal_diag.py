@@ -1,4 +1,4 @@
-"""Diagnostics of the SAL circuit (spec §7.7, paper Fig. 3): alignment of the inter-stream
+"""Diagnostics of the SAL circuit (paper Fig. 3): alignment of the inter-stream
 matrices, definiteness of the matrix learning rate and effective ranks, plus Gram-image PNGs."""
 
 from __future__ import annotations

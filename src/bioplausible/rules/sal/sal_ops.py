@@ -1,6 +1,6 @@
-"""The SAL circuit's passes and its four plasticity rules as plain tensor functions (spec §7.2).
+"""The SAL circuit's passes and its four plasticity rules as plain tensor functions.
 
-Row-vector batch form (one sample per row). Layer indices follow spec §0: ``h_0 = x``,
+Row-vector batch form (one sample per row). Layer indices follow docs/notation.md: ``h_0 = x``,
 ``u_{l+1} = h_l W_lᵀ + b_l``, ``h_{l+1} = f(u_{l+1})`` for the ``L`` Linear layers ``l = 0..L−1``.
 The downstream stream has activity ``g_k`` of width ``m_k`` at the hidden layers ``k = 1..L−1``
 and ``g_L = e`` (the output error, width ``n_L``). Per hidden layer ``k``:

@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ...core.angles import degrees_from_cosine
 from ...core.rule import Rule, StepResult
 from ...errors import ConfigError, DivergenceError, IncompatibleModelError
 from ...nn.mlp import mlp_layout
@@ -397,7 +396,7 @@ class GhostRule(Rule):
             acc[0] += gain
             acc[1] += 1
             cos = float((delta * ref).sum() / (delta.norm() * ref.norm()).clamp_min(1e-300))
-            self._metrics[f"update_angle/{l}"] = degrees_from_cosine(cos)
+            self._metrics[f"update_angle/{l}"] = math.degrees(math.acos(max(-1.0, min(1.0, cos))))
         for phase, rows in self.trace.items():
             if rows:
                 for h, v in enumerate(rows[-1], start=1):

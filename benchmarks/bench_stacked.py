@@ -5,7 +5,7 @@ randomness) train ``--steps`` steps each, either
 
 * **sequential**: each run through the ordinary loop ``rule.train_step`` + ``opt.step()`` +
   ``rule.after_step``, the runs one after another, or
-* **stacked**: one :mod:`bioplausible.stacked` model holding the 8 runs, one batched step for all.
+* **stacked**: one :mod:`bioplausible.engine.stacked` model holding the 8 runs, one batched step for all.
 
 The two take turns (round-robin) for ``--reps`` repetitions; the speed-up is the ratio of the
 median run-steps per second. Times are this thread's CPU time (``time.thread_time``): the machine
@@ -42,7 +42,7 @@ import torch
 from _common import load_mnist
 
 import bioplausible as bp
-from bioplausible.stacked import epoch_orders, gather, stack_from
+from bioplausible.engine.stacked import epoch_orders, gather, stack_from
 
 RESULTS = Path(__file__).resolve().parent / "results"
 R = 8

@@ -141,7 +141,7 @@ def _rule_docs(cls: type) -> str:
 
 def build_rules(problems: Problems) -> str:
     import bioplausible as bp
-    from bioplausible._registry import RULES
+    from bioplausible.rules.registry import RULES
 
     out = ["# Learning rules", "",
            "Every rule registered in `bioplausible` (`bp.make(NAME, **options)`, "

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import bioplausible as bp
+from bioplausible.core.losses import get_loss
 from bioplausible.rules.ar.diagnostics import (
     plot_relaxation_convergence,
     relaxation_convergence,
     run_relaxation_diagnostic,
 )
-from bioplausible.core.losses import get_loss
 
 
 def _setup():

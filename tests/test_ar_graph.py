@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import bioplausible as bp
-from bioplausible.errors import ConfigError, DivergenceError, IncompatibleModelError
 from bioplausible.core.losses import get_loss
+from bioplausible.errors import ConfigError, DivergenceError, IncompatibleModelError
 from bioplausible.models import LeNet5
 from bioplausible.rules.ar.ar_graph import graph_relax
 

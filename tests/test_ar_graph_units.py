@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import bioplausible as bp
-from bioplausible.errors import ConfigError
 from bioplausible.core.losses import get_loss
+from bioplausible.errors import ConfigError
 from bioplausible.rules.ar.ar_graph import graph_relax
 
 LOSSES = ("mse_sum", "cross_entropy")

@@ -17,13 +17,13 @@ from conftest import make_bundle
 from torch import nn
 
 import bioplausible as bp
-from bioplausible.engine.config import TrainConfig
-from bioplausible.errors import ConfigError, IncompatibleModelError
 from bioplausible.core.losses import get_loss
+from bioplausible.engine.config import TrainConfig
+from bioplausible.engine.trainer import Trainer
+from bioplausible.errors import ConfigError, IncompatibleModelError
 from bioplausible.nn.convert import feedback_layers
 from bioplausible.rules.bidirectional import literal
 from bioplausible.rules.bidirectional.bdfa import mixed_target
-from bioplausible.engine.trainer import Trainer
 
 SIZES = {1: [7, 5, 3], 2: [7, 5, 4, 3], 3: [7, 5, 4, 6, 3]}
 

@@ -58,7 +58,7 @@ def test_one_epoch_from_each_canonical_format(tmp_path, monkeypatch, capsys, nam
 
 def test_chestmnist_loss_is_the_multilabel_one(tmp_path, monkeypatch, capsys):
     from bioplausible.data import load_dataset
-    from bioplausible.engine.trainer import resolve_loss
+    from bioplausible.engine.task import resolve_loss
 
     root = tmp_path / "data"
     _write("chestmnist", root)

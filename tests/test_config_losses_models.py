@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import bioplausible as bp
+from bioplausible.core.losses import get_loss
 from bioplausible.engine.config import TrainConfig, load_config
 from bioplausible.errors import ConfigError, UnknownNameError
-from bioplausible.core.losses import get_loss
 
 
 # ------------------------------------------------------------------ config

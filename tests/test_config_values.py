@@ -6,7 +6,8 @@ import pickle
 
 import pytest
 
-from bioplausible.engine.config import DEFAULTS, TrainConfig, check_optimizer_options
+from bioplausible.core.optim import check_optimizer_options
+from bioplausible.engine.config import DEFAULTS, TrainConfig
 from bioplausible.errors import ConfigError, UnknownNameError
 
 

@@ -16,12 +16,12 @@ from conftest import make_bundle
 from torch import nn
 
 import bioplausible as bp
-from bioplausible.engine.config import TrainConfig
-from bioplausible.errors import ConfigError
-from bioplausible.nn import feedback_layers
 from bioplausible.core.probe import Probe
 from bioplausible.core.rule import Rule
+from bioplausible.engine.config import TrainConfig
 from bioplausible.engine.trainer import Trainer
+from bioplausible.errors import ConfigError
+from bioplausible.nn import feedback_layers
 
 
 def _model(seed=0, dim=20, classes=4):
@@ -303,3 +303,20 @@ def test_phases_step_in_order_within_a_batch():
     # the shadow copied W as it was after the forward phase of the last batch: W itself
     torch.testing.assert_close(rule.owned.get("shadow"), trainer.model[1].weight, rtol=0, atol=1e-7)
     assert len(trainer.optimizer.state_dict()["phases"]) == 2
+
+
+def test_probe_and_epoch_records_get_their_own_hook(tmp_path):
+    """The probe calls probe_metrics right after a step; the trainer calls epoch_metrics after the
+    epoch's last step. A rule tells the two moments apart by the hook, not by a flag."""
+
+    class TwoHooks(bp.rules.BP):
+        def probe_metrics(self, model):
+            return {"when": 1.0}
+
+        def epoch_metrics(self, model):
+            return {"when": 2.0}
+
+    Trainer(_model(), TwoHooks(), make_bundle(), _cfg(epochs=1, probe_every=2), out=tmp_path / "r").run()
+    records = [json.loads(ln) for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["when"] for r in records if r["kind"] == "probe"} == {1.0}
+    assert [r["rule/when"] for r in records if r["kind"] == "epoch"] == [2.0]

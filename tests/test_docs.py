@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import bioplausible as bp
-from bioplausible._registry import RULES
 from bioplausible.core.rule import Rule
+from bioplausible.rules.registry import RULES
 
 ROOT = Path(__file__).resolve().parents[1]
 

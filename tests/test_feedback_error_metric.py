@@ -14,10 +14,10 @@ import torch
 from conftest import make_bundle
 
 import bioplausible as bp
-from bioplausible.experiments import presets as experiments
-from bioplausible.engine.config import TrainConfig
 from bioplausible.core.probe import feedback_errors
+from bioplausible.engine.config import TrainConfig
 from bioplausible.engine.trainer import Trainer
+from bioplausible.experiments import presets as experiments
 
 
 def _by_hand(w: torch.Tensor, b: torch.Tensor) -> float:
@@ -140,7 +140,9 @@ def test_reproduce_reports_and_checks_a_metric_other_than_the_papers(synthetic_r
     folder.mkdir()
     (folder / "tiny.yaml").write_text(TINY)
     monkeypatch.setattr(experiments, "_preset_files", lambda: sorted(folder.glob("*.yaml")))
-    report = experiments.run_preset("tiny-fixed-w", "quick", out=tmp_path / "one", progress=False)
+    from bioplausible.experiments.reproduce import run_preset
+
+    report = run_preset("tiny-fixed-w", "quick", out=tmp_path / "one", progress=False)
     value = {label: json.loads((tmp_path / "one" / f"{label}-seed0" / "summary.json").read_text())
              ["final"]["relative_error_top"] for label in ("small", "large")}
     assert [c["passed"] for c in report["checks"]] == [True, False]

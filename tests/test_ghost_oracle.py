@@ -348,7 +348,7 @@ def test_update_gain_is_one_at_small_beta_and_shrinks_with_beta(tmp_path):
 def test_nudged_output_is_the_circuits_output_steady_state():
     """The clamped circuit's output settles where s_L = W ρ(s_{L-1}) − 2β(ρ(s_L) − t): the fixed point
     ``losses.nudged_output`` solves, for the displaced hidden rates of the same steady state."""
-    from bioplausible.core.losses import nudged_output
+    from bioplausible.rules.ghost.losses import nudged_output
 
     W = net(SIZES, seed=5)
     x, t = data(6, 3)

@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from bioplausible.cli import main
-from bioplausible.errors import ConfigError, UserError
-from bioplausible.experiments.jobs import Job, aggregate, check_jobs, parse_seeds, plan, run_job, run_lock
+from bioplausible.engine.rundir import run_lock
 from bioplausible.engine.trainer import Trainer
+from bioplausible.errors import ConfigError, UserError
+from bioplausible.experiments.jobs import Job, aggregate, check_jobs, plan, run_job
+from bioplausible.experiments.seeds import parse_seeds
 
 PRESET = """
 name: tiny
@@ -169,7 +171,7 @@ def test_a_killed_writer_leaves_no_stuck_lock(synthetic_root, tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from bioplausible.experiments.jobs import run_lock
+        from bioplausible.engine.rundir import run_lock
         with run_lock(Path({str(run_dir)!r})):
             print("locked", flush=True)
             time.sleep(60)

@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import bioplausible as bp
-from bioplausible.engine.config import TrainConfig
 from bioplausible.data import as_bundle
+from bioplausible.engine.config import TrainConfig
 from bioplausible.engine.loggers import TensorBoardLogger, make_logger, scalars
 
 EventAccumulator = pytest.importorskip(

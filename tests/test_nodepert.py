@@ -16,8 +16,8 @@ import torch
 from conftest import make_bundle
 
 import bioplausible as bp
-from bioplausible.errors import ConfigError, IncompatibleModelError, UserError
 from bioplausible.core.losses import get_loss
+from bioplausible.errors import ConfigError, IncompatibleModelError, UserError
 from bioplausible.rules.nodepert import (
     RidgeState,
     loss_difference,

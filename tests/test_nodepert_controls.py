@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import bioplausible as bp
-from bioplausible.errors import ConfigError
 from bioplausible.core.losses import get_loss
+from bioplausible.errors import ConfigError
 from bioplausible.nn.convert import feedback_layers
 
 

@@ -63,3 +63,13 @@ def test_probe_angle_is_zero_for_bp():
     rule.train_step(model, x, y, bp.get_loss("mse"))
     out = Probe(1).measure(rule, model, x, y, bp.get_loss("mse"))
     assert out["grad_angle"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_a_non_finite_update_has_a_nan_angle():
+    """A NaN cosine stays NaN (the run's mean angle then says so), never a clamped 0°."""
+    import math
+
+    from bioplausible.core.probe import tensor_angle
+
+    assert math.isnan(tensor_angle(torch.tensor([float("nan"), 1.0]), torch.tensor([1.0, 1.0])))
+    assert tensor_angle(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])) == 90.0

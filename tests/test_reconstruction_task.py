@@ -71,7 +71,7 @@ def test_reported_loss_is_the_reconstruction_error_and_there_is_no_accuracy():
 
 
 def test_auto_loss_on_reconstruction_is_the_summed_squared_error():
-    from bioplausible.engine.trainer import resolve_loss
+    from bioplausible.engine.task import resolve_loss
 
     assert resolve_loss("auto", "reconstruction").name == "mse_batchmean"
     assert resolve_loss("auto", "multiclass").name == "cross_entropy"
@@ -175,7 +175,9 @@ def test_reproduce_writes_losses_beside_the_paper(synthetic_root, tmp_path, monk
         "loss: mse_sum}", "loss: mse_sum, optimizer: {name: sgd, lr: 0.001}, epochs: 1, batch_size: 32}")
     (tmp_path / "tiny-ae.yaml").write_text(text)
     monkeypatch.setattr(experiments, "_preset_files", lambda: [tmp_path / "tiny-ae.yaml"])
-    report = experiments.run_preset("tiny-ae", scale="full", out=tmp_path / "out", progress=False)
+    from bioplausible.experiments.reproduce import run_preset
+
+    report = run_preset("tiny-ae", scale="full", out=tmp_path / "out", progress=False)
     md = (tmp_path / "out" / "reproduce.md").read_text()
     assert "test_loss (lower is better)" in md and "ours − paper" in md
     m = report["stats"]["fa"]["test_loss"][0]

@@ -7,8 +7,8 @@ import statistics
 
 import pytest
 
-from bioplausible.experiments import presets as experiments
 from bioplausible.cli import main
+from bioplausible.experiments import presets as experiments
 
 TINY = """
 name: {name}

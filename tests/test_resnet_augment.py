@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 import bioplausible as bp
-from bioplausible.engine.config import TrainConfig
 from bioplausible.data.augment import Augment, pad_fill, parse_augment
+from bioplausible.engine.config import TrainConfig
+from bioplausible.engine.trainer import Trainer
 from bioplausible.errors import ConfigError
 from bioplausible.models.resnet_cifar import CifarResNet
-from bioplausible.engine.trainer import Trainer
 
 
 # ------------------------------------------------------------------------------------ ResNet

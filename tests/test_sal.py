@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import bioplausible as bp
-from bioplausible.errors import ConfigError
 from bioplausible.core.losses import get_loss
+from bioplausible.errors import ConfigError
 from bioplausible.rules.sal.sal_ops import literal_updates
 
 MSE = get_loss("mse_batchmean")

@@ -13,7 +13,7 @@ import torch
 
 from bioplausible.engine.config import TrainConfig
 from bioplausible.experiments.jobs import Job, _build
-from bioplausible.stacked import epoch_orders, gather, make_stack, stackable_rules
+from bioplausible.engine.stacked import epoch_orders, gather, make_stack, stackable_rules
 
 from conftest import make_bundle
 
@@ -156,7 +156,7 @@ def test_every_promised_rule_has_a_stacked_step():
 def test_one_noise_draw_equals_separate_draws(dtype, shapes):
     """The stacked node perturbation draws a run's ξ of every layer at once where it can: the
     numbers must be those of ``torch.randn`` per layer from the same generator."""
-    from bioplausible.stacked.nodepert import draw_noise
+    from bioplausible.engine.stacked.nodepert import draw_noise
 
     gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
     got = draw_noise(gens, shapes, "cpu", dtype)

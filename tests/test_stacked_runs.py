@@ -105,8 +105,9 @@ def test_a_stacked_sweep_resumes_to_the_same_end(synthetic_root, tmp_path, capsy
     assert _compare(tmp_path / "plain", "kp,dfa", stack=False, epochs=3) == 0
     out = tmp_path / "stacked"
     assert _compare(out, "kp,dfa", stack=True, epochs=2) == 0
-    from bioplausible.experiments.jobs import resume_job, run_jobs
-    from bioplausible.stacked.steps import StackedRule
+    from bioplausible.experiments.jobs import resume_job
+    from bioplausible.experiments.runs import run_jobs
+    from bioplausible.engine.stacked.steps import StackedRule
 
     steps = []
     step = StackedRule.step
@@ -129,7 +130,8 @@ def test_a_diverging_run_leaves_the_stack_and_the_others_finish(synthetic_root, 
     """Learning rates per run in one stack: the run with the huge rate diverges as it does alone
     (by the trainer's loss check, or by the rule's own check for activation relaxation)."""
     from bioplausible.engine.config import TrainConfig
-    from bioplausible.experiments.jobs import plan, run_jobs
+    from bioplausible.experiments.jobs import plan
+    from bioplausible.experiments.runs import run_jobs
 
     base = TrainConfig.from_dict({"dataset": {"name": "mnist"}, "model": {"spec": "mlp:784-16-10"},
                                   "rule": rule, "epochs": 2, "batch_size": 4, "dtype": "float64",

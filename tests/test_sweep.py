@@ -17,7 +17,8 @@ import yaml
 
 from bioplausible.cli import main
 from bioplausible.errors import ConfigError, UserError
-from bioplausible.experiments.sweep import load_spec, plan_sweep, run_state, run_sweep, spec_from_dict
+from bioplausible.experiments.executors import run_state
+from bioplausible.experiments.sweep import load_spec, plan_sweep, run_sweep, spec_from_dict
 
 BASE = {"dataset": {"name": "mnist"}, "model": {"spec": "mlp:784-16-10"}, "epochs": 2, "batch_size": 40,
         "probe_every": 3}

@@ -9,9 +9,10 @@ import torch
 from conftest import make_bundle
 
 import bioplausible as bp
+from bioplausible.core.optim import build_optimizer
 from bioplausible.engine.config import TrainConfig
+from bioplausible.engine.trainer import Trainer, evaluate
 from bioplausible.errors import ConfigError, UnknownNameError
-from bioplausible.engine.trainer import Trainer, build_optimizer, evaluate
 
 
 def _model(seed=0, dim=20, classes=4):

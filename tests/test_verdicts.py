@@ -6,8 +6,15 @@ import pytest
 
 import bioplausible as bp
 from bioplausible.experiments.presets import _parse, evaluate_checks, get_preset
-from bioplausible.experiments.verdicts import (DEFAULT_TOLERANCE, at_chance, chance_level, counted, mark, paper_verdict,
-                                   tolerance_for)
+from bioplausible.experiments.verdicts import (
+    DEFAULT_TOLERANCE,
+    at_chance,
+    chance_level,
+    counted,
+    mark,
+    paper_verdict,
+    tolerance_for,
+)
 
 PRESET = """
 name: verdicts

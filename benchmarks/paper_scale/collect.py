@@ -143,7 +143,8 @@ def run_rows(row_dir: Path, index: dict[str, Any]) -> list[dict[str, Any]]:
 def statistics(preset: Any, rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple]]:
     """``{label: {metric: (mean, std, n)}}`` over the completed seeds, for every metric a check uses."""
     from bioplausible.experiments.presets import check_metrics
-    from bioplausible.experiments.jobs import _metric, mean_std
+    from bioplausible.core.metrics import metric_value
+    from bioplausible.experiments.jobs import mean_std
 
     metric = preset.paper_results.get("metric", "test_accuracy")
     metrics = sorted({metric, "test_accuracy", "best_test_accuracy", "grad_angle", "train_accuracy",
@@ -151,7 +152,7 @@ def statistics(preset: Any, rows: list[dict[str, Any]]) -> dict[str, dict[str, t
     out: dict[str, dict[str, tuple]] = {}
     for label in preset.runs:
         done = [r["summary"] for r in rows if r["label"] == label and r["status"] == "completed"]
-        out[label] = {m: mean_std(_metric(s, m) for s in done) for m in metrics}
+        out[label] = {m: mean_std(metric_value(s, m) for s in done) for m in metrics}
         out[label]["_time"] = mean_std(s.get("total_time") for s in done)
     return out
 

@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     # registry and rules
-    "register": "_registry", "make": "_registry", "list_rules": "_registry", "RULES": "_registry",
+    "register": "rules.registry", "make": "rules.registry", "list_rules": "rules.registry",
+    "RULES": "rules.registry",
     "Rule": "core.rule", "StepResult": "core.rule", "FeedbackPair": "core.rule",
     # errors
     "UserError": "errors", "ConfigError": "errors", "DataError": "errors",
@@ -33,7 +34,7 @@ _EXPORTS = {
     # data
     "load_dataset": "data", "list_datasets": "data", "resolve_root": "data", "as_bundle": "data",
     # feedback layers
-    "convert": "nn", "exact_backward": "nn", "to_plain": "nn", "plain_state_dict": "nn",
+    "convert": "rules.registry", "exact_backward": "nn", "to_plain": "nn", "plain_state_dict": "nn",
     # training, diagnostics, experiments
     "fit": "engine.trainer", "evaluate": "engine.trainer", "Trainer": "engine.trainer",
     "FitResult": "engine.trainer",

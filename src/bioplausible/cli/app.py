@@ -1,4 +1,5 @@
-"""Command line: ``bioplausible list | train | compare | reproduce | sweep | tune | report | relax-diagnostic | data``.
+"""Command line: ``bioplausible list | train | compare | reproduce | sweep | tune | report | data``, and
+the subcommands and plots the rule families register (:mod:`bioplausible.core.hooks`).
 
 User errors (unknown names, bad values, missing data) print one line and exit with status 2,
 before any run directory is written.
@@ -11,87 +12,19 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from .._registry import discover_families
+from ..core.hooks import COMMANDS, PLOTS, Plot
 from ..errors import UserError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        self.exit(2, f"bioplausible: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _add_train_flags(p: argparse.ArgumentParser, rule_flag: bool = True) -> None:
-    if rule_flag:
-        p.add_argument("--rule", help="learning rule (see `bioplausible list rules`)")
-    p.add_argument("--dataset", help="dataset name (see `bioplausible list datasets`)")
-    p.add_argument("--model", help="model spec, e.g. mlp:784-500-10 or lenet")
-    p.add_argument("--loss", help="loss: mse, mse_sum, cross_entropy, bce, ...")
-    p.add_argument("--optimizer", help="any torch.optim optimizer by name (sgd, adam, ...)")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", help="float32 or float64")
-    p.add_argument("--probe-every", type=int, help="measure alignment with BP every N steps (0: off)")
-    p.add_argument("--data-root", help="dataset root (default: $BIOPLAUSIBLE_DATA, then the user cache)")
-    p.add_argument("--config", help="YAML config file (flags and --set override it)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set optimizer.lr=0.01 --set rule.decay=1e-4")
-    p.add_argument("--out", help="run directory (default: runs/<command>-<rule>-<dataset>-<time>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.add_argument("--logger", help="also log metrics to: tensorboard (events in RUN_DIR/tensorboard)")
-
-
-def _flags(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config mapping the command-line flags ask for (only what was given)."""
-    flags: dict[str, Any] = {}
-    if getattr(args, "rule", None):
-        flags["rule"] = {"name": args.rule}
-    if args.dataset:
-        flags["dataset"] = {"name": args.dataset}
-    if args.data_root:
-        flags.setdefault("dataset", {})["root"] = args.data_root
-    if args.model:
-        flags["model"] = {"spec": args.model}
-    if args.loss:
-        flags["loss"] = args.loss
-    if args.optimizer:
-        flags.setdefault("optimizer", {})["name"] = args.optimizer
-    if args.lr is not None:
-        flags.setdefault("optimizer", {})["lr"] = args.lr
-    for key in ("epochs", "batch_size", "seed", "device", "dtype", "probe_every"):
-        if getattr(args, key) is not None:
-            flags[key] = getattr(args, key)
-    if args.quiet:
-        flags["progress"] = False
-    if getattr(args, "logger", None):
-        flags["logger"] = args.logger
-    flags.update(extra or {})
-    return flags
-
-
-def _config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None):
-    from ..engine.config import TrainConfig, load_config
-
-    base = load_config(args.config) if args.config else TrainConfig.from_dict({})
-    return base.updated(_flags(args, extra), args.set)
-
-
-def _default_out(kind: str, config) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    from ..data.custom import run_label
-
-    return Path("runs") / f"{kind}-{config['rule']['name']}-{run_label(config['dataset']['name'])}-{stamp}"
+from .args import Parser, add_train_flags, config_from_args, default_out, flags_from_args
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from ..core.losses import list_losses
     from ..data import list_datasets
     from ..experiments.presets import get_preset, list_presets
-    from ..core.losses import list_losses
     from ..models import list_models
-    from .._registry import RULES, list_rules
+    from ..rules.registry import RULES, list_rules
 
     what = args.what or "all"
     if what in ("all", "rules"):
@@ -121,10 +54,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config or args.out:
             raise UserError("--resume continues a run with its own config.yaml and directory; "
                             "drop --config/--out (only --epochs can be extended)")
-        job = resume_job(args.resume, _flags(args), args.set)
+        job = resume_job(args.resume, flags_from_args(args), args.set)
     else:
-        config = _config_from_args(args)
-        job = plan(config, out=Path(args.out) if args.out else _default_out("train", config))[0]
+        config = config_from_args(args)
+        job = plan(config, out=Path(args.out) if args.out else default_out("train", config))[0]
     check_jobs([job])
     summary = run_job(job)
     final = summary.get("final") or {}
@@ -139,7 +72,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ..experiments.jobs import check_jobs, check_run_dir, plan, run_jobs
+    from ..engine.rundir import check_run_dir
+    from ..experiments.jobs import check_jobs, plan
+    from ..experiments.runs import run_jobs
     from ..experiments.report import load_run, write_report
 
     rules = [r.strip() for item in args.rules for r in item.split(",") if r.strip()]
@@ -150,15 +85,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError(f"--rules names {twice[0]!r} twice; each rule is one run (use --set or a preset "
                         f"for two settings of one rule)")
     extra = {"probe_every": args.probe_every if args.probe_every is not None else 100}
-    base = _config_from_args(args, extra)
+    base = config_from_args(args, extra)
     from ..data.custom import run_label
 
     out = Path(args.out) if args.out else Path("runs") / (
         f"compare-{run_label(base['dataset']['name'])}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_run_dir(out)
     if args.seeds is not None:  # every rule x seed, reported as mean ± std over seeds
+        from ..experiments.seeds import parse_seeds
         from .sweep import compare_seeds
-        from ..experiments.jobs import parse_seeds
 
         return compare_seeds(base, rules, parse_seeds(args.seeds), out, _workers(args), stack=args.stack)
     jobs = [plan(base.updated({"rule": {"name": r}}), out=out / r)[0] for r in rules]
@@ -175,8 +110,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from ..experiments.presets import format_report, run_preset
-    from ..experiments.jobs import parse_seeds
+    from ..experiments.reproduce import format_report, run_preset
+    from ..experiments.seeds import parse_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     if args.all or args.only or args.skip:
@@ -205,45 +140,6 @@ def _workers(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UserError(f"--workers/--jobs must be at least 1, got {args.workers}")
     return args.workers
-
-
-def _float_list(text: str, flag: str) -> list[float]:
-    import math
-
-    values = []
-    for item in text.split(","):
-        try:
-            v = float(item)
-        except ValueError:
-            v = float("nan")
-        if not (math.isfinite(v) and v > 0):
-            raise UserError(f"{flag} {text!r}: {item.strip()!r} is not a positive number; e.g. {flag} 0.05,0.1")
-        values.append(v)
-    return values
-
-
-def cmd_relax(args: argparse.Namespace) -> int:
-    from ..rules.ar.diagnostics import run_relaxation_diagnostic
-
-    eta = _float_list(args.eta_x, "--eta-x") if args.eta_x is not None else None
-    if args.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {args.steps}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {args.out!r} is a file; give a folder")
-    kwargs: dict[str, Any] = {"dataset": args.dataset, "steps": args.steps}
-    if eta:
-        kwargs["eta_xs"] = eta
-    result = run_relaxation_diagnostic(args.out, **kwargs) or {}
-    for m in result.get("measurements", []):
-        chk = m.get("checks", {})
-        folds = ", ".join(f"{f:.3g}x" for f in chk.get("fold_reduction", []))
-        print(f"{m['label']}: error reduction per hidden layer at eta_x={chk.get('eta_x')} after "
-              f"{args.steps} iterations: {folds} (>= 100x in every layer: "
-              f"{'yes' if chk.get('passed') else 'no'}; larger eta_x no slower: "
-              f"{'yes' if chk.get('larger_eta_no_slower') else 'no'})")
-    print(f"wrote {Path(args.out) / 'convergence.json'} and {Path(args.out) / 'convergence.png'}")
-    return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -276,21 +172,21 @@ STACK_HELP = ("train the seeds (and learning rates) of each rule as one stacked 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bioplausible", description="Train and compare biologically plausible learning rules.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="bioplausible", description="Train and compare biologically plausible learning rules.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("list", help="list rules, datasets, models, losses and presets")
     p.add_argument("what", nargs="?", choices=["all", "rules", "datasets", "models", "losses", "presets"])
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("train", help="train one rule")
-    _add_train_flags(p)
+    add_train_flags(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="train several rules on one dataset/model and write a report")
     p.add_argument("--rules", action="append", required=True, help="comma-separated rule names")
-    _add_train_flags(p, rule_flag=False)
+    add_train_flags(p, rule_flag=False)
     p.add_argument("--workers", "--jobs", dest="workers", type=int, default=1,
                    help="run the rules (x seeds) in N worker processes (1 thread each)")
     p.add_argument("--seeds", help="comma-separated seeds: every rule x seed, reported as mean ± std")
@@ -315,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .sweep import register
 
-    register(sub, _add_train_flags)
+    register(sub, add_train_flags)
 
     p = sub.add_parser("report", help="rebuild a report from run directories or a sweep folder (mean ± std)")
     p.add_argument("run_dirs", nargs="+")
@@ -323,45 +219,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="Comparison")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("relax-diagnostic", help="activation relaxation: error to the BP gradient per iteration")
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--eta-x", help="comma-separated step sizes, e.g. 0.05,0.1,0.2")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--out", default="runs/relax-diagnostic")
-    p.set_defaults(func=cmd_relax)
-
     p = sub.add_parser("data", help="list, fetch or verify datasets")
     p.add_argument("action", choices=["list", "fetch", "verify"])
     p.add_argument("names", nargs="*")
     p.add_argument("--root", help="dataset root (default: $BIOPLAUSIBLE_DATA, then the user cache)")
     p.set_defaults(func=cmd_data)
 
-    def cmd_generate(args: argparse.Namespace) -> int:
-        from ..rules.bidirectional.generate import render_run
-
-        print(render_run(args.run_dir, args.out))
-        return 0
-
-    p = sub.add_parser("generate", help="BFA: render the generative network's image for each label (PNG)")
-    p.add_argument("run_dir", help="run directory of a bfa training run")
-    p.add_argument("--out", help="PNG path (default: RUN_DIR/generated.png)")
-    p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("ghost-diagnostics", help="plot a ghost-unit run's Figs 3-5 diagnostics")
-    p.add_argument("run_dir")
-    p.add_argument("--out", help="PNG path (default: RUN_DIR/ghost_diagnostics.png)")
-    p.set_defaults(func=cmd_ghost_diagnostics)
+    for name, command in COMMANDS.registered():  # the rule families' own subcommands
+        p = sub.add_parser(name, help=command.help)
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
+    for name, plot in PLOTS.registered():  # the rule families' plots of a run directory
+        p = sub.add_parser(name, help=plot.help)
+        p.add_argument("run_dir", help=plot.run_dir_help)
+        p.add_argument("--out", help=plot.out_help)
+        p.set_defaults(func=_plot_command(plot))
     return parser
 
 
-def cmd_ghost_diagnostics(args: argparse.Namespace) -> int:
-    from ..rules.ghost.diagnostics import plot_ghost_diagnostics
+def _plot_command(plot: Plot):
+    def run(args: argparse.Namespace) -> int:
+        print(plot.render(args.run_dir, args.out))
+        return 0
 
-    print(plot_ghost_diagnostics(args.run_dir, args.out))
-    return 0
+    return run
+
+
+BUILTIN = ("list", "train", "compare", "reproduce", "sweep", "tune", "report", "data")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in BUILTIN:  # a family's command, or --help: find the families first
+        discover_families()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

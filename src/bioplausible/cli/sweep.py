@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .args import config_from_args
 
 
 def add_jobs_flags(p: argparse.ArgumentParser, executor: bool = False) -> None:
@@ -88,11 +89,10 @@ def compare_seeds(base: Any, rules: list[str], seeds: list[int], out: Path, jobs
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .app import _config_from_args
     from ..experiments.tune import best_config, parse_param, tune, write_preset
 
     params = [parse_param(t) for t in args.param]
-    base = _config_from_args(args, {"progress": False})
+    base = config_from_args(args, {"progress": False})
     metric = args.metric or ("val_accuracy" if base["dataset"].get("val_size") else "test_accuracy")
     if metric.startswith("test") and not args.metric:
         print("bioplausible: tuning on the test split (no dataset.val_size); pass --set dataset.val_size=N "

@@ -18,11 +18,21 @@ The layers listed as *exact by construction* (:func:`exact_layers`) are those be
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 EXACT_DEG = 1e-3
 
+
+
+def degrees_from_cosine(cos: float) -> float:
+    """The angle in degrees whose cosine is ``cos`` (clamped to [-1, 1] against rounding; a NaN
+    cosine, from a non-finite update, stays NaN)."""
+    c = float(cos)
+    if math.isnan(c):
+        return math.nan
+    return math.degrees(math.acos(max(-1.0, min(1.0, c))))
 
 def layer_names(probes: Sequence[dict[str, Any]]) -> list[str]:
     """Weight tensors with a recorded angle, in the order the probe wrote them."""

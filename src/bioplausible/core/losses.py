@@ -12,19 +12,19 @@ name                      value for outputs ``o`` and targets ``t``   used by
 ``mse_half_sum``          ½ Σ_n Σ_k (o − t)²                           node perturbation
 ``cross_entropy``         (1/N) Σ_n −log softmax(o)_y                  classification
 ``bce``                   mean sigmoid binary cross-entropy            multi-label, NP AE
-``bce_sum``               Σ_n Σ_k sigmoid BCE (gradient σ(o) − t)      BFA/BDFA authors' code
-``nudged_sum:β``          Σ_n Σ_k (o − t)², gradient at the nudged     ghost units' SGD
-                          output (see :func:`nudged_loss`)             baselines at finite β
-``nudged_batchmean:β``    the same, (1/N) over the batch
 ========================  ==========================================  =======================
 
 Class-index targets are turned into one-hot vectors for the MSE and BCE losses.
 Float targets with the output's shape are used as they are (multi-label data, autoencoders).
+
+Rule families register their own losses from their folders (:func:`register_loss`; e.g.
+``bce_sum`` in :mod:`bioplausible.rules.bidirectional.losses`) and parametrised ones,
+``name:ARG`` (:func:`register_loss_family`; e.g. ``nudged_sum:10`` in
+:mod:`bioplausible.rules.ghost.losses`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,8 +45,10 @@ class Loss:
     """A named scalar loss ``loss(output, target)`` with its reduction convention.
 
     ``per_sample(output, target)`` gives the ``(N,)`` vector of each example's loss in the same
-    convention, so that ``loss = per_sample.mean()`` for ``reduction="mean"`` and
-    ``loss = per_sample.sum()`` for ``reduction="sum"`` (node perturbation needs it per example).
+    convention, so that ``loss = batch_factor(N) · per_sample.sum()``: ``per_sample.mean()`` for
+    ``reduction="mean"`` and ``per_sample.sum()`` for ``reduction="sum"`` (node perturbation needs
+    it per example). Rules read the convention here, never from a bare callable
+    (:func:`as_loss`).
     """
 
     name: str
@@ -55,9 +57,21 @@ class Loss:
     reduction: str = "mean"  # "sum" losses grow with the batch; reports divide them by N
     sample_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
+    def __post_init__(self) -> None:
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"loss {self.name!r}: reduction must be 'mean' or 'sum', got {self.reduction!r}")
+
     def per_sample(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Each example's loss, shape ``(N,)`` (see the class docstring for the convention)."""
-        return self.sample_fn(output, target)
+        """Each example's loss, shape ``(N,)`` (see the class docstring for the convention);
+        without a per-example form the loss is evaluated one example at a time."""
+        if self.sample_fn is not None:
+            return self.sample_fn(output, target)
+        return torch.stack([self.fn(output[i:i + 1], target[i:i + 1]).reshape(())
+                            for i in range(output.shape[0])])
+
+    def batch_factor(self, n: int) -> float:
+        """``s`` with ``loss = s · Σ_n ℓ_n`` for a batch of ``n``: ``1/n`` (mean) or 1 (sum)."""
+        return 1.0 if self.reduction == "sum" else 1.0 / n
 
     def mean_per_example(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The batch's loss per example, comparable across batch sizes (``per_sample().mean()``)."""
@@ -68,12 +82,29 @@ class Loss:
         return self.fn(output, target)
 
 
-LOSSES: Registry[Loss] = Registry("loss")
+LOSSES: Registry[Loss] = Registry("loss", discover=True)
+#: ``name:ARG`` losses: prefix -> ``factory(arg_text) -> Loss`` (ConfigError for a bad argument)
+LOSS_FAMILIES: Registry[Callable[[str], Loss]] = Registry("parametrised loss", discover=True)
+
+
+def register_loss(loss: Loss) -> Loss:
+    """Make ``loss`` available by its name (``get_loss``, configs, ``--loss``)."""
+    return LOSSES.add(loss.name, loss)
+
+
+def register_loss_family(prefix: str, factory: Callable[[str], Loss]) -> Callable[[str], Loss]:
+    """Make ``prefix:ARG`` build ``factory("ARG")`` (e.g. ``nudged_sum:10``)."""
+    return LOSS_FAMILIES.add(prefix, factory)
+
+
+def dense_targets(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Class indices as one-hot rows in the output's dtype; float targets as they are."""
+    return _dense_targets(output, target)
 
 
 def _add(name: str, description: str, sample_fn, reduction: str = "mean"):
     def wrap(fn):
-        LOSSES.add(name, Loss(name, fn, description, reduction, sample_fn))
+        register_loss(Loss(name, fn, description, reduction, sample_fn))
         return fn
 
     return wrap
@@ -127,91 +158,27 @@ def _bce(o, t):
     return F.binary_cross_entropy_with_logits(o, _dense_targets(o, t))
 
 
-def _bce_sum_samples(o, t):
-    per = F.binary_cross_entropy_with_logits(o, _dense_targets(o, t), reduction="none")
-    return per.reshape(o.shape[0], -1).sum(1)
-
-
-@_add("bce_sum", "sum over batch and units of sigmoid binary cross-entropy", _bce_sum_samples, "sum")
-def _bce_sum(o, t):
-    return F.binary_cross_entropy_with_logits(o, _dense_targets(o, t), reduction="sum")
-
-
-def nudged_output(pre: torch.Tensor, target: torch.Tensor, beta: float, iters: int = 60) -> torch.Tensor:
-    """The output pre-activation ``s*`` that a weakly-clamped ghost-unit circuit settles to.
-
-    With the output nudge ``e = −β ∂C/∂ρ(s) = −2β (ρ(s) − t)`` (Mesnard et al. 2019, the weakly-clamped phase) and the feedforward
-    drive ``s̃`` held fixed, each unit's steady state solves ``s − s̃ + 2β (ρ(s) − t) = 0``; the
-    left side increases in ``s``, so bisection on ``[s̃ − 2β(ρ(s̃) − t), s̃]`` (either order) is exact
-    to ``iters`` halvings. Computed in float64.
-    """
-    s0, t = pre.double(), target.double()
-    end = s0 - 2.0 * beta * (torch.sigmoid(s0) - t)
-    lo, hi = torch.minimum(s0, end), torch.maximum(s0, end)
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        up = (mid - s0 + 2.0 * beta * (torch.sigmoid(mid) - t)) > 0
-        hi = torch.where(up, mid, hi)
-        lo = torch.where(up, lo, mid)
-    return 0.5 * (lo + hi)
-
-
-def nudged_loss(beta: float, reduction: str = "sum") -> Loss:
-    """SGD's view of a ghost-unit W update at finite β (Mesnard et al. 2019, Corollary 1).
-
-    For small β the weakly-clamped W update of MA is ``−η_W·dt·β·n·∂C/∂W`` with
-    ``C = Σ_k (ρ(s_k) − t_k)²`` (Corollary 1). At the paper's β = 10 the nudge is not weak: the
-    output settles at ``s*`` (:func:`nudged_output`), far towards the target, and the error the
-    update sees is ``2 ρ′(s*) (ρ(s*) − t)`` instead of ``2 ρ′(s̃) (ρ(s̃) − t)``. This loss's value is
-    ``C`` at the sigmoid outputs ``o = ρ(s̃)``; its gradient with respect to ``s̃`` is that nudged
-    error (the output displacement's effect on the hidden layers' presynaptic rates is left
-    out: first order in the hidden errors). As β → 0 it is ``C``'s gradient. Outputs must be
-    sigmoid rates in (0, 1); where ``o`` rounds to 0 or 1 the gradient through the sigmoid is zero.
-    """
-    if not (isinstance(beta, (int, float)) and beta > 0 and math.isfinite(beta)):
-        raise ValueError(f"nudged loss: beta must be a positive number, got {beta!r}")
-
-    def samples(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t = _dense_targets(o, t)
-        value = (o - t).pow(2).reshape(o.shape[0], -1).sum(1)
-        with torch.no_grad():
-            od = o.double().clamp(1e-300, 1.0)
-            pre = torch.log(od) - torch.log1p(-od.clamp(max=1.0 - 1e-16))
-            star = nudged_output(pre, t, float(beta))
-            rs = torch.sigmoid(star)
-            delta = 2.0 * rs * (1.0 - rs) * (rs - t.double())   # wanted ∂/∂s̃
-            slope = (o * (1.0 - o)).double()                      # what autograd multiplies by
-            g = torch.where(slope > 0, delta / slope.clamp_min(1e-300), torch.zeros_like(delta))
-            g = g.clamp(-1e30, 1e30).to(o.dtype)
-        surrogate = (g * o).reshape(o.shape[0], -1).sum(1)
-        return value.detach() + surrogate - surrogate.detach()
-
-    if reduction == "sum":
-        return Loss(f"nudged_sum:{beta:g}", lambda o, t: samples(o, t).sum(),
-                    "ghost units' finite-β SGD equivalent, summed over the batch", "sum", samples)
-    return Loss(f"nudged_batchmean:{beta:g}", lambda o, t: samples(o, t).mean(),
-                "ghost units' finite-β SGD equivalent, batch mean", "mean", samples)
+def as_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | Loss) -> Loss:
+    """A :class:`Loss` passes through; any other callable is typed once, here, as a batch mean
+    (torch's convention) unless it carries ``reduction = "sum"``. Rules call this instead of
+    guessing a convention from a bare callable."""
+    if isinstance(loss_fn, Loss):
+        return loss_fn
+    reduction = getattr(loss_fn, "reduction", "mean")
+    return Loss(f"<{getattr(loss_fn, '__name__', type(loss_fn).__name__)}>", loss_fn, "a user's loss callable",
+                "sum" if reduction == "sum" else "mean", getattr(loss_fn, "per_sample", None))
 
 
 def get_loss(name: str | Loss) -> Loss:
     """Return the :class:`Loss` registered as ``name`` (a Loss passes through).
 
-    ``nudged_sum:BETA`` / ``nudged_batchmean:BETA`` build :func:`nudged_loss` for that β.
+    ``prefix:ARG`` builds a parametrised loss of a family (:func:`register_loss_family`).
     """
     if isinstance(name, Loss):
         return name
-    if isinstance(name, str) and name.startswith(("nudged_sum:", "nudged_batchmean:")):
-        kind, _, value = name.partition(":")
-        try:
-            beta = float(value)
-        except ValueError:
-            beta = float("nan")
-        if not (beta > 0 and math.isfinite(beta)):
-            from ..errors import ConfigError
-
-            raise ConfigError(f"loss {name!r}: the number after ':' is the nudge beta and must be positive, "
-                              f"e.g. nudged_sum:10")
-        return nudged_loss(beta, "sum" if kind == "nudged_sum" else "mean")
+    if isinstance(name, str) and ":" in name:
+        prefix, _, arg = name.partition(":")
+        return LOSS_FAMILIES.get(prefix)(arg)
     return LOSSES.get(name)
 
 

@@ -24,14 +24,13 @@ reports); the trainer records them in every epoch record, measured after the epo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .angles import step_hidden_angle
+from .angles import degrees_from_cosine, step_hidden_angle
 from .rule import FeedbackPair, LossFn, Rule
 
 
@@ -42,7 +41,7 @@ def tensor_angle(a: torch.Tensor, b: torch.Tensor) -> float:
     if na == 0 or nb == 0:
         return 90.0
     cos = torch.clamp(torch.dot(a64, b64) / (na * nb), -1.0, 1.0)
-    return math.degrees(math.acos(float(cos)))
+    return degrees_from_cosine(float(cos))
 
 
 def sign_congruence(w: torch.Tensor, b: torch.Tensor) -> float:
@@ -145,7 +144,7 @@ class Probe:
             out["grad_angle"] = step_hidden_angle(out)
             out["grad_angle_all_layers"] = sum(weight_angles) / len(weight_angles)
         out.update(alignment_metrics(rule.feedback_pairs(model)))
-        out.update(rule.metrics(model))
+        out.update(rule.probe_metrics(model))
         return out
 
     def measure(self, rule: Rule, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

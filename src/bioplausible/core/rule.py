@@ -42,6 +42,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .context import exact_backward
+from .optim import PhasedOptimizer, build_optimizer
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -240,8 +242,21 @@ class Rule:
         return []
 
     def metrics(self, model: nn.Module) -> dict[str, float]:
-        """Extra rule-specific numbers to log (e.g. a divergence indicator); default none."""
+        """Extra rule-specific numbers to log (e.g. a divergence indicator); default none.
+
+        Both hooks below default to this; override one of them where the two moments differ.
+        """
         return {}
+
+    def probe_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Numbers for a probe record: called by the probe right after :meth:`train_step`, before
+        the optimizer step (the state of the batch just computed)."""
+        return self.metrics(model)
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Numbers for an epoch record (``rule/<name>``): called by the trainer after the epoch's
+        last step, between steps."""
+        return self.metrics(model)
 
     # ------------------------------------------------------------ owned state
     def own(self, name: str, tensor: torch.Tensor, *, group: str, layer: int | None = None,
@@ -384,8 +399,6 @@ class Rule:
         ``options``: ``{"name": "sgd", "lr": 0.1, "momentum": 0.9, "groups": {...}}`` as in the
         config's ``optimizer`` section.
         """
-        from ..engine.trainer import build_optimizer
-
         options = dict(options)
         groups = self.param_groups(model, options.get("lr"), options.get("groups") or {})
         self._check_self_applied_options(groups, options)
@@ -435,11 +448,9 @@ class Rule:
         """True backprop gradients of the forward weights at the current parameters and batch.
 
         Feedback layers and DFA taps switch to exact backprop inside
-        :func:`bioplausible.nn.exact_backward`, so this works for converted models too.
+        :func:`bioplausible.core.context.exact_backward`, so this works for converted models too.
         A forward weight the loss does not depend on gets a zero gradient.
         """
-        from ..nn.context import exact_backward
-
         params = self.forward_weights(model)
         with exact_backward(), torch.enable_grad():
             loss = loss_fn(model(x), y)
@@ -483,41 +494,6 @@ class Rule:
 
     def __repr__(self) -> str:
         return self.describe()
-
-
-class PhasedOptimizer(torch.optim.Optimizer):
-    """One optimizer per learning phase behind the ``torch.optim.Optimizer`` interface.
-
-    ``param_groups`` is the union of the phases' groups (the same dicts, so LR schedules reach
-    every phase); :meth:`step` steps the phases the rule did not step itself during the batch.
-    """
-
-    def __init__(self, optimizers: list[torch.optim.Optimizer], stepped: set[int]) -> None:
-        # The phases own the state; this object only routes (no Optimizer.__init__ on purpose).
-        self.optimizers = optimizers
-        self._stepped = stepped
-        self.defaults = dict(optimizers[0].defaults)
-        self.param_groups = [g for opt in optimizers for g in opt.param_groups]
-        self.state = {}  # type: ignore[assignment]
-        self._optimizer_step_pre_hooks = {}  # type: ignore[assignment]
-        self._optimizer_step_post_hooks = {}  # type: ignore[assignment]
-
-    def step(self, closure=None):  # type: ignore[override]
-        for i, opt in enumerate(self.optimizers):
-            if i not in self._stepped:
-                opt.step()
-        self._stepped.clear()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        return {"phases": [opt.state_dict() for opt in self.optimizers]}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        for opt, st in zip(self.optimizers, state_dict["phases"]):
-            opt.load_state_dict(st)
 
 
 def call_prepare(rule: Rule, model: nn.Module, example: torch.Tensor | None) -> nn.Module:

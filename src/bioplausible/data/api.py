@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import CorruptDataError, DataError, MissingDataError
+from . import datasets, medmnist  # noqa: F401  (importing registers the built-in datasets)
 from .core import DataBundle, assemble, check_args, resolve_root
 from .custom import is_custom, load_custom
 from .download import (
@@ -25,7 +26,6 @@ from .registry import DATASETS, DatasetSpec, FileSpec, get_spec
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`."""
-    get_spec("mnist")  # make sure the built-ins are registered
     return sorted({spec.name for _, spec in DATASETS.items()})
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
 from .._registry import Registry
+from ..errors import ConfigError
 from .core import RawData
 from .download import Remote
 
@@ -77,8 +77,6 @@ def register(spec: DatasetSpec) -> DatasetSpec:
 
 def get_spec(name: str) -> DatasetSpec:
     """The spec registered as ``name`` (case-insensitive, ``_`` read as ``-``)."""
-    from . import datasets, medmnist  # noqa: F401  (importing registers the built-ins)
-
     return DATASETS.get(str(name).lower().replace("_", "-"))
 
 

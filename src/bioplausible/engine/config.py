@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import inspect
 import json
 import math
 import re
@@ -38,6 +37,8 @@ from typing import Any
 
 import yaml
 
+from .._io import yaml_load
+from ..core.optim import check_optimizer_options
 from ..errors import ConfigError
 
 DEFAULTS: dict[str, Any] = {
@@ -66,19 +67,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 OPEN_SECTIONS = {"dataset", "model", "rule", "optimizer", "schedule"}
-class _Loader(yaml.SafeLoader):
-    """Safe YAML loader that also reads ``1e-4`` as a float (YAML 1.2 behaviour)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
 
 
 _NULLABLE = {"out", "dataset.root", "dataset.subset"}
@@ -195,67 +183,6 @@ def _check_finite(node: Any, path: str) -> None:
             _check_finite(value, f"{path}{i}.")
     elif isinstance(node, float) and not math.isfinite(node):
         raise ConfigError(f"{path.rstrip('.')} must be a finite number, got {node}")
-
-
-# Options that must be >= 0 (when present) for every torch optimizer that takes them.
-_NON_NEGATIVE = {"lr", "momentum", "dampening", "weight_decay", "eps", "alpha", "lr_decay",
-                 "initial_accumulator_value", "rho", "lambd", "t0", "momentum_decay"}
-
-
-def optimizer_class(name: str) -> type:
-    """``"adam"`` -> ``torch.optim.Adam`` (case-insensitive); UnknownNameError otherwise."""
-    import torch
-
-    from ..errors import UnknownNameError
-
-    classes = {n.lower(): getattr(torch.optim, n) for n in dir(torch.optim)
-               if isinstance(getattr(torch.optim, n), type)
-               and issubclass(getattr(torch.optim, n), torch.optim.Optimizer) and n != "Optimizer"}
-    if str(name).lower() not in classes:
-        raise UnknownNameError(f"unknown optimizer {name!r}; choose from {', '.join(sorted(classes))}")
-    return classes[str(name).lower()]
-
-
-def check_optimizer_options(section: dict[str, Any]) -> None:
-    """Names, types and ranges of the optimizer's options, top level and per group.
-
-    An option the optimizer does not take (``momentun``) or a non-numeric/negative rate is a
-    ConfigError here, before any run directory is written, rather than an error at the first
-    step or an option silently ignored.
-    """
-    cls = optimizer_class(section.get("name", "sgd"))
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
-    groups = section.get("groups") or {}
-    if not isinstance(groups, dict):
-        raise ConfigError("optimizer.groups must map a group name to options, e.g. {feedback: {lr: 0.01}}")
-    tables = [("optimizer", {k: v for k, v in section.items() if k not in ("name", "groups")})]
-    for group, options in groups.items():
-        if not isinstance(options, dict):
-            raise ConfigError(f"optimizer.groups.{group} must map options to values, e.g. {{lr: 0.01}}, "
-                              f"got {options!r}")
-        tables.append((f"optimizer.groups.{group}", options))
-    for where, options in tables:
-        for key, value in options.items():
-            if key not in accepted:
-                close = difflib.get_close_matches(key, sorted(accepted), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"{where}.{key}: {cls.__name__} has no option {key!r}{hint}; "
-                                  f"options: {', '.join(sorted(accepted))}")
-            values = value if isinstance(value, (list, tuple)) else [value]
-            if key == "betas" and not (isinstance(value, (list, tuple)) and len(value) == 2
-                                       and all(_is_number(v) and 0 <= v < 1 for v in value)):
-                raise ConfigError(f"{where}.betas must be two numbers in [0, 1), got {value!r}")
-            if key in _NON_NEGATIVE:
-                if not all(_is_number(v) for v in values):
-                    raise ConfigError(f"{where}.{key} must be a number, got {value!r}")
-                if any(v < 0 for v in values):
-                    raise ConfigError(f"{where}.{key} must be >= 0, got {value!r}")
-                if key == "lr" and where == "optimizer" and any(v == 0 for v in values):
-                    raise ConfigError(f"{where}.lr must be positive, got {value!r}")  # 0 in a group: frozen
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

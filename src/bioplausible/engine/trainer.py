@@ -27,12 +27,17 @@ import torch
 import yaml
 from torch import nn
 
-from .config import TrainConfig
-from ..errors import ConfigError, DivergenceError, UnknownNameError, UserError
+from .._io import atomic_torch_save, atomic_write_text
 from ..core.losses import Loss, get_loss
+from ..core.optim import build_schedule
 from ..core.probe import Probe, feedback_errors
-from .._registry import make
 from ..core.rule import Rule, call_prepare
+from ..errors import ConfigError, DivergenceError, UserError
+from ..rules.registry import make
+from .config import TrainConfig
+from .rundir import before_checkpoint, check_run_dir, load_checkpoint_file, read_metrics, run_lock
+from .runtime import runtime
+from .task import accuracy_counts, check_reconstruction_output, correct_counter, resolve_loss
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
@@ -49,181 +54,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
     return device
-
-
-def build_optimizer(params: list[dict[str, Any]], options: dict[str, Any]) -> torch.optim.Optimizer:
-    """``{"name": "sgd", "lr": 0.1, "momentum": 0.9}`` -> ``torch.optim.SGD(params, ...)``.
-
-    The implementation is chosen per dtype and device: the fused kernel (one kernel per step)
-    where it updates every element correctly — CUDA, or float32/float64 on the CPU — and the
-    per-tensor loop otherwise. (In this torch the fused CPU SGD updates only a few elements of
-    float16/bfloat16 tensors, so a half-precision run would silently train nothing.)
-    """
-    from .config import check_optimizer_options, optimizer_class
-
-    check_optimizer_options(options)
-    opts = {k: v for k, v in options.items() if k not in ("name", "groups")}
-    name = str(options.get("name", "sgd"))
-    cls = optimizer_class(name)
-    tensors = [p for g in params for p in g["params"]]
-    if opts.get("fused") and not _fused_ok(cls, tensors):
-        raise ConfigError(f"optimizer {name!r}: fused=True does not update float16/bfloat16 tensors on the "
-                          f"CPU correctly in this torch (SGD); remove the option")
-    if "fused" not in opts and "foreach" not in opts and _fused_ok(cls, tensors) \
-            and all(t.is_contiguous() for t in tensors):
-        opts["fused"] = True  # same update up to rounding; makes KP's decay nearly free
-    _check_half_eps(cls, name, opts, tensors)
-    try:
-        optimizer = cls(params, **opts)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"optimizer {name!r}: {exc}") from None
-    if opts.get("fused"):
-        optimizer.register_step_pre_hook(_contiguous_grads)
-    return optimizer
-
-
-def _contiguous_grads(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-    """Fused CPU SGD/Adam in this torch mis-step a parameter whose ``.grad`` (or which itself)
-    is not contiguous — a transposed gradient a rule wrote moves the wrong entries. Make every
-    gradient contiguous before a fused step (a no-op check for the usual contiguous ones)."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            g = p.grad
-            if g is not None and not g.is_contiguous():
-                p.grad = g.contiguous()
-
-
-_FUSABLE = {torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW}
-
-
-def _check_half_eps(cls: type, name: str, opts: dict[str, Any], tensors: list[torch.Tensor]) -> None:
-    """An adaptive optimizer stepping float16 tensors in float16 needs an eps float16 can hold."""
-    import inspect
-
-    if opts.get("fused") or not any(t.dtype == torch.float16 for t in tensors):
-        return
-    default = inspect.signature(cls.__init__).parameters.get("eps")
-    if default is None:
-        return
-    eps = float(opts.get("eps", default.default))
-    tiny = torch.finfo(torch.float16).tiny
-    if eps < tiny:
-        raise ConfigError(f"optimizer {name!r}: eps={eps:g} is below float16's smallest normal number "
-                          f"({tiny:.2g}), so the step divides by zero; set optimizer.eps to 1e-4 or use "
-                          f"dtype bfloat16/float32")
-
-
-def _fused_ok(cls: type, tensors: list[torch.Tensor]) -> bool:
-    """Whether ``cls(..., fused=True)`` updates every tensor in ``tensors`` correctly."""
-    if cls not in _FUSABLE or not tensors:
-        return False
-    devices = {t.device.type for t in tensors}
-    if len(devices) != 1 or devices.pop() not in ("cpu", "cuda"):
-        return False
-    half_broken = cls is torch.optim.SGD and tensors[0].device.type == "cpu"
-    return all(t.is_floating_point() and not (half_broken and t.dtype in (torch.float16, torch.bfloat16))
-               for t in tensors)
-
-
-def build_schedule(optimizer: torch.optim.Optimizer, options: dict[str, Any], epochs: int):
-    """Per-epoch LR schedule: none, step, multistep, exponential or cosine."""
-    opts = {k: v for k, v in options.items() if k != "name"}
-    name = str(options.get("name", "none")).lower()
-    sched = torch.optim.lr_scheduler
-    table: dict[str, Callable[..., Any]] = {
-        "step": sched.StepLR, "multistep": sched.MultiStepLR, "exponential": sched.ExponentialLR,
-        "cosine": lambda o, **kw: sched.CosineAnnealingLR(o, **{"T_max": epochs, **kw}),
-    }
-    if name == "none":
-        if opts:
-            raise ConfigError(f"schedule 'none' takes no options, got {sorted(opts)}")
-        return None
-    if name not in table:
-        raise UnknownNameError(f"unknown schedule {name!r}; choose from none, {', '.join(table)}")
-    try:
-        return table[name](optimizer, **opts)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"schedule {name!r}: {exc}") from None
-
-
-#: losses that compare class scores with a class: meaningless when the target is the input
-CLASSIFICATION_LOSSES = ("cross_entropy",)
-
-
-def resolve_loss(name: str, task: str) -> Loss:
-    """``auto`` is cross-entropy for single-label data, sigmoid BCE for multi-label data and
-    ``mse_batchmean`` (squared error summed over the outputs, batch mean) for reconstruction."""
-    if name == "auto":
-        name = {"multilabel": "bce", "reconstruction": "mse_batchmean"}.get(task, "cross_entropy")
-    loss = get_loss(name)
-    if task == "reconstruction" and loss.name in CLASSIFICATION_LOSSES:
-        raise ConfigError(f"loss {loss.name!r} is a classification loss but the task is reconstruction "
-                          f"(targets = inputs); use mse_sum, mse_batchmean, mse_half_sum, mse or bce")
-    if task == "multilabel" and loss.name == "cross_entropy":
-        raise ConfigError("this dataset is multi-label: use --loss bce (per-label sigmoid) or an mse loss")
-    return loss
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def load_checkpoint_file(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)``; anything unreadable that way is one UserError line."""
-    import pickle
-    import zipfile
-
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError,
-            KeyError, IndexError, zipfile.BadZipFile, UnicodeDecodeError, OSError) as exc:
-        first = (" ".join(str(exc).split()) or type(exc).__name__)[:160]
-        raise UserError(f"checkpoint {str(path)!r} cannot be loaded safely ({first}); it is corrupt, "
-                        f"truncated or not written by bioplausible: delete it to restart the run "
-                        f"or start a new one with --out") from None
-    if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step"} <= set(state):
-        raise UserError(f"checkpoint {str(path)!r} is not a bioplausible checkpoint; delete it to restart "
-                        f"the run or start a new one with --out")
-    return state
-
-
-def _before_checkpoint(record: dict[str, Any], epoch: int, step: int) -> bool:
-    """Whether a metrics line describes training up to the checkpoint (epoch ``epoch``, step ``step``)."""
-    if record.get("kind") == "probe":
-        return int(record.get("step", 0)) <= step
-    return int(record.get("epoch", 0)) <= epoch
-
-
-def _accuracy_counts(output: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    if task == "multilabel":
-        return ((output > 0) == (y > 0.5)).to(torch.float64).mean(dim=1).sum()
-    if y.dim() > 1:  # one-hot targets
-        y = y.argmax(dim=1)
-    return (output.argmax(dim=1) == y).sum()
-
-
-def _correct_counter(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """The per-batch correct count for ``task`` (class-index targets in three ops); ``None``
-    for reconstruction, which has no accuracy."""
-    if task == "reconstruction":
-        return None
-    if task == "multilabel":
-        return lambda output, y: _accuracy_counts(output, y, task)
-
-    def count(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if y.dim() > 1:
-            y = y.argmax(dim=1)
-        return torch.eq(output.argmax(dim=1), y).sum()
-
-    return count
 
 
 @torch.no_grad()
@@ -244,7 +74,7 @@ def evaluate(model: nn.Module, split: Any, loss: Loss | str, batch_size: int = 1
             out = model(xb)
             total += float(loss.mean_per_example(out, yb)) * out.shape[0]
             if task != "reconstruction":
-                correct += float(_accuracy_counts(out, yb, task))
+                correct += float(accuracy_counts(out, yb, task))
             n += out.shape[0]
             if task == "multilabel":
                 outputs.append(out.float().cpu())
@@ -258,23 +88,6 @@ def evaluate(model: nn.Module, split: Any, loss: Loss | str, batch_size: int = 1
 
         result["auc"] = float(multilabel_metrics(torch.cat(outputs), split.y.float().cpu())["auc"])
     return result
-
-
-@torch.no_grad()
-def check_reconstruction_output(model: nn.Module, example: torch.Tensor) -> None:
-    """A model trained to reconstruct its input must output as many numbers as the input has."""
-    was_training = model.training
-    model.eval()  # no dropout, no training-time noise: only the shape is wanted
-    try:
-        out = model(example)
-    finally:
-        model.train(was_training)
-    want = example[0].numel()
-    got = out[0].numel() if out.dim() > 0 and out.shape[0] == example.shape[0] else -1
-    if got != want:
-        raise ConfigError(f"the task is reconstruction (targets = inputs) but the model outputs "
-                          f"{tuple(out.shape[1:])} per example for inputs of {want} numbers; give it "
-                          f"{want} outputs (e.g. model autoencoder or mlp:...-{want})")
 
 
 @dataclass
@@ -375,7 +188,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.run_dir is not None:
-            _atomic_torch_save(self._checkpoint_state(), self.run_dir / "checkpoint.pt")
+            atomic_torch_save(self._checkpoint_state(), self.run_dir / "checkpoint.pt")
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore the state :meth:`save_checkpoint` wrote; drop metric lines written after it.
@@ -404,10 +217,8 @@ class Trainer:
                             f"{detail}); start a new run with --out") from None
         metrics = self.run_dir / "metrics.jsonl" if self.run_dir else None
         if metrics is not None and metrics.exists():  # drop lines written after the checkpoint
-            from ..experiments.report import read_metrics
-
-            kept = [r for r in read_metrics(metrics) if _before_checkpoint(r, self.epoch, self.step)]
-            _atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+            kept = [r for r in read_metrics(metrics) if before_checkpoint(r, self.epoch, self.step)]
+            atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
     def _write_summary(self, status: str, message: str = "", started: float | None = None) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
@@ -436,7 +247,7 @@ class Trainer:
             "parameters_with_rule": sum(p.numel() for p in self.model.parameters()),
         }
         if self.run_dir is not None:
-            _atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
         return summary
 
     # -------------------------------------------------------------- training
@@ -463,7 +274,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         loss_part: torch.Tensor | None = None
         summed = loss_fn.reduction == "sum"
-        count_correct = _correct_counter(self.task)
+        count_correct = correct_counter(self.task)
         correct = torch.zeros((), dtype=torch.float64 if self.task == "multilabel" else torch.int64,
                               device=self.device)
         n = 0
@@ -513,22 +324,85 @@ class Trainer:
         return {"train_loss": train_loss, **accuracy, "epoch_time": elapsed, "probe_time": probe_time,
                 "samples_per_s": n / elapsed if elapsed > 0 else None}
 
-    def run(self, resume: bool = False) -> FitResult:
+    def _open_run_dir(self, resume: bool) -> None:
+        """Continue from the checkpoint (``resume``) or start clean; write ``config.yaml``."""
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = self.run_dir / "checkpoint.pt"
+        if resume and ckpt.exists():
+            self.load_checkpoint(ckpt)
+        else:  # a fresh start, or a resume with nothing to resume from: no older lines kept
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            (self.run_dir / "summary.json").unlink(missing_ok=True)
+            (self.run_dir / "model.pt").unlink(missing_ok=True)
+            (self.run_dir / "rule_state.pt").unlink(missing_ok=True)
+        atomic_write_text(self.run_dir / "config.yaml", self.config.to_yaml() if self.recorded_config is None
+                          else yaml.safe_dump(json.loads(json.dumps(self.recorded_config, default=str)),
+                                              sort_keys=False))
+
+    def _evaluate_epoch(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The epoch's record: training numbers, evaluation splits, feedback errors, rule metrics."""
         cfg = self.config
+        t0 = time.perf_counter()
+        for split_name, split in self.eval_splits.items():
+            for k, v in evaluate(self.model, split, self.loss, cfg["eval_batch_size"], self.task).items():
+                record[f"{split_name}_{k}"] = v
+        if cfg["eval_train"]:
+            for k, v in evaluate(self.model, self.train_split, self.loss, cfg["eval_batch_size"], self.task).items():
+                record[f"train_eval_{k}"] = v
+        record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **record,
+                  "eval_time": time.perf_counter() - t0,
+                  "lr": self.optimizer.param_groups[0]["lr"]}
+        record.update(feedback_errors(self.rule, self.model))  # ‖W − B‖/‖W‖ after the epoch
+        record.update({f"rule/{k}": v for k, v in self.rule.epoch_metrics(self.model).items()})
+        return record
+
+    def _print_epoch(self, record: dict[str, Any]) -> None:
+        test = (f"test loss {record.get('test_loss', float('nan')):.4g}" if self.task == "reconstruction"
+                else f"test acc {record.get('test_accuracy', float('nan')):.2f}%")
+        msg = (f"[{self.rule.name}] epoch {self.epoch}/{self.config['epochs']}  "
+               f"loss {record['train_loss']:.4f}  {test}  "
+               f"{record['epoch_time']:.1f}s ({record['samples_per_s']:.0f} ex/s)")
+        print(msg, flush=True)
+
+    def _run_epoch(self) -> None:
+        """Train one epoch, evaluate, log, step the schedule and checkpoint when due."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        bar = tqdm(total=len(self.train_split), desc=f"{self.rule.name} epoch {self.epoch + 1}/{cfg['epochs']}",
+                   unit="ex", leave=False, mininterval=0.5,
+                   disable=not (self.progress and sys.stderr.isatty()))
+        try:
+            record = self.train_epoch(bar)
+        finally:
+            bar.close()
+        self.epoch += 1
+        record = self._evaluate_epoch(record)
+        if self.schedule is not None:
+            self.schedule.step()
+        self.history.append(record)
+        self._log(record)
+        for cb in self.callbacks:
+            cb(record)
+        if self.progress:
+            self._print_epoch(record)
+        if self.epoch % cfg["checkpoint_every"] == 0 or self.epoch == cfg["epochs"]:
+            self.save_checkpoint()
+
+    def _save_final(self) -> None:
+        """The plain model (``model.pt``) and the rule's own tensors (``rule_state.pt``)."""
+        plain = {k: v for k, v in self.model.state_dict().items() if k in set(self.plain_keys)}
+        atomic_torch_save(plain, self.run_dir / "model.pt")
+        owned = self.rule.owned.state_dict()
+        if owned:  # the rule's own tensors beside the plain model
+            atomic_torch_save(dict(owned), self.run_dir / "rule_state.pt")
+
+    def run(self, resume: bool = False) -> FitResult:
+        """Train to ``config["epochs"]`` (from the checkpoint with ``resume``); write the run directory."""
         started = time.time()
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt = self.run_dir / "checkpoint.pt"
-            if resume and ckpt.exists():
-                self.load_checkpoint(ckpt)
-            else:  # a fresh start, or a resume with nothing to resume from: no older lines kept
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-                (self.run_dir / "summary.json").unlink(missing_ok=True)
-                (self.run_dir / "model.pt").unlink(missing_ok=True)
-                (self.run_dir / "rule_state.pt").unlink(missing_ok=True)
-            _atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml() if self.recorded_config is None
-                               else yaml.safe_dump(json.loads(json.dumps(self.recorded_config, default=str)),
-                                                   sort_keys=False))
+        self._open_run_dir(resume)
         from .loggers import make_logger
 
         made = [make_logger(name, self.run_dir, purge_step=self.step + 1 if self.step else None)
@@ -536,44 +410,8 @@ class Trainer:
         self.loggers.extend(made)
         status, message = "completed", ""
         try:
-            from tqdm import tqdm
-
-            while self.epoch < cfg["epochs"]:
-                bar = tqdm(total=len(self.train_split), desc=f"{self.rule.name} epoch {self.epoch + 1}/{cfg['epochs']}",
-                           unit="ex", leave=False, mininterval=0.5,
-                           disable=not (self.progress and sys.stderr.isatty()))
-                try:
-                    record = self.train_epoch(bar)
-                finally:
-                    bar.close()
-                self.epoch += 1
-                t0 = time.perf_counter()
-                for split_name, split in self.eval_splits.items():
-                    for k, v in evaluate(self.model, split, self.loss, cfg["eval_batch_size"], self.task).items():
-                        record[f"{split_name}_{k}"] = v
-                if cfg["eval_train"]:
-                    for k, v in evaluate(self.model, self.train_split, self.loss, cfg["eval_batch_size"], self.task).items():
-                        record[f"train_eval_{k}"] = v
-                record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **record,
-                          "eval_time": time.perf_counter() - t0,
-                          "lr": self.optimizer.param_groups[0]["lr"]}
-                record.update(feedback_errors(self.rule, self.model))  # ‖W − B‖/‖W‖ after the epoch
-                record.update({f"rule/{k}": v for k, v in self.rule.metrics(self.model).items()})
-                if self.schedule is not None:
-                    self.schedule.step()
-                self.history.append(record)
-                self._log(record)
-                for cb in self.callbacks:
-                    cb(record)
-                if self.progress:
-                    test = (f"test loss {record.get('test_loss', float('nan')):.4g}" if self.task == "reconstruction"
-                            else f"test acc {record.get('test_accuracy', float('nan')):.2f}%")
-                    msg = (f"[{self.rule.name}] epoch {self.epoch}/{cfg['epochs']}  "
-                           f"loss {record['train_loss']:.4f}  {test}  "
-                           f"{record['epoch_time']:.1f}s ({record['samples_per_s']:.0f} ex/s)")
-                    print(msg, flush=True)
-                if self.epoch % cfg["checkpoint_every"] == 0 or self.epoch == cfg["epochs"]:
-                    self.save_checkpoint()
+            while self.epoch < self.config["epochs"]:
+                self._run_epoch()
         except DivergenceError as exc:
             status, message = "diverged", str(exc)
             self._log({"kind": "event", "event": "diverged", "epoch": self.epoch + 1,
@@ -588,11 +426,7 @@ class Trainer:
                 self.loggers.remove(logger)
         summary = self._write_summary(status, message, started)
         if self.run_dir is not None and status == "completed":
-            plain = {k: v for k, v in self.model.state_dict().items() if k in set(self.plain_keys)}
-            _atomic_torch_save(plain, self.run_dir / "model.pt")
-            owned = self.rule.owned.state_dict()
-            if owned:  # the rule's own tensors beside the plain model
-                _atomic_torch_save(dict(owned), self.run_dir / "rule_state.pt")
+            self._save_final()
         return FitResult(self.model, self.rule, self.history, summary, self.run_dir)
 
 
@@ -641,7 +475,6 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
         load_options = {k: v for k, v in config.dataset_options().items() if v is not None}
         data = load_dataset(data, **load_options)
     from ..data.adapt import as_bundle
-    from ..experiments.jobs import check_run_dir, run_lock, runtime
     from .provenance import describe_data
 
     data = as_bundle(data, eval_data)

@@ -2,7 +2,7 @@
 
 Each executor takes the jobs still to run and calls ``on_event(kind, index, result)`` with
 ``kind`` ``"start"`` or ``"end"``; a job's own failure comes back as a result (see
-:func:`bioplausible.experiments.sweep.execute`), never as an exception.
+:func:`execute`), never as an exception.
 
 Local workers are spawned processes with one torch thread each; on Linux each asks the kernel to
 kill it when the sweep's process dies (``PR_SET_PDEATHSIG``), so a killed sweep leaves no worker
@@ -16,13 +16,19 @@ and have bioplausible installed. If Ray is already initialised in this process i
 
 from __future__ import annotations
 
+import json
 import os
 import queue as queue_mod
+import time
+import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from .._io import atomic_write_json
+from ..engine.rundir import LOCK_NAME
 from ..errors import UserError
-from .sweep import execute
+from .jobs import Job
 
 Event = Callable[[str, int, dict[str, Any]], None]
 _EVENTS: Any = None
@@ -136,3 +142,78 @@ def run_ray(jobs: Sequence[tuple[int, dict[str, Any]]], workers: int, address: s
     finally:
         if started:
             ray.shutdown()
+
+
+FINAL = ("completed", "diverged")
+
+
+# ----------------------------------------------------------------------------- state of a run
+def run_state(run_dir: str | os.PathLike) -> str:
+    """``new`` (nothing there), ``partial`` (started, not finished) or the finished run's status."""
+    p = Path(run_dir)
+    if not p.is_dir() or not any(x.name != LOCK_NAME for x in p.iterdir()):
+        return "new"
+    s = p / "summary.json"
+    if s.is_file():
+        try:
+            summary = json.loads(s.read_text())
+        except (OSError, ValueError):
+            return "partial"
+        if isinstance(summary, dict) and summary.get("job") is not None:
+            return str(summary.get("status"))
+    return "partial"
+
+
+def record_failure(job: Job, exc: BaseException) -> dict[str, Any]:
+    run_dir = Path(job.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    message = " ".join(f"{type(exc).__name__}: {exc}".split())
+    atomic_write_json(run_dir / "error.json", {"type": type(exc).__name__, "message": str(exc),
+                                         "traceback": traceback.format_exc()})
+    summary = {"status": "failed", "message": message, "rule": job.config.get("rule", {}).get("name"),
+               "job": {"label": job.label, "seed": job.seed, "preset": job.preset, "scale": job.scale}}
+    atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _wait_for_writer(run_dir: Path) -> None:
+    """Block while another process (a worker of a killed sweep) still writes ``run_dir``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return
+    lock = run_dir / LOCK_NAME
+    if not lock.exists():
+        return
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    finally:
+        os.close(fd)
+
+
+def execute(job_data: dict[str, Any], worker: bool = True) -> dict[str, Any]:
+    """Run one sweep job (a :func:`~bioplausible.experiments.jobs.job_dict`) and never raise for its failure.
+
+    Returns ``{"status", "message", "seconds"}``; a finished run found on disk is not run again.
+    """
+    from .jobs import run_job
+
+    job = Job(**job_data)
+    start = time.time()
+    run_dir = Path(job.run_dir)
+    _wait_for_writer(run_dir)
+    state = run_state(run_dir)
+    if state in FINAL:
+        return {"status": state, "message": "already finished", "seconds": 0.0, "skipped": True}
+    for name in ("error.json", "summary.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    job.resume = run_dir.is_dir()
+    try:
+        summary = run_job(job, progress=False, worker=worker)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
+        summary = record_failure(job, exc)
+    return {"status": summary.get("status"), "message": summary.get("message", ""),
+            "seconds": time.time() - start, "skipped": False}

@@ -22,7 +22,6 @@ several times faster, but results change slightly (values below ~1e-38 in float3
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import json
@@ -31,16 +30,20 @@ import os
 import shutil
 import statistics
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import MAX_SEED, TrainConfig, _merge
+from .._io import atomic_write_json
+from ..core.metrics import metric_value
+from ..engine.config import TrainConfig, _merge
+from ..engine.rundir import check_run_dir, run_lock
+from ..engine.runtime import check_device, runtime
 from ..errors import ConfigError, UserError
+from .seeds import check_seeds
 
-THREADS_ENV = "BIOPLAUSIBLE_THREADS"
-LOCK_NAME = ".lock"
+#: what :func:`aggregate` reports by default (names of :mod:`bioplausible.core.metrics`)
 METRICS = ("test_accuracy", "best_test_accuracy", "grad_angle", "test_loss", "train_loss")
 
 
@@ -58,33 +61,6 @@ class Job:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.config)
-
-
-# ----------------------------------------------------------------------------- plan
-def check_seeds(seeds: Iterable[Any], where: str = "seeds") -> list[int]:
-    """Seeds as distinct integers in [0, 2**32 - 1]; ConfigError in one line otherwise."""
-    out: list[int] = []
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-            raise ConfigError(f"{where}: {s!r} is not a seed; seeds are integers from 0 to {MAX_SEED}")
-        if s in out:
-            raise ConfigError(f"{where}: seed {s} is listed twice")
-        out.append(s)
-    if not out:
-        raise ConfigError(f"{where}: give at least one seed")
-    return out
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` -> [0, 1, 2]; anything else is a ConfigError naming the bad item."""
-    items = [t.strip() for t in str(text).split(",")]
-    values: list[Any] = []
-    for t in items:
-        try:
-            values.append(int(t))
-        except ValueError:
-            raise ConfigError(f"--seeds {text!r}: {t!r} is not an integer; use e.g. --seeds 0,1,2") from None
-    return check_seeds(values, f"--seeds {text!r}")
 
 
 def _dotted(key: str, value: Any) -> dict[str, Any]:
@@ -202,8 +178,8 @@ def _tiny(data: Any, n: int = 2) -> Any:
 def _build(job: Job, data: Any, config: TrainConfig, out: Path | None, progress: bool | None = None):
     import torch
 
-    from ..models import build_model
     from ..engine.trainer import Trainer
+    from ..models import build_model
 
     torch.manual_seed(config["seed"])
     from ..data.reconstruction import output_size
@@ -213,22 +189,10 @@ def _build(job: Job, data: Any, config: TrainConfig, out: Path | None, progress:
     return Trainer(model, config["rule"]["name"], data, config, out=out, progress=progress)
 
 
-def check_device(name: str) -> None:
-    """The device exists here (``cuda:3`` on a one-GPU machine is a ConfigError)."""
-    import torch
-
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-
-
 def check_jobs(jobs: Sequence[Job]) -> None:
     """Every user error of every job (config, rule options, model, rule x model, optimizer, data),
     raised before any job trains or writes anything."""
-    from .._registry import make
+    from ..rules.registry import make
 
     for job in jobs:
         config = job.train_config()
@@ -237,85 +201,6 @@ def check_jobs(jobs: Sequence[Job]) -> None:
         data = load_data(config)
         _build(job, _tiny(data), config, out=None, progress=False)
         check_run_dir(Path(job.run_dir), resume=job.resume)
-
-
-def check_run_dir(run_dir: Path, resume: bool = False) -> None:
-    """``run_dir`` can be used: not a file, not inside a file, empty unless resuming."""
-    for parent in [run_dir, *run_dir.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"run directory {str(run_dir)!r}: {str(parent)!r} is a file; choose another --out")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise UserError(f"run directory {str(run_dir)!r}: {str(parent)!r} is not writable; "
-                                f"choose another --out")
-            break
-    if not resume and run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
-        raise UserError(f"run directory {str(run_dir)!r} already exists and is not empty; choose another "
-                        f"--out or use --resume")
-
-
-# ----------------------------------------------------------------------------- run
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``<run_dir>/.lock`` exclusively; a second writer gets a UserError in one line."""
-    path = run_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: no lock, one writer is the user's job
-            fcntl = None
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise UserError(f"run directory {str(run_dir)!r} is being written by another run (pid "
-                                f"{holder}); wait for it to finish or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the flock
-
-
-def _threads_from_env() -> int | None:
-    raw = os.environ.get(THREADS_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ConfigError(f"{THREADS_ENV}={raw!r} must be a positive integer (torch threads per run)")
-    return n
-
-
-@contextlib.contextmanager
-def runtime(config: TrainConfig, worker: bool = False) -> Iterator[None]:
-    """Threads, determinism and denormal flushing for one run; the previous settings come back after."""
-    import torch
-
-    threads = _threads_from_env() or (1 if worker else None)
-    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        if config["deterministic"]:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        if config["flush_denormal"] and not torch.set_flush_denormal(True):
-            raise ConfigError("flush_denormal: this CPU cannot flush denormals (needs SSE3); set it to false")
-        yield
-    finally:
-        torch.set_num_threads(before[0])
-        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
-        torch.backends.cudnn.benchmark = before[3]
-        if config["flush_denormal"]:
-            torch.set_flush_denormal(False)
 
 
 def run_job(job: Job, progress: bool | None = None, worker: bool = False) -> dict[str, Any]:
@@ -345,7 +230,7 @@ def run_job(job: Job, progress: bool | None = None, worker: bool = False) -> dic
                 summary = dict(result.summary)
                 summary["job"] = {"label": job.label, "seed": job.seed, "preset": job.preset,
                                   "scale": job.scale}
-                _write_json(run_dir / "summary.json", summary)
+                atomic_write_json(run_dir / "summary.json", summary)
         except UserError:
             if created:
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -357,38 +242,6 @@ def run_job(job: Job, progress: bool | None = None, worker: bool = False) -> dic
 def run_job_in_worker(job: Job) -> dict[str, Any]:
     """:func:`run_job` as a worker process calls it: one thread, no progress bar."""
     return run_job(job, progress=False, worker=True)
-
-
-def run_jobs(jobs: Sequence[Job], workers: int = 1, progress: bool | None = None,
-             stack: bool = False) -> list[dict[str, Any]]:
-    """Run ``jobs`` in this process (``workers=1``) or in a pool of ``workers`` spawned processes.
-
-    Each worker runs :func:`run_job_in_worker` (one torch thread unless ``$BIOPLAUSIBLE_THREADS``
-    says otherwise, no progress bar); summaries come back in the order of ``jobs``. ``stack=True``
-    trains jobs that differ only by seed and learning rate as one stacked model in this process
-    (:mod:`bioplausible.stacked`; the same run directories), the others one after another; with
-    ``stack`` everything runs in this process (``workers`` is not used).
-    """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
-    if stack:
-        from ..stacked import run_jobs_stacked
-
-        return run_jobs_stacked(list(jobs), progress=progress)
-    if workers == 1 or len(jobs) <= 1:
-        return [run_job(job, progress=progress) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(run_job_in_worker, jobs))
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- resume
@@ -446,14 +299,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _metric(summary: dict[str, Any], metric: str) -> float | None:
-    if metric == "best_test_accuracy":
-        return summary.get("best_test_accuracy")
-    if metric == "grad_angle":
-        return summary.get("grad_angle_mean")
-    return (summary.get("final") or {}).get(metric)
-
-
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
     """(mean, sample std, n) of the finite values; (None, None, 0) when there are none."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
@@ -478,7 +323,7 @@ def aggregate(items: Iterable[Any], metrics: Sequence[str] = METRICS) -> dict[st
         s = _summary_of(item)
         label = str((s.get("job") or {}).get("label") or s.get("rule", "?"))
         groups.setdefault(label, []).append(s)
-    return {label: {m: mean_std(_metric(s, m) for s in sums) for m in metrics}
+    return {label: {m: mean_std(metric_value(s, m) for s in sums) for m in metrics}
             for label, sums in groups.items()}
 
 
@@ -495,5 +340,5 @@ def job_dict(job: Job) -> dict[str, Any]:
     return copy.deepcopy(asdict(job))
 
 
-__all__ = ["Job", "aggregate", "check_jobs", "load_data", "mean_std", "parse_seeds", "plan",
-           "resume_job", "run_job", "run_job_in_worker", "run_jobs", "runtime", "statuses"]
+__all__ = ["Job", "aggregate", "check_jobs", "load_data", "mean_std", "plan",
+           "resume_job", "run_job", "run_job_in_worker", "statuses"]

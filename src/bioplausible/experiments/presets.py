@@ -27,7 +27,7 @@ accuracy, the mean hidden-layer angle to BP ``grad_angle`` (:mod:`bioplausible.c
 epoch, :func:`bioplausible.core.probe.feedback_errors`).
 
 Direction: losses (``test_loss``, ``train_loss``), ``grad_angle`` and ``relative_error_*`` are lower-is-better
-(:func:`lower_is_better`); ``worst`` uses it (a check may override it with
+(the metric table, :mod:`bioplausible.core.metrics`); ``worst`` uses it (a check may override it with
 ``lower_is_better: true|false``). ``max_gap``, ``within`` and the min/max bounds are plain
 arithmetic: "FA's loss is at least BP's" is ``{type: max_gap, metric: test_loss, runs: [fa, bp],
 max: 0}`` (bp − fa ≤ 0). "ours − paper" in reports is ours minus the paper's value either way.
@@ -39,19 +39,17 @@ mean ± std beside the paper's values.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import TrainConfig, _merge, yaml_load
-from ..errors import ConfigError, UnknownNameError, UserError
-
-_METRICS = {"test_accuracy", "best_test_accuracy", "train_accuracy", "test_loss", "train_loss",
-            "val_accuracy", "test_auc", "grad_angle", "relative_error_top", "relative_error_mean"}
+from .._io import yaml_load
+from ..core.metrics import METRICS, is_metric, lower_is_better, metric_digits
+from ..engine.config import TrainConfig, _merge
+from ..errors import ConfigError, UnknownNameError
+from .seeds import check_seeds
 
 
 #: The only scale whose runs are as long as the papers' (quick runs fewer epochs, often on a subset).
@@ -72,16 +70,6 @@ def mean_std_text(mean: float | None, std: float | None, n: int | None, digits: 
         return f"{mean:.{digits}f} (n={n})"
     spread = f" ± {std:.{digits}f}" if std is not None else ""
     return f"{mean:.{digits}f}{spread}" + (f" (n={n})" if n is not None else "")
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of ``metric`` is the better one (losses, angles, feedback errors)."""
-    return metric.endswith("_loss") or metric == "grad_angle" or metric.startswith("relative_error")
-
-
-def metric_digits(metric: str) -> int:
-    """Decimals to print ``metric`` with: 4 for the feedback's relative errors (fractions), else 2."""
-    return 4 if metric.startswith("relative_error") else 2
 
 
 def check_metrics(preset: Preset) -> list[str]:
@@ -162,8 +150,6 @@ def _parse(text: str, source: str) -> Preset:
             raise ConfigError(f"preset {source}: run {label!r} needs a rule name")
         if rule.get("config") is not None and not isinstance(rule["config"], dict):
             raise ConfigError(f"preset {source}: run {label!r}: config must be a mapping")
-    from .jobs import check_seeds
-
     seeds = check_seeds(raw.get("seeds", [0]), f"preset {source}: seeds")
     scales = dict(raw.get("scales") or {"full": {}})
     for scale, over in scales.items():
@@ -201,13 +187,13 @@ def _parse(text: str, source: str) -> Preset:
                                                                                   {"full": {}}) for x in only)):
             raise ConfigError(f"preset {source}: check {i + 1} ({check['type']}): scales must list scales of "
                               f"this preset, got {only!r}")
-        if "metric" in check and check["metric"] not in _METRICS:
+        if "metric" in check and not is_metric(check["metric"]):
             raise ConfigError(f"preset {source}: check {i + 1}: unknown metric {check['metric']!r}; "
-                              f"use {', '.join(sorted(_METRICS))}")
+                              f"use {', '.join(METRICS.names())}")
     metric = (raw.get("paper_results") or {}).get("metric")
-    if metric is not None and metric not in _METRICS:
+    if metric is not None and not is_metric(metric):
         raise ConfigError(f"preset {source}: paper_results.metric {metric!r} is not one of "
-                          f"{', '.join(sorted(_METRICS))}")
+                          f"{', '.join(METRICS.names())}")
     return Preset(name=str(raw["name"]), title=str(raw.get("title", raw["name"])),
                   paper=str(raw.get("paper", "")), config=raw["config"], runs=runs, seeds=seeds,
                   scales=scales, paper_results=dict(raw.get("paper_results") or {}),
@@ -249,9 +235,9 @@ def _check_paper_check(check: dict[str, Any], i: int, runs: dict[str, Any], resu
         raise ConfigError(f"preset {source}: check {i + 1} (paper) needs a number tol >= 0")
     if "scales" in check:
         raise ConfigError(f"preset {source}: check {i + 1} (paper) applies at full scale only; drop scales:")
-    if "metric" in check and check["metric"] not in _METRICS:
+    if "metric" in check and not is_metric(check["metric"]):
         raise ConfigError(f"preset {source}: check {i + 1}: unknown metric {check['metric']!r}; "
-                          f"use {', '.join(sorted(_METRICS))}")
+                          f"use {', '.join(METRICS.names())}")
 
 
 def _all() -> dict[str, Preset]:
@@ -374,81 +360,5 @@ def _worst(check: dict[str, Any], metric: str, stats: dict[str, dict[str, Any]])
     return gap > margin, text
 
 
-def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
-               progress: bool = True, seeds: list[int] | None = None, workers: int = 1,
-               stack: bool = False) -> dict[str, Any]:
-    """Train every run of preset ``name`` at ``scale`` with every seed; write and return a report.
-
-    ``workers > 1`` runs the jobs in that many worker processes (one torch thread each);
-    ``stack=True`` trains the seeds of each run as one stacked model (:mod:`bioplausible.stacked`).
-
-    ``plan`` + ``run_job`` per job + ``aggregate`` + the report; every job is checked (configs,
-    rules, model, data, ``out``) before the first one trains.
-    """
-    from .jobs import aggregate, check_jobs, plan, run_jobs, statuses
-
-    preset = get_preset(name)
-    out_dir = Path(out or Path("runs") / f"reproduce-{preset.name}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"output directory {str(out_dir)!r} already exists; choose another --out")
-    jobs = plan(preset, scale, seeds=seeds, out=out_dir)
-    check_jobs(jobs)
-    summaries = run_jobs(jobs, workers=workers, progress=progress, stack=stack)
-    metrics = sorted({preset.paper_results.get("metric", "test_accuracy"), "test_accuracy",
-                      "best_test_accuracy", "grad_angle", *check_metrics(preset)})
-    stats = aggregate(summaries, metrics)
-    checks = evaluate_checks(preset, stats, scale)
-    config, _ = preset.resolved(scale)
-    from .reproduce import git_commit
-
-    report = {"preset": preset.name, "title": preset.title, "paper": preset.paper, "scale": scale,
-              "commit": git_commit(),
-              "seeds": sorted({j.seed for j in jobs}, key=[j.seed for j in jobs].index),
-              "config": config.to_dict(), "stats": stats, "status": statuses(summaries),
-              "paper_results": preset.paper_results, "checks": checks,
-              "runs": [{"label": j.label, "dir": j.run_dir, "seed": j.seed} for j in jobs]}
-    (out_dir / "reproduce.json").write_text(json.dumps(report, indent=2, default=str))
-    (out_dir / "reproduce.md").write_text(format_report(report) + "\n")
-    from .report import load_run, plot_curves
-
-    plot_curves([load_run(j.run_dir, f"{j.label} (seed {j.seed})") for j in jobs],
-                out_dir / "curves.png", preset.title)
-    report["out_dir"] = str(out_dir)
-    return report
-
-
-def format_report(report: dict[str, Any]) -> str:
-    metric = report["paper_results"].get("metric", "test_accuracy")
-    values = report["paper_results"].get("values") or {}
-    lines = [f"# {report['title']}", "", f"Preset `{report['preset']}`, scale `{report['scale']}`, "
-             f"seeds {report['seeds']}. Paper: {report['paper']}."
-             + (f" Commit: {report['commit']}." if report.get("commit") else ""), "",
-             f"| run | ours: {metric_label(metric)}, mean ± std | paper | ours − paper | hidden-layer angle to BP (°) | status |",
-             "|---|---|---|---|---|---|"]
-    comparable = comparable_to_paper(report.get("scale"))
-    for label, st in report["stats"].items():
-        m, s, n = (tuple(st.get(metric, (None, None, None))) + (None,))[:3]
-        ang = next(iter(st.get("grad_angle", (None, None))))
-        d = metric_digits(metric)
-        ours = mean_std_text(m, s, n, d)
-        paper = values.get(label)
-        diff = ("–" if m is None or paper is None else
-                f"{m - paper:+.{d}f}" if comparable else NOT_COMPARABLE)
-        lines.append(f"| {label} | {ours} | {'–' if paper is None else paper} | {diff} | "
-                     f"{'–' if ang is None else f'{ang:.1f}'} | {', '.join(report['status'][label])} |")
-    for label, paper in values.items():
-        if label not in report["stats"] and paper is not None:
-            lines.append(f"| {label} | not run (rule not in this preset) | {paper} | – | – | – |")
-    note = report["paper_results"].get("note")
-    if note:
-        lines += ["", f"Paper values: {note}"]
-    if report["checks"]:
-        lines += ["", "Checks:"]
-        from .verdicts import mark
-
-        lines += [f"- [{mark(c)}] {c['text']}" for c in report["checks"]]
-    return "\n".join(lines)
-
-
-__all__ = ["Preset", "check_metrics", "evaluate_checks", "format_report", "get_preset", "list_presets",
-           "lower_is_better", "metric_digits", "metric_label", "run_preset"]
+__all__ = ["NOT_COMPARABLE", "PAPER_SCALE", "Preset", "check_metrics", "comparable_to_paper", "evaluate_checks",
+           "get_preset", "list_presets", "lower_is_better", "mean_std_text", "metric_digits", "metric_label"]

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..core.angles import EXACT_DEG, exact_layers, hidden_angle, hidden_angle_series, layer_angles
+from ..engine.rundir import read_metrics
 from ..errors import UserError
 
 
@@ -28,34 +29,6 @@ class RunRecord:
     epochs: list[dict[str, Any]]
     probes: list[dict[str, Any]]
     summary: dict[str, Any]
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl``.
-
-    A torn last line (what a kill during an append leaves) is dropped; a damaged line before
-    the last is a UserError in one line.
-    """
-    p = Path(path)
-    try:
-        lines = p.read_text(errors="replace").splitlines()
-    except OSError as exc:
-        raise UserError(f"{str(p)!r} cannot be read: {exc.strerror}") from None
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            rec = None
-        if not isinstance(rec, dict):
-            if i == len(lines) - 1:
-                break  # torn last line
-            raise UserError(f"{str(p)!r} line {i + 1} is damaged (not a JSON record); the run directory "
-                            f"was edited or corrupted")
-        records.append(rec)
-    return records
 
 
 def load_run(path: str | os.PathLike, label: str | None = None) -> RunRecord:
@@ -159,10 +132,9 @@ def layer_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def plot_curves(runs: Sequence[RunRecord], path: str | os.PathLike, title: str = "") -> Path:
     """Test accuracy and training loss per epoch, one line per run, as a PNG."""
-    import matplotlib
+    from .._io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3 if any(r.probes for r in runs) else 2, figsize=(13, 4))
     # a reconstruction task has no accuracy: the first panel shows the test loss instead

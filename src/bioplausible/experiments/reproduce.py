@@ -9,6 +9,7 @@ not complete. Presets are selected with ``--only`` / ``--skip``.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -16,6 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .presets import (
+    NOT_COMPARABLE,
+    check_metrics,
+    comparable_to_paper,
+    mean_std_text,
+    evaluate_checks,
+    get_preset,
+    list_presets,
+    metric_digits,
+    metric_label,
+)
 
 # the full-scale part of REPRODUCTION.md (written by benchmarks/paper_scale/collect.py), kept by --all
 FULL_SCALE_BEGIN = "<!-- full-scale sections begin -->"
@@ -49,8 +61,6 @@ def full_scale_part(markdown: Path) -> str:
 
 
 def select(only: str | None, skip: str | None) -> list[str]:
-    from .presets import list_presets
-
     names = list_presets()
     wanted = [n.strip() for n in (only or "").split(",") if n.strip()]
     dropped = [n.strip() for n in (skip or "").split(",") if n.strip()]
@@ -76,7 +86,6 @@ def _check_text(check: dict[str, Any]) -> str:
 
 def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str, Any]]:
     """The Markdown of one preset's sweep folder, and its check results."""
-    from .presets import NOT_COMPARABLE, check_metrics, evaluate_checks, get_preset, metric_digits, metric_label
     from .jobs import mean_std
     from .sweep_report import _fmt, _metric, _num, collect, tables
 
@@ -142,8 +151,6 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
         try:
             run_sweep(spec, out=folder, jobs=jobs, executor=executor, stack=stack)
         except UserError as exc:  # e.g. its dataset is not on this machine: say so, run the others
-            from .presets import get_preset
-
             reason = " ".join(str(exc).split())
             print(f"reproduce --all: {name} not run: {reason}", file=sys.stderr, flush=True)
             short = reason.split(":")[0]  # the full message (with this machine's paths) went to stderr
@@ -162,7 +169,6 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
     passed = sum(c["passed"] for r in results.values() for c in r["checks"])
     total = sum(counted(c) for r in results.values() for c in r["checks"])
     skipped = sum("not_run" in r for r in results.values())
-    from .presets import list_presets
     head = ["# Reproduction", "",
             (f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
              f"{f' at commit {git_commit()}' if git_commit() else ''}: "
@@ -170,8 +176,6 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
             "std over the seeds that completed; quick scale runs fewer epochs (and often a data subset) "
             "than the papers, so gaps to the paper's numbers at quick scale are expected and are not "
             "the paper's claim being refuted. Per-preset folders hold report.md, results.csv and plots."), ""]
-    from .presets import get_preset, list_presets
-
     left = [n for n in list_presets() if n not in names]
     if left:
         tail = ["## Presets not run in this write-up", "",
@@ -203,3 +207,78 @@ def cmd_reproduce_all(args: argparse.Namespace, seeds: list[int] | None, jobs: i
     failed = [c for r in results.values() for c in r["checks"] if mark(c) == FAIL]
     print(f"{args.markdown}: {len(names)} preset(s), {len(failed)} failed check(s); runs in {out}")
     return 1 if failed and args.strict else 0
+
+
+def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
+               progress: bool = True, seeds: list[int] | None = None, workers: int = 1,
+               stack: bool = False) -> dict[str, Any]:
+    """Train every run of preset ``name`` at ``scale`` with every seed; write and return a report.
+
+    ``workers > 1`` runs the jobs in that many worker processes (one torch thread each);
+    ``stack=True`` trains the seeds of each run as one stacked model (:mod:`bioplausible.engine.stacked`).
+
+    ``plan`` + ``run_job`` per job + ``aggregate`` + the report; every job is checked (configs,
+    rules, model, data, ``out``) before the first one trains.
+    """
+    from .jobs import aggregate, check_jobs, plan, statuses
+    from .runs import run_jobs
+
+    preset = get_preset(name)
+    out_dir = Path(out or Path("runs") / f"reproduce-{preset.name}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"output directory {str(out_dir)!r} already exists; choose another --out")
+    jobs = plan(preset, scale, seeds=seeds, out=out_dir)
+    check_jobs(jobs)
+    summaries = run_jobs(jobs, workers=workers, progress=progress, stack=stack)
+    metrics = sorted({preset.paper_results.get("metric", "test_accuracy"), "test_accuracy",
+                      "best_test_accuracy", "grad_angle", *check_metrics(preset)})
+    stats = aggregate(summaries, metrics)
+    checks = evaluate_checks(preset, stats, scale)
+    config, _ = preset.resolved(scale)
+    report = {"preset": preset.name, "title": preset.title, "paper": preset.paper, "scale": scale,
+              "commit": git_commit(),
+              "seeds": sorted({j.seed for j in jobs}, key=[j.seed for j in jobs].index),
+              "config": config.to_dict(), "stats": stats, "status": statuses(summaries),
+              "paper_results": preset.paper_results, "checks": checks,
+              "runs": [{"label": j.label, "dir": j.run_dir, "seed": j.seed} for j in jobs]}
+    (out_dir / "reproduce.json").write_text(json.dumps(report, indent=2, default=str))
+    (out_dir / "reproduce.md").write_text(format_report(report) + "\n")
+    from .report import load_run, plot_curves
+
+    plot_curves([load_run(j.run_dir, f"{j.label} (seed {j.seed})") for j in jobs],
+                out_dir / "curves.png", preset.title)
+    report["out_dir"] = str(out_dir)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    metric = report["paper_results"].get("metric", "test_accuracy")
+    values = report["paper_results"].get("values") or {}
+    lines = [f"# {report['title']}", "", f"Preset `{report['preset']}`, scale `{report['scale']}`, "
+             f"seeds {report['seeds']}. Paper: {report['paper']}."
+             + (f" Commit: {report['commit']}." if report.get("commit") else ""), "",
+             f"| run | ours: {metric_label(metric)}, mean ± std | paper | ours − paper | hidden-layer angle to BP (°) | status |",
+             "|---|---|---|---|---|---|"]
+    comparable = comparable_to_paper(report.get("scale"))
+    for label, st in report["stats"].items():
+        m, s, n = (tuple(st.get(metric, (None, None, None))) + (None,))[:3]
+        ang = next(iter(st.get("grad_angle", (None, None))))
+        d = metric_digits(metric)
+        ours = mean_std_text(m, s, n, d)
+        paper = values.get(label)
+        diff = ("–" if m is None or paper is None else
+                f"{m - paper:+.{d}f}" if comparable else NOT_COMPARABLE)
+        lines.append(f"| {label} | {ours} | {'–' if paper is None else paper} | {diff} | "
+                     f"{'–' if ang is None else f'{ang:.1f}'} | {', '.join(report['status'][label])} |")
+    for label, paper in values.items():
+        if label not in report["stats"] and paper is not None:
+            lines.append(f"| {label} | not run (rule not in this preset) | {paper} | – | – | – |")
+    note = report["paper_results"].get("note")
+    if note:
+        lines += ["", f"Paper values: {note}"]
+    if report["checks"]:
+        lines += ["", "Checks:"]
+        from .verdicts import mark
+
+        lines += [f"- [{mark(c)}] {c['text']}" for c in report["checks"]]
+    return "\n".join(lines)

@@ -22,31 +22,29 @@ in both cases the trainer first drops what was written after the checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._io import atomic_write_json
 from ..errors import ConfigError, UserError
+from . import executors
+from .executors import FINAL, record_failure, run_state
 from .jobs import (
-    LOCK_NAME,
     Job,
     _flat,
     _read_json,
-    _write_json,
     check_jobs,
-    check_seeds,
     job_dict,
     plan,
 )
+from .seeds import check_seeds
 
 INDEX = "sweep.json"
-FINAL = ("completed", "diverged")
 _SPEC_KEYS = {"name", "preset", "config", "scale", "grid", "seeds", "out", "overrides"}
 
 
@@ -70,7 +68,8 @@ class SweepSpec:
 
 def load_spec(path: str | os.PathLike) -> SweepSpec:
     """A :class:`SweepSpec` from a YAML file; a malformed file is a ConfigError in one line."""
-    from ..engine.config import load_config, yaml_load
+    from .._io import yaml_load
+    from ..engine.config import load_config
 
     p = Path(path)
     if not p.is_file():
@@ -141,23 +140,6 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike | None = None) -> tuple[l
     return jobs, base
 
 
-# ----------------------------------------------------------------------------- state of a run
-def run_state(run_dir: str | os.PathLike) -> str:
-    """``new`` (nothing there), ``partial`` (started, not finished) or the finished run's status."""
-    p = Path(run_dir)
-    if not p.is_dir() or not any(x.name != LOCK_NAME for x in p.iterdir()):
-        return "new"
-    s = p / "summary.json"
-    if s.is_file():
-        try:
-            summary = json.loads(s.read_text())
-        except (OSError, ValueError):
-            return "partial"
-        if isinstance(summary, dict) and summary.get("job") is not None:
-            return str(summary.get("status"))
-    return "partial"
-
-
 def _same_config(job: Job) -> None:
     """A run directory from an earlier launch must hold this job's config (else: mixed results)."""
     from ..engine.config import load_config
@@ -175,61 +157,6 @@ def _same_config(job: Job) -> None:
                         f"{wanted.get(k)!r}: the sweep file changed; use another out: folder")
 
 
-def _record_failure(job: Job, exc: BaseException) -> dict[str, Any]:
-    run_dir = Path(job.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    message = " ".join(f"{type(exc).__name__}: {exc}".split())
-    _write_json(run_dir / "error.json", {"type": type(exc).__name__, "message": str(exc),
-                                         "traceback": traceback.format_exc()})
-    summary = {"status": "failed", "message": message, "rule": job.config.get("rule", {}).get("name"),
-               "job": {"label": job.label, "seed": job.seed, "preset": job.preset, "scale": job.scale}}
-    _write_json(run_dir / "summary.json", summary)
-    return summary
-
-
-def _wait_for_writer(run_dir: Path) -> None:
-    """Block while another process (a worker of a killed sweep) still writes ``run_dir``."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover
-        return
-    lock = run_dir / LOCK_NAME
-    if not lock.exists():
-        return
-    fd = os.open(lock, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    finally:
-        os.close(fd)
-
-
-def execute(job_data: dict[str, Any], worker: bool = True) -> dict[str, Any]:
-    """Run one sweep job (a :func:`~bioplausible.experiments.jobs.job_dict`) and never raise for its failure.
-
-    Returns ``{"status", "message", "seconds"}``; a finished run found on disk is not run again.
-    """
-    from .jobs import run_job
-
-    job = Job(**job_data)
-    start = time.time()
-    run_dir = Path(job.run_dir)
-    _wait_for_writer(run_dir)
-    state = run_state(run_dir)
-    if state in FINAL:
-        return {"status": state, "message": "already finished", "seconds": 0.0, "skipped": True}
-    for name in ("error.json", "summary.json"):
-        (run_dir / name).unlink(missing_ok=True)
-    job.resume = run_dir.is_dir()
-    try:
-        summary = run_job(job, progress=False, worker=worker)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
-        summary = _record_failure(job, exc)
-    return {"status": summary.get("status"), "message": summary.get("message", ""),
-            "seconds": time.time() - start, "skipped": False}
-
-
 # ----------------------------------------------------------------------------- the index
 def write_index(base: Path, spec: SweepSpec, jobs: Sequence[Job], states: dict[int, dict[str, Any]],
                 extra: dict[str, Any] | None = None) -> Path:
@@ -245,7 +172,7 @@ def write_index(base: Path, spec: SweepSpec, jobs: Sequence[Job], states: dict[i
              "seeds": list(dict.fromkeys(j.seed for j in jobs)), "runs": runs,
              "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})}
     base.mkdir(parents=True, exist_ok=True)
-    _write_json(base / INDEX, index)
+    atomic_write_json(base / INDEX, index)
     return base / INDEX
 
 
@@ -332,10 +259,8 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike | None = None, jobs: int =
     ``ray`` (see :mod:`bioplausible.experiments.executors`). Every job still to run is checked first
     (config, rule, model, data); a user error stops the sweep before anything is written.
     ``stack=True``: runs that differ only by seed and learning rate train as one stacked model in
-    this process (:mod:`bioplausible.stacked`), with the same run folders.
+    this process (:mod:`bioplausible.engine.stacked`), with the same run folders.
     """
-    from . import executors as sweep_exec
-
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs must be a positive integer, got {jobs!r}")
     if executor not in ("local", "ray"):
@@ -368,7 +293,7 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike | None = None, jobs: int =
                 if result.get("status") == "failed":
                     progress.failed += 1
                     if run_state(planned[index].run_dir) != "failed":  # the worker itself died
-                        _record_failure(planned[index], RuntimeError(result.get("message", "worker died")))
+                        record_failure(planned[index], RuntimeError(result.get("message", "worker died")))
                 if not result.get("skipped"):
                     progress.durations.append(float(result.get("seconds") or 0.0))
                 results[index] = result
@@ -378,15 +303,15 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike | None = None, jobs: int =
         work = [(i, job_dict(planned[i])) for i in todo]
         if work:
             if stack:  # runs that differ by seed and learning rate as one model, this process
-                from ..stacked.runner import run_sweep_stacked
+                from .runs import run_sweep_stacked
 
                 run_sweep_stacked(work, on_event)
             elif executor == "ray":
-                sweep_exec.run_ray(work, jobs, address, on_event)
+                executors.run_ray(work, jobs, address, on_event)
             elif jobs == 1 or len(work) == 1:
-                sweep_exec.run_inline(work, on_event)
+                executors.run_inline(work, on_event)
             else:
-                sweep_exec.run_local(work, jobs, on_event)
+                executors.run_local(work, jobs, on_event)
         progress.close()
         index = write_index(base, spec, planned, results,
                             {"executor": executor, "jobs": jobs, "seconds": time.time() - started})

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.angles import EXACT_DEG, exact_layers, hidden_angle, hidden_angle_series, layer_angles
+from ..core.metrics import metric_value
 from ..errors import UserError
 from .jobs import mean_std
 from .report import RunRecord, load_run
@@ -72,9 +73,7 @@ def paper_values(index: dict[str, Any]) -> tuple[str, dict[str, float]]:
 
 
 def _metric(run: RunRecord, metric: str) -> float | None:
-    if metric == "best_test_accuracy":
-        return run.summary.get("best_test_accuracy")
-    return (run.summary.get("final") or {}).get(metric)
+    return metric_value(run.summary, metric)
 
 
 def label_stats(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
@@ -183,10 +182,9 @@ def _band(ax: Any, xs: list[float], runs: list[list[float]], label: str) -> None
 
 def plot(groups: dict[str, list[dict[str, Any]]], out: Path, title: str = "") -> dict[str, Path]:
     """``curves.png``, ``angles.png`` and ``time.png`` with mean ± std bands over seeds."""
-    import matplotlib
+    from .._io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     done = {label: [r["run"] for r in runs if r["status"] == "completed" and r["run"] is not None]
             for label, runs in groups.items()}

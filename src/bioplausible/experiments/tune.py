@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.metrics import lower_is_better
 from ..errors import ConfigError, UserError
-
-MAXIMIZE = {"test_accuracy", "val_accuracy", "best_test_accuracy", "train_accuracy", "test_auc", "val_auc"}
 
 
 @dataclass
@@ -49,7 +48,7 @@ class Param:
 
 def parse_param(text: str) -> Param:
     """``KEY=KIND:ARGS`` -> :class:`Param`; anything malformed is a ConfigError naming the fix."""
-    from ..engine.config import yaml_load
+    from .._io import yaml_load
 
     example = "e.g. --param optimizer.lr=loguniform:1e-4:1e-1"
     key, eq, spec = str(text).partition("=")
@@ -94,7 +93,7 @@ def trial_value(run_dir: str | os.PathLike, metric: str, objective: str = "final
         raise UserError(f"the runs record no {metric!r}; choose --metric from "
                         f"{', '.join(sorted(k for k in (run.summary.get('final') or {}) if '_' in k))}")
     if objective == "best":
-        return max(values) if metric in MAXIMIZE else min(values)
+        return min(values) if lower_is_better(metric) else max(values)
     return float(values[-1])
 
 
@@ -120,7 +119,7 @@ def _import_optuna() -> Any:
 def make_objective(base: Any, params: list[Param], out: Path, metric: str, objective: str, worker: bool):
     from .jobs import Job, run_job
 
-    maximize = metric in MAXIMIZE
+    maximize = not lower_is_better(metric)
     worst = 0.0 if maximize else math.inf
 
     def fn(trial: Any) -> float:
@@ -170,7 +169,7 @@ def tune(base: Any, params: list[Param], trials: int, out: str | os.PathLike, me
     out.mkdir(parents=True, exist_ok=True)
     if jobs > 1 and storage is None:
         storage = f"sqlite:///{(out / 'study.db').resolve()}"
-    direction = "maximize" if metric in MAXIMIZE else "minimize"
+    direction = "minimize" if lower_is_better(metric) else "maximize"
     name = study or f"tune-{out.name}"
     s = optuna.create_study(study_name=name, storage=storage, direction=direction,
                             sampler=_sampler(sampler, seed), load_if_exists=True)

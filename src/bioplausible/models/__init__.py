@@ -10,46 +10,16 @@ input_shape=(3, 32, 32))``, ``build_model("npcnn", num_classes=100)``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from ..errors import ConfigError
-from .._registry import Registry
 from .autoencoder import autoencoder
 from .cnn import LeNet5, NPConvNet
 from .mlp import ACTIVATIONS, MLP, init_weights
 from .resnet_cifar import CifarResNet, resnet_factory
-
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
-
-
-def _coerce(value: str) -> Any:
-    low = value.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
-
-
-def parse_model_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:
-    """Split ``"mlp:784-500-10,activation=tanh"`` into ``("mlp", "784-500-10", {...})``."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"model spec must be a non-empty string like 'mlp:784-500-10', got {spec!r}")
-    head, *opts = [s.strip() for s in spec.split(",")]
-    name, _, arg = head.partition(":")
-    options: dict[str, Any] = {}
-    for opt in opts:
-        key, eq, value = opt.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"model option {opt!r} in {spec!r} must look like key=value")
-        options[key.strip()] = _coerce(value.strip())
-    return name.strip().lower(), (arg or None), options
+from .spec import MODELS, parse_model_spec
 
 
 def build_model(

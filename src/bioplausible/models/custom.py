@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, IncompatibleModelError
+from .spec import MODELS, coerce_option
 
 _IMPORT_HEAD = re.compile(r"^\s*[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\s*$")
 
@@ -33,15 +34,11 @@ def is_import_spec(spec: Any) -> bool:
         return False
     head = spec.split(",", 1)[0]
     module = head.partition(":")[0]
-    from . import MODELS
-
     return bool(_IMPORT_HEAD.match(head)) and module.strip().lower() not in MODELS.names()
 
 
 def parse_import_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
     """``"pkg.mod:fn,a=1"`` -> ``("pkg.mod", "fn", {"a": 1})`` (case is kept)."""
-    from . import _coerce
-
     head, *opts = [s.strip() for s in spec.split(",")]
     module, _, attr = head.partition(":")
     options: dict[str, Any] = {}
@@ -49,7 +46,7 @@ def parse_import_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
         key, eq, value = opt.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"model option {opt!r} in {spec!r} must look like key=value")
-        options[key.strip()] = _coerce(value.strip())
+        options[key.strip()] = coerce_option(value.strip())
     return module.strip(), attr.strip(), options
 
 

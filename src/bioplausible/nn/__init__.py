@@ -1,7 +1,7 @@
 """Layers whose backward pass uses a feedback tensor instead of the weight transpose.
 
-``convert(model, rule)`` swaps every ``nn.Linear``/``nn.Conv2d`` for :class:`FeedbackLinear` /
-:class:`FeedbackConv2d`; the user's loop stays ``loss.backward(); opt.step()`` (plus
+``bioplausible.convert(model, rule)`` (a rule's ``prepare``) swaps every ``nn.Linear``/``nn.Conv2d``
+for :class:`FeedbackLinear` / :class:`FeedbackConv2d` (:func:`swap_layers`); the user's loop stays ``loss.backward(); opt.step()`` (plus
 ``rule.after_step(model)`` for the weight mirror)::
 
     import torch, bioplausible as bp
@@ -14,8 +14,8 @@
 Inside :func:`exact_backward` every feedback layer and DFA tap backpropagates exactly.
 """
 
-from .context import exact_backward, exact_backward_enabled
-from .convert import convert, feedback_layers, swap_layers, to_feedback_layer
+from ..core.context import exact_backward, exact_backward_enabled
+from .convert import feedback_layers, swap_layers, to_feedback_layer
 from .dfa import DirectFeedbackFunction, DirectFeedbackHead
 from .functional import Conv2dFeedbackFunction, LinearFeedbackFunction
 from .layers import FeedbackConv2d, FeedbackLinear, init_feedback
@@ -41,7 +41,6 @@ __all__ = [
     "LinearFeedbackFunction",
     "SignFeedback",
     "SignRandomFeedback",
-    "convert",
     "exact_backward",
     "exact_backward_enabled",
     "feedback_layers",

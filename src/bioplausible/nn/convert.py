@@ -1,4 +1,4 @@
-"""``convert(model, rule)``: swap ``nn.Linear``/``nn.Conv2d`` for their feedback versions.
+"""Swap ``nn.Linear``/``nn.Conv2d`` for their feedback versions (:func:`swap_layers`).
 
 The swap is a per-layer-type ``functools.singledispatch`` (:func:`to_feedback_layer`); other
 modules (activations, pooling, dropout, normalisation, flatten) are kept and backpropagate
@@ -14,7 +14,6 @@ import copy
 import warnings
 from collections.abc import Iterator
 from functools import singledispatch
-from typing import Any
 
 import torch
 from torch import nn
@@ -146,34 +145,4 @@ def feedback_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield (name or module.layer_name), module
 
 
-def convert(model: nn.Module, rule: Any = "fa", **rule_config: Any) -> nn.Module:
-    """Return a copy of ``model`` whose backward pass uses ``rule``'s feedback.
-
-    ``rule`` is a rule name (``"fa"``, ``"usf"``, ``"brsf"``, ``"frsf"``, ``"kp"``, ``"wm"``,
-    ``"dfa"``) with its options as keywords, or a rule instance (keep it when the rule needs a
-    call per step, e.g. ``wm``'s :meth:`after_step`). Equivalent to ``rule.prepare(model)``.
-
-    Rules whose update is more than ``loss.backward()`` — they learn their feedback or relax
-    inside ``rule.train_step`` (``np``, ``sg``, ``ar``, ``sal``, ``bfa``, the ghost rules, ...) —
-    are refused (:class:`ConfigError`): a plain loop would silently train something else. A
-    warning names the trainable layers the conversion leaves on exact backprop (``Conv1d``,
-    ``LSTM``, ``Embedding``, attention, ...).
-    """
-    if isinstance(rule, str):
-        from .._registry import make
-
-        rule = make(rule, **rule_config)
-    elif rule_config:
-        raise ConfigError("pass rule options either with a rule name or to make(), not both")
-    from ..core.rule import Rule
-
-    if type(rule).train_step is not Rule.train_step:
-        raise ConfigError(
-            f"convert: rule {rule.name!r} forms its update in rule.train_step(model, x, y, loss_fn), "
-            f"which a plain loss.backward() loop never calls (its feedback would never learn); "
-            f"use bp.fit, or rule.prepare(model) with rule.train_step + opt.step + rule.after_step "
-            f"per batch")
-    return rule.prepare(model)
-
-
-__all__ = ["convert", "feedback_layers", "swap_layers", "to_feedback_layer"]
+__all__ = ["feedback_layers", "swap_layers", "to_feedback_layer"]

@@ -49,8 +49,8 @@ import torch
 from torch import nn
 from torch.autograd import Function
 
+from ..core.context import exact_backward_enabled
 from ..errors import ConfigError, IncompatibleModelError
-from .context import exact_backward_enabled
 from .pathway import DirectFeedback, Streams
 
 OUTPUT_POLICIES = ("bp", "dfa")

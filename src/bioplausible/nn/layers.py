@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.context import exact_backward_enabled
 from ..errors import IncompatibleModelError
-from .context import exact_backward_enabled
 from .functional import Conv2dFeedbackFunction, LinearFeedbackFunction
 from .pathway import FeedbackPathway, FixedFeedback, Streams, checked_feedback, draw_magnitudes
 

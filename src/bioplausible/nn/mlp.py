@@ -26,6 +26,19 @@ ELEMENTWISE: tuple[type[nn.Module], ...] = (
 )
 
 
+_aten = torch.ops.aten
+#: the activation -> (forward, backward(grad_out, out)) table of the hand-written MLP paths
+#: (node perturbation's fast step, bidirectional FA/DFA); the backwards are autograd's own
+#: kernels, taking the activation's output: sigmoid g ⊙ h(1 − h), tanh g ⊙ (1 − h²), ReLU
+#: g ⊙ [h > 0]. ``(None, None)``: the identity.
+ACTIVATION_KERNELS: dict[type[nn.Module], tuple] = {
+    nn.Sigmoid: (torch.sigmoid, lambda g, out: _aten.sigmoid_backward(g, out)),
+    nn.Tanh: (torch.tanh, lambda g, out: _aten.tanh_backward(g, out)),
+    nn.ReLU: (torch.relu, lambda g, out: _aten.threshold_backward(g, out, 0)),
+    nn.Identity: (None, None),
+}
+
+
 @dataclass
 class MLPLayout:
     """``prefix`` modules act on the input; ``layers[l] = (Linear_l, [activations after it])``."""

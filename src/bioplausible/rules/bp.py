@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from .._registry import register
 from ..core.rule import Rule
+from .registry import register
 
 
 @register("bp")

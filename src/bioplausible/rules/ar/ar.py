@@ -55,11 +55,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ...errors import ConfigError, DivergenceError
-from ..._registry import register
-from ...nn.mlp import Chain, MLPLayout, forward_chain, mlp_layout
-from .ar_relax import SWEEPS, relax_closed_form, relax_fixed_point, relax_loop
 from ...core.rule import FeedbackPair, Rule, StepResult
+from ...errors import ConfigError, DivergenceError
+from ...nn.mlp import Chain, MLPLayout, forward_chain, mlp_layout
+from ..registry import register
+from .ar_relax import SWEEPS, batch_mean, relax_closed_form, relax_fixed_point, relax_loop
 
 SOLVERS = ("closed_form", "loop", "fixed_point")
 GRAPH_UNITS = ("layer", "activation", "op")
@@ -300,16 +300,6 @@ class ActivationRelaxation(Rule):
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """The largest |relaxed value| of the last step (a divergence indicator)."""
         return {"relax_max_abs": self._last_max}
-
-
-def batch_mean(loss_fn) -> bool:
-    """True for losses averaged over the batch (``Loss.reduction == "mean"``).
-
-    Their output error is ``1/N`` times each example's error; AR relaxes the per-example
-    errors (so the relaxation starts on the same scale as the stored activities) and applies
-    the ``1/N`` to the weight update. A plain callable is taken as a summed loss.
-    """
-    return getattr(loss_fn, "reduction", "sum") == "mean"
 
 
 def _grad_buffer(p: torch.Tensor) -> torch.Tensor:

@@ -50,17 +50,18 @@ from __future__ import annotations
 import operator
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx, nn
 
 from ...errors import IncompatibleModelError
+from .ar_graph_units import _mutates_first_arg, _Node, _vjp
+from .ar_relax import batch_mean
 
 Tensor = torch.Tensor
 _TRACES: weakref.WeakKeyDictionary[nn.Module, fx.GraphModule] = weakref.WeakKeyDictionary()
-_INPLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itruediv)
 
 
 def trace_model(model: nn.Module) -> fx.GraphModule:
@@ -82,17 +83,6 @@ def trace_model(model: nn.Module) -> fx.GraphModule:
             f"got {len(inputs)} inputs and output {out.args[0]!r}")
     _TRACES[model] = gm
     return gm
-
-
-@dataclass
-class _Node:
-    key: str                      # module path for call_module nodes, else the fx node name
-    value: Tensor                 # forward value (detached)
-    members: list[str] = field(default_factory=list)     # keys of the ops merged into it
-    out: Tensor | None = None     # local graph output
-    leaves: list[Tensor] = field(default_factory=list)   # detached inputs, one per parent
-    parents: list[int] = field(default_factory=list)     # relaxed parents (node indices)
-    params: list[Tensor] = field(default_factory=list)   # trained tensors used by this node
 
 
 @dataclass
@@ -118,16 +108,6 @@ def _fetch(gm: fx.GraphModule, target: str) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def _mutates_first_arg(n: fx.Node, module: nn.Module | None) -> bool:
-    if module is not None:
-        return bool(getattr(module, "inplace", False))
-    name = str(getattr(n.target, "__name__", n.target))
-    if n.op == "call_method":
-        return name.endswith("_") and not name.endswith("__")
-    return (n.kwargs.get("inplace") is True or n.target in _INPLACE_OPERATORS
-            or (name.endswith("_") and not name.endswith("__")))
 
 
 class _Several:
@@ -251,10 +231,6 @@ def _run_forward(gm: fx.GraphModule, x: Tensor, units: str = "op") -> tuple[list
     return compact(nodes, top, absorbed)
 
 
-def _vjp(node: _Node, cotangent: Tensor, targets: list[Tensor]) -> tuple[Tensor | None, ...]:
-    return torch.autograd.grad(node.out, targets, cotangent, retain_graph=True, allow_unused=True)
-
-
 def _push(node: _Node, value: Tensor, drive: list[Tensor | None]) -> None:
     """Add ``(∂f_j/∂x_p)ᵀ x_j`` to each relaxed parent's drive (out of place: no aliasing)."""
     if not node.parents:
@@ -299,9 +275,7 @@ def relax_graph_loop(nodes: list[_Node], top: int, start: list[Tensor], steps: i
 
 
 def batch_scale(loss_fn: Any, output: Tensor) -> float:
-    """``N`` for a batch-mean loss (as the MLP path: :func:`.ar.batch_mean`), else 1."""
-    from .ar import batch_mean
-
+    """``N`` for a batch-mean loss (as the MLP path: :func:`.ar_relax.batch_mean`), else 1."""
     return float(output.shape[0]) if batch_mean(loss_fn) else 1.0
 
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import torch
 
-from .ar_graph import _Node, _vjp
+from .ar_graph_units import _Node, _vjp
 from .ar_relax import relaxation_coefficients
 
 Tensor = torch.Tensor

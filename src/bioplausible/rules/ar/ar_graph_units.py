@@ -31,11 +31,14 @@ point.
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
 
 from ...nn.mlp import ELEMENTWISE
+
+Tensor = torch.Tensor
 
 #: functional / method names of elementwise activations (``torch.*``, ``F.*``, ``Tensor.*``)
 ACTIVATION_NAMES = frozenset({
@@ -93,8 +96,6 @@ def consumers(gm: fx.GraphModule) -> dict[fx.Node, int]:
     Reading only a tensor's shape, dtype or device (``x.size(0)``, ``x.shape``, ``x.dim()``)
     is not a use of its value: ``x.view(x.size(0), -1)`` may still merge ``x``.
     """
-    from .ar_graph import _mutates_first_arg
-
     readers: dict[fx.Node, set[fx.Node]] = {}
     current: dict[fx.Node, fx.Node] = {}
     for n in gm.graph.nodes:
@@ -150,3 +151,31 @@ def absorbs(n: fx.Node, module: nn.Module | None, joins: bool) -> bool:
         return True
     return (name in POOLING_NAMES and not _returns_indices(n, None)
             and any(getattr(ns, name, None) is n.target for ns in _NAMESPACES))
+
+
+_INPLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itruediv)
+
+
+@dataclass
+class _Node:
+    key: str                      # module path for call_module nodes, else the fx node name
+    value: Tensor                 # forward value (detached)
+    members: list[str] = field(default_factory=list)     # keys of the ops merged into it
+    out: Tensor | None = None     # local graph output
+    leaves: list[Tensor] = field(default_factory=list)   # detached inputs, one per parent
+    parents: list[int] = field(default_factory=list)     # relaxed parents (node indices)
+    params: list[Tensor] = field(default_factory=list)   # trained tensors used by this node
+
+
+def _mutates_first_arg(n: fx.Node, module: nn.Module | None) -> bool:
+    if module is not None:
+        return bool(getattr(module, "inplace", False))
+    name = str(getattr(n.target, "__name__", n.target))
+    if n.op == "call_method":
+        return name.endswith("_") and not name.endswith("__")
+    return (n.kwargs.get("inplace") is True or n.target in _INPLACE_OPERATORS
+            or (name.endswith("_") and not name.endswith("__")))
+
+
+def _vjp(node: _Node, cotangent: Tensor, targets: list[Tensor]) -> tuple[Tensor | None, ...]:
+    return torch.autograd.grad(node.out, targets, cotangent, retain_graph=True, allow_unused=True)

@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ...core.losses import as_loss
+
 Tensor = torch.Tensor
 #: ``backward(l, v)`` applies ``T_l`` to a value ``v`` of layer ``l+1`` (returns a new tensor).
 BackwardFn = Callable[[int, Tensor], Tensor]
@@ -155,3 +157,14 @@ def count_backward_products(n_layers: int) -> tuple[int, int]:
         total += min(n_vecs, m)
         n_vecs = min(n_vecs, m) + 1
     return total, max(L - 1, 0)
+
+
+def batch_mean(loss_fn) -> bool:
+    """True for losses averaged over the batch (``Loss.reduction == "mean"``).
+
+    Their output error is ``1/N`` times each example's error; AR relaxes the per-example
+    errors (so the relaxation starts on the same scale as the stored activities) and applies
+    the ``1/N`` to the weight update. A bare callable is typed by
+    :func:`~bioplausible.core.losses.as_loss` (a batch mean unless it says ``reduction = "sum"``).
+    """
+    return as_loss(loss_fn).reduction == "mean"

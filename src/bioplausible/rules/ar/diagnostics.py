@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import DataError
 from ...core.losses import get_loss
-from ..._registry import make
+from ...errors import DataError
 from ...nn.mlp import _apply, mlp_layout
+from ..registry import make
 
 PAPER_MODEL = "mlp:784-300-300-100-10,activation=relu,init=normal:0.05"
 
@@ -118,10 +118,9 @@ def plot_relaxation_convergence(result: dict[str, Any], path: str | os.PathLike)
     """Write a PNG like the paper's Fig. 1: (a) per-layer MSE at η_x ≈ 0.1, (b) the MSE
     averaged over layers for each η_x. ``result`` is one :func:`relaxation_convergence`
     dict or ``{"measurements": [{"label": ..., "result": ...}, ...]}`` (one row each)."""
-    import matplotlib
+    from ..._io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = result.get("measurements") or [{"label": "", "result": result}]
     fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.8 * len(rows)), squeeze=False)
@@ -164,10 +163,10 @@ def run_relaxation_diagnostic(out_dir: str | os.PathLike, dataset: str = "mnist"
     of AR training (``mse_sum``, learning rate ``lr``, batches of ``batch_size``), because the
     paper's figure is of a network in training. Returns the JSON dict.
     """
-    from ... import build_model
+    from ...models import build_model
 
     try:
-        from ... import load_dataset
+        from ...data import load_dataset
         data = load_dataset(dataset, root, normalize="unit", flatten=True)
     except (ImportError, AttributeError) as exc:
         raise DataError(f"the relaxation diagnostic needs bioplausible.load_dataset: {exc}") from None

@@ -35,9 +35,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ...errors import ConfigError, IncompatibleModelError
-from ..._registry import register
 from ...core.rule import FeedbackPair, Rule, StepResult
+from ...errors import ConfigError, IncompatibleModelError
+from ..registry import register
 from .common import (
     Chain,
     apply_max_norm,

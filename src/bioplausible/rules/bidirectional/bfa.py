@@ -58,9 +58,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ...errors import ConfigError
-from ..._registry import register
+from ...core.losses import as_loss
 from ...core.rule import FeedbackPair, Rule, StepResult
+from ...errors import ConfigError
+from ..registry import register
 from .common import (
     Chain,
     apply_max_norm,
@@ -213,7 +214,7 @@ class BidirectionalFA(Rule):
             delta = delta * (x_hat * (1.0 - x_hat))
         reduction = self.config["recon_reduction"]
         if reduction == "auto":
-            reduction = "sum" if getattr(loss_fn, "reduction", "mean") == "sum" else "mean"
+            reduction = as_loss(loss_fn).reduction
         if reduction == "mean":
             delta = delta / x.shape[0]
         gen_w, gen_b = self.gen_w, self.gen_b

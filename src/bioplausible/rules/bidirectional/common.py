@@ -16,16 +16,11 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, IncompatibleModelError
+from ...nn.mlp import ACTIVATION_KERNELS
 
 # Hidden activations: ``signal ⊙ f'(a)`` from the activity ``h = f(a)`` in one fused kernel
 # (the ones autograd uses for these modules); ``None``: the identity, f' = 1.
-_aten = torch.ops.aten
-_DERIVATIVES = {
-    nn.Tanh: lambda signal, h: _aten.tanh_backward(signal, h),  # signal ⊙ (1 − h²)
-    nn.Sigmoid: lambda signal, h: _aten.sigmoid_backward(signal, h),  # signal ⊙ h(1 − h)
-    nn.ReLU: lambda signal, h: _aten.threshold_backward(signal, h, 0),  # signal ⊙ [h > 0]
-    nn.Identity: None,
-}
+_DERIVATIVES = {kind: backward for kind, (_forward, backward) in ACTIVATION_KERNELS.items()}
 SUPPORTED = "Flatten, then Linear layers each followed by Tanh, Sigmoid, ReLU or Identity"
 
 

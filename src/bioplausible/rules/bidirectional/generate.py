@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ...core.hooks import Plot, register_plot
 from ...errors import UserError
 
 
@@ -29,29 +30,32 @@ def _owned_state(run: Path) -> dict[str, torch.Tensor]:
 
 def generated_images(run_dir: str | Path) -> tuple[torch.Tensor, str]:
     """``(images, dataset)``: one generated input per class, shape ``(n_classes, n_inputs)``."""
-    from ...engine.config import load_config
+    from ..._io import yaml_load
     from ...models import build_model
-    from ..._registry import make
+    from ..registry import make
 
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise UserError(f"{str(run)!r} is not a run directory (no config.yaml); pass the --out directory "
                         f"of `bioplausible train --rule bfa`")
-    cfg = load_config(run / "config.yaml")
-    if cfg["rule"]["name"] != "bfa":
+    cfg = yaml_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    if not isinstance(cfg.get("rule"), dict) or not isinstance(cfg.get("model"), dict):
+        raise UserError(f"{str(run / 'config.yaml')!r} is not a run's config (no rule or model section)")
+    if cfg["rule"].get("name") != "bfa":
         raise UserError(f"generate renders the generative network of rule 'bfa'; {str(run)!r} was trained "
-                        f"with {cfg['rule']['name']!r}")
+                        f"with {cfg['rule'].get('name')!r}")
     owned = _owned_state(run)
     if "W_gen.1" not in owned:
         raise UserError(f"{str(run)!r} holds no generative weights (W_gen.*); was the run started?")
     n_gen = sum(1 for k in owned if k.startswith("W_gen."))
     n_in, n_cls = owned[f"W_gen.{n_gen}"].shape[0], owned["W_gen.1"].shape[1]
-    model = build_model(cfg["model"]["spec"], input_shape=(n_in,), num_classes=n_cls, **cfg.model_options())
+    model_options = {k: v for k, v in cfg["model"].items() if k != "spec"}
+    model = build_model(cfg["model"]["spec"], input_shape=(n_in,), num_classes=n_cls, **model_options)
     model = model.to(owned["W_gen.1"].dtype)
-    rule = make("bfa", **cfg.rule_options())
+    rule = make("bfa", **{k: v for k, v in cfg["rule"].items() if k != "name"})
     model = rule.prepare(model)
     rule.owned.load_state_dict(owned)
-    return rule.generate().cpu().float(), cfg["dataset"]["name"]
+    return rule.generate().cpu().float(), str((cfg.get("dataset") or {}).get("name", "?"))
 
 
 def _as_image(v: torch.Tensor):
@@ -68,10 +72,9 @@ def _as_image(v: torch.Tensor):
 
 def render_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the Fig. 6 grid of ``run_dir`` as a PNG (default ``RUN_DIR/generated.png``)."""
-    import matplotlib
+    from ..._io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     images, dataset = generated_images(run_dir)
     n = images.shape[0]
@@ -91,3 +94,8 @@ def render_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+register_plot(Plot("generate", "BFA: render the generative network's image for each label (PNG)", render_run,
+                   run_dir_help="run directory of a bfa training run",
+                   out_help="PNG path (default: RUN_DIR/generated.png)"))

@@ -27,11 +27,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ...core.rule import FeedbackPair, Rule
 from ...errors import ConfigError
 from ...nn.convert import feedback_layers, swap_layers
 from ...nn.dfa import CONV_SCALES, OUTPUT_POLICIES, attach_direct_feedback
-from ..._registry import register
-from ...core.rule import FeedbackPair, Rule
+from ..registry import register
 
 
 @register("dfa")

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ...core.rule import FeedbackPair, Rule
 from ...nn.convert import feedback_layers, swap_layers
 from ...nn.layers import FEEDBACK_INITS, init_feedback
 from ...nn.mirror import mirror_update
@@ -56,8 +57,7 @@ from ...nn.pathway import (
     Streams,
     draw_magnitudes,
 )
-from ..._registry import register
-from ...core.rule import FeedbackPair, Rule
+from ..registry import register
 
 
 class FeedbackRule(Rule):

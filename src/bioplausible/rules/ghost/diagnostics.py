@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ...core.hooks import Plot, register_plot
 from ...errors import UserError
 
 
@@ -30,10 +31,9 @@ def load_records(run_dir: Path) -> list[dict]:
 
 def plot_ghost_diagnostics(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Draw Figs 3-5 of a ghost-unit run into one PNG; returns its path."""
-    import matplotlib
+    from ..._io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     run_dir = Path(run_dir)
     records = [r for r in load_records(run_dir) if r.get("kind", "epoch") == "epoch" and "epoch" in r]
@@ -83,3 +83,7 @@ def plot_ghost_diagnostics(run_dir: str | Path, out: str | Path | None = None) -
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+register_plot(Plot("ghost-diagnostics", "plot a ghost-unit run's Figs 3-5 diagnostics", plot_ghost_diagnostics,
+                   out_help="PNG path (default: RUN_DIR/ghost_diagnostics.png)"))

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import ConfigError
-from ..._registry import register
+from ..registry import register
 from .circuit import Circuit, HParams, feedforward_state, zero_state
 from .rule import COMMON, GhostRule, _num
 

@@ -27,9 +27,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ...core.rule import Rule, StepResult
 from ...errors import ConfigError, DivergenceError, IncompatibleModelError
 from ...nn.mlp import mlp_layout
-from ...core.rule import Rule, StepResult
 from .circuit import Circuit, HParams, feedforward_state, literal_example, zero_state
 from .fast import FastCircuit
 

@@ -20,13 +20,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ...errors import ConfigError
-from ...nn.context import exact_backward_enabled
-from ..._registry import register
+from ...core.context import exact_backward_enabled
 from ...core.rule import Rule, StepResult
+from ...errors import ConfigError
 from ..bp import BP
 from ..feedback.dfa import DirectFeedbackAlignment
 from ..feedback.feedback import FeedbackAlignment, KolenPollack
+from ..registry import register
 
 
 def _check_std(rule: Rule, key: str) -> None:

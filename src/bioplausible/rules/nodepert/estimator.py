@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 
+from ...core.losses import as_loss
 from ...errors import ConfigError
 
 
@@ -33,17 +34,11 @@ def per_example_losses(loss_fn: Callable, output: torch.Tensor,
                        target: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``(ℓ, s)``: the per-example losses ``ℓ`` (shape ``(N,)``) and ``s`` with ``loss = s Σ ℓ``.
 
-    A :class:`~bioplausible.core.losses.Loss` gives ``ℓ`` by ``per_sample`` (``s = 1`` for a
-    batch-summed loss, ``1/N`` for a batch mean); any other callable is evaluated one example
-    at a time and taken as a batch mean unless it has ``reduction == "sum"``.
+    ``ℓ`` is the loss's ``per_sample`` and ``s`` its ``batch_factor`` (``1`` for a batch-summed loss,
+    ``1/N`` for a batch mean; :func:`~bioplausible.core.losses.as_loss` types a bare callable).
     """
-    n = output.shape[0]
-    summed = getattr(loss_fn, "reduction", "mean") == "sum"
-    if callable(getattr(loss_fn, "per_sample", None)) and getattr(loss_fn, "sample_fn", True) is not None:
-        values = loss_fn.per_sample(output, target)
-    else:
-        values = torch.stack([loss_fn(output[i:i + 1], target[i:i + 1]).reshape(()) for i in range(n)])
-    return values, (1.0 if summed else 1.0 / n)
+    loss = as_loss(loss_fn)
+    return loss.per_sample(output, target), loss.batch_factor(output.shape[0])
 
 
 # ℓ = w Σ_k (o_k − t_k)² per example for the library's MSE losses: w by name

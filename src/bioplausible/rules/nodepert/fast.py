@@ -28,18 +28,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...nn.mlp import ACTIVATION_KERNELS
 from .estimator import _MSE_WEIGHT
 
-_aten = torch.ops.aten
 _linear = torch.nn.functional.linear
 
-# module type -> (forward, backward(grad_out, out)); backwards are autograd's own kernels
-_ACTS = {
-    nn.Sigmoid: (torch.sigmoid, lambda g, out: _aten.sigmoid_backward(g, out)),
-    nn.Tanh: (torch.tanh, lambda g, out: _aten.tanh_backward(g, out)),
-    nn.ReLU: (torch.relu, lambda g, out: _aten.threshold_backward(g, out, 0)),
-    nn.Identity: (None, None),
-}
+# module type -> (forward, backward(grad_out, out)): the shared table of nn.mlp
+_ACTS = ACTIVATION_KERNELS
 
 
 class MLPPlan:

@@ -61,14 +61,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ...core.context import exact_backward
+from ...core.losses import as_loss
+from ...core.rule import FeedbackPair, Rule, StepResult
 from ...errors import ConfigError, IncompatibleModelError, UserError
-from ...nn.context import exact_backward
 from ...nn.convert import feedback_layers, swap_layers
 from ...nn.dfa import CONV_SCALES, attach_direct_feedback
 from ...nn.layers import FEEDBACK_INITS, FeedbackLinear, init_feedback
 from ...nn.pathway import FixedFeedback
-from ..._registry import register
-from ...core.rule import FeedbackPair, Rule, StepResult
+from ..registry import register
 from . import fast
 from .estimator import loss_difference, regression_grad, ridge_update, signal_angle
 
@@ -310,7 +311,7 @@ class _NodePerturbation(Rule):
         loss = loss_fn(output, y)
         loss.backward()
         n = output.shape[0]
-        scale = 1.0 if getattr(loss_fn, "reduction", "mean") == "sum" else 1.0 / n
+        scale = as_loss(loss_fn).batch_factor(n)
         if self.target == "np":
             if saved is not None:
                 after = self._rng_state(device)
@@ -352,7 +353,6 @@ class _NodePerturbation(Rule):
                 if p.grad is not None:
                     p.grad.zero_()
         self._step += 1
-        self._in_step = True  # until after_step: metrics() is then a probe's call
         return StepResult(loss.detach(), output.detach())
 
     def _check_no_change(self, noisy: torch.Tensor, clean: torch.Tensor,
@@ -397,7 +397,7 @@ class _NodePerturbation(Rule):
                     (e,) = torch.autograd.grad(loss_fn(o, y), o)
             else:
                 e, d = mse
-            scale = 1.0 if getattr(loss_fn, "reduction", "mean") == "sum" else 1.0 / out.shape[0]
+            scale = as_loss(loss_fn).batch_factor(out.shape[0])
             noisy = fast.noisy_forward(plan, hs, a1, c, self.config["noise_at"] == "post",
                                        self.generator(x.device), self._xi)
             if mse is not None:  # coef = (ℓ̃ − ℓ)/c_h in the outputs' dtype, cancellation-free
@@ -424,11 +424,7 @@ class _NodePerturbation(Rule):
         self.last_noise = self._xi
         self._xi = [None] * len(self._xi)
         self._step += 1
-        self._in_step = True
         return StepResult(loss.detach(), out)
-
-    def after_step(self, model: nn.Module) -> None:
-        self._in_step = False
 
     @staticmethod
     def _dense_target(loss_fn, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -472,6 +468,16 @@ class _NodePerturbation(Rule):
                     for n, layer in zip(self._names, self._layers)][1:]
         return [FeedbackPair(n, layer.weight, None) for n, layer in zip(self._names, self._layers)][1:]
 
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """:meth:`metrics`, and a warning when an epoch ends inside the warm-up (W still frozen)."""
+        step, warmup = getattr(self, "_step", 0), self.config["warmup"]
+        if 0 < step < warmup and not getattr(self, "_warned", False):
+            self._warned = True
+            warnings.warn(f"rule {self.name!r}: the warm-up of {warmup} steps (W frozen) is not over "
+                          f"after {step} steps; the forward weights have not learned yet. Lower "
+                          f"warmup or train longer", UserWarning, stacklevel=2)
+        return self.metrics(model)
+
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """Fig. 2B's angle per layer on the last batch, and DFA's Corollary-1 relative error.
 
@@ -481,11 +487,6 @@ class _NodePerturbation(Rule):
         """
         out: dict[str, float] = {}
         step, warmup = getattr(self, "_step", 0), self.config["warmup"]
-        if 0 < step < warmup and not getattr(self, "_warned", False) and not getattr(self, "_in_step", False):
-            self._warned = True  # between steps: the trainer's end-of-epoch call (not a probe's)
-            warnings.warn(f"rule {self.name!r}: the warm-up of {warmup} steps (W frozen) is not over "
-                          f"after {step} steps; the forward weights have not learned yet. Lower "
-                          f"warmup or train longer", UserWarning, stacklevel=2)
         if step < warmup:
             out["warmup_left"] = float(warmup - step)
         last = getattr(self, "_last", None)

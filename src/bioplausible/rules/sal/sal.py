@@ -70,10 +70,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ...errors import ConfigError
-from ..._registry import register
-from ...nn.mlp import MLPLayout, mlp_layout
 from ...core.rule import FeedbackPair, Rule, StepResult
+from ...errors import ConfigError
+from ...nn.mlp import MLPLayout, mlp_layout
+from ..registry import register
 from .sal_ops import NONLINEARITIES, downstream, fast_updates, upstream, upstream_signal
 
 MATRICES = ("W", "B", "Q", "R")

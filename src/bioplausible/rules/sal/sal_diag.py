@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .sal import SAL
+from ...core.rule import Rule
 
 
 def effective_rank(x: torch.Tensor) -> float:
@@ -40,7 +38,7 @@ def qr_lambda_min(q: torch.Tensor, r: torch.Tensor) -> float:
     return float(torch.linalg.eigvalsh((m + m.t()) / 2)[0])
 
 
-def sal_metrics(rule: SAL, model: nn.Module) -> dict[str, float]:
+def sal_metrics(rule: Rule, model: nn.Module) -> dict[str, float]:
     out: dict[str, float] = {}
     layers = rule._layout(model).layers
     mis, lam = [], []
@@ -63,12 +61,11 @@ def sal_metrics(rule: SAL, model: nn.Module) -> dict[str, float]:
     return out
 
 
-def gram_images(rule: SAL, model: nn.Module, path: str | Path) -> Path:
+def gram_images(rule: Rule, model: nn.Module, path: str | Path) -> Path:
     """Save the Gram matrices ``XᵀX`` of every learned matrix (W, B, Q, R per layer) as one PNG."""
-    import matplotlib
+    from ..._io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     mats = [(f"W.{l}", lin.weight) for l, (lin, _) in enumerate(rule._layout(model).layers)]
     mats += sorted(rule.tensors.items())

@@ -25,15 +25,13 @@ width from the paper's connection ratio, and the metrics that show the circuit s
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from ...core.rule import Rule
 from ...errors import ConfigError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .sal import SAL
 
 PAPER_SETTING: dict = {
     "setting": "paper",
@@ -89,7 +87,7 @@ def m_spectrum(r: torch.Tensor) -> tuple[float, float]:
     return float(ev[0]), float(ev.mean())
 
 
-def assembly_metrics(rule: SAL, model: nn.Module) -> dict[str, float]:
+def assembly_metrics(rule: Rule, model: nn.Module) -> dict[str, float]:
     """``bwd_angle/k``, ``bwd_relerr/k``, ``m_lambda_min/k``, ``m_lambda_mean/k`` per hidden
     layer, and their worst values over layers (max angle/error, min λ_min)."""
     layers = rule._layout(model).layers
@@ -115,7 +113,7 @@ def assembly_metrics(rule: SAL, model: nn.Module) -> dict[str, float]:
 
 
 @torch.no_grad()
-def bilinear_coupling(rule: SAL, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> dict[str, float]:
+def bilinear_coupling(rule: Rule, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> dict[str, float]:
     """``σ_max(C_k)`` with ``C_k = Σ_batch h_k g_{k+1}ᵀ`` per hidden layer ``k`` (``coupling/k``, max ``coupling``).
 
     With the identity downstream the B and R data terms are ``ΔB_k = −η R_k C_k`` and

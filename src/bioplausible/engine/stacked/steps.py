@@ -266,7 +266,7 @@ class StackedSign(StackedFA):
     def before_forward(self) -> None:
         if not self.redraw:
             return
-        from ..nn.pathway import draw_magnitudes
+        from ...nn.pathway import draw_magnitudes
 
         device = self.net.W[0].device
         for r, rule in enumerate(self.rules):

@@ -38,7 +38,7 @@ def mlp_layers(model: nn.Module) -> tuple[list[nn.Module], list[tuple]] | str:
     Linear layers converted by a feedback rule (``FeedbackLinear``) count as Linear: the stack
     reads only their ``weight``, ``bias`` and, where the rule keeps one, ``feedback``.
     """
-    from ..nn.layers import FeedbackLinear
+    from ...nn.layers import FeedbackLinear
 
     if not isinstance(model, nn.Sequential):
         return f"the model is a {type(model).__name__}, not an MLP (Sequential of Linear layers and activations)"

@@ -1,10 +1,10 @@
 """Run a group of jobs as one stacked model and write every run's directory as an unstacked run would.
 
 :func:`run_stacked` takes jobs that differ only by seed and learning rate (see :func:`group_key`),
-builds every run exactly as :func:`bioplausible.jobs.run_job` does (same seeding, same model
+builds every run exactly as :func:`bioplausible.experiments.jobs.run_job` does (same seeding, same model
 initialisation, same ``prepare`` of the rule, same optimizer), copies them into one stacked model
-(:mod:`.steps`) and trains them together. After every epoch the stack is written back into the
-runs' own models and rules, and each run's :class:`~bioplausible.train.Trainer` evaluates, logs
+(:mod:`bioplausible.engine.stacked.steps`) and trains them together. After every epoch the stack is written back into the
+runs' own models and rules, and each run's :class:`~bioplausible.engine.trainer.Trainer` evaluates, logs
 ``metrics.jsonl``, checkpoints and at the end writes ``summary.json``, ``model.pt`` and
 ``rule_state.pt`` — the same files with the same keys. ``epoch_time`` of a stacked run is the
 stack's epoch time divided by the number of runs in it (each run's share of the machine), and
@@ -25,15 +25,17 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from ..errors import DivergenceError, UserError
-from . import support
-from .losses import correct_counts
-from .mlp import epoch_orders, gather
-from .relaxation import RunsDiverged
+from ..errors import ConfigError, DivergenceError, UserError
+from ..engine.stacked import support
+from ..engine.stacked.losses import correct_counts
+from ..engine.stacked.mlp import epoch_orders, gather
+from ..engine.stacked.relaxation import RunsDiverged
+from .jobs import run_job, run_job_in_worker
 
 
 def _message(where: str, value: float, threshold: float) -> str:
@@ -70,7 +72,7 @@ def run_jobs_stacked(jobs: list, progress: bool | None = None, say=None) -> list
     A group that cannot stack (or a group of one) runs unstacked through
     :func:`~bioplausible.jobs.run_job`, after one line on ``say`` (stderr by default) saying why.
     """
-    from ..experiments.jobs import run_job
+
 
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     out: list[dict[str, Any] | None] = [None] * len(jobs)
@@ -89,7 +91,9 @@ def run_jobs_stacked(jobs: list, progress: bool | None = None, say=None) -> list
 def run_stacked(jobs: list, progress: bool | None = None, say=None) -> list[dict[str, Any]]:
     """Train ``jobs`` (one group) as one stack; returns their summaries as ``run_job`` would."""
     from ..data import DataBundle
-    from ..experiments.jobs import _build, check_device, check_run_dir, load_data, run_job, run_lock, runtime
+    from ..engine.rundir import check_run_dir, run_lock
+    from ..engine.runtime import check_device, runtime
+    from .jobs import _build, load_data
 
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     configs = [job.train_config() for job in jobs]
@@ -142,7 +146,7 @@ class StackedTraining:
 
     # ------------------------------------------------------------------ start
     def _start(self, trainer, resume: bool) -> None:
-        from ..engine.trainer import _atomic_write_text
+        from .._io import atomic_write_text as _atomic_write_text
 
         run_dir = trainer.run_dir
         ckpt = run_dir / "checkpoint.pt"
@@ -154,8 +158,8 @@ class StackedTraining:
         _atomic_write_text(run_dir / "config.yaml", trainer.config.to_yaml())
 
     def _finish(self, i: int, status: str, message: str = "") -> dict[str, Any]:
-        from ..experiments.jobs import _write_json
-        from ..engine.trainer import _atomic_torch_save
+        from .._io import atomic_write_json as _write_json
+        from .._io import atomic_torch_save as _atomic_torch_save
 
         t, job = self.trainers[i], self.jobs[i]
         summary = dict(t._write_summary(status, message, self.started))
@@ -181,7 +185,7 @@ class StackedTraining:
         if len(epochs) > 1:
             self.say(f"--stack: {self.jobs[0].label}: the runs stopped at different epochs "
                      f"({', '.join(map(str, sorted(epochs)))}); resuming them one after another")
-            from ..experiments.jobs import _write_json
+            from .._io import atomic_write_json as _write_json
 
             summaries = []
             for j, t in zip(self.jobs, self.trainers):
@@ -190,7 +194,7 @@ class StackedTraining:
                 _write_json(t.run_dir / "summary.json", summary)
                 summaries.append({**summary, "run_dir": str(t.run_dir)})
             return summaries
-        from .support import make_stack
+        from ..engine.stacked.support import make_stack
 
         self.stack = make_stack(self.trainers)
         self.active = list(range(len(self.trainers)))
@@ -315,7 +319,7 @@ class StackedTraining:
 
     def _probe_compare(self, refs: list, step: int) -> None:
         """Each run's update of this step against its reference, logged as the unstacked probe logs it."""
-        from .nodepert import _NPMixin
+        from ..engine.stacked.nodepert import _NPMixin
 
         stack = self.stack
         stack.capture = False
@@ -393,7 +397,6 @@ class StackedTraining:
             t.save_checkpoint()
 
 
-__all__ = ["StackedTraining", "group_key", "plan_groups", "run_jobs_stacked", "run_stacked", "run_sweep_stacked"]
 
 
 def run_sweep_stacked(work: list, on_event, say=None) -> None:
@@ -403,8 +406,8 @@ def run_sweep_stacked(work: list, on_event, say=None) -> None:
     A group's failure (an exception other than a user interrupt) is recorded for each of its runs
     (``error.json``) as the unstacked executor records one run's, and the sweep goes on.
     """
-    from ..experiments.jobs import Job
-    from ..experiments.sweep import _record_failure
+    from .jobs import Job
+    from .executors import record_failure as _record_failure
 
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     jobs = [Job(**data) for _, data in work]
@@ -428,3 +431,31 @@ def run_sweep_stacked(work: list, on_event, say=None) -> None:
         for index, summary in zip(indices, summaries):
             on_event("end", index, {"status": summary.get("status"), "message": summary.get("message", ""),
                                     "seconds": seconds, "skipped": False})
+
+
+def run_jobs(jobs: Sequence[Any], workers: int = 1, progress: bool | None = None,
+             stack: bool = False) -> list[dict[str, Any]]:
+    """Run ``jobs`` in this process (``workers=1``) or in a pool of ``workers`` spawned processes.
+
+    Each worker runs :func:`run_job_in_worker` (one torch thread unless ``$BIOPLAUSIBLE_THREADS``
+    says otherwise, no progress bar); summaries come back in the order of ``jobs``. ``stack=True``
+    trains jobs that differ only by seed and learning rate as one stacked model in this process
+    (:mod:`bioplausible.engine.stacked`; the same run directories), the others one after another; with
+    ``stack`` everything runs in this process (``workers`` is not used).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    if stack:
+        return run_jobs_stacked(list(jobs), progress=progress)
+    if workers == 1 or len(jobs) <= 1:
+        return [run_job(job, progress=progress) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(run_job_in_worker, jobs))
+
+
+__all__ = ["StackedTraining", "group_key", "plan_groups", "run_jobs", "run_jobs_stacked", "run_stacked",
+           "run_sweep_stacked"]

@@ -70,7 +70,7 @@ class StackedAR(StackedRule):
             self.rate_psi = [None] + [self._rates_of(runs, (1, 1), self.net.W[0]) for runs in self.psi_runs[1:]]
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..rules.ar.ar_relax import relax_closed_form, relax_fixed_point, relax_loop
+        from ...rules.ar.ar_relax import relax_closed_form, relax_fixed_point, relax_loop
 
         net, cfg = self.net, self.cfg
         hs = net.forward(x)

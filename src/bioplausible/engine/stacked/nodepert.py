@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
+from ...errors import UserError
 from .losses import per_example
 from .mlp import linear
 from .steps import StackedDFA, StackedFA

@@ -16,9 +16,7 @@ unstacked (:mod:`.support`).
 from __future__ import annotations
 
 from .mlp import StackedMLP, epoch_order, epoch_orders, gather, mlp_layers
-from .runner import group_key, plan_groups, run_jobs_stacked, run_stacked
 from .support import STACKED, config_reason, make_stack, model_reason, stack_from, stackable_rules
 
-__all__ = ["STACKED", "StackedMLP", "config_reason", "epoch_order", "epoch_orders", "gather", "group_key",
-           "make_stack", "mlp_layers", "model_reason", "plan_groups", "run_jobs_stacked", "run_stacked",
-           "stack_from", "stackable_rules"]
+__all__ = ["STACKED", "StackedMLP", "config_reason", "epoch_order", "epoch_orders", "gather",
+           "make_stack", "mlp_layers", "model_reason", "stack_from", "stackable_rules"]

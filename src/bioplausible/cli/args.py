@@ -1,0 +1,81 @@
+"""Flags shared by the subcommands: the training flags and the config they ask for."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"bioplausible: error: {message} (see `{self.prog} --help`)\n")
+
+
+def add_train_flags(p: argparse.ArgumentParser, rule_flag: bool = True) -> None:
+    if rule_flag:
+        p.add_argument("--rule", help="learning rule (see `bioplausible list rules`)")
+    p.add_argument("--dataset", help="dataset name (see `bioplausible list datasets`)")
+    p.add_argument("--model", help="model spec, e.g. mlp:784-500-10 or lenet")
+    p.add_argument("--loss", help="loss: mse, mse_sum, cross_entropy, bce, ...")
+    p.add_argument("--optimizer", help="any torch.optim optimizer by name (sgd, adam, ...)")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", help="float32 or float64")
+    p.add_argument("--probe-every", type=int, help="measure alignment with BP every N steps (0: off)")
+    p.add_argument("--data-root", help="dataset root (default: $BIOPLAUSIBLE_DATA, then the user cache)")
+    p.add_argument("--config", help="YAML config file (flags and --set override it)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optimizer.lr=0.01 --set rule.decay=1e-4")
+    p.add_argument("--out", help="run directory (default: runs/<command>-<rule>-<dataset>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--logger", help="also log metrics to: tensorboard (events in RUN_DIR/tensorboard)")
+
+
+def flags_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config mapping the command-line flags ask for (only what was given)."""
+    flags: dict[str, Any] = {}
+    if getattr(args, "rule", None):
+        flags["rule"] = {"name": args.rule}
+    if args.dataset:
+        flags["dataset"] = {"name": args.dataset}
+    if args.data_root:
+        flags.setdefault("dataset", {})["root"] = args.data_root
+    if args.model:
+        flags["model"] = {"spec": args.model}
+    if args.loss:
+        flags["loss"] = args.loss
+    if args.optimizer:
+        flags.setdefault("optimizer", {})["name"] = args.optimizer
+    if args.lr is not None:
+        flags.setdefault("optimizer", {})["lr"] = args.lr
+    for key in ("epochs", "batch_size", "seed", "device", "dtype", "probe_every"):
+        if getattr(args, key) is not None:
+            flags[key] = getattr(args, key)
+    if args.quiet:
+        flags["progress"] = False
+    if getattr(args, "logger", None):
+        flags["logger"] = args.logger
+    flags.update(extra or {})
+    return flags
+
+
+def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None):
+    from ..engine.config import TrainConfig, load_config
+
+    base = load_config(args.config) if args.config else TrainConfig.from_dict({})
+    return base.updated(flags_from_args(args, extra), args.set)
+
+
+def default_out(kind: str, config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    from ..data.custom import run_label
+
+    return Path("runs") / f"{kind}-{config['rule']['name']}-{run_label(config['dataset']['name'])}-{stamp}"
+
+
+__all__ = ["Parser", "add_train_flags", "config_from_args", "default_out", "flags_from_args"]

@@ -1,0 +1,68 @@
+"""Process settings for one run: torch threads, determinism, denormal flushing, the device.
+
+``flush_denormal: true`` (default false) makes the CPU flush subnormal floats to zero
+(``torch.set_flush_denormal``): GEMMs over weights or errors that decay towards zero can run
+several times faster, but results change slightly (values below ~1e-38 in float32 become 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from ..errors import ConfigError
+from .config import TrainConfig
+
+THREADS_ENV = "BIOPLAUSIBLE_THREADS"
+
+
+def check_device(name: str) -> None:
+    """The device exists here (``cuda:3`` on a one-GPU machine is a ConfigError)."""
+    import torch
+
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def _threads_from_env() -> int | None:
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"{THREADS_ENV}={raw!r} must be a positive integer (torch threads per run)")
+    return n
+
+
+@contextlib.contextmanager
+def runtime(config: TrainConfig, worker: bool = False) -> Iterator[None]:
+    """Threads, determinism and denormal flushing for one run; the previous settings come back after."""
+    import torch
+
+    threads = _threads_from_env() or (1 if worker else None)
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if config["deterministic"]:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        if config["flush_denormal"] and not torch.set_flush_denormal(True):
+            raise ConfigError("flush_denormal: this CPU cannot flush denormals (needs SSE3); set it to false")
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+        torch.backends.cudnn.benchmark = before[3]
+        if config["flush_denormal"]:
+            torch.set_flush_denormal(False)

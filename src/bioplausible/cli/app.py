@@ -21,6 +21,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"bioplausible: error: {message} (see `{self.prog} --help`)\n")
 
 
+TRUST_HELP = ("allow a file this command reads (--config, a run's config.yaml, a preset or sweep file) to "
+              "name a model or dataset by import path (pkg.module:callable), which imports and runs that "
+              "code; without it such a file is refused")
+
+
+def add_trust_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-imports", action="store_true", help=TRUST_HELP)
+
+
 def _add_train_flags(p: argparse.ArgumentParser, rule_flag: bool = True) -> None:
     if rule_flag:
         p.add_argument("--rule", help="learning rule (see `bioplausible list rules`)")
@@ -42,6 +51,7 @@ def _add_train_flags(p: argparse.ArgumentParser, rule_flag: bool = True) -> None
     p.add_argument("--out", help="run directory (default: runs/<command>-<rule>-<dataset>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.add_argument("--logger", help="also log metrics to: tensorboard (events in RUN_DIR/tensorboard)")
+    add_trust_flag(p)
 
 
 def _flags(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -75,7 +85,7 @@ def _flags(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dic
 def _config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None):
     from ..engine.config import TrainConfig, load_config
 
-    base = load_config(args.config) if args.config else TrainConfig.from_dict({})
+    base = load_config(args.config, trust_imports=args.trust_imports) if args.config else TrainConfig.from_dict({})
     return base.updated(_flags(args, extra), args.set)
 
 
@@ -121,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config or args.out:
             raise UserError("--resume continues a run with its own config.yaml and directory; "
                             "drop --config/--out (only --epochs can be extended)")
-        job = resume_job(args.resume, _flags(args), args.set)
+        job = resume_job(args.resume, _flags(args), args.set, trust_imports=args.trust_imports)
     else:
         config = _config_from_args(args)
         job = plan(config, out=Path(args.out) if args.out else _default_out("train", config))[0]
@@ -186,7 +196,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if not args.name:
         raise UserError("give a preset name (see `bioplausible list presets`) or --all")
     report = run_preset(args.name, args.scale, out=args.out, progress=not args.quiet, seeds=seeds,
-                        workers=_workers(args))
+                        workers=_workers(args), trust_imports=args.trust_imports)
     print(format_report(report))
     print(f"\nresults: {report['out_dir']}")
     failed = [c for c in report["checks"] if not c["passed"]]
@@ -300,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    add_trust_flag(p)
     p.add_argument("--workers", "--jobs", dest="workers", type=int, default=1,
                    help="run the jobs in N worker processes (1 thread each)")
     p.set_defaults(func=cmd_reproduce)
@@ -330,12 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     def cmd_generate(args: argparse.Namespace) -> int:
         from ..rules.bidirectional.generate import render_run
 
-        print(render_run(args.run_dir, args.out))
+        print(render_run(args.run_dir, args.out, trust_imports=args.trust_imports))
         return 0
 
     p = sub.add_parser("generate", help="BFA: render the generative network's image for each label (PNG)")
     p.add_argument("run_dir", help="run directory of a bfa training run")
     p.add_argument("--out", help="PNG path (default: RUN_DIR/generated.png)")
+    add_trust_flag(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("ghost-diagnostics", help="plot a ghost-unit run's Figs 3-5 diagnostics")

@@ -32,7 +32,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..experiments.sweep import load_spec, run_sweep
     from ..experiments.sweep_report import markdown, write_sweep_report
 
-    spec = load_spec(args.config)
+    spec = load_spec(args.config, trust_imports=args.trust_imports)
     if args.address and args.executor != "ray":
         raise UserError("--address is for --executor ray")
     index = run_sweep(spec, out=args.out, jobs=_jobs(args), executor=args.executor, address=args.address)
@@ -119,6 +119,9 @@ def register(sub: Any, add_train_flags: Any) -> None:
     p.add_argument("config", help="sweep YAML: preset: or config:, grid:, seeds:, out:")
     p.add_argument("--out", help="sweep folder (default: the file's out:, else runs/sweep-<name>)")
     add_jobs_flags(p, executor=True)
+    from .app import add_trust_flag
+
+    add_trust_flag(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("tune", help="hyperparameter search with Optuna (random or TPE)")

@@ -116,12 +116,14 @@ def _grid_points(grid: dict[str, Sequence[Any]] | None) -> list[tuple[str, dict[
 
 
 def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] | None = None,
-         grid: dict[str, Sequence[Any]] | None = None, out: str | os.PathLike | None = None) -> list[Job]:
+         grid: dict[str, Sequence[Any]] | None = None, out: str | os.PathLike | None = None,
+         trust_imports: bool = False) -> list[Job]:
     """Jobs for a preset (name, file or :class:`Preset`) or a config (TrainConfig or mapping).
 
     A preset gives one job per run x grid point x seed, in ``<out>/<label>-seed<seed>``. A
     config gives one job per grid point x seed, labelled by its rule; a single job (no grid,
-    no ``seeds``) runs in ``out`` itself. Every config is validated here.
+    no ``seeds``) runs in ``out`` itself. Every config is validated here. A preset read from a
+    file that names an import-path model or dataset is refused unless ``trust_imports``.
     """
     from .presets import Preset, get_preset
 
@@ -143,6 +145,11 @@ def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] |
                         {"rule": rule, "seed": seed})
                     jobs.append(Job(cfg.to_dict(), str(base / f"{name}-seed{seed}"), name, seed,
                                     preset=preset.name, scale=scale))
+        if preset.from_file:
+            from ..imports import refuse_file_imports
+
+            for job in jobs:
+                refuse_file_imports(job.config, f"preset file {preset.source!r}", trust_imports)
         return jobs
     config = (preset_or_config if isinstance(preset_or_config, TrainConfig)
               else TrainConfig.from_dict(preset_or_config))
@@ -397,19 +404,20 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def resume_job(run_dir: str | os.PathLike, changes: dict[str, Any] | None = None,
-               overrides: list[str] | None = None) -> Job:
+               overrides: list[str] | None = None, trust_imports: bool = False) -> Job:
     """The job that continues ``run_dir``; ``changes``/``overrides`` may only extend ``epochs``.
 
     Any other change (rule, learning rate, batch size, dataset, ...) would mix two configs in one
     run, so it is refused in one line naming the key; ``progress`` and ``dataset.root`` (where
-    the same files are found) may change.
+    the same files are found) may change. A ``config.yaml`` naming an import-path model or
+    dataset is refused unless ``trust_imports`` (a run folder may come from anyone).
     """
     from ..engine.config import load_config
 
     path = Path(run_dir)
     if not (path / "config.yaml").is_file():
         raise UserError(f"--resume {str(path)!r}: no config.yaml there; pass a run directory written by train")
-    stored = load_config(path / "config.yaml")
+    stored = load_config(path / "config.yaml", trust_imports=trust_imports)
     wanted = stored.updated(changes or {}, overrides or [])
     old, new = _flat(stored.to_dict()), _flat(wanted.to_dict())
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE)

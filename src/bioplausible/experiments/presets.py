@@ -85,6 +85,7 @@ class Preset:
     paper_results: dict[str, Any] = field(default_factory=dict)
     checks: list[dict[str, Any]] = field(default_factory=list)
     source: str = ""
+    from_file: bool = False  # read from a user's YAML file (not shipped): imports need trust_imports
 
     def resolved(self, scale: str) -> tuple[TrainConfig, list[int]]:
         """The validated config and seeds at ``scale``."""
@@ -210,7 +211,9 @@ def get_preset(name: str) -> Preset:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise ConfigError(f"preset file {str(path)!r} is not a text (YAML) file") from None
-        return _parse(text, str(path))
+        preset = _parse(text, str(path))
+        preset.from_file = True
+        return preset
     presets = _all()
     if name not in presets:
         import difflib
@@ -293,7 +296,8 @@ def _worst(check: dict[str, Any], metric: str, stats: dict[str, dict[str, Any]])
 
 
 def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
-               progress: bool = True, seeds: list[int] | None = None, workers: int = 1) -> dict[str, Any]:
+               progress: bool = True, seeds: list[int] | None = None, workers: int = 1,
+               trust_imports: bool = False) -> dict[str, Any]:
     """Train every run of preset ``name`` at ``scale`` with every seed; write and return a report.
 
     ``workers > 1`` runs the jobs in that many worker processes (one torch thread each).
@@ -307,7 +311,7 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
     out_dir = Path(out or Path("runs") / f"reproduce-{preset.name}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"output directory {str(out_dir)!r} already exists; choose another --out")
-    jobs = plan(preset, scale, seeds=seeds, out=out_dir)
+    jobs = plan(preset, scale, seeds=seeds, out=out_dir, trust_imports=trust_imports)
     check_jobs(jobs)
     summaries = run_jobs(jobs, workers=workers, progress=progress)
     metrics = sorted({preset.paper_results.get("metric", "test_accuracy"), "test_accuracy",

@@ -62,14 +62,22 @@ class SweepSpec:
     seeds: list[int] | None = None
     out: str | None = None
     overrides: list[str] = field(default_factory=list)
+    source: str | None = None  # the sweep file it was read from (None: built in Python)
+    trust_imports: bool = False  # may the file (or a preset file it names) import a model or dataset?
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "preset": self.preset, "config": self.config, "scale": self.scale,
                 "grid": self.grid, "seeds": self.seeds, "out": self.out, "overrides": self.overrides}
 
 
-def load_spec(path: str | os.PathLike) -> SweepSpec:
-    """A :class:`SweepSpec` from a YAML file; a malformed file is a ConfigError in one line."""
+def load_spec(path: str | os.PathLike, trust_imports: bool = False) -> SweepSpec:
+    """A :class:`SweepSpec` from a YAML file; a malformed file is a ConfigError in one line.
+
+    Unless ``trust_imports``, a run of the sweep that would import a model or dataset by import
+    path (from the file's config, grid or preset) is refused when the sweep is planned.
+    """
+    import functools
+
     from ..engine.config import load_config, yaml_load
 
     p = Path(path)
@@ -79,7 +87,10 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
         raw = yaml_load(p.read_text(encoding="utf-8")) or {}
     except Exception as exc:  # noqa: BLE001 - yaml.YAMLError, UnicodeDecodeError
         raise ConfigError(f"sweep file {str(p)!r} is not valid YAML ({type(exc).__name__})") from None
-    return spec_from_dict(raw, str(p), base_dir=p.parent, load_config=load_config)
+    spec = spec_from_dict(raw, str(p), base_dir=p.parent,
+                          load_config=functools.partial(load_config, trust_imports=trust_imports))
+    spec.source, spec.trust_imports = str(p), trust_imports
+    return spec
 
 
 def spec_from_dict(raw: Any, source: str = "sweep", base_dir: Path | None = None,
@@ -127,10 +138,16 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike | None = None) -> tuple[l
     if spec.preset is not None:
         if spec.overrides:
             raise ConfigError("overrides: apply to config: sweeps; for a preset put the keys in grid:")
-        jobs = plan(spec.preset, spec.scale or "quick", seeds=spec.seeds, grid=spec.grid or None, out=base)
+        jobs = plan(spec.preset, spec.scale or "quick", seeds=spec.seeds, grid=spec.grid or None, out=base,
+                    trust_imports=spec.trust_imports)
     else:
         config = TrainConfig.from_dict(spec.config or {}, spec.overrides)
         jobs = plan(config, seeds=spec.seeds or [config["seed"]], grid=spec.grid or None, out=base)
+    if spec.source is not None:
+        from ..imports import refuse_file_imports
+
+        for job in jobs:
+            refuse_file_imports(job.config, f"sweep file {spec.source!r}", spec.trust_imports)
     for job in jobs:
         job.config["progress"] = False
         if "[rule.name=" in job.label:  # the rule already names the run: drop it from the label
@@ -165,7 +182,7 @@ def _same_config(job: Job) -> None:
     path = Path(job.run_dir) / "config.yaml"
     if not path.is_file():
         return
-    stored = _flat(load_config(path).to_dict())
+    stored = _flat(load_config(path, trust_imports=True).to_dict())  # compared, never built
     wanted = _flat(job.train_config().to_dict())
     skip = {"progress", "dataset.root", "out"}
     diff = sorted(k for k in set(stored) | set(wanted) if k not in skip and stored.get(k) != wanted.get(k))

@@ -18,17 +18,24 @@ from ...errors import UserError
 
 
 def _owned_state(run: Path) -> dict[str, torch.Tensor]:
+    from ...engine.state_files import load_tensor_dict
+    from ...engine.trainer import load_checkpoint_file
+
     if (run / "rule_state.pt").is_file():
-        return torch.load(run / "rule_state.pt", map_location="cpu", weights_only=True)
-    if (run / "checkpoint.pt").is_file():
-        state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
-        return dict(state.get("rule", {}).get("owned", {}))
+        return load_tensor_dict(run / "rule_state.pt", "rule state")
+    if (run / "checkpoint.pt").is_file():  # weights_only=True, one-line errors
+        state = load_checkpoint_file(run / "checkpoint.pt")
+        rule = state.get("rule")
+        owned = rule.get("owned") if isinstance(rule, dict) else None
+        return {k: v for k, v in owned.items() if isinstance(v, torch.Tensor)} if isinstance(owned, dict) else {}
     raise UserError(f"{str(run)!r} has neither rule_state.pt nor checkpoint.pt; pass the run directory "
                     f"of a bfa training run")
 
 
-def generated_images(run_dir: str | Path) -> tuple[torch.Tensor, str]:
-    """``(images, dataset)``: one generated input per class, shape ``(n_classes, n_inputs)``."""
+def generated_images(run_dir: str | Path, trust_imports: bool = False) -> tuple[torch.Tensor, str]:
+    """``(images, dataset)``: one generated input per class, shape ``(n_classes, n_inputs)``.
+
+    The run's ``config.yaml`` may name an import-path model only with ``trust_imports``."""
     from ...engine.config import load_config
     from ...models import build_model
     from ..._registry import make
@@ -37,7 +44,7 @@ def generated_images(run_dir: str | Path) -> tuple[torch.Tensor, str]:
     if not (run / "config.yaml").is_file():
         raise UserError(f"{str(run)!r} is not a run directory (no config.yaml); pass the --out directory "
                         f"of `bioplausible train --rule bfa`")
-    cfg = load_config(run / "config.yaml")
+    cfg = load_config(run / "config.yaml", trust_imports=trust_imports)
     if cfg["rule"]["name"] != "bfa":
         raise UserError(f"generate renders the generative network of rule 'bfa'; {str(run)!r} was trained "
                         f"with {cfg['rule']['name']!r}")
@@ -66,14 +73,14 @@ def _as_image(v: torch.Tensor):
     return v.reshape(1, n).numpy(), "gray"
 
 
-def render_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def render_run(run_dir: str | Path, out: str | Path | None = None, trust_imports: bool = False) -> Path:
     """Write the Fig. 6 grid of ``run_dir`` as a PNG (default ``RUN_DIR/generated.png``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    images, dataset = generated_images(run_dir)
+    images, dataset = generated_images(run_dir, trust_imports=trust_imports)
     n = images.shape[0]
     cols = min(n, 10)
     rows = math.ceil(n / cols)

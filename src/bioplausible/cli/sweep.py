@@ -63,11 +63,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..experiments.report import load_run, write_report
 
     runs = [load_run(p) for p in args.run_dirs]
-    out = Path(args.out) if args.out else Path(args.run_dirs[0]).parent
+    out = Path(args.out) if args.out else default_report_dir(args.run_dirs)
     paths = write_report(runs, out, title=args.title)
     print(paths["report"].read_text())
     print(f"report: {paths['report']}\nplot:   {paths['plot']}")
     return 0
+
+
+REPORT_FILES = ("report.md", "curves.png", "comparison.json")
+
+
+def default_report_dir(run_dirs: list[str]) -> Path:
+    """Where ``report RUN...`` writes without ``--out``: one run's report goes inside that run's
+    folder; several runs' into their common folder, unless it already holds a report (a
+    ``compare`` folder), which is never replaced without ``--out`` naming it."""
+    import os
+
+    if len(run_dirs) == 1:
+        return Path(run_dirs[0])
+    common = Path(os.path.commonpath([str(Path(p).resolve()) for p in run_dirs]))
+    there = [f for f in REPORT_FILES if (common / f).exists()]
+    if there:
+        raise UserError(f"{str(common)!r} already holds {there[0]} (written by compare or an earlier report); "
+                        f"pass --out DIR to write this report elsewhere (or --out {str(common)!r} to replace it)")
+    return common
 
 
 def compare_seeds(base: Any, rules: list[str], seeds: list[int], out: Path, jobs: int) -> int:
@@ -88,10 +107,13 @@ def compare_seeds(base: Any, rules: list[str], seeds: list[int], out: Path, jobs
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from .app import _config_from_args
-    from ..experiments.tune import best_config, parse_param, tune, write_preset
+    from ..experiments.tune import best_config, check_preset_path, check_space, parse_param, tune, write_preset
 
     params = [parse_param(t) for t in args.param]
     base = _config_from_args(args, {"progress": False})
+    check_space(base, params)
+    if args.write_preset:
+        check_preset_path(args.write_preset)
     metric = args.metric or ("val_accuracy" if base["dataset"].get("val_size") else "test_accuracy")
     if metric.startswith("test") and not args.metric:
         print("bioplausible: tuning on the test split (no dataset.val_size); pass --set dataset.val_size=N "

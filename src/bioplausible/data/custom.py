@@ -57,6 +57,32 @@ def run_label(name: str) -> str:
     return re.sub(r"[^\w.+-]", "_", name.replace(":", "-"))
 
 
+def absolute_name(name: Any, root=None) -> Any:
+    """``npz:REL`` -> ``npz:/abs/REL`` (the file found now: working directory, then data root), so a
+    run records which file it trained on; other names, and a file not found, are returned as they are."""
+    if not (isinstance(name, str) and name.startswith("npz:")) or Path(name[4:]).expanduser().is_absolute():
+        return name
+    try:
+        return "npz:" + str(_npz_path(name, root).resolve())
+    except (DataError, ConfigError, OSError):
+        return name
+
+
+def fingerprint(name: Any, root=None) -> dict[str, Any] | None:
+    """``{"file", "bytes", "sha256"}`` of an ``npz:PATH`` dataset's file (None for other datasets,
+    whose files carry their own checksums)."""
+    import hashlib
+
+    if not (isinstance(name, str) and name.startswith("npz:")):
+        return None
+    path = _npz_path(name, root).resolve()
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return {"file": str(path), "bytes": path.stat().st_size, "sha256": sha.hexdigest()}
+
+
 # ----------------------------------------------------------------------------- reading
 def _npz_path(name: str, root) -> Path:
     raw = name[len("npz:"):]

@@ -115,6 +115,59 @@ def _grid_points(grid: dict[str, Sequence[Any]] | None) -> list[tuple[str, dict[
     return points
 
 
+def _absolute_data(config: TrainConfig) -> TrainConfig:
+    """The config with an ``npz:`` file named by its absolute path (a resume from another working
+    directory must not find another file of the same relative name)."""
+    from ..data.custom import absolute_name
+
+    name = config["dataset"]["name"]
+    full = absolute_name(name, config["dataset"].get("root"))
+    return config if full == name else config.updated({"dataset": {"name": full}})
+
+
+DATA_RECORD = "data.json"
+
+
+def check_data_record(run_dir: Path, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
+    """The fingerprint of the config's data file; on resume it must equal the one the run recorded
+    in ``data.json`` when it started (else a one-line UserError: the data changed)."""
+    from ..data.custom import fingerprint
+
+    fp = fingerprint(config["dataset"]["name"], config["dataset"].get("root"))
+    record = run_dir / DATA_RECORD
+    if resume and fp is not None and record.is_file():
+        stored = _read_json(record)
+        if stored.get("sha256") != fp["sha256"]:
+            raise UserError(f"--resume {str(run_dir)!r}: the data file {fp['file']} changed since the run "
+                            f"started (sha256 {str(stored.get('sha256'))[:12]}... -> {fp['sha256'][:12]}...); "
+                            f"a run keeps its data: restore the file or start a new run with --out")
+    return fp
+
+
+def run_dir_name(label: str, seed: int) -> str:
+    """``<label>-seed<seed>`` made safe as one directory name: path separators, control characters
+    and a leading dot become ``_`` (a grid value ``npz:../../x.npz`` must not climb out of the
+    sweep folder); a very long name is cut and completed by a hash of the whole."""
+    import hashlib
+    import re
+
+    name = re.sub(r"[/\\\x00-\x1f\x7f]", "_", f"{label}-seed{seed}")
+    if name.startswith("."):
+        name = "_" + name[1:]
+    if len(name.encode()) > 200:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        name = name.encode()[:180].decode(errors="ignore") + f"~{digest}-seed{seed}"
+    return name
+
+
+def inside(base: Path, run_dir: str | os.PathLike) -> str:
+    """``run_dir`` as a string, after checking that it lies inside ``base`` (ConfigError if not)."""
+    b, r = Path(base).resolve(), Path(run_dir).resolve()
+    if r != b and b not in r.parents:
+        raise ConfigError(f"run directory {str(run_dir)!r} would lie outside {str(base)!r}")
+    return str(run_dir)
+
+
 def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] | None = None,
          grid: dict[str, Sequence[Any]] | None = None, out: str | os.PathLike | None = None,
          trust_imports: bool = False) -> list[Job]:
@@ -141,9 +194,9 @@ def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] |
             for suffix, update in points:
                 name = f"{label}[{suffix}]" if suffix else label
                 for seed in seeds:
-                    cfg = config.updated(run.get("config") or {}).updated(update).updated(
-                        {"rule": rule, "seed": seed})
-                    jobs.append(Job(cfg.to_dict(), str(base / f"{name}-seed{seed}"), name, seed,
+                    cfg = _absolute_data(config.updated(run.get("config") or {}).updated(update).updated(
+                        {"rule": rule, "seed": seed}))
+                    jobs.append(Job(cfg.to_dict(), inside(base, base / run_dir_name(name, seed)), name, seed,
                                     preset=preset.name, scale=scale))
         if preset.from_file:
             from ..imports import refuse_file_imports
@@ -165,8 +218,8 @@ def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] |
         cfg_point = config.updated(update)
         label = cfg_point["rule"]["name"] + (f"[{suffix}]" if suffix else "")
         for seed in seeds:
-            cfg = cfg_point.updated({"seed": seed})
-            run_dir = base if single else base / f"{label}-seed{seed}"
+            cfg = _absolute_data(cfg_point.updated({"seed": seed}))
+            run_dir = base if single else Path(inside(base, base / run_dir_name(label, seed)))
             jobs.append(Job(cfg.to_dict(), str(run_dir), label, seed))
     return jobs
 
@@ -338,6 +391,7 @@ def run_job(job: Job, progress: bool | None = None, worker: bool = False) -> dic
     check_run_dir(run_dir, resume=job.resume)
     with runtime(config, worker=worker):
         data = load_data(config)
+        fp = check_data_record(run_dir, config, job.resume)
         created = not run_dir.exists()
         trainer = _build(job, data, config, out=run_dir, progress=progress)
         try:
@@ -348,6 +402,8 @@ def run_job(job: Job, progress: bool | None = None, worker: bool = False) -> dic
         try:
             with run_lock(run_dir):
                 check_run_dir(run_dir, resume=job.resume)
+                if fp is not None and not (job.resume and (run_dir / DATA_RECORD).is_file()):
+                    _write_json(run_dir / DATA_RECORD, fp)
                 result = trainer.run(resume=job.resume)
                 summary = dict(result.summary)
                 summary["job"] = {"label": job.label, "seed": job.seed, "preset": job.preset,

@@ -41,8 +41,10 @@ from .jobs import (
     _write_json,
     check_jobs,
     check_seeds,
+    inside,
     job_dict,
     plan,
+    run_dir_name,
 )
 
 INDEX = "sweep.json"
@@ -154,7 +156,7 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike | None = None) -> tuple[l
             name, _, rest = job.label.partition("[")
             keys = [k for k in rest.rstrip("]").split(",") if not k.startswith("rule.name=")]
             job.label = name + (f"[{','.join(keys)}]" if keys else "")
-            job.run_dir = str(base / f"{job.label}-seed{job.seed}")
+            job.run_dir = inside(base, base / run_dir_name(job.label, job.seed))
     return jobs, base
 
 
@@ -356,7 +358,7 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike | None = None, jobs: int =
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor {executor!r}: use local or ray")
     planned, base = plan_sweep(spec, out)
-    labels = [f"{j.label}-seed{j.seed}" for j in planned]
+    labels = [str(Path(j.run_dir).resolve()) for j in planned]
     if len(set(labels)) != len(labels):
         raise ConfigError("two runs of this sweep have the same label and seed; give the grid distinct values")
     states = {i: run_state(j.run_dir) for i, j in enumerate(planned)}

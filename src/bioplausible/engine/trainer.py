@@ -529,6 +529,12 @@ class Trainer:
                 self._log(record)
                 for cb in self.callbacks:
                     cb(record)
+                bad = [k for k, v in record.items() if k.endswith("_loss") and isinstance(v, float)
+                       and not math.isfinite(v)]
+                if bad:  # the data are finite (checked when loaded): the model's outputs overflowed
+                    raise DivergenceError(f"evaluation after epoch {self.epoch} gave {bad[0]} = "
+                                          f"{record[bad[0]]:g}: the model's outputs are not finite; "
+                                          f"lower the learning rate or change the rule's hyperparameters")
                 if self.progress:
                     test = (f"test loss {record.get('test_loss', float('nan')):.4g}" if self.task == "reconstruction"
                             else f"test acc {record.get('test_accuracy', float('nan')):.2f}%")

@@ -357,6 +357,8 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike | None = None, jobs: int =
         raise ConfigError(f"--jobs must be a positive integer, got {jobs!r}")
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor {executor!r}: use local or ray")
+    if executor == "ray":
+        sweep_exec.check_address(address)  # before any job is planned or run
     planned, base = plan_sweep(spec, out)
     labels = [str(Path(j.run_dir).resolve()) for j in planned]
     if len(set(labels)) != len(labels):

@@ -52,12 +52,21 @@ def generated_images(run_dir: str | Path, trust_imports: bool = False) -> tuple[
     if "W_gen.1" not in owned:
         raise UserError(f"{str(run)!r} holds no generative weights (W_gen.*); was the run started?")
     n_gen = sum(1 for k in owned if k.startswith("W_gen."))
-    n_in, n_cls = owned[f"W_gen.{n_gen}"].shape[0], owned["W_gen.1"].shape[1]
+    last = owned.get(f"W_gen.{n_gen}")
+    if last is None or last.ndim != 2 or owned["W_gen.1"].ndim != 2:
+        raise UserError(f"{str(run)!r}: the generative weights W_gen.* are not a chain of matrices; the rule "
+                        f"state is damaged or not from a bfa run")
+    n_in, n_cls = last.shape[0], owned["W_gen.1"].shape[1]
     model = build_model(cfg["model"]["spec"], input_shape=(n_in,), num_classes=n_cls, **cfg.model_options())
     model = model.to(owned["W_gen.1"].dtype)
     rule = make("bfa", **cfg.rule_options())
     model = rule.prepare(model)
-    rule.owned.load_state_dict(owned)
+    try:
+        rule.owned.load_state_dict(owned)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = " ".join(str(exc).split())[:160]
+        raise UserError(f"{str(run)!r}: the saved generative weights do not fit the run's model ({first}); "
+                        f"the rule state is damaged or from another run") from None
     return rule.generate().cpu().float(), cfg["dataset"]["name"]
 
 
@@ -80,6 +89,9 @@ def render_run(run_dir: str | Path, out: str | Path | None = None, trust_imports
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ...experiments.image_out import image_path, save_figure
+
+    path = image_path(out, run_dir, "generated.png")  # checked before the model is built
     images, dataset = generated_images(run_dir, trust_imports=trust_imports)
     n = images.shape[0]
     cols = min(n, 10)
@@ -93,8 +105,8 @@ def render_run(run_dir: str | Path, out: str | Path | None = None, trust_imports
             ax.set_title(str(i), fontsize=9)
     fig.suptitle(f"BFA generative network: x̂ for each one-hot label ({dataset})", fontsize=9)
     fig.tight_layout()
-    path = Path(out) if out is not None else Path(run_dir) / "generated.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
     return path

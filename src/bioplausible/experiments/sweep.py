@@ -121,6 +121,15 @@ def spec_from_dict(raw: Any, source: str = "sweep", base_dir: Path | None = None
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(f"{source}: grid must map dotted keys to non-empty lists, e.g. "
                           f"{{optimizer.lr: [0.01, 0.1]}}")
+    for key in grid:
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigError(f"{source}: grid key {key!r} is not a config key; use dotted names such as "
+                              f"optimizer.lr or rule.name")
+    for key in ("scale", "out", "name"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise ConfigError(f"{source}: {key} must be text (e.g. {key}: "
+                              f"{ {'scale': 'quick', 'out': 'runs/my-sweep', 'name': 'lr-sweep'}[key]}), "
+                              f"got {raw[key]!r}")
     seeds = raw.get("seeds")
     if seeds is not None:
         seeds = check_seeds(seeds if isinstance(seeds, list) else [seeds], f"{source}: seeds")
@@ -274,7 +283,16 @@ def read_index(base: str | os.PathLike) -> dict[str, Any]:
     if not (p / INDEX).is_file():
         raise UserError(f"{str(p)!r} is not a sweep folder (no {INDEX}); pass the out: folder of a sweep")
     index = _read_json(p / INDEX)
-    for run in index.get("runs", []):
+    runs = index.get("runs")
+    damaged = f"{str(p / INDEX)!r} is damaged"
+    if not isinstance(runs, list) or not isinstance(index.get("labels", []), list):
+        raise UserError(f"{damaged}: runs must be a list of run entries; run the sweep again to rewrite it")
+    for i, run in enumerate(runs):
+        if not (isinstance(run, dict) and isinstance(run.get("dir"), str) and isinstance(run.get("label"), str)
+                and isinstance(run.get("seed"), int) and not isinstance(run.get("seed"), bool)):
+            raise UserError(f"{damaged}: run entry {i + 1} needs dir, label (text) and seed (an integer); "
+                            f"run the sweep again to rewrite it")
+        inside(p, p / run["dir"])
         run["status"] = run_state(p / run["dir"])
     return index
 

@@ -149,6 +149,7 @@ def make_objective(base: Any, params: list[Param], out: Path, metric: str, objec
 def check_space(base: Any, params: list[Param]) -> None:
     """Every searched key is a config key and every value of its range is valid there: a
     misspelt ``--param`` key is a one-line ConfigError before the first trial, not inside one."""
+    from .._registry import make
     from .jobs import _dotted
 
     for p in params:
@@ -156,9 +157,11 @@ def check_space(base: Any, params: list[Param]) -> None:
             [int(p.low), int(p.high)] if p.kind == "int" else [p.low, p.high])
         for value in values or []:
             try:
-                base.updated(_dotted(p.key, value))
-            except ConfigError as exc:
-                raise ConfigError(f"--param {p.key}: {exc}") from None
+                config = base.updated(_dotted(p.key, value))
+                if p.key.startswith("rule."):  # rule options are the rule's to check
+                    make(config["rule"]["name"], **config.rule_options())
+            except UserError as exc:
+                raise ConfigError(f"--param {p.key}={value!r}: {exc}") from None
 
 
 def _check_trial_dirs(out: Path, n_done: int, storage: str | None) -> None:

@@ -130,3 +130,48 @@ def test_tune_twice_into_one_out_is_refused_up_front(synthetic_root, tmp_path, c
     assert main(args[:-1] + [str(tmp_path / "t2"), "--storage", db, "--study", "s"]) == 0
     assert main(args[:-1] + [str(tmp_path / "t2"), "--storage", db, "--study", "s"]) == 0
     assert sorted(p.name for p in (tmp_path / "t2").glob("trial-*")) == ["trial-0", "trial-1"]
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(synthetic_root, tmp_path,
+                                                                                   monkeypatch, capsys):
+    import errno
+
+    import torch
+
+    real, calls = torch.save, []
+
+    def save(obj, path, *a, **k):
+        calls.append(str(path))
+        if str(path).endswith("checkpoint.pt.tmp") and sum(c.endswith("checkpoint.pt.tmp") for c in calls) == 2:
+            with open(path, "wb") as f:
+                f.write(b"half")  # a partial temporary, as a full disk leaves it
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    run = tmp_path / "run"
+    args = ["train", "--rule", "bp", *SMALL[:4], "--epochs", "3", "--batch-size", "40", "--quiet", "--out", str(run)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left" in err and "epoch 1" in err and "--resume" in err, err
+    assert not (run / "checkpoint.pt.tmp").exists()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1  # the last good one, intact
+    monkeypatch.setattr(torch, "save", real)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert json.loads((run / "summary.json").read_text())["epochs_completed"] == 3
+
+
+def test_a_full_disk_while_recording_a_sweep_failure_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from bioplausible.errors import StorageError
+    from bioplausible.experiments import sweep as sw
+    from bioplausible.experiments.jobs import Job
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sw, "_write_json", full)
+    job = Job({"rule": {"name": "bp"}}, str(tmp_path / "r"), "bp", 0)
+    with pytest.raises(StorageError, match="error record cannot be written: No space left.*intact"):
+        sw._record_failure(job, RuntimeError("boom"))

@@ -13,6 +13,7 @@ global RNG state, so epoch ``k`` computes the same thing whether or not the run 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from ..errors import ConfigError, DivergenceError, UnknownNameError, UserError
+from ..errors import ConfigError, DivergenceError, StorageError, UnknownNameError, UserError
 from ..core.losses import Loss, get_loss
 from ..core.probe import Probe, feedback_errors
 from .._registry import make
@@ -165,14 +166,25 @@ def resolve_loss(name: str, task: str) -> Loss:
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # the old file stays as it was; no half-written temporary is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def load_checkpoint_file(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -359,6 +371,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.run_dir is not None:
             _atomic_torch_save(self._checkpoint_state(), self.run_dir / "checkpoint.pt")
+            self._saved_epoch = self.epoch
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore the state :meth:`save_checkpoint` wrote; drop metric lines written after it.
@@ -378,6 +391,7 @@ class Trainer:
             if state.get("cuda_rng") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            self._saved_epoch = self.epoch
             self.history = list(state["history"])
             self.probe_angles = list(state.get("probe_angles", []))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -548,6 +562,14 @@ class Trainer:
             status, message = "diverged", str(exc)
             self._log({"kind": "event", "event": "diverged", "epoch": self.epoch + 1,
                        "step": self.step, "message": message})
+        except OSError as exc:
+            if exc.errno not in STORAGE_ERRNOS:
+                raise
+            saved = getattr(self, "_saved_epoch", 0)
+            kept = (f"the checkpoint of epoch {saved} and the metrics up to it are intact: free space, then "
+                    f"continue with --resume" if saved else "nothing was checkpointed yet: free space and start again")
+            raise StorageError(f"cannot write to run directory {str(self.run_dir)!r} after epoch {self.epoch}: "
+                               f"{exc.strerror}; {kept}") from None
         except KeyboardInterrupt:
             status, message = "interrupted", "interrupted by the user; continue with --resume"
             self._write_summary(status, message, started)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.config import MAX_SEED, TrainConfig, _merge
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, StorageError, UserError
 
 THREADS_ENV = "BIOPLAUSIBLE_THREADS"
 LOCK_NAME = ".lock"
@@ -408,9 +408,14 @@ def run_job(job: Job, progress: bool | None = None, worker: bool = False) -> dic
                 summary = dict(result.summary)
                 summary["job"] = {"label": job.label, "seed": job.seed, "preset": job.preset,
                                   "scale": job.scale}
-                _write_json(run_dir / "summary.json", summary)
-        except UserError:
-            if created:
+                try:
+                    _write_json(run_dir / "summary.json", summary)
+                except OSError as exc:
+                    raise StorageError(f"cannot write {str(run_dir / 'summary.json')!r}: {exc.strerror}; the run "
+                                       f"finished and its checkpoint is intact: free space, then --resume it "
+                                       f"(or run the same sweep again)") from None
+        except UserError as exc:
+            if created and not isinstance(exc, StorageError):  # what a run wrote is never deleted
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
     summary["run_dir"] = str(run_dir)
@@ -442,8 +447,12 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, progress: bool | None = None
 
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
+        os.replace(tmp, path)
+    except BaseException:  # the old file stays as it was; no half-written temporary is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ----------------------------------------------------------------------------- resume

@@ -205,13 +205,20 @@ def _same_config(job: Job) -> None:
 
 def _record_failure(job: Job, exc: BaseException) -> dict[str, Any]:
     run_dir = Path(job.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     message = " ".join(f"{type(exc).__name__}: {exc}".split())
-    _write_json(run_dir / "error.json", {"type": type(exc).__name__, "message": str(exc),
-                                         "traceback": traceback.format_exc()})
     summary = {"status": "failed", "message": message, "rule": job.config.get("rule", {}).get("name"),
                "job": {"label": job.label, "seed": job.seed, "preset": job.preset, "scale": job.scale}}
-    _write_json(run_dir / "summary.json", summary)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "error.json", {"type": type(exc).__name__, "message": str(exc),
+                                             "traceback": traceback.format_exc()})
+        _write_json(run_dir / "summary.json", summary)
+    except OSError as err:
+        from ..errors import StorageError
+
+        raise StorageError(f"run {str(run_dir)!r} failed ({message[:120]}) and its error record cannot be "
+                           f"written: {err.strerror}; the finished runs are intact: free space and run the "
+                           f"same command again") from None
     return summary
 
 

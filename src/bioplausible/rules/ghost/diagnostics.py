@@ -40,15 +40,23 @@ def _check_ghost_run(run_dir: Path) -> None:
     """A run of another rule has none of these diagnostics: one line, not empty panels."""
     import yaml
 
+    name: object = None
+    summary = run_dir / "summary.json"  # the rule that trained (fit() with a rule object keeps it here)
+    if summary.is_file():
+        try:
+            name = json.loads(summary.read_text()).get("rule")
+        except (ValueError, OSError, AttributeError):
+            name = None
     path = run_dir / "config.yaml"
-    if not path.is_file():
+    if name is None and path.is_file():
+        try:
+            cfg = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            raise UserError(f"{str(path)!r} cannot be read as YAML; give the directory of a ghost-unit run") from None
+        rule = (cfg.get("rule") or {}) if isinstance(cfg, dict) else {}
+        name = rule.get("name") if isinstance(rule, dict) else rule
+    if name is None:
         return
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError, OSError):
-        raise UserError(f"{str(path)!r} cannot be read as YAML; give the directory of a ghost-unit run") from None
-    rule = (cfg.get("rule") or {}) if isinstance(cfg, dict) else {}
-    name = rule.get("name") if isinstance(rule, dict) else rule
     if not (isinstance(name, str) and name.startswith("ghost")):
         raise UserError(f"{str(run_dir)!r} is a run of rule {name!r}; ghost-diagnostics draws the diagnostics "
                         f"of the ghost-unit rules (ghost-ma, ghost-ma-prime, ghost-mb)")

@@ -38,7 +38,7 @@ def _edit(**change):
 
 
 def _with(a, index, value):
-    a = a.copy()
+    a = a.clone() if isinstance(a, torch.Tensor) else a.copy()
     a[index] = value
     return a
 
@@ -115,3 +115,19 @@ def test_a_non_finite_evaluation_is_a_diverged_run(tmp_path):
                     out=tmp_path / "run")
     assert result.summary["status"] == "diverged", result.summary
     assert "test_loss" in result.summary["message"] and "not finite" in result.summary["message"]
+
+
+@pytest.mark.parametrize("fix,words", [
+    (lambda x, y: (_with(x, (2, 3), float("inf")), y), ["train X", "inf", "(2, 3)"]),
+    (lambda x, y: (x[:0], y[:0]), ["train data is empty"]),
+    (lambda x, y: (x.to(torch.complex64), y), ["complex"]),
+], ids=["inf", "empty", "complex"])
+def test_python_tensors_with_bad_values_are_data_errors(fix, words):
+    import bioplausible as bp
+
+    a = _arrays()
+    x, y = fix(torch.tensor(a["x_train"], dtype=torch.float32), torch.tensor(a["y_train"]))
+    with pytest.raises(bp.DataError) as info:
+        bp.fit(nn.Linear(4, 3), "bp", (x, y), epochs=1, batch_size=10, progress=False)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))

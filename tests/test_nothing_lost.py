@@ -175,3 +175,27 @@ def test_a_full_disk_while_recording_a_sweep_failure_is_one_line(tmp_path, monke
     job = Job({"rule": {"name": "bp"}}, str(tmp_path / "r"), "bp", 0)
     with pytest.raises(StorageError, match="error record cannot be written: No space left.*intact"):
         sw._record_failure(job, RuntimeError("boom"))
+
+
+def test_generate_out_is_a_folder_or_an_image_file(synthetic_root, tmp_path, capsys):
+    run = tmp_path / "bfa"
+    assert main(["train", "--rule", "bfa", *SMALL, "--out", str(run)]) == 0
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    capsys.readouterr()
+    assert main(["generate", str(run), "--out", str(folder)]) == 0
+    assert capsys.readouterr().out.strip() == str(folder / "generated.png")
+    assert (folder / "generated.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "pictures.png").exists()
+    assert main(["generate", str(run), "--out", str(tmp_path / "new" / "grid.svg")]) == 0
+    assert (tmp_path / "new" / "grid.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_report_ignores_a_damaged_metric_value(synthetic_root, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--rule", "bp", *SMALL, "--out", str(run)]) == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[0] = lines[0].replace('"train_loss": ', '"train_loss": "oops", "x": ')
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.md").is_file() and (run / "curves.png").is_file()

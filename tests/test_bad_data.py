@@ -131,3 +131,17 @@ def test_python_tensors_with_bad_values_are_data_errors(fix, words):
         bp.fit(nn.Linear(4, 3), "bp", (x, y), epochs=1, batch_size=10, progress=False)
     for w in words:
         assert w in str(info.value), (w, str(info.value))
+
+
+def test_ghost_mb_in_float16_runs_on_the_torch_path(tmp_path):
+    """The compiled MB kernel takes float32/float64 arrays only; float16 must not reach it."""
+    import bioplausible as bp
+
+    a = _arrays(n=6)
+    rule = bp.make("ghost-mb", free_steps=5, clamped_steps=3, kernel="auto")
+    model = bp.MLP([4, 5, 3], activation="sigmoid", output_activation="sigmoid").half()
+    data = {"train": (torch.tensor(a["x_train"], dtype=torch.float16), torch.tensor(a["y_train"])),
+            "test": (torch.tensor(a["x_test"], dtype=torch.float16), torch.tensor(a["y_test"]))}
+    result = bp.fit(model, rule, data, epochs=1, batch_size=1, dtype="float16", progress=False)
+    assert result.summary["status"] == "completed", result.summary
+    assert model[1].weight.dtype == torch.float16

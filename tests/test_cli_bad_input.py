@@ -207,6 +207,11 @@ ROWS = [
     (["ghost-diagnostics", "{tmp}/g"], {**GHOST_RUN, "g/rule_state.pt": b"\x80\x02 torn"}, "cannot be loaded safely"),
     (["ghost-diagnostics", "{tmp}/g"], {**GHOST_RUN, "g/rule_state.pt": _T["trace"]}, "diag.trace_free has shape"),
     (["ghost-diagnostics", "{tmp}/g", "--out", "{tmp}/g.bmpx"], GHOST_RUN, "not an image format"),
+    # ghost rules
+    (TRAIN[:2] + ["ghost-ma"] + TRAIN[3:] + OUT + ["--set", "rule.divergence_threshold=abc"], {},
+     "divergence_threshold must be a number"),
+    (TRAIN[:2] + ["ghost-ma"] + TRAIN[3:] + OUT + ["--set", "rule.divergence_threshold=-1"], {},
+     "divergence_threshold must be > 0"),
     # data
     (["data", "fetch"], {}, "needs dataset names"),
     (["data", "verify", "nosuch"], {}, "unknown dataset 'nosuch'"),

@@ -179,3 +179,16 @@ def test_a_trusted_config_file_imports_as_asked(tmp_path, monkeypatch, synthetic
     assert main(["train", "--resume", str(tmp_path / "r"), "--epochs", "2", "--quiet"]) == 2
     assert main(["train", "--resume", str(tmp_path / "r"), "--epochs", "2", "--quiet", "--trust-imports"]) == 0
     sys.modules.pop("trusted_nets", None)
+
+
+def test_python_m_does_not_import_from_the_working_directory(box):
+    """``python -m bioplausible`` run inside a downloaded folder: its evilmod.py stays unimported."""
+    import subprocess
+
+    tmp, marker = box
+    run = _run_folder(tmp / "run", MODEL_RUN.replace("SPEC", "evilmod:build"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bioplausible", "train", "--resume", str(run), "--trust-imports"],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "cannot import 'evilmod'" in proc.stderr, proc.stderr
+    assert not marker.exists()

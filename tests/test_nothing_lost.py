@@ -199,3 +199,13 @@ def test_report_ignores_a_damaged_metric_value(synthetic_root, tmp_path, capsys)
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     assert main(["report", str(run)]) == 0
     assert (run / "report.md").is_file() and (run / "curves.png").is_file()
+
+
+def test_tune_with_no_completed_trial_is_not_a_success(synthetic_root, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    args = ["tune", "--rule", "bp", *SMALL, "--metric", "test_accuracy", "--trials", "2",
+            "--param", "optimizer.lr=loguniform:1e6:1e7", "--out", str(tmp_path / "t"),
+            "--write-preset", str(tmp_path / "best.yaml")]
+    assert main(args) == 1  # every learning rate diverges: no best configuration exists
+    assert "no trial completed" in capsys.readouterr().err
+    assert not (tmp_path / "best.yaml").exists()

@@ -1,4 +1,4 @@
-"""Activation relaxation speed against backprop (issue 4's acceptance benchmark).
+"""Activation relaxation speed against backprop (Millidge et al. 2022's MNIST network).
 
 784-300-300-100-10 ReLU MLP, batch 64, K = 100, η_x = 0.1, ``mse_sum``, plain SGD, float32,
 one thread. Contenders run round-robin in one process over the same pre-gathered batches;
@@ -10,7 +10,7 @@ extrapolated to an epoch (reported as such). Medians over repetitions.
 
 Writes ``benchmarks/results/ar_speed.json`` and ``ar_speed.md``.
 
-``--graph`` times graph mode instead (issue 20): LeNet-5 on CIFAR-10 and a small 2-block
+``--graph`` times graph mode instead: LeNet-5 on CIFAR-10 and a small 2-block
 ResNet without BatchNorm (:class:`SmallResNet`), batch 64, K = 100, η_x = 0.1, cross-entropy,
 float32, one thread; contenders BP, the graph closed form (default solver) and the literal loop
 (fewer batches per block, per-batch time) for each ``graph_units`` choice (op, activation, layer),
@@ -78,7 +78,7 @@ def time_block(rule, model, opt, batches, loss) -> float:
 
 class SmallResNet(nn.Module):
     """Conv3x3-16 stem, two residual blocks (conv-relu-conv + identity, relu), max-pool 2,
-    global average pool, linear: the issue's "small 2-block ResNet without BatchNorm"."""
+    global average pool, linear: a small 2-block ResNet without BatchNorm."""
 
     def __init__(self, width: int = 16, num_classes: int = 10) -> None:
         super().__init__()

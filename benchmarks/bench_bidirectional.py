@@ -7,7 +7,7 @@ trains its own copy of the same initial model through the contract's loop ``rule
 1e-4})`` (fused SGD; BFA gets one optimizer per learning phase and steps its forward phase
 before its generative phase inside ``train_step``). FA and DFA are timed beside them for
 reference. The rules take turns (round-robin) for ``--reps`` repetitions on one thread; the
-ratio is median(rule) / median(bp). Limits (issue #18): BFA and BDFA ≤ 2.0× BP (stretch 1.6×).
+ratio is median(rule) / median(bp). The project's target: BFA and BDFA ≤ 2.0× BP (stretch 1.6×).
 
     BIOPLAUSIBLE_DATA=/work/shared/datasets python benchmarks/bench_bidirectional.py
     python benchmarks/bench_bidirectional.py --quick      # smoke run: few batches

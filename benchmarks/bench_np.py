@@ -5,7 +5,7 @@ Two MNIST tasks of Lansdell, Prakash & Kording 2020: the 784-50-20-10 sigmoid ML
 copy of the same initial model with SGD through the minimal loop ``rule.train_step`` +
 ``opt.step()`` over pre-drawn index batches; the rules take turns (round-robin) for ``--reps``
 repetitions on one thread; the ratio is median(rule) / median(bp) of the wall-clock epoch times
-(the limit applies to it: the issue's 1.3× BP, stretch goal 1.15×). The thread's CPU time per
+(the project's target applies to it: 1.3× BP, stretch goal 1.15×). The thread's CPU time per
 epoch is reported beside it: on a shared machine it excludes the time the thread waits for a
 core, so its ratio moves less with the load. Denormals are flushed to zero for every rule alike (see
 ``bench_feedback.py``).

@@ -1,4 +1,4 @@
-"""Epoch time of SAL relative to backprop on MNIST (issue target: SAL ≤ 3× BP, stretch 2.5×).
+"""Epoch time of SAL relative to backprop on MNIST (the project's target: SAL ≤ 3× BP, stretch 2.5×).
 
 The paper's Table 1 network (784-200-200-200-10, ReLU, batch 256, MSE) with equal stream widths;
 every rule trains its own copy of the same initial model through ``rule.train_step`` +

@@ -1,6 +1,6 @@
-"""Search over SAL's reconstructed variants (spec §7.4) and rates, at a quick scale.
+"""Search over SAL's reconstructed variants (the options of ``sal``) and rates, at a quick scale.
 
-The seed paper's equations are lost, so the rules of ``sal`` are a reconstruction; this script
+The paper's equations are not available (the text we have lost them), so the rules of ``sal`` are a reconstruction; this script
 looks for the configuration that comes closest to the paper's claim (Table 1: SAL ≥ KP and ≥ SGD)
 on the Table 1 network (in-200-200-200-10, ReLU, batch 256, MSE on one-hot targets, plain SGD).
 Selection is on a validation split held out from the training set; test accuracy is reported.
@@ -137,7 +137,7 @@ def markdown(log: dict) -> str:
     lines = [(f"# SAL search (quick scale: {a['subset']} training images, {a['val']} held out for "
               f"validation, {a['epochs']} epochs, batch 256, MSE, plain SGD; selection on validation "
               "accuracy)"), "",
-             ("The rules are a reconstruction (spec §7.2); every row is one seed. "
+             ("The rules are a reconstruction (see the `sal` rule's documentation); every row is one seed. "
               f"Total {log.get('total_seconds', 0):.0f} s on one thread."), ""]
     for name, rows in log["stages"].items():
         lines += [f"## Stage {name} ({len(rows)} runs, best 12 by validation accuracy)", "",

@@ -2,7 +2,7 @@
 
 Oracles: the arrays come back exactly as written (with ``normalize="none"``), the
 standardisation uses the training split's own mean/std computed here with NumPy, the split and
-subset rules are the built-in ones (last ``val_size`` training rows; first N / max(1, N // 6)),
+subset rules are the built-in ones (last ``val_size`` training rows; first N training rows),
 and every bad input is one line with exit status 2 before any run directory is written.
 """
 
@@ -127,8 +127,9 @@ def test_npz_arrays_come_back_with_the_builtin_options(user_dir):
     std = xtr[:30].std(axis=(0, 2, 3), keepdims=True)
     ref = ((xtr[:30] - mean) / std).reshape(30, -1)
     np.testing.assert_allclose(d.train.x.numpy(), ref, rtol=1e-12, atol=1e-12)
-    assert len(d.val) == 5 and torch.equal(d.val.y, torch.from_numpy(raw["y_train"][54:59]))
-    assert len(d.test) == 5 and d.info.input_shape == (192,)
+    # subset cuts the training split only: validation (val_size) and test stay whole
+    assert len(d.val) == 10 and torch.equal(d.val.y, torch.from_numpy(raw["y_train"][54:64]))
+    assert torch.equal(d.test.y, torch.from_numpy(raw["y_test"])) and d.info.input_shape == (192,)
     one_hot = bp.load_dataset(f"npz:{user_dir / 'data.npz'}", one_hot=True)  # absolute path
     assert one_hot.train.y.shape == (64, 4)
 

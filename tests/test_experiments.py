@@ -39,7 +39,7 @@ def test_np_cifar_checks_encode_the_issue_ranking_bp_np_dfa():
     def passed(bp_, np_, dfa):
         stats = {"bp": {"test_accuracy": (bp_, 0.0)}, "np": {"test_accuracy": (np_, 0.0)},
                  "dfa": {"test_accuracy": (dfa, 0.0)}, "sg": {"test_accuracy": (50.0, 0.0)}}
-        return [c["passed"] for c in evaluate_checks(preset, stats)]
+        return [c["passed"] for c in evaluate_checks(preset, stats) if c["type"] != "paper"]
     assert passed(70.0, 65.0, 60.0) == [True, True]
     assert passed(60.0, 65.0, 55.0) == [False, True]  # NP above BP breaks BP >= NP
     assert passed(70.0, 55.0, 60.0) == [True, False]  # DFA above NP breaks NP >= DFA

@@ -226,3 +226,54 @@ def test_autocast_runs_the_backward_in_the_weight_dtype(name):
         ref = bp_grads(net, x)
         g, r = model[0].weight.grad.flatten(), ref["0.weight"].flatten()
         assert torch.dot(g, r) / (g.norm() * r.norm()) > 0.99
+
+
+# ------------------------------------------------------------------ convert refuses silent swaps
+@pytest.mark.parametrize("name", ["np", "sg", "np-dfa", "sg-dfa", "dae", "ar", "sal", "bfa"])
+def test_convert_refuses_rules_whose_update_is_not_a_plain_backward(name):
+    """np/sg learn B inside train_step: a plain loss.backward() loop would train plain FA with a
+    B that never moves. convert refuses in one line instead of swapping the algorithm."""
+    from bioplausible.errors import ConfigError
+
+    net = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    with pytest.raises(ConfigError) as err:
+        bp.convert(net, name)
+    assert len(str(err.value).splitlines()) == 1 and "train_step" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["fa", "kp", "wm", "dfa", "usf"])
+def test_convert_keeps_plain_loop_rules_and_names_layers_left_exact(name):
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.conv1 = nn.Conv1d(8, 8, 3, padding=1)
+            self.lstm = nn.LSTM(8, 8, batch_first=True)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.norm = nn.LayerNorm(8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, tokens):
+            h = self.emb(tokens)
+            h = self.conv1(h.transpose(1, 2)).transpose(1, 2)
+            h, _ = self.lstm(h)
+            h, _ = self.attn(h, h, h)
+            return self.head(self.norm(h).mean(1))
+
+    with pytest.warns(UserWarning, match="exact backprop") as rec:
+        model = bp.convert(Mixed(), name)
+    text = str(rec[0].message)
+    for layer in ("emb (Embedding)", "conv1 (Conv1d)", "lstm (LSTM)", "attn (MultiheadAttention"):
+        assert layer in text
+    assert "norm (" not in text and "head (" not in text
+    assert text.split("feedback): ")[1].count(", ") == 3  # those four only
+    assert len(list(feedback_layers(model))) >= 1
+
+
+def test_convert_of_linear_and_conv2d_only_warns_nothing():
+    import warnings
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bp.convert(net, "fa")

@@ -347,6 +347,41 @@ def test_reduced_precision_is_refused_and_vanishing_perturbation_is_reported():
         rule.train_step(model, x, y, get_loss("mse_half_sum"))
 
 
+class _TwoLayers(torch.nn.Module):  # not an nn.Sequential: the noisy pass runs through hooks
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["sequential", "hooks"])
+@pytest.mark.parametrize("name", ["np", "np-dfa"])
+def test_every_relu_off_is_an_exact_zero_not_a_refusal(name, wrapped):
+    """1-1-1 ReLU net, hidden bias −10, input 0, noise_at="pre": the noise never opens the ReLU,
+    so ℓ̃ − ℓ = 0 exactly and λ̂ = 0 is the right estimate; the step must be taken (also within
+    the first ten steps) and B regress onto 0: eq 3 with λ̂ = 0, ΔB = −η_B Σ_n ẽ_nᵀ ẽ_n B."""
+    torch.manual_seed(0)
+    net = _TwoLayers() if wrapped else torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.ReLU(),
+                                                           torch.nn.Linear(1, 1))
+    net = net.double()
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        first.bias.fill_(-10.0)
+    x, y = torch.zeros(4, 1, dtype=torch.float64), torch.ones(4, 1, dtype=torch.float64)
+    rule, model, _ = _prepared(name, net, x, noise_at="pre")
+    last = _linears(model)[-1]
+    for _ in range(3):
+        (b,) = [p.detach().clone() for p in rule._feedback]
+        e = float(last.bias.detach()) - 1.0  # every hidden unit off: o = b₂, ẽ = o − t per example
+        rule.train_step(model, x, y, get_loss("mse_half_sum"))
+        torch.testing.assert_close(rule._feedback[0].detach(), b - 0.05 * 4 * e * e * b)
+        assert float(last.bias.grad) == pytest.approx(4 * e)
+        with torch.no_grad():
+            last.bias.sub_(0.1 * last.bias.grad)
+
+
 def test_np_dfa_needs_an_example():
     with pytest.raises(ConfigError, match="example"):
         bp.make("np-dfa").prepare(_mlp([5, 4, 3]))

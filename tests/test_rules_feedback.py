@@ -8,6 +8,7 @@ Hebbian estimate has expectation W.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -216,6 +217,40 @@ def test_kp_gradients_are_fa_gradients_plus_decay(kind):
         torch.testing.assert_close(kp_g[f"{name}.feedback"], raw + decay * layer.feedback.detach())
         if layer.bias is not None:
             torch.testing.assert_close(kp_g[f"{name}.bias"], fa_g[f"{name}.bias"])
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_kp_first_layer_update_same_for_all_decay_in_and_learn_unused(kind):
+    """One SGD step of KP: ΔW = −lr(δhᵀ + λW) on every layer, the first included, whichever of
+    decay_in ∈ {backward, optimizer} and learn_unused ∈ {False, True} is chosen."""
+    lr, decay = 0.5, 0.3
+    net = NETS[kind]()
+    x, t = batch(kind)
+    fa = bp.make("fa").prepare(NETS[kind]())
+    updates = {}
+    for decay_in in ("backward", "optimizer"):
+        for learn_unused in (False, True):
+            rule = bp.make("kp", decay=decay, decay_in=decay_in, learn_unused=learn_unused)
+            model = rule.prepare(copy.deepcopy(net))
+            if not updates:  # the FA oracle with the same B: raw δhᵀ
+                fa.load_state_dict(model.state_dict())
+                raw = rule_grads(fa, x, t)
+            opt = torch.optim.SGD(rule.param_groups(model, lr=lr))
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            for p in model.parameters():
+                p.grad = None
+            sse(model(x), t).backward()
+            opt.step()
+            updates[decay_in, learn_unused] = {
+                n: before[n] - p.detach() for n, p in model.named_parameters()
+                if n.endswith("weight")}
+    first = next(name for name, _ in feedback_layers(model))
+    for key, upd in updates.items():
+        for name, _ in feedback_layers(model):
+            w = f"{name}.weight"
+            torch.testing.assert_close(upd[w], lr * (raw[w] + decay * before[w]),
+                                       msg=f"{key} {w}")
+        assert f"{first}.weight" in upd
 
 
 def test_kp_decay_in_optimizer_moves_lambda_to_weight_decay():

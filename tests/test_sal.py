@@ -79,12 +79,12 @@ def test_fast_path_equals_literal_loop(kind, sign, term, read, top, width):
     B, Q, R = ([None if t is None else t.detach() for t in lst] for lst in (B, Q, R))
     onehot = torch.nn.functional.one_hot(y, 3).double()
 
-    def error(hL, n):  # ∂/∂h_L of (1/N) Σ_n ‖h_L − y‖²: 2(h_L − y_n)/N
-        return 2.0 * (hL - onehot[n].reshape(-1, 1)) / x.shape[0]
+    def error(hL, n):  # each example's ∂ℓ_n/∂h_L of ℓ_n = ‖h_L − y_n‖²; the loss is their mean
+        return 2.0 * (hL - onehot[n].reshape(-1, 1))
 
     ref = literal_updates([m.weight.detach() for m in lins], [m.bias.detach() for m in lins],
                           ["relu"] * (L - 1) + ["linear"], B, Q, R, x, error,
-                          kind=kind, sign=sign, term=term, read=read)
+                          kind=kind, sign=sign, term=term, read=read, mean=True)
     got = _grads(rule, model)
     assert set(got) == set(ref)
     for k in ref:
@@ -101,7 +101,7 @@ def _literal(rule, model, x, y, B=None, Q=None, R=None, **flags):
             "read": rule.config["read"], **flags}
     return literal_updates([m.weight.detach() for m in lins], [m.bias.detach() for m in lins],
                            ["relu"] * (L - 1) + ["linear"], B or get("B"), Q or get("Q"), R or get("R"), x,
-                           lambda hL, n: 2.0 * (hL - onehot[n].reshape(-1, 1)) / x.shape[0], **opts)
+                           lambda hL, n: 2.0 * (hL - onehot[n].reshape(-1, 1)), mean=True, **opts)
 
 
 def test_feedback_first_timing_steps_b_q_r_before_w_reads_the_circuit():
@@ -422,3 +422,21 @@ def test_extra_downstream_units_stay_silent_from_identity_and_zero_init():
     for a, b in zip(_linears(narrow[1]), _linears(wide[1])):
         torch.testing.assert_close(a.weight, b.weight, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(wide[0].tensors["Q.1"][:, 5:], torch.zeros(5, 10, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", ["tanh", "relu", "identity"])
+@pytest.mark.parametrize("output_error", ["loss", "mse"])
+def test_update_independent_of_batch_size_for_copies_of_one_example(kind, output_error):
+    """A batch of N copies of one example has the batch-mean loss of that example alone, so
+    every update (W, b, B, Q, R) must equal the single example's: the downstream stream must
+    carry the example's own error (tanh is not homogeneous: tanh(v/N) ≠ tanh(v)/N)."""
+    x, y = _batch(n=1)
+    got = {}
+    for n in (1, 8):
+        rule, model, _ = _sal(_net(), downstream=kind, output_error=output_error,
+                              qr_init="random", qr_init_scale=1.0, b_init="normal")
+        rule.train_step(model, x.repeat(n, 1), y.repeat(n), MSE)
+        got[n] = _grads(rule, model)
+    assert set(got[1]) == set(got[8])
+    for k in got[1]:
+        torch.testing.assert_close(got[8][k], got[1][k], rtol=1e-12, atol=1e-14, msg=k)

@@ -29,7 +29,7 @@ _EXPORTS = {
     # losses and models
     "get_loss": "core.losses", "list_losses": "core.losses", "Loss": "core.losses",
     "build_model": "models", "list_models": "models", "MLP": "models", "LeNet5": "models",
-    "NPConvNet": "models",
+    "NPConvNet": "models", "CifarResNet": "models",
     # data
     "load_dataset": "data", "list_datasets": "data", "resolve_root": "data", "as_bundle": "data",
     # feedback layers

@@ -78,6 +78,7 @@ def make(name: str, **config: Any):
 
 
 def list_rules() -> list[str]:
+    """Names of every registered learning rule, sorted (the built-in rules are imported first)."""
     from . import rules as _rules  # noqa: F401
 
     return RULES.names()

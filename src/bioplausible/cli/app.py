@@ -170,10 +170,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from .sweep import compare_seeds
         from ..experiments.jobs import parse_seeds
 
-        return compare_seeds(base, rules, parse_seeds(args.seeds), out, _workers(args))
+        return compare_seeds(base, rules, parse_seeds(args.seeds), out, _workers(args), stack=args.stack)
     jobs = [plan(base.updated({"rule": {"name": r}}), out=out / r)[0] for r in rules]
     check_jobs(jobs)  # every rule, model and option is valid before the first run trains
-    summaries = run_jobs(jobs, workers=_workers(args))
+    summaries = run_jobs(jobs, workers=_workers(args), stack=args.stack)
     runs = [load_run(job.run_dir, job.label) for job in jobs]
     paths = write_report(runs, out, title=f"Learning rules on {base['dataset']['name']}")
     print(paths["report"].read_text())
@@ -196,10 +196,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if not args.name:
         raise UserError("give a preset name (see `bioplausible list presets`) or --all")
     report = run_preset(args.name, args.scale, out=args.out, progress=not args.quiet, seeds=seeds,
-                        workers=_workers(args), trust_imports=args.trust_imports)
+                        workers=_workers(args), stack=args.stack, trust_imports=args.trust_imports)
     print(format_report(report))
     print(f"\nresults: {report['out_dir']}")
-    failed = [c for c in report["checks"] if not c["passed"]]
+    from ..experiments.verdicts import FAIL, mark
+
+    failed = [c for c in report["checks"] if mark(c) == FAIL]
     return 1 if failed and args.strict else 0
 
 
@@ -278,6 +280,11 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+STACK_HELP = ("train the seeds (and learning rates) of each rule as one stacked model in this process "
+              "(--jobs is not used); same run directories; rules or models that cannot stack say so "
+              "and run one by one")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bioplausible", description="Train and compare biologically plausible learning rules.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -297,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", "--jobs", dest="workers", type=int, default=1,
                    help="run the rules (x seeds) in N worker processes (1 thread each)")
     p.add_argument("--seeds", help="comma-separated seeds: every rule x seed, reported as mean ± std")
+    p.add_argument("--stack", action="store_true", help=STACK_HELP)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("reproduce", help="run a paper's experiment preset (or --all of them)")
@@ -313,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_trust_flag(p)
     p.add_argument("--workers", "--jobs", dest="workers", type=int, default=1,
                    help="run the jobs in N worker processes (1 thread each)")
+    p.add_argument("--stack", action="store_true", help=STACK_HELP)
     p.set_defaults(func=cmd_reproduce)
 
     from .sweep import register

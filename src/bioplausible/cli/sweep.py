@@ -35,7 +35,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = load_spec(args.config, trust_imports=args.trust_imports)
     if args.address and args.executor != "ray":
         raise UserError("--address is for --executor ray")
-    index = run_sweep(spec, out=args.out, jobs=_jobs(args), executor=args.executor, address=args.address)
+    index = run_sweep(spec, out=args.out, jobs=_jobs(args), executor=args.executor, address=args.address,
+                      stack=args.stack)
     base = Path(args.out or spec.out or Path("runs") / f"sweep-{spec.name}")
     paths = write_sweep_report(base)
     print(markdown(paths["tables"]))
@@ -89,13 +90,13 @@ def default_report_dir(run_dirs: list[str]) -> Path:
     return common
 
 
-def compare_seeds(base: Any, rules: list[str], seeds: list[int], out: Path, jobs: int) -> int:
+def compare_seeds(base: Any, rules: list[str], seeds: list[int], out: Path, jobs: int, stack: bool = False) -> int:
     """``compare --seeds``: every rule x seed as a sweep in ``out``, reported as mean ± std."""
     from ..experiments.sweep import SweepSpec, run_sweep
     from ..experiments.sweep_report import write_sweep_report
 
     spec = SweepSpec(name="compare", config=base.to_dict(), grid={"rule.name": rules}, seeds=seeds)
-    index = run_sweep(spec, out=out, jobs=jobs)
+    index = run_sweep(spec, out=out, jobs=jobs, stack=stack)
     paths = write_sweep_report(out, title=f"Learning rules on {base['dataset']['name']}")
     print(paths["report"].read_text())
     print(f"report: {paths['report']}\nplots:  {paths['curves']}, {paths['angles']}, {paths['time']}")
@@ -149,6 +150,9 @@ def register(sub: Any, add_train_flags: Any) -> None:
     from .app import add_trust_flag
 
     add_trust_flag(p)
+    p.add_argument("--stack", action="store_true",
+                   help="train runs that differ only by seed and learning rate as one stacked model in this "
+                        "process (same run folders); runs that cannot stack say so and run one by one")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("tune", help="hyperparameter search with Optuna (random or TPE)")

@@ -1,4 +1,4 @@
-"""Losses used by the seed papers, with their batch-reduction conventions made explicit.
+"""Losses used by the papers behind the rules, with their batch-reduction conventions made explicit.
 
 The papers differ in whether a loss (and so every update) is a batch *sum* or a batch *mean*;
 this changes the learning rate a paper's numbers need, so each convention is its own name:
@@ -140,7 +140,7 @@ def _bce_sum(o, t):
 def nudged_output(pre: torch.Tensor, target: torch.Tensor, beta: float, iters: int = 60) -> torch.Tensor:
     """The output pre-activation ``s*`` that a weakly-clamped ghost-unit circuit settles to.
 
-    With the output nudge ``e = −β ∂C/∂ρ(s) = −2β (ρ(s) − t)`` (spec §3.2) and the feedforward
+    With the output nudge ``e = −β ∂C/∂ρ(s) = −2β (ρ(s) − t)`` (Mesnard et al. 2019, the weakly-clamped phase) and the feedforward
     drive ``s̃`` held fixed, each unit's steady state solves ``s − s̃ + 2β (ρ(s) − t) = 0``; the
     left side increases in ``s``, so bisection on ``[s̃ − 2β(ρ(s̃) − t), s̃]`` (either order) is exact
     to ``iters`` halvings. Computed in float64.
@@ -157,7 +157,7 @@ def nudged_output(pre: torch.Tensor, target: torch.Tensor, beta: float, iters: i
 
 
 def nudged_loss(beta: float, reduction: str = "sum") -> Loss:
-    """SGD's view of a ghost-unit W update at finite β (Mesnard et al. 2019, Corollary 1; spec §3.4).
+    """SGD's view of a ghost-unit W update at finite β (Mesnard et al. 2019, Corollary 1).
 
     For small β the weakly-clamped W update of MA is ``−η_W·dt·β·n·∂C/∂W`` with
     ``C = Σ_k (ρ(s_k) − t_k)²`` (Corollary 1). At the paper's β = 10 the nudge is not weak: the
@@ -216,4 +216,5 @@ def get_loss(name: str | Loss) -> Loss:
 
 
 def list_losses() -> list[str]:
+    """Names accepted by :func:`get_loss` (and by ``loss:`` in configs)."""
     return LOSSES.names()

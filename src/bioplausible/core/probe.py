@@ -1,4 +1,4 @@
-"""Diagnostics that show *how* a rule differs from backprop (spec §2).
+"""Diagnostics that show *how* a rule differs from backprop (docs/notation.md, "Diagnostics").
 
 On a batch, after a rule has filled ``.grad`` and before the optimizer step, the probe compares
 the rule's update of each forward weight with the true BP gradient at the same parameters and
@@ -7,11 +7,14 @@ feedback aligns with the forward weights:
 
 * ``grad_angle/<param>``: angle in degrees between vec(ΔW_rule) and vec(ΔW_BP) (0 for BP),
   with ``update_norm/<param>`` and ``bp_norm/<param>`` beside it;
-* ``weight_angle/<layer>``: angle between W and B (B in W's layout, i.e. W vs Bᵀ of the spec);
+* ``weight_angle/<layer>``: angle between W and B (B in W's layout, i.e. W vs Bᵀ of the equations);
 * ``sign_congruence/<layer>``: fraction of entries with sign(W) = sign(B);
 * ``relative_error/<layer>``: ‖W − B‖_F / ‖W‖_F.
 
-Means over layers are reported as ``grad_angle``, ``weight_angle`` etc.
+``grad_angle`` is the hidden-layer angle of the step (:func:`~.angles.step_hidden_angle`: the
+mean over the weights that are not exact, leaving out e.g. the output layer of FA, which gets
+the true gradient by construction); ``grad_angle_all_layers`` is the mean over every weight.
+``weight_angle`` etc. are means over the feedback pairs.
 
 :func:`feedback_errors` gives a run's summary numbers of the feedback: ``relative_error_top``
 (‖W − B‖_F/‖W‖_F of the last pair in model order, the output layer's W whose B carries the
@@ -28,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .angles import step_hidden_angle
 from .rule import FeedbackPair, LossFn, Rule
 
 
@@ -138,7 +142,8 @@ class Probe:
             if params_is_weight(name):
                 weight_angles.append(angle)
         if weight_angles:
-            out["grad_angle"] = sum(weight_angles) / len(weight_angles)
+            out["grad_angle"] = step_hidden_angle(out)
+            out["grad_angle_all_layers"] = sum(weight_angles) / len(weight_angles)
         out.update(alignment_metrics(rule.feedback_pairs(model)))
         out.update(rule.metrics(model))
         return out

@@ -61,7 +61,7 @@ class FeedbackPair:
     """A forward weight and the tensor that carries its error backward, for alignment metrics.
 
     ``feedback`` is in the layout of ``weight`` where the rule can give one (so for a Linear
-    layer the backward signal is ``δ @ feedback``, i.e. the spec's ``B_l`` is ``feedback.T``);
+    layer the backward signal is ``δ @ feedback``, i.e. the ``B_l`` of the notation, docs/notation.md, is ``feedback.T``);
     ``None`` for feedback that has no such form (DFA's ``(n_out, n_layer)`` matrices).
     """
 

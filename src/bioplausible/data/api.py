@@ -151,9 +151,10 @@ def load_dataset(
     canonical source and verified when ``download`` is ``True`` or ``None`` (``None``: try;
     ``False``: never); otherwise :class:`MissingDataError` says which files to put where.
     ``normalize`` is ``"standardize"`` (per channel, statistics of the training split),
-    ``"unit"`` ([0, 1]) or ``"none"`` (0..255 as float). ``val_size`` moves the *last*
+    ``"unit"`` ([0, 1]), ``"none"`` (0..255 as float) or ``"per_image"`` (each image to zero mean,
+    unit variance over its own values, as TensorFlow's ``per_image_standardization``). ``val_size`` moves the *last*
     ``val_size`` training examples into ``bundle.val``. ``subset=N`` keeps the first ``N``
-    training and ``max(1, N // 6)`` test/validation examples. ``one_hot`` gives float
+    training examples; the test and validation splits stay whole. ``one_hot`` gives float
     ``(N, K)`` targets. ``task="reconstruction"`` makes every target the flattened input (an
     autoencoder's data; labels kept as ``split.labels``, :mod:`bioplausible.data.reconstruction`);
     ``None`` keeps the dataset's own task. Extra keyword ``options`` are dataset-specific (see

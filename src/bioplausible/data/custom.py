@@ -13,8 +13,8 @@
   ``Dataset`` of ``(x, y)`` samples (read once into memory).
 
 The same options as the built-in sets apply, in the same order (see :mod:`.core`):
-``val_size`` (the last examples of the training split), ``subset`` (first ``N`` training,
-``max(1, N // 6)`` test/validation examples), ``normalize``, ``flatten``, ``one_hot``,
+``val_size`` (the last examples of the training split), ``subset`` (first ``N`` training
+examples; test and validation stay whole), ``normalize``, ``flatten``, ``one_hot``,
 ``device``, ``dtype``. ``normalize="standardize"`` uses the training split's statistics: per
 channel (dimension 1) for inputs ``(N, C, ...)``, per feature for ``(N, D)``;
 ``"unit"`` divides uint8 inputs by 255 and accepts other inputs only when already in
@@ -301,10 +301,8 @@ def assemble_arrays(name: str, splits: dict[str, Pair], *, normalize: str = "sta
                               f"({name} has {n} training examples)")
         val = (train[0][n - val_size:], train[1][n - val_size:])
         train = (train[0][: n - val_size], train[1][: n - val_size])
-    if subset is not None:
-        small = max(1, int(subset) // 6)
-        train, test = (train[0][:subset], train[1][:subset]), (test[0][:small], test[1][:small])
-        val = (val[0][:small], val[1][:small]) if val is not None else None
+    if subset is not None:  # training data only: validation and test stay whole
+        train = (train[0][:subset], train[1][:subset])
     parts = {"train": train, "test": test, **({"val": val} if val is not None else {})}
     for s, (x, _) in parts.items():
         if len(x) == 0:
@@ -340,6 +338,10 @@ def assemble_arrays(name: str, splits: dict[str, Pair], *, normalize: str = "sta
                             f"{index[0] if len(index) == 1 else index} is beyond the range of {dtype} "
                             f"(after normalize={normalize!r}); rescale the data"
                             + ("" if normalize == "standardize" else " or use normalize=standardize"))
+        if normalize == "per_image":
+            from .core import per_image_standardize
+
+            t = per_image_standardize(t)
         if flatten:
             t = t.reshape(t.shape[0], -1)
         s = Split(t, _labels(pair[1], task, num_classes, one_hot, dtype))

@@ -170,6 +170,10 @@ def _validate(cfg: dict[str, Any]) -> dict[str, Any]:
             isinstance(cfg["dataset"]["subset"], bool) or not isinstance(cfg["dataset"]["subset"], int)
             or cfg["dataset"]["subset"] < 1):
         raise ConfigError(f"dataset.subset must be a positive integer or null, got {cfg['dataset']['subset']!r}")
+    if "augment" in cfg["dataset"]:
+        from ..data.augment import parse_augment
+
+        parse_augment(cfg["dataset"]["augment"])
     check_optimizer_options(cfg["optimizer"])
     from .loggers import logger_names
 
@@ -342,7 +346,9 @@ class TrainConfig:
         return {k: copy.deepcopy(v) for k, v in self._data["model"].items() if k != "spec"}
 
     def dataset_options(self) -> dict[str, Any]:
-        return {k: copy.deepcopy(v) for k, v in self._data["dataset"].items() if k not in ("name",)}
+        """Keyword arguments of :func:`bioplausible.load_dataset` (``augment`` is the trainer's)."""
+        return {k: copy.deepcopy(v) for k, v in self._data["dataset"].items()
+                if k not in ("name", "augment")}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(json.loads(json.dumps(self._data)), sort_keys=False)

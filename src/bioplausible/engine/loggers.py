@@ -55,7 +55,8 @@ class TensorBoardLogger:
     """Writes the numbers of epoch records (x: epoch) and probe records (x: step) to TensorBoard.
 
     Tags are the ``metrics.jsonl`` keys unchanged (``train_loss``, ``test_accuracy``,
-    ``grad_angle/<param>``, ``rule/<metric>``, ...). Other records (events such as
+    ``grad_angle/<param>``, ``grad_angle`` — the hidden-layer angle of :mod:`bioplausible.core.angles`
+    — ``grad_angle_all_layers``, ``rule/<metric>``, ...). Other records (events such as
     ``diverged``) are written as text under ``event``. The event file is flushed after every
     epoch record and on :meth:`close`.
     """

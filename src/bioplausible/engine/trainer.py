@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from .config import TrainConfig
@@ -323,8 +324,22 @@ class Trainer:
         if getattr(data, "val", None) is not None:
             self.eval_splits["val"] = data.val.to(self.device, self.dtype)
         self.plain_keys = list(model.state_dict().keys())
+        from .provenance import describe_model, split_sizes
+
+        self.model_record = describe_model(model)  # the module as given, before prepare
+        self.data_sizes = split_sizes(self.train_split, self.eval_splits.get("val"),
+                                      self.eval_splits.get("test"))
+        #: what config.yaml records instead of the config (fit(): the user's module and data)
+        self.recorded_config: dict[str, Any] | None = None
         model = model.to(device=self.device, dtype=self.dtype)
         example = next(iter(self.train_split.batches(2, shuffle=False)))[0]
+        from ..data.augment import pad_fill, parse_augment
+
+        self.augment = parse_augment(config["dataset"].get("augment"))
+        self.augment_fill = pad_fill(getattr(data, "info", None))
+        if self.augment is not None and example.dim() != 4:
+            raise ConfigError(f"dataset.augment needs image inputs (N, C, H, W), but the training "
+                              f"batches have shape {tuple(example.shape)}; set dataset.flatten=false")
         self.model = call_prepare(self.rule, model, example)
         if self.task == "reconstruction":
             check_reconstruction_output(self.model, example)
@@ -337,7 +352,8 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.history: list[dict[str, Any]] = []
-        self.probe_angles: list[float] = []
+        self.probe_angles: list[float] = []  # hidden-layer angle per probe (core.angles)
+        self.probe_angles_all: list[float] = []  # whole-network mean per probe, exact layers in
         self.callbacks: list[Callable[[dict[str, Any]], None]] = []
         #: objects with ``log(record)``, called for every record written to metrics.jsonl
         self.loggers: list[Any] = []
@@ -366,6 +382,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "history": self.history, "probe_angles": self.probe_angles,
+            "probe_angles_all": self.probe_angles_all,
         }
 
     def save_checkpoint(self) -> None:
@@ -394,6 +411,7 @@ class Trainer:
             self._saved_epoch = self.epoch
             self.history = list(state["history"])
             self.probe_angles = list(state.get("probe_angles", []))
+            self.probe_angles_all = list(state.get("probe_angles_all", []))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             detail = " ".join(str(exc).split())[:160]
             raise UserError(f"checkpoint {str(path)!r} does not match this run ({type(exc).__name__}: "
@@ -412,15 +430,24 @@ class Trainer:
         summary = {
             "status": status, "message": message,
             "rule": self.rule.name, "rule_config": self.rule.config,
-            "dataset": self.config["dataset"]["name"], "model": self.config["model"]["spec"],
+            "dataset": self.config["dataset"]["name"],
+            "model": (self.config["model"]["spec"] if self.recorded_config is None
+                      else self.model_record["import_path"]),
+            "model_info": {k: v for k, v in self.model_record.items()},
+            "data_sizes": self.data_sizes,
+            **({"data": self.recorded_config["dataset"]} if self.recorded_config is not None else {}),
             "epochs_completed": self.epoch, "epochs": self.config["epochs"], "steps": self.step,
             "final": last,
             "best_test_accuracy": max(tests) if tests else None,
             "mean_epoch_time": sum(times) / len(times) if times else None,
+            # the hidden-layer angle to BP (bioplausible.core.angles), and the whole-network mean
             "grad_angle_mean": (sum(self.probe_angles) / len(self.probe_angles)
                                 if self.probe_angles else None),
+            "grad_angle_all_layers_mean": (sum(self.probe_angles_all) / len(self.probe_angles_all)
+                                           if self.probe_angles_all else None),
             "total_time": (time.time() - started) if started else None,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "parameters": self.model_record["parameters"],  # the model's own (no feedback tensors)
+            "parameters_with_rule": sum(p.numel() for p in self.model.parameters()),
         }
         if self.run_dir is not None:
             _atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
@@ -440,6 +467,10 @@ class Trainer:
         model, rule, opt, loss_fn = self.model, self.rule, self.optimizer, self.loss
         gen = torch.Generator()
         gen.manual_seed(cfg["seed"] * 1_000_003 + self.epoch)
+        aug_gen = None
+        if self.augment is not None:  # its own stream: (seed, epoch) fixes it, so resume is exact
+            aug_gen = torch.Generator()
+            aug_gen.manual_seed(cfg["seed"] * 1_000_033 + self.epoch + 7_919)
         model.train()
         # Per-step sums in the loss's own dtype (no type promotion per step), folded into
         # float64 every 50 steps so long epochs keep full precision.
@@ -453,6 +484,8 @@ class Trainer:
         probe_time = 0.0  # diagnostics are not part of the rule's cost: excluded from epoch_time
         start = time.perf_counter()
         for xb, yb in self.train_split.batches(cfg["batch_size"], shuffle=True, generator=gen):
+            if aug_gen is not None:
+                xb = self.augment(xb, aug_gen, self.augment_fill)
             self.step += 1
             probing = self.probe.due(self.step)
             if probing:  # BP's reference on the same batch, before the rule's step (like for like)
@@ -465,6 +498,7 @@ class Trainer:
                 record = self.probe.compare(rule, model, reference)
                 if "grad_angle" in record:
                     self.probe_angles.append(record["grad_angle"])
+                    self.probe_angles_all.append(record["grad_angle_all_layers"])
                 self._log({"kind": "probe", "epoch": self.epoch + 1, "step": self.step, **record})
                 probe_time += time.perf_counter() - probe_start
             opt.step()
@@ -506,7 +540,9 @@ class Trainer:
                 (self.run_dir / "summary.json").unlink(missing_ok=True)
                 (self.run_dir / "model.pt").unlink(missing_ok=True)
                 (self.run_dir / "rule_state.pt").unlink(missing_ok=True)
-            _atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+            _atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml() if self.recorded_config is None
+                               else yaml.safe_dump(json.loads(json.dumps(self.recorded_config, default=str)),
+                                                   sort_keys=False))
         from .loggers import make_logger
 
         made = [make_logger(name, self.run_dir, purge_step=self.step + 1 if self.step else None)
@@ -625,12 +661,16 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
     if isinstance(data, str):
         update.setdefault("dataset", {})["name"] = data
     config = config.updated(update)
+    given = data
+    load_options = None
     if isinstance(data, str):
         from ..data import load_dataset
 
-        data = load_dataset(data, **{k: v for k, v in config.dataset_options().items() if v is not None})
+        load_options = {k: v for k, v in config.dataset_options().items() if v is not None}
+        data = load_dataset(data, **load_options)
     from ..data.adapt import as_bundle
     from ..experiments.jobs import check_run_dir, run_lock, runtime
+    from .provenance import describe_data
 
     data = as_bundle(data, eval_data)
     # the summary names the data actually trained on, not the config's default
@@ -638,6 +678,12 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
     with runtime(config):  # threads, determinism and denormal flushing, as run_job applies them
         torch.manual_seed(config["seed"])
         trainer = Trainer(model, rule, data, config, out=out)
+        # config.yaml and summary.json record the module and the data that ran, not the
+        # config's model.spec / dataset defaults, which fit() never used
+        recorded = config.to_dict()
+        recorded["model"] = {k: v for k, v in trainer.model_record.items()}
+        recorded["dataset"] = describe_data(given, data, load_options)
+        trainer.recorded_config = recorded
         trainer.loggers.extend(loggers or [])
         if out is None:
             return trainer.run(resume=resume)

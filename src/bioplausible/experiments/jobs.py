@@ -427,14 +427,22 @@ def run_job_in_worker(job: Job) -> dict[str, Any]:
     return run_job(job, progress=False, worker=True)
 
 
-def run_jobs(jobs: Sequence[Job], workers: int = 1, progress: bool | None = None) -> list[dict[str, Any]]:
+def run_jobs(jobs: Sequence[Job], workers: int = 1, progress: bool | None = None,
+             stack: bool = False) -> list[dict[str, Any]]:
     """Run ``jobs`` in this process (``workers=1``) or in a pool of ``workers`` spawned processes.
 
     Each worker runs :func:`run_job_in_worker` (one torch thread unless ``$BIOPLAUSIBLE_THREADS``
-    says otherwise, no progress bar); summaries come back in the order of ``jobs``.
+    says otherwise, no progress bar); summaries come back in the order of ``jobs``. ``stack=True``
+    trains jobs that differ only by seed and learning rate as one stacked model in this process
+    (:mod:`bioplausible.stacked`; the same run directories), the others one after another; with
+    ``stack`` everything runs in this process (``workers`` is not used).
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    if stack:
+        from ..stacked import run_jobs_stacked
+
+        return run_jobs_stacked(list(jobs), progress=progress)
     if workers == 1 or len(jobs) <= 1:
         return [run_job(job, progress=progress) for job in jobs]
     import multiprocessing

@@ -17,10 +17,12 @@ as in the paper), the numbers the paper reports and checks that compare ours wit
 Check types: ``within`` (|a − b| ≤ max), ``max_gap`` (run a at most ``max`` below run b, i.e.
 m_b − m_a ≤ max), ``min_value`` (a run's metric at least ``min``), ``max_value`` (at most ``max``),
 ``within_paper`` (|ours − paper| ≤ ``tol``) and ``worst`` (every run in ``runs`` is worse than
-every other run of the preset, by more than ``margin``, default 0).
+every other run of the preset, by more than ``margin``, default 0), and ``paper`` (ours against
+the paper's number, with the paper's spread or a default tolerance, at full scale only; its
+verdicts and the "not meaningful" outcome of relative checks at chance: :mod:`bioplausible.experiments.verdicts`).
 
 Metrics: those of the last epoch's record (``test_accuracy``, ``test_loss``, ...), the best test
-accuracy, the mean probe angle ``grad_angle``, and the feedback's ``relative_error_top`` /
+accuracy, the mean hidden-layer angle to BP ``grad_angle`` (:mod:`bioplausible.core.angles`), and the feedback's ``relative_error_top`` /
 ``relative_error_mean`` (‖W − B‖_F/‖W‖_F of the top pair / the mean over pairs after the last
 epoch, :func:`bioplausible.core.probe.feedback_errors`).
 
@@ -51,6 +53,26 @@ from ..errors import ConfigError, UnknownNameError, UserError
 
 _METRICS = {"test_accuracy", "best_test_accuracy", "train_accuracy", "test_loss", "train_loss",
             "val_accuracy", "test_auc", "grad_angle", "relative_error_top", "relative_error_mean"}
+
+
+#: The only scale whose runs are as long as the papers' (quick runs fewer epochs, often on a subset).
+PAPER_SCALE = "full"
+NOT_COMPARABLE = "not comparable at quick scale"
+
+
+def comparable_to_paper(scale: str | None) -> bool:
+    """Whether ``ours − paper`` means anything: only at the full (paper-length) scale."""
+    return scale == PAPER_SCALE
+
+
+def mean_std_text(mean: float | None, std: float | None, n: int | None, digits: int) -> str:
+    """``"97.12 ± 0.08 (n=3)"``; one value is ``"70.71 (n=1)"`` (no spread to show)."""
+    if mean is None:
+        return "–"
+    if n is not None and n <= 1:
+        return f"{mean:.{digits}f} (n={n})"
+    spread = f" ± {std:.{digits}f}" if std is not None else ""
+    return f"{mean:.{digits}f}{spread}" + (f" (n={n})" if n is not None else "")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -152,11 +174,15 @@ def _parse(text: str, source: str) -> Preset:
         if over and "seeds" in over:
             check_seeds(over["seeds"] if isinstance(over["seeds"], list) else [over["seeds"]],
                         f"preset {source}: scales.{scale}.seeds")
+    _check_paper_results(raw.get("paper_results") or {}, runs, source)
     for i, check in enumerate(raw.get("checks") or []):
+        if isinstance(check, dict) and check.get("type") == "paper":
+            _check_paper_check(check, i, runs, raw.get("paper_results") or {}, source)
+            continue
         if not isinstance(check, dict) or check.get("type") not in _CHECK_FIELDS:
             kind = check.get("type") if isinstance(check, dict) else check
             raise ConfigError(f"preset {source}: unknown check type {kind!r}; "
-                              f"use {', '.join(_CHECK_FIELDS)}")
+                              f"use {', '.join(_CHECK_FIELDS)}, paper")
         run_key, bound = _CHECK_FIELDS[check["type"]]
         named = check.get(run_key)
         named = named if run_key == "runs" else [named]
@@ -190,6 +216,46 @@ def _parse(text: str, source: str) -> Preset:
                   checks=list(raw.get("checks") or []), source=source)
 
 
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_paper_results(results: dict[str, Any], runs: dict[str, Any], source: str) -> None:
+    """``tolerance`` (per run, non-negative), ``default_tolerance`` and ``ranking_only`` are well formed."""
+    tol = results.get("tolerance")
+    if tol is not None:
+        if not isinstance(tol, dict):
+            raise ConfigError(f"preset {source}: paper_results.tolerance must map run labels to numbers")
+        for label, value in tol.items():
+            if not (_number(value) and value >= 0):
+                raise ConfigError(f"preset {source}: paper_results.tolerance.{label} must be a number >= 0")
+    if "default_tolerance" in results and not (_number(results["default_tolerance"])
+                                               and results["default_tolerance"] >= 0):
+        raise ConfigError(f"preset {source}: paper_results.default_tolerance must be a number >= 0")
+    if not isinstance(results.get("ranking_only", False), bool):
+        raise ConfigError(f"preset {source}: paper_results.ranking_only must be true or false")
+
+
+def _check_paper_check(check: dict[str, Any], i: int, runs: dict[str, Any], results: dict[str, Any],
+                       source: str) -> None:
+    """A ``paper`` check names a run with a paper value (or none: every such run); ``tol`` >= 0."""
+    values = results.get("values") or {}
+    run = check.get("run")
+    if run is not None and (str(run) not in runs or values.get(str(run)) is None):
+        raise ConfigError(f"preset {source}: check {i + 1} (paper): run must name a run of this preset "
+                          f"with a value in paper_results.values, got {run!r}")
+    if run is None and not any(v is not None for k, v in values.items() if k in runs):
+        raise ConfigError(f"preset {source}: check {i + 1} (paper): paper_results.values has no number "
+                          f"for a run of this preset")
+    if "tol" in check and not (_number(check["tol"]) and check["tol"] >= 0):
+        raise ConfigError(f"preset {source}: check {i + 1} (paper) needs a number tol >= 0")
+    if "scales" in check:
+        raise ConfigError(f"preset {source}: check {i + 1} (paper) applies at full scale only; drop scales:")
+    if "metric" in check and check["metric"] not in _METRICS:
+        raise ConfigError(f"preset {source}: check {i + 1}: unknown metric {check['metric']!r}; "
+                          f"use {', '.join(sorted(_METRICS))}")
+
+
 def _all() -> dict[str, Preset]:
     out: dict[str, Preset] = {}
     for f in _preset_files():
@@ -199,6 +265,7 @@ def _all() -> dict[str, Preset]:
 
 
 def list_presets() -> list[str]:
+    """Names of the registered presets (the YAML files of this package), sorted."""
     return sorted(_all())
 
 
@@ -233,12 +300,27 @@ def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]],
     after many epochs, checked at ``full`` but not after a quick run's one epoch); at ``scale``
     outside its list it is left out.
     """
+    from .verdicts import NOT_MEANINGFUL, at_chance, chance_level, evaluate_paper_check
+
     results = []
+    chance = chance_level(preset.config.get("dataset"))
     for check in preset.checks:
         if scale is not None and check.get("scales") is not None and scale not in check["scales"]:
             continue
         metric = check.get("metric", preset.paper_results.get("metric", "test_accuracy"))
         kind = check["type"]
+        if kind == "paper":
+            results += evaluate_paper_check(check, preset.paper_results, stats, scale, metric_digits(metric))
+            continue
+        if kind in ("max_gap", "within", "worst") and metric.endswith("accuracy"):
+            named = [str(r) for r in check["runs"]] if kind != "worst" else list(stats)
+            values = [(stats.get(r, {}).get(metric) or (None,))[0] for r in named]
+            if at_chance(values, chance):
+                shown = ", ".join(f"{r} {v:.2f}" for r, v in zip(named, values))
+                results.append({**check, "passed": False, "outcome": NOT_MEANINGFUL,
+                                "text": f"{kind} on {metric}: not meaningful, every compared run is at chance "
+                                        f"({chance:.0f} %): {shown}"})
+                continue
         ok, text = False, ""
         if kind in ("max_gap", "within"):
             # max_gap: run a is at most `max` below run b; within: |a − b| <= max
@@ -301,10 +383,11 @@ PLAN_FILE = "reproduce-plan.json"
 
 def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
                progress: bool = True, seeds: list[int] | None = None, workers: int = 1,
-               trust_imports: bool = False) -> dict[str, Any]:
+               stack: bool = False, trust_imports: bool = False) -> dict[str, Any]:
     """Train every run of preset ``name`` at ``scale`` with every seed; write and return a report.
 
-    ``workers > 1`` runs the jobs in that many worker processes (one torch thread each).
+    ``workers > 1`` runs the jobs in that many worker processes (one torch thread each);
+    ``stack=True`` trains the seeds of each run as one stacked model (:mod:`bioplausible.stacked`).
 
     ``plan`` + ``run_job`` per job + ``aggregate`` + the report; every job is checked (configs,
     rules, model, data, ``out``) before the first one trains.
@@ -337,7 +420,7 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
         for job in todo:
             for leftover in ("error.json", "summary.json"):
                 (Path(job.run_dir) / leftover).unlink(missing_ok=True)
-        ran = iter(run_jobs(todo, workers=workers, progress=progress))
+        ran = iter(run_jobs(todo, workers=workers, progress=progress, stack=stack))
         summaries = [next(ran) if s not in FINAL else {**_read_json(Path(j.run_dir) / "summary.json"),
                                                        "run_dir": j.run_dir}
                      for j, s in zip(jobs, states)]
@@ -348,7 +431,10 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
     stats = aggregate(summaries, metrics)
     checks = evaluate_checks(preset, stats, scale)
     config, _ = preset.resolved(scale)
+    from .reproduce import git_commit
+
     report = {"preset": preset.name, "title": preset.title, "paper": preset.paper, "scale": scale,
+              "commit": git_commit(),
               "seeds": sorted({j.seed for j in jobs}, key=[j.seed for j in jobs].index),
               "config": config.to_dict(), "stats": stats, "status": statuses(summaries),
               "paper_results": preset.paper_results, "checks": checks,
@@ -367,16 +453,19 @@ def format_report(report: dict[str, Any]) -> str:
     metric = report["paper_results"].get("metric", "test_accuracy")
     values = report["paper_results"].get("values") or {}
     lines = [f"# {report['title']}", "", f"Preset `{report['preset']}`, scale `{report['scale']}`, "
-             f"seeds {report['seeds']}. Paper: {report['paper']}.", "",
-             f"| run | ours: {metric_label(metric)}, mean ± std | paper | ours − paper | angle to BP (°) | status |",
+             f"seeds {report['seeds']}. Paper: {report['paper']}."
+             + (f" Commit: {report['commit']}." if report.get("commit") else ""), "",
+             f"| run | ours: {metric_label(metric)}, mean ± std | paper | ours − paper | hidden-layer angle to BP (°) | status |",
              "|---|---|---|---|---|---|"]
+    comparable = comparable_to_paper(report.get("scale"))
     for label, st in report["stats"].items():
-        m, s = tuple(st.get(metric, (None, None)))[:2]
+        m, s, n = (tuple(st.get(metric, (None, None, None))) + (None,))[:3]
         ang = next(iter(st.get("grad_angle", (None, None))))
         d = metric_digits(metric)
-        ours = "–" if m is None else f"{m:.{d}f} ± {s:.{d}f}"
+        ours = mean_std_text(m, s, n, d)
         paper = values.get(label)
-        diff = "–" if m is None or paper is None else f"{m - paper:+.{d}f}"
+        diff = ("–" if m is None or paper is None else
+                f"{m - paper:+.{d}f}" if comparable else NOT_COMPARABLE)
         lines.append(f"| {label} | {ours} | {'–' if paper is None else paper} | {diff} | "
                      f"{'–' if ang is None else f'{ang:.1f}'} | {', '.join(report['status'][label])} |")
     for label, paper in values.items():
@@ -387,7 +476,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["", f"Paper values: {note}"]
     if report["checks"]:
         lines += ["", "Checks:"]
-        lines += [f"- [{'pass' if c['passed'] else 'FAIL'}] {c['text']}" for c in report["checks"]]
+        from .verdicts import mark
+
+        lines += [f"- [{mark(c)}] {c['text']}" for c in report["checks"]]
     return "\n".join(lines)
 
 

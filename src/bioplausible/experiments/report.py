@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..core.angles import EXACT_DEG, exact_layers, hidden_angle, layer_angles
+from ..core.angles import EXACT_DEG, exact_layers, hidden_angle, hidden_angle_series, layer_angles
 from ..errors import UserError
 
 
@@ -131,6 +131,28 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def run_model(run: RunRecord) -> str:
+    """The model a run trained: its spec, or (runs started from Python) the module's import path
+    with its parameter count and structural fingerprint."""
+    m = run.config.get("model") or {}
+    if m.get("spec"):
+        return str(m["spec"])
+    info = run.summary.get("model_info") or m
+    if info.get("import_path"):
+        return (f"{info['import_path']} ({info.get('parameters', '?')} parameters, "
+                f"fingerprint {info.get('fingerprint', '?')})")
+    return str(run.summary.get("model", "?"))
+
+
+def sizes_text(run: RunRecord) -> str:
+    """"train N, validation N, test N" from the run's summary ("sizes not recorded" for old runs)."""
+    sizes = run.summary.get("data_sizes")
+    if not sizes:
+        return "split sizes not recorded"
+    return ", ".join(f"{label} {'none' if sizes.get(key) is None else sizes[key]}"
+                     for key, label in (("train", "train"), ("val", "validation"), ("test", "test")))
+
+
 def comparison_rows(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
     """One row per run: final/best test accuracy, mean gradient angle to BP, time per epoch."""
     bp_time = next((r.summary.get("mean_epoch_time") for r in runs if r.summary.get("rule") == "bp"), None)
@@ -145,8 +167,8 @@ def comparison_rows(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
             "test_accuracy": final.get("test_accuracy"),
             "best_test_accuracy": r.summary.get("best_test_accuracy"),
             "train_loss": final.get("train_loss"),
-            "grad_angle": r.summary.get("grad_angle_mean"),
             "hidden_angle": hidden_angle(r.probes),
+            "all_layers_angle": r.summary.get("grad_angle_all_layers_mean"),
             "layer_angles": layer_angles(r.probes),
             "exact_layers": exact_layers(r.probes),
             "epoch_time": t,
@@ -191,15 +213,15 @@ def plot_curves(runs: Sequence[RunRecord], path: str | os.PathLike, title: str =
         axes[0].plot(ep, [e.get(key) for e in r.epochs], marker="o", label=r.label)
         axes[1].plot(ep, [e.get("train_loss") for e in r.epochs], marker="o", label=r.label)
         if len(axes) > 2 and r.probes:
-            steps = [p["step"] for p in r.probes if "grad_angle" in p]
-            axes[2].plot(steps, [p["grad_angle"] for p in r.probes if "grad_angle" in p], label=r.label)
+            series = hidden_angle_series(r.probes)  # the table's hidden-layer angle, per step
+            axes[2].plot([s for s, _ in series], [v for _, v in series], label=r.label)
     if key == "test_accuracy":
         axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
     else:
         axes[0].set(xlabel="epoch", ylabel="test loss", title="test loss (lower is better)")
     axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss", yscale="log")
     if len(axes) > 2:
-        axes[2].set(xlabel="step", ylabel="degrees", title="angle to the BP gradient")
+        axes[2].set(xlabel="step", ylabel="degrees", title="angle to the BP gradient, hidden layers")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -225,16 +247,19 @@ def write_report(runs: Sequence[RunRecord], out_dir: str | os.PathLike, title: s
     png = plot_curves(runs, out / "curves.png", title)
     cfg = runs[0].config if runs else {}
     ds = (cfg.get("dataset") or {}).get("name", "?")
-    model = (cfg.get("model") or {}).get("spec", "?")
+    model = run_model(runs[0]) if runs else "?"
     md = [f"# {title}", "",
           f"Dataset `{ds}`, model `{model}`, loss `{cfg.get('loss', '?')}`, optimizer "
           f"`{(cfg.get('optimizer') or {}).get('name', '?')}` (lr {(cfg.get('optimizer') or {}).get('lr', '?')}), "
-          f"batch {cfg.get('batch_size', '?')}, seed {cfg.get('seed', '?')}.", "",
+          f"batch {cfg.get('batch_size', '?')}, seed {cfg.get('seed', '?')}; {sizes_text(runs[0]) if runs else ''}.",
+          *[f"- `{r.label}`: model `{run_model(r)}`, {sizes_text(r)}" for r in runs[1:]
+            if (run_model(r), sizes_text(r)) != (model, sizes_text(runs[0]))], "",
           markdown_table(rows), "",
           ("Hidden-layer angle to BP: mean over probe steps of the angle between the rule's weight "
           "update and the true BP gradient on the same batch, averaged over the weight layers that are "
-          f"not exact (a layer is exact when its angle stayed below {EXACT_DEG:g}° at every probe, like the "
-          "output layer of FA, DFA, KP, WM and sign symmetry; per layer below). s/epoch: training time "
+          f"not exact at that step (angle at least {EXACT_DEG:g}°; the output layer of FA, DFA, KP, WM and "
+          "sign symmetry is exact by construction; per layer below). The same number is the plot's, "
+          "`summary.json`'s `grad_angle_mean` and `aggregate`'s `grad_angle`. s/epoch: training time "
           "only (no evaluation, no probe measurements)."), "",
           *layer_lines(rows),
           "![learning curves](curves.png)", ""]

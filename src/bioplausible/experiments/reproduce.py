@@ -17,6 +17,36 @@ from typing import Any
 
 from ..errors import UserError
 
+# the full-scale part of REPRODUCTION.md (written by benchmarks/paper_scale/collect.py), kept by --all
+FULL_SCALE_BEGIN = "<!-- full-scale sections begin -->"
+FULL_SCALE_END = "<!-- full-scale sections end -->"
+
+
+def git_commit() -> str | None:
+    """The short commit of the checkout this package runs from (with ``+dirty`` when it has changes),
+    None outside a git checkout: recorded in every write-up so that a result names its code."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0 or not head.stdout.strip():
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def full_scale_part(markdown: Path) -> str:
+    """The full-scale sections of an existing write-up (empty when there are none)."""
+    text = markdown.read_text() if markdown.is_file() else ""
+    if FULL_SCALE_BEGIN not in text or FULL_SCALE_END not in text:
+        return ""
+    return text[text.index(FULL_SCALE_BEGIN):text.index(FULL_SCALE_END) + len(FULL_SCALE_END)] + "\n\n"
+
 
 def select(only: str | None, skip: str | None) -> list[str]:
     from .presets import list_presets
@@ -46,7 +76,7 @@ def _check_text(check: dict[str, Any]) -> str:
 
 def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str, Any]]:
     """The Markdown of one preset's sweep folder, and its check results."""
-    from .presets import check_metrics, evaluate_checks, get_preset, metric_digits, metric_label
+    from .presets import NOT_COMPARABLE, check_metrics, evaluate_checks, get_preset, metric_digits, metric_label
     from .jobs import mean_std
     from .sweep_report import _fmt, _metric, _num, collect, tables
 
@@ -70,8 +100,9 @@ def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str
              "|---|---|---|---|---|---|"]
     for row, st in zip(t["rows"], t["stats"].values()):
         d = metric_digits(metric)
-        lines.append(f"| {row['label']} | {_fmt(st[metric], d)} (n={st['n']}) | {_num(row['paper'], d)} | "
-                     f"{_num(row['diff'], -d) if row['diff'] is not None else '–'} | "
+        diff = (_num(row["diff"], -d) if row["diff"] is not None else
+                "–" if row["paper"] is None or row["comparable"] else NOT_COMPARABLE)
+        lines.append(f"| {row['label']} | {_fmt(st[metric], d)} (n={st['n']}) | {_num(row['paper'], d)} | {diff} | "
                      f"{_fmt(st['hidden_angle'], 1)} | {row['status']} |")
     values = (preset.paper_results.get("values") or {})
     for label, paper in values.items():
@@ -81,7 +112,9 @@ def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str
     if note:
         lines += ["", f"Paper values: {note}"]
     if checks:
-        lines += ["", "Checks:"] + [f"- [{'pass' if c['passed'] else 'FAIL'}] {_check_text(c)}" for c in checks]
+        from .verdicts import mark
+
+        lines += ["", "Checks:"] + [f"- [{mark(c)}] {_check_text(c)}" for c in checks]
     else:
         lines += ["", "Checks: none declared by the preset."]
     bad = [(label, r) for label, runs in groups.items() for r in runs if r["status"] != "completed"]
@@ -94,7 +127,7 @@ def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str
 
 
 def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: int, out: Path,
-                  markdown: Path, command: str, executor: str = "local") -> dict[str, Any]:
+                  markdown: Path, command: str, executor: str = "local", stack: bool = False) -> dict[str, Any]:
     """Run every preset in ``names`` (each a resumable sweep) and write ``markdown``."""
     from .sweep import SweepSpec, run_sweep
 
@@ -107,7 +140,7 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
         one = f"bioplausible reproduce {name} --scale {scale}" + (
             f" --seeds {','.join(map(str, seeds))}" if seeds else "") + (f" --jobs {jobs}" if jobs > 1 else "")
         try:
-            run_sweep(spec, out=folder, jobs=jobs, executor=executor)
+            run_sweep(spec, out=folder, jobs=jobs, executor=executor, stack=stack)
         except UserError as exc:  # e.g. its dataset is not on this machine: say so, run the others
             from .presets import get_preset
 
@@ -124,12 +157,15 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
         text, res = preset_section(name, folder, one)
         sections.append(text)
         results[name] = res
+    from .verdicts import counted
+
     passed = sum(c["passed"] for r in results.values() for c in r["checks"])
-    total = sum(len(r["checks"]) for r in results.values())
+    total = sum(counted(c) for r in results.values() for c in r["checks"])
     skipped = sum("not_run" in r for r in results.values())
     from .presets import list_presets
     head = ["# Reproduction", "",
-            (f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+            (f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+             f"{f' at commit {git_commit()}' if git_commit() else ''}: "
             f"{len(names)} of {len(list_presets())} registered preset(s) at scale `{scale}` ({skipped} not run), {passed}/{total} checks passed. Ours: mean ± sample "
             "std over the seeds that completed; quick scale runs fewer epochs (and often a data subset) "
             "than the papers, so gaps to the paper's numbers at quick scale are expected and are not "
@@ -143,7 +179,7 @@ def reproduce_all(names: list[str], scale: str, seeds: list[int] | None, jobs: i
         tail += [f"- `{n}` ({get_preset(n).title}): `bioplausible reproduce {n} --scale {scale}"
                  + (f" --seeds {','.join(map(str, seeds))}" if seeds else "") + "`" for n in left]
         sections.append("\n".join(tail))
-    markdown.write_text("\n".join(head) + "\n" + "\n\n".join(sections) + "\n")
+    markdown.write_text("\n".join(head) + "\n" + full_scale_part(markdown) + "\n\n".join(sections) + "\n")
     return results
 
 
@@ -158,7 +194,12 @@ def cmd_reproduce_all(args: argparse.Namespace, seeds: list[int] | None, jobs: i
             argv += [flag, value]
     if jobs > 1:
         argv += ["--jobs", str(jobs)]
-    results = reproduce_all(names, args.scale, seeds, jobs, out, Path(args.markdown), shlex.join(argv))
-    failed = [c for r in results.values() for c in r["checks"] if not c["passed"]]
+    if getattr(args, "stack", False):
+        argv += ["--stack"]
+    results = reproduce_all(names, args.scale, seeds, jobs, out, Path(args.markdown), shlex.join(argv),
+                            stack=getattr(args, "stack", False))
+    from .verdicts import FAIL, mark
+
+    failed = [c for r in results.values() for c in r["checks"] if mark(c) == FAIL]
     print(f"{args.markdown}: {len(names)} preset(s), {len(failed)} failed check(s); runs in {out}")
     return 1 if failed and args.strict else 0

@@ -369,12 +369,14 @@ def _sweep_lock(base: Path) -> int:
 
 
 def run_sweep(spec: SweepSpec, out: str | os.PathLike | None = None, jobs: int = 1, executor: str = "local",
-              address: str | None = None, stream: Any = None) -> dict[str, Any]:
+              address: str | None = None, stream: Any = None, stack: bool = False) -> dict[str, Any]:
     """Run every unfinished job of ``spec``; returns the index (as written to ``sweep.json``).
 
     ``executor``: ``local`` (``jobs`` spawned processes, or this process when ``jobs == 1``) or
     ``ray`` (see :mod:`bioplausible.experiments.executors`). Every job still to run is checked first
     (config, rule, model, data); a user error stops the sweep before anything is written.
+    ``stack=True``: runs that differ only by seed and learning rate train as one stacked model in
+    this process (:mod:`bioplausible.stacked`), with the same run folders.
     """
     from . import executors as sweep_exec
 
@@ -421,7 +423,11 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike | None = None, jobs: int =
 
         work = [(i, job_dict(planned[i])) for i in todo]
         if work:
-            if executor == "ray":
+            if stack:  # runs that differ by seed and learning rate as one model, this process
+                from ..stacked.runner import run_sweep_stacked
+
+                run_sweep_stacked(work, on_event)
+            elif executor == "ray":
                 sweep_exec.run_ray(work, jobs, address, on_event)
             elif jobs == 1 or len(work) == 1:
                 sweep_exec.run_inline(work, on_event)

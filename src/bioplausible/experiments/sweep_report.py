@@ -90,7 +90,9 @@ def label_stats(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
         metric: mean_std(_metric(r, metric) for r in done),
         "best_test_accuracy": mean_std(r.summary.get("best_test_accuracy") for r in done),
         "hidden_angle": mean_std(hidden_angle(r.probes) for r in done),
-        "grad_angle": mean_std(r.summary.get("grad_angle_mean") for r in done),
+        # the same hidden-layer angle (bioplausible.core.angles), from the records rather than
+        # summary.json so that runs written before the definition was unified agree too
+        "grad_angle": mean_std(hidden_angle(r.probes) for r in done),
         "epoch_time": mean_std(r.summary.get("mean_epoch_time") for r in done),
         "layers": {name: mean_std(v) for name, v in layer.items()}, "exact_layers": sorted(exact),
     }
@@ -101,14 +103,19 @@ def _paper_for(label: str, values: dict[str, float]) -> float | None:
 
 
 def tables(index: dict[str, Any], groups: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    from .presets import comparable_to_paper
+
     metric, values = paper_values(index)
+    # ours − paper only where the runs are as long as the paper's (a quick run is not a replication)
+    comparable = comparable_to_paper(index.get("scale"))
     stats = {label: label_stats(runs, metric) for label, runs in groups.items()}
     rows = []
     for label, st in stats.items():
         m = st[metric]
         paper = _paper_for(label, values)
         rows.append({"label": label, "n": st["n"], "metric": metric, "mean": m[0], "std": m[1],
-                     "paper": paper, "diff": (m[0] - paper) if (m[0] is not None and paper is not None) else None,
+                     "paper": paper, "comparable": comparable,
+                     "diff": (m[0] - paper) if (comparable and m[0] is not None and paper is not None) else None,
                      "best_mean": st["best_test_accuracy"][0], "best_std": st["best_test_accuracy"][1],
                      "hidden_angle_mean": st["hidden_angle"][0], "hidden_angle_std": st["hidden_angle"][1],
                      "epoch_time_mean": st["epoch_time"][0], "epoch_time_std": st["epoch_time"][1],
@@ -118,7 +125,7 @@ def tables(index: dict[str, Any], groups: dict[str, list[dict[str, Any]]]) -> di
 
 def markdown(t: dict[str, Any]) -> str:
     metric, has_paper = t["metric"], bool(t["paper"])
-    from .presets import metric_digits, metric_label
+    from .presets import NOT_COMPARABLE, metric_digits, metric_label
 
     d = metric_digits(metric)
     head = f"| run | seeds | {metric_label(metric)} (mean ± std) |" + (" paper | ours − paper |" if has_paper else "")
@@ -128,7 +135,8 @@ def markdown(t: dict[str, Any]) -> str:
     for r, st in zip(t["rows"], t["stats"].values()):
         cells = [r["label"], str(r["n"]), _fmt(st[metric], d)]
         if has_paper:
-            cells += [_num(r["paper"], d), _num(r["diff"], -d) if r["diff"] is not None else "–"]
+            cells += [_num(r["paper"], d), _num(r["diff"], -d) if r["diff"] is not None else
+                      ("–" if r["paper"] is None or r["comparable"] else NOT_COMPARABLE)]
         cells += [_fmt(st["best_test_accuracy"]), _fmt(st["hidden_angle"], 1), _fmt(st["epoch_time"]), r["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

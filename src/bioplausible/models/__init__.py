@@ -3,8 +3,9 @@
 Any other model by import path: ``build_model("mypkg.nets:build_net,width=64")``.
 
 ``build_model("mlp:784-500-10", activation="sigmoid")``, ``build_model("lenet",
-input_shape=(3, 32, 32))``, ``build_model("npcnn", num_classes=100)``. A spec may carry options
-after commas: ``"mlp:784-300-300-100-10,activation=relu,init=normal:0.05"``.
+input_shape=(3, 32, 32))``, ``build_model("npcnn", num_classes=100)``,
+``build_model("resnet20,batchnorm=false")``. A spec may carry options after commas:
+``"mlp:784-300-300-100-10,activation=relu,init=normal:0.05"``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .._registry import Registry
 from .autoencoder import autoencoder
 from .cnn import LeNet5, NPConvNet
 from .mlp import ACTIVATIONS, MLP, init_weights
+from .resnet_cifar import CifarResNet, resnet_factory
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
@@ -110,15 +112,19 @@ MODELS.add("mlp", _mlp)
 MODELS.add("lenet", _lenet)
 MODELS.add("npcnn", _npcnn)
 MODELS.add("autoencoder", autoencoder)
+for _depth in (20, 32, 56):  # He et al. 2016 §4.2; CifarResNet also builds 44 and 110
+    MODELS.add(f"resnet{_depth}", resnet_factory(_depth))
 
 
 def list_models() -> list[str]:
+    """Names accepted by :func:`build_model` (besides ``pkg.module:callable`` import specs)."""
     return MODELS.names()
 
 
 __all__ = [
     "ACTIVATIONS",
     "MLP",
+    "CifarResNet",
     "MODELS",
     "LeNet5",
     "NPConvNet",

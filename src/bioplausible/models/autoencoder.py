@@ -1,4 +1,4 @@
-"""The MNIST autoencoder of Lansdell, Prakash & Kording 2020 (Fig. 3, Table 2a; spec §5.3).
+"""The MNIST autoencoder of Lansdell, Prakash & Kording 2020 (Fig. 3, Table 2a).
 
 784-200-2-200-784 with activations tanh, identity (the 2-D code), tanh, relu (the
 reconstruction), as a plain :class:`~bioplausible.models.mlp.MLP` (``nn.Sequential``), so

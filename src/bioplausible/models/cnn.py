@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .mlp import init_weights, make_activation
 
 
@@ -48,7 +49,9 @@ class NPConvNet(nn.Sequential):
 
     Conv3x3-32, MaxPool3x3/2, Conv5x5-128, MaxPool3x3/2, Conv5x5-256, MaxPool3x3/2, FC2048,
     FC2048, FC classes; ReLU, dropout 0.5 before each fully connected layer. 'Same' padding
-    keeps 32x32 inputs at 16, 8 and 4 pixels after the pools.
+    keeps 32x32 inputs at 16, 8 and 4 pixels after the pools. ``conv1_channels`` /
+    ``conv1_kernel`` change the first convolution (the authors' code, benlansdell/ssdfa, uses
+    5x5x96 where the paper's appendix says 3x3x32).
     """
 
     def __init__(
@@ -60,12 +63,17 @@ class NPConvNet(nn.Sequential):
         width: int = 2048,
         init: str = "default",
         bias: bool = True,
+        conv1_channels: int = 32,
+        conv1_kernel: int = 3,
     ) -> None:
-        c = int(input_shape[0])
+        c, k1 = int(input_shape[0]), int(conv1_kernel)
+        if k1 < 1 or k1 % 2 == 0 or int(conv1_channels) < 1:
+            raise ConfigError(f"npcnn: conv1_kernel must be odd and >= 1 and conv1_channels >= 1, got "
+                              f"{conv1_kernel!r} and {conv1_channels!r}")
         features = nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=1, bias=bias), make_activation(activation),
+            nn.Conv2d(c, int(conv1_channels), k1, padding=k1 // 2, bias=bias), make_activation(activation),
             nn.MaxPool2d(3, stride=2, padding=1),
-            nn.Conv2d(32, 128, 5, padding=2, bias=bias), make_activation(activation),
+            nn.Conv2d(int(conv1_channels), 128, 5, padding=2, bias=bias), make_activation(activation),
             nn.MaxPool2d(3, stride=2, padding=1),
             nn.Conv2d(128, 256, 5, padding=2, bias=bias), make_activation(activation),
             nn.MaxPool2d(3, stride=2, padding=1),

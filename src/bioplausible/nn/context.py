@@ -21,6 +21,12 @@ def exact_backward_enabled() -> bool:
 
 @contextmanager
 def exact_backward() -> Iterator[None]:
+    """Context manager: inside it every converted layer backpropagates exactly (``Wᵀδ``).
+
+    Layers converted by :func:`bioplausible.convert` check it when their forward pass runs, so a
+    forward and backward pass inside ``with bp.exact_backward():`` give BP's gradient of the
+    converted model (this is how the probe obtains its reference). Nesting is allowed.
+    """
     _state.depth = getattr(_state, "depth", 0) + 1
     try:
         yield

@@ -11,6 +11,7 @@ pass and its ``state_dict`` holds the same keys plus ``<layer>.feedback`` (or
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator
 from functools import singledispatch
 from typing import Any
@@ -106,7 +107,36 @@ def swap_layers(model: nn.Module, feedback: bool = True,
         _check_previous(new, old)
         if feedback:
             new.add_feedback(generator)
+    exact = exact_trainable_layers(model)
+    if exact:
+        warnings.warn(f"convert: {len(exact)} trainable layer(s) stay on exact backprop (only "
+                      f"nn.Linear and nn.Conv2d use the rule's feedback): {', '.join(exact)}",
+                      stacklevel=3)
     return model
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+def exact_trainable_layers(model: nn.Module) -> list[str]:
+    """Modules with trainable weights of their own that a converted model backpropagates exactly:
+    ``Conv1d``, ``LSTM``, ``Embedding``, attention (``nn.MultiheadAttention`` applies its input
+    and output projections itself, so even a converted ``out_proj`` is exact), ... —
+    "name (Class)" each. Normalisation layers' per-channel scale and shift are left out."""
+    out = []
+    attention = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    inside = {id(m.out_proj) for m in attention}
+    for name, module in model.named_modules():
+        if isinstance(module, _NORMS) or id(module) in inside:
+            continue
+        if isinstance(module, nn.MultiheadAttention):
+            out.append(f"{name or type(module).__name__} (MultiheadAttention: input and output projections)")
+            continue
+        if isinstance(module, FEEDBACK_LAYERS):
+            continue
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            out.append(f"{name or type(module).__name__} ({type(module).__name__})")
+    return out
 
 
 def feedback_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -122,6 +152,12 @@ def convert(model: nn.Module, rule: Any = "fa", **rule_config: Any) -> nn.Module
     ``rule`` is a rule name (``"fa"``, ``"usf"``, ``"brsf"``, ``"frsf"``, ``"kp"``, ``"wm"``,
     ``"dfa"``) with its options as keywords, or a rule instance (keep it when the rule needs a
     call per step, e.g. ``wm``'s :meth:`after_step`). Equivalent to ``rule.prepare(model)``.
+
+    Rules whose update is more than ``loss.backward()`` — they learn their feedback or relax
+    inside ``rule.train_step`` (``np``, ``sg``, ``ar``, ``sal``, ``bfa``, the ghost rules, ...) —
+    are refused (:class:`ConfigError`): a plain loop would silently train something else. A
+    warning names the trainable layers the conversion leaves on exact backprop (``Conv1d``,
+    ``LSTM``, ``Embedding``, attention, ...).
     """
     if isinstance(rule, str):
         from .._registry import make
@@ -129,6 +165,14 @@ def convert(model: nn.Module, rule: Any = "fa", **rule_config: Any) -> nn.Module
         rule = make(rule, **rule_config)
     elif rule_config:
         raise ConfigError("pass rule options either with a rule name or to make(), not both")
+    from ..core.rule import Rule
+
+    if type(rule).train_step is not Rule.train_step:
+        raise ConfigError(
+            f"convert: rule {rule.name!r} forms its update in rule.train_step(model, x, y, loss_fn), "
+            f"which a plain loss.backward() loop never calls (its feedback would never learn); "
+            f"use bp.fit, or rule.prepare(model) with rule.train_step + opt.step + rule.after_step "
+            f"per batch")
     return rule.prepare(model)
 
 

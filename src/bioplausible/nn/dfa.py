@@ -1,4 +1,4 @@
-"""Direct feedback alignment without a per-layer chain (Nøkland 2016; spec §1 row "DFA").
+"""Direct feedback alignment without a per-layer chain (Nøkland 2016).
 
 DFA sends the output error ``e = ∂loss/∂output`` straight to every hidden layer:
 ``δ_l = (B_l e) ⊙ f′(a_l)`` with fixed random ``B_l``. Here:

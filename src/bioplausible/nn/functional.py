@@ -3,7 +3,7 @@
 For a layer ``a = W h + b`` the backward pass returns
 
 * ``∂/∂h = δ · B_eff``       — the *feedback* signal (B_eff in W's layout, so for Linear this is
-  ``δ @ B_eff`` = the spec's ``B_l δ`` with ``B_l = B_effᵀ``); BP would use ``W`` here;
+  ``δ @ B_eff`` = ``B_l δ`` of the equations with ``B_l = B_effᵀ``); BP would use ``W`` here;
 * ``∂/∂W = δᵀ h (+ λ W)``     — the usual weight gradient, plus the pathway's
   :meth:`~bioplausible.nn.pathway.FeedbackPathway.weight_decay` (KP with its decay in the backward);
 * ``∂/∂b = Σ_batch δ``;

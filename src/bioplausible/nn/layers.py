@@ -4,7 +4,7 @@ Each layer keeps ``nn.Linear``/``nn.Conv2d``'s forward and weight gradient and h
 backward path to ``layer.pathway``, a :class:`~bioplausible.nn.pathway.FeedbackPathway` the rule
 supplies (what B is, how the input gradient is formed from it, how B learns; see
 :mod:`bioplausible.nn.pathway`). A stored ``feedback`` parameter, when the pathway uses one, has
-the **layout of** ``weight`` — the spec's ``B_l`` is ``feedback.T``.
+the **layout of** ``weight`` — the ``B_l`` of the equations (docs/notation.md) is ``feedback.T``.
 
 Inside :func:`~bioplausible.nn.exact_backward` (and under ``torch.no_grad``) the layers run the
 plain ``F.linear``/``F.conv2d``, so autograd computes exact BP.

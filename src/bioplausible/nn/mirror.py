@@ -1,5 +1,5 @@
 """The weight-mirror update of one layer (Akrout et al. 2019, "Deep learning without weight
-transport", §3; spec §1 row "WM").
+transport", §3).
 
 In mirror mode the layer's input units fire zero-mean noise ``ξ ~ N(0, σ²)`` (a batch of ``m``
 samples), the output units respond linearly ``y = W ξ`` (no bias, no nonlinearity), and the
@@ -9,7 +9,7 @@ feedback synapses learn by a Hebbian product with decay. In W's layout::
 
 ``P`` is the number of output positions per sample (1 for Linear). The normalisation makes
 ``E[yᵀξ / (mσ²P)] = W`` exactly, so ``E[ΔB] = η W − λ B`` and B relaxes to ``(η/λ) W``
-(proportional to W, i.e. the spec's ``B_l ∝ W_lᵀ``) with time constant ``1/λ`` mirror steps.
+(proportional to W, i.e. ``B_l ∝ W_lᵀ`` in the notation of docs/notation.md) with time constant ``1/λ`` mirror steps.
 
 For Conv2d the noise images have the layer's last input size plus its padding and are
 convolved without padding, so every output position sees noise at all kernel taps and the

@@ -4,7 +4,7 @@ An MLP here is an ``nn.Sequential`` (nested ones are flattened) of: optional par
 input modules (``Flatten`` or elementwise activations) and then ``Linear`` layers, each
 followed by zero or more elementwise activations. Layer ``l`` computes
 ``a_{l+1} = h_l W_lᵀ + b_l`` and ``h_{l+1} = f_{l+1}(a_{l+1})``; ``f′(a_{l+1})`` is evaluated
-once, at the stored forward pre-activation (spec §4.1), and reused by every relaxation step.
+once, at the stored forward pre-activation, and reused by every relaxation step.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ weight gradient and delegates everything about its feedback to ``layer.pathway``
 rule supplies (docs/contract.md §6). A pathway answers:
 
 * :meth:`FeedbackPathway.backward_weight` — ``B_eff`` in W's layout, the tensor used for the
-  input gradient (``∂/∂h = δ · B_eff``); the spec's ``B_l`` is ``B_effᵀ``;
+  input gradient (``∂/∂h = δ · B_eff``); the ``B_l`` of the equations is ``B_effᵀ``;
 * :meth:`FeedbackPathway.stored` and :meth:`FeedbackPathway.feedback_grad` — when ``learn`` is
   set, the stored tensor and its gradient from the layer's raw outer product ``δᵀh`` (KP adds its
   decay here);
@@ -124,8 +124,9 @@ class FeedbackPathway:
     def forward(self, layer, x: torch.Tensor) -> torch.Tensor:
         need_x = x.requires_grad
         learn_b = self.learn and (need_x or self.learn_unused)
-        if not (need_x or learn_b or self.record):
-            return layer.plain_forward(x)  # first layer: the weight gradient is the usual one
+        if not (need_x or learn_b or self.record or self.weight_decay()):
+            # first layer without decay in the backward: the weight gradient is the usual one
+            return layer.plain_forward(x)
         backward_weight = self.backward_weight(layer) if need_x else None
         feedback = self.stored(layer) if learn_b else None
         return layer.feedback_function(x, feedback, backward_weight, self)

@@ -1,6 +1,6 @@
 """Activation Relaxation (AR): Millidge, Tschantz, Buckley & Seth 2022 (arXiv 2009.05359).
 
-One training step on a batch (spec §4; row-vector form, as the authors' code):
+One training step on a batch (row-vector form, as the authors' code):
 
 1. stored forward pass ``a_{l+1} = h_l W_lᵀ + b_l``, ``h_{l+1} = f(a_{l+1})``;
 2. the top layer is clamped to ``x_L = e = ∂loss/∂h_L`` (autograd on the loss only, so any
@@ -77,6 +77,28 @@ VARIANTS: dict[str, tuple[str, bool]] = {
 
 @register("ar")
 class ActivationRelaxation(Rule):
+    """Activation relaxation (AR): hidden units relax to BP's gradients by local dynamics.
+
+    After a stored forward pass the output is clamped to the error and every hidden layer relaxes
+    for K steps, ``x_l ← x_l − η_x(x_l − (x_{l+1} ⊙ f′(a_{l+1})) F_l)`` (Millidge, Tschantz,
+    Buckley & Seth 2022, eqs 4–5); the update is ``W_l.grad = (x_{l+1} ⊙ f′)ᵀ h_l`` (eq 1). Its
+    fixed point is BP's gradient.
+
+    Options: ``relax_steps`` — K (100); ``eta_x`` — η_x (0.1); ``solver`` — ``"closed_form"``
+    (the exact K-step result), ``"loop"`` (the literal steps), ``"fixed_point"`` (K = ∞, i.e. BP
+    or FA); ``sweep`` — ``"gauss_seidel"`` (top-down, the authors' code) or ``"jacobi"`` (the
+    paper); ``backward_weights`` — F_l = ``"transpose"`` (W), ``"random"`` (fixed ψ) or
+    ``"learned"`` (ψ trained by eq 6); ``derivative`` / ``weight_derivative`` — keep f′ in the
+    relaxation / the update (False: eq 7); ``variant`` — shorthand for the Fig. 3 variants
+    (``default``, ``learned``, ``fa``, ``fa_noderiv``, ``noderiv``, ``full_construct``);
+    ``feedback_std`` — ψ ~ N(0, std²) (0.05); ``graph`` — relax the units of any
+    ``torch.fx``-traceable model (App. A); ``graph_units`` — ``"layer"``, ``"activation"`` or
+    ``"op"``; ``divergence_threshold`` — a relaxed value above it stops the run.
+
+    Models: MLPs of ``nn.Linear`` and elementwise activations (default); with ``graph=True`` any
+    model ``torch.fx`` can trace — CNNs, ResNets, skip connections, BatchNorm.
+    """
+
     family = "circuit"
     paper = "Millidge, Tschantz, Buckley & Seth 2022, Activation Relaxation (arXiv 2009.05359)"
     summary = "hidden units relax to the BP gradients: x_l ← x_l − η_x(x_l − (x_{l+1}⊙f′)W_l)"

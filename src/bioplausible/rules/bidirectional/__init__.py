@@ -1,4 +1,4 @@
-"""Bidirectional FA and DFA (Luo, Fu & Glass 2017; spec §6): rules ``bfa`` and ``bdfa``."""
+"""Bidirectional FA and DFA (Luo, Fu & Glass 2017): rules ``bfa`` and ``bdfa``."""
 
 from .bdfa import BidirectionalDFA
 from .bfa import BidirectionalFA

@@ -1,4 +1,4 @@
-"""Bidirectional direct feedback alignment, BDFA (Luo, Fu & Glass 2017, §3.2; spec §6.3, §6.6).
+"""Bidirectional direct feedback alignment, BDFA (Luo, Fu & Glass 2017, §3.2).
 
 Forward learning is DFA through learned direct matrices ``B_l`` (stored ``(n_out, n_l)``, as in
 the authors' code: the signal to hidden layer l is ``e B_l`` in row form, eq 36–38)::
@@ -9,9 +9,9 @@ Each ``B_l`` is trained by a per-layer agreement loss between the label's projec
 ``a←_l = y′ B_l`` (eq 39, linear) and the layer's activity ``h_l`` (treated as a constant),
 ``s = sigmoid(a←_l · h_l)``, one scalar per sample, summed over the batch:
 
-* ``update="code"`` (default; the first author's code, spec §6.6): ascent on ``Σ log s``, i.e.
+* ``update="code"`` (default; the first author's code): ascent on ``Σ log s``, i.e.
   ``∇B_l = −Σ_n (1 − s_n) y′_n h_nᵀ`` (descent convention; the code steps it at rate 5e-5);
-* ``update="paper"`` (spec §6.3's reading of eq 40–42): descent on ``Σ (1 − s)``, i.e.
+* ``update="paper"`` (a literal reading of eq 40–42): descent on ``Σ (1 − s)``, i.e.
   ``∇B_l = −Σ_n s_n(1 − s_n) y′_n h_nᵀ``.
 
 The target ``y′`` (``target``), with ``ŷ = sigmoid(a_{N+1})`` of the same forward pass:
@@ -74,6 +74,20 @@ def agreement_grad(b: torch.Tensor, y_mix: torch.Tensor, h: torch.Tensor, update
 
 @register("bdfa")
 class BidirectionalDFA(Rule):
+    """Bidirectional direct feedback alignment (BDFA): DFA through learned direct matrices.
+
+    ``δ_l = (e B_l) ⊙ σ′(a_l)`` (Luo, Fu & Glass 2017, §3.2, eqs 36–38), and each ``B_l`` learns
+    from the agreement ``σ((y′B_l)·h_l)`` of the label's projection with the layer's activity
+    (eqs 39–42).
+
+    Options: ``update`` — ``"code"`` (ascent on Σ log σ, the authors' code) or ``"paper"``
+    (descent on Σ(1 − σ)); ``target`` — y′ = y (``"none"``), y + αŷ (``"paper"``, eq 51) or the
+    code's form (``"code"``); ``alpha`` — α (0.25); ``pairing`` — ``"fed"`` (each matrix against
+    the layer it feeds) or ``"index"`` (the literal indices); ``max_norm`` — as ``bfa``.
+
+    Models: MLPs (``nn.Linear`` + elementwise activations).
+    """
+
     family = "feedback"
     paper = "Luo, Fu & Glass 2017"
     summary = "DFA through direct matrices learned by agreement of y′B_l with h_l"

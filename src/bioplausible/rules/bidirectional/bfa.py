@@ -1,4 +1,4 @@
-"""Bidirectional feedback alignment, BFA (Luo, Fu & Glass 2017, arXiv 1702.07097, §3.1; spec §6.2).
+"""Bidirectional feedback alignment, BFA (Luo, Fu & Glass 2017, arXiv 1702.07097, §3.1).
 
 Two networks train each other. The forward (recognition) MLP has weights ``W→_1 … W→_{N+1}``
 (``W→_k`` maps layer ``k−1`` to layer ``k``, sizes ``s_0 … s_{N+1}``). The rule owns a generative
@@ -21,7 +21,7 @@ matrices, used as they are (no transposes in the maths). Per batch:
        δ←_{N+1} = e← = (x̂ − x) ⊙ σ_x'(a←_{N+1})
        δ←_j = (W→_{N+1−j} δ←_{j+1}) ⊙ σ'(a←_j),   ∇W←_j = δ←_j h←_{j−1}ᵀ  (h←_0 = y)
 
-Depth: any number of hidden layers by this mirroring (``W←_k ↔ W→_{N+2−k}``, spec §6.2).
+Depth: any number of hidden layers by this mirroring (``W←_k ↔ W→_{N+2−k}``).
 Biases: both networks have them (the paper absorbs them into the weights); they are trained
 with their layer's δ and are not part of the feedback.
 
@@ -38,7 +38,7 @@ the sample-by-sample path; both are tested against the literal per-sample equati
 
 Options (documented defaults for what the paper leaves open):
 
-* ``sigma_x``: ``"identity"`` (default; then ``e← = x̂ − x`` is exactly ∂l←/∂a←, spec §6.2) or
+* ``sigma_x``: ``"identity"`` (default; then ``e← = x̂ − x`` is exactly ∂l←/∂a←) or
   ``"sigmoid"`` (pixels in [0, 1]).
 * ``recon_reduction``: ``"auto"`` (default: a batch sum when the forward loss is a summed one,
   such as ``bce_sum``, a batch mean otherwise), ``"sum"`` or ``"mean"``.
@@ -79,6 +79,22 @@ REDUCTIONS = ("auto", "sum", "mean")
 
 @register("bfa")
 class BidirectionalFA(Rule):
+    """Bidirectional feedback alignment (BFA): two networks that are each other's feedback.
+
+    A label→input generative network mirrors the forward MLP. Forward phase: FA through the
+    generative weights, ``δ_k = (W←_{N+1−k} δ_{k+1}) ⊙ σ′(a_k)`` (Luo, Fu & Glass 2017, §3.1,
+    eqs 18–22); generative phase: reconstruction ``½‖x̂ − x‖²`` with its error carried by the
+    forward weights (eqs 26–29). Two learning phases per batch.
+
+    Options: ``sigma_x`` — the generative output, ``"identity"`` or ``"sigmoid"``;
+    ``recon_reduction`` — ``"auto"``, ``"sum"`` or ``"mean"`` over the batch; ``gen_bias`` —
+    generative biases; ``max_norm`` — renormalise rows and columns to this L2 norm after each step
+    (``None``: off).
+
+    Models: MLPs (``nn.Linear`` + elementwise activations); :meth:`generate` draws each label's
+    image (Fig. 6).
+    """
+
     family = "feedback"
     paper = "Luo, Fu & Glass 2017"
     summary = "FA through a label→input generative net trained by FA through the forward weights"

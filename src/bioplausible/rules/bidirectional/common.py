@@ -1,4 +1,4 @@
-"""Shared pieces of BFA and BDFA (Luo, Fu & Glass 2017; spec §6): the layer chain of a plain MLP,
+"""Shared pieces of BFA and BDFA (Luo, Fu & Glass 2017): the layer chain of a plain MLP,
 activation derivatives, the output error and the weight max-norm of the authors' code.
 
 Both rules run their own forward pass over the layers of a plain ``nn.Sequential`` MLP
@@ -31,7 +31,7 @@ SUPPORTED = "Flatten, then Linear layers each followed by Tanh, Sigmoid, ReLU or
 
 @dataclass
 class Chain:
-    """The MLP as ``linears[k]`` (W_{k+1} of the spec) and ``acts[k]`` applied after it."""
+    """The MLP as ``linears[k]`` (W_{k+1} of the paper) and ``acts[k]`` applied after it."""
 
     flatten: bool
     linears: list[nn.Linear]

@@ -1,6 +1,6 @@
 """Literal per-sample BFA/BDFA: the paper's equations in column-vector form, one sample at a time.
 
-The oracles for the batched rules (tests only; slow). Lists are 0-based: ``W[k]`` is the spec's
+The oracles for the batched rules (tests only; slow). Lists are 0-based: ``W[k]`` is the paper's
 ``W→_{k+1}``, ``G[j]`` is ``W←_{j+1}``; ``f`` / ``df`` are the hidden activation and its
 derivative as a function of ``a``. Every update is a batch *sum* of per-sample terms and is
 applied with plain SGD at rate ``lr``; the forward error is ``e→ = sigmoid(a_y) − y`` (BCE with
@@ -68,7 +68,7 @@ def bfa_step(W, b, G, c, X, Y, lr: float, f, df, sigma_x: str = "identity", sequ
 
 def bdfa_step(W, b, B, X, Y, lr: float, lr_b: float, f, df, update: str = "code",
               target: str = "none", alpha: float = 0.25):
-    """One BDFA batch (eq 36–42 with spec §6.6's readings). ``B[l]`` (n_out × n_{l+1}) feeds
+    """One BDFA batch (eq 36–42 as the authors' code reads them). ``B[l]`` (n_out × n_{l+1}) feeds
     hidden layer ``l+1`` and is trained on that layer's activity. Returns ``(W, b, B)``."""
     n = len(W) - 1
     dW = [torch.zeros_like(w) for w in W]

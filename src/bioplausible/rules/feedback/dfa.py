@@ -1,5 +1,5 @@
 """Direct feedback alignment (Nøkland 2016, "Direct feedback alignment provides learning in deep
-neural networks"; spec §1 row "DFA").
+neural networks").
 
 ``δ_l = (B_l e) ⊙ f′(a_l)`` for every hidden layer, with the output error ``e = ∂loss/∂output``
 and fixed random ``B_l`` (stored as ``direct_feedback``, shape ``(n_out, n_l)``). Taps cut the
@@ -36,6 +36,21 @@ from ...core.rule import FeedbackPair, Rule
 
 @register("dfa")
 class DirectFeedbackAlignment(Rule):
+    """Direct feedback alignment (DFA): every hidden layer receives the output error directly.
+
+    ``δ_l = (B_l e) ⊙ f′(a_l)`` with ``e = ∂loss/∂output`` and fixed random ``B_l`` (stored
+    ``(n_out, n_l)``) for every hidden layer (Nøkland 2016). One GEMM forms every
+    layer's signal and one backward pass applies them.
+
+    Options: ``output_layer`` — ``"bp"`` (the output layer gets its true gradient) or ``"dfa"``
+    (``δ_L = e``); ``conv_scale`` — a convolution tap's random ``B_l`` divided by √P
+    (``"sqrt_positions"``), P (``"positions"``) or 1 (``"none"``), P the input's spatial
+    positions, since a conv update sums e·B over every position.
+
+    Models: any model of ``nn.Linear`` / ``nn.Conv2d`` layers (MLPs, CNNs, the CIFAR ResNets,
+    your own); the signal enters at each layer's input.
+    """
+
     family = "feedback"
     paper = "Nøkland 2016"
     summary = "direct random feedback of the output error: δ_l = (B_l e) ⊙ f′(a_l)"

@@ -102,6 +102,20 @@ class FeedbackRule(Rule):
 
 @register("fa")
 class FeedbackAlignment(FeedbackRule):
+    """Feedback alignment: the error travels back through fixed random matrices.
+
+    ``δ_l = (B_l δ_{l+1}) ⊙ f′(a_l)`` with ``B_l`` random and fixed, in place of BP's
+    ``W_lᵀ``; the weight update keeps BP's form ``δ_{l+1} h_lᵀ`` (Lillicrap, Cownden, Tweed &
+    Akerman 2016, Fig. 1). The output layer receives the true error.
+
+    Options: ``feedback_init`` — ``"default"`` U(±1/√fan_in), like PyTorch's weight init;
+    ``"weight_std"`` N(0, std(W)²); ``"weight"`` a copy of W (then FA starts as BP).
+
+    Models: any model whose layers are ``nn.Linear`` / ``nn.Conv2d`` (those are converted by
+    :func:`bioplausible.convert`; other modules — activations, pooling, BatchNorm, skip
+    connections — backpropagate as usual): MLPs, LeNet, the CIFAR ResNets, your own.
+    """
+
     paper = "Lillicrap, Cownden, Tweed & Akerman 2016"
     summary = "fixed random feedback: δ_l = (B_l δ_{l+1}) ⊙ f′(a_l)"
     defaults: ClassVar[dict[str, Any]] = {"feedback_init": "default"}
@@ -145,23 +159,70 @@ class _SignSymmetry(FeedbackRule):
 
 @register("usf")
 class UniformSignFeedback(_SignSymmetry):
+    """Uniform sign-concordant feedback (uSF): ``B = sign(W)·c``, recomputed every step.
+
+    The backward pass uses only the signs of the forward weights, with one magnitude ``c`` per
+    layer (Liao, Leibo & Poggio 2016, "uniform sign-concordant feedbacks"; Xiao, Chen, Liao &
+    Poggio 2018 at ImageNet scale): ``δ_l = (sign(W_l)ᵀ c_l δ_{l+1}) ⊙ f′(a_l)``.
+
+    Options: ``scale`` — the magnitude c: ``"mean_abs"`` (mean |W| of the layer, default),
+    or ``"unit"`` (c = 1).
+
+    Models: any model of ``nn.Linear`` / ``nn.Conv2d`` layers, as ``fa``.
+    """
+
     summary = "B = sign(W)·c (uniform sign-concordant feedback)"
     kind = "sign"
 
 
 @register("brsf")
 class BatchRandomSignFeedback(_SignSymmetry):
+    """Batchwise random-magnitude sign-concordant feedback (brSF): ``B = sign(W) ⊙ M·c``.
+
+    The magnitudes ``M`` (positive, random) are drawn again for every batch, so only the signs of
+    W carry information (Liao, Leibo & Poggio 2016; Xiao et al. 2018).
+
+    Options: ``scale`` — the magnitude scale c, as for ``usf``.
+
+    Models: any model of ``nn.Linear`` / ``nn.Conv2d`` layers, as ``fa``.
+    """
+
     summary = "B = sign(W) ⊙ M·c, magnitudes M redrawn every batch"
     redraw = True
 
 
 @register("frsf")
 class FixedRandomSignFeedback(_SignSymmetry):
+    """Fixed random-magnitude sign-concordant feedback (frSF): ``B = sign(W) ⊙ M·c``.
+
+    As ``brsf`` but the random magnitudes ``M`` are drawn once, at ``prepare`` (Liao, Leibo &
+    Poggio 2016; Xiao et al. 2018); the signs follow W as it learns.
+
+    Options: ``scale`` — the magnitude scale c, as for ``usf``.
+
+    Models: any model of ``nn.Linear`` / ``nn.Conv2d`` layers, as ``fa``.
+    """
+
     summary = "B = sign(W) ⊙ M·c, magnitudes M fixed at prepare"
 
 
 @register("kp")
 class KolenPollack(FeedbackRule):
+    """Kolen-Pollack (KP): B learns W's update, and decay makes W and B converge.
+
+    ``ΔW_l = −η(δ_{l+1} h_lᵀ + λW_l)`` and ``ΔB_l = −η(δ_{l+1} h_lᵀ + λB_l)`` (in W's layout), so
+    under SGD ``W − B ← (1 − ηλ)(W − B)`` every step (Kolen & Pollack 1994; Akrout, Wilson,
+    Humphreys, Lillicrap & Tweed 2019, "Kolen-Pollack" method). Errors travel back as in ``fa``.
+
+    Options: ``decay`` — λ (1e-3; 0 is the "matched" rule); ``feedback_init`` — as ``fa``;
+    ``learn_unused`` — also learn the first layer's B, which no error ever uses (off: saves an
+    O(params) update per step); ``decay_in`` — ``"optimizer"`` hands λ to the optimizer's
+    ``weight_decay`` of the W and B groups (works with fused optimizers), ``"backward"`` adds λW,
+    λB to the gradients in the backward pass (see :meth:`param_groups`).
+
+    Models: any model of ``nn.Linear`` / ``nn.Conv2d`` layers, as ``fa``.
+    """
+
     paper = "Kolen & Pollack 1994; Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019"
     summary = "B learns W's update; decay λ on both: W − B shrinks by (1 − lr·λ) per SGD step"
     defaults: ClassVar[dict[str, Any]] = {"decay": 1e-3, "feedback_init": "default",
@@ -213,6 +274,22 @@ class KolenPollack(FeedbackRule):
 
 @register("wm")
 class WeightMirror(FeedbackRule):
+    """Weight mirrors (WM): B learns W from noise in a separate mirror phase.
+
+    After every ``mirror_every`` optimizer steps each layer runs ``mirror_steps`` mirror steps:
+    noise ``ξ ~ N(0, σ²)`` (``m`` samples) drives the layer, ``y = Wξ``, and the Hebbian rule
+    ``B ← (1 − λ)B + η yᵀξ/(mσ²)`` moves B towards ``(η/λ)W`` (Akrout et al. 2019, "weight
+    mirrors"). B is not an optimizer parameter. Errors travel back as in ``fa``.
+
+    Options: ``feedback_init`` — as ``fa``; ``mirror_lr`` — η (0.01); ``mirror_decay`` — λ per
+    mirror step (0.01); ``mirror_noise`` — σ (1.0); ``mirror_batch`` — m noise samples per step
+    (64); ``mirror_every`` — optimizer steps between mirror phases (1); ``mirror_steps`` — mirror
+    steps per phase (1); ``mirror_warmup`` — mirror steps run once at ``prepare`` (0).
+
+    Models: any model of ``nn.Linear`` / ``nn.Conv2d`` layers, as ``fa``; call
+    ``rule.after_step(model)`` after ``opt.step()`` in your own loop.
+    """
+
     paper = "Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019"
     summary = "B learned in a mirror phase: B ← (1−λ)B + η yᵀξ/(mσ²), y = Wξ, ξ ~ N(0, σ²)"
     defaults: ClassVar[dict[str, Any]] = {

@@ -1,4 +1,4 @@
-"""Ghost units (Mesnard et al. 2019): rules ``ghost-ma``, ``ghost-ma-prime``, ``ghost-mb`` (spec §3)."""
+"""Ghost units (Mesnard et al. 2019): rules ``ghost-ma``, ``ghost-ma-prime``, ``ghost-mb``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ghost-unit circuits (Mesnard et al. 2019, arXiv 1911.08585; spec §3): state, literal oracle, fast path.
+"""Ghost-unit circuits (Mesnard et al. 2019, arXiv 1911.08585): state, literal oracle, fast path.
 
 Row-batch form. Layers ``l = 0..L`` (input 0, output L); ``W[l]`` is the forward weight of
 ``nn.Linear`` ``l`` (``n_{l+1} × n_l``, the seed's ``W^f_{l+1,l}``), ``bias[l]`` its bias (the

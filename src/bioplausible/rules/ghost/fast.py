@@ -1,6 +1,6 @@
 """Fast ghost-unit dynamics in torch: the same numbers as :mod:`.circuit`'s literal steps.
 
-What is saved per Euler step (spec §3.7):
+What is saved per Euler step:
 
 * the clamped input projection ``P = r_0 W_0ᵀ + b_0`` is computed once per batch;
 * while ``W_0`` learns (MA's weakly-clamped phase, MA′ always) its per-step updates

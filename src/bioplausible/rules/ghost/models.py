@@ -56,7 +56,7 @@ class GhostMA(GhostRule):
 class GhostMAPrime(GhostMA):
     """MA′: eqs 4, 5 and 6 at every step of both phases, each ΔV^b clipped element-wise.
 
-    ``clip_on="increment"`` bounds the per-step increment η_V dt ⟨e ρ(g)ᵀ⟩ (Table 3: "Clipping
+    ``clip_dvb`` is the bound (2). ``clip_on="increment"`` bounds the per-step increment η_V dt ⟨e ρ(g)ᵀ⟩ (Table 3: "Clipping
     ΔV^b 2"); ``"derivative"`` bounds V̇^b = η_V ⟨e ρ(g)ᵀ⟩ before the dt factor. Defaults: Table 3
     (β 0.2, η_W 0.2, η_V 0.03, clip 2).
     """
@@ -81,7 +81,7 @@ class GhostMB(GhostRule):
     """MB: a free number of ghost units per hidden layer, V^f fixed random, V^b fast (eq 15).
 
     Faithful MB runs one example per step (batch 1) and carries V^b and the circuit state
-    (s, g) from one example to the next (spec §3.2, §3.7); W learns once per example at the end
+    (s, g) from one example to the next (Algorithm 2); W learns once per example at the end
     of the weakly-clamped phase with a rate per matrix and no dt (eq 16). Defaults: Table 4,
     784-X-10 (5 ghost units, dt 0.005, τ 0.01, 100 + 40 steps, β 0.1, η_V 20, η_W 4, 0.04).
     ``kernel="numba"`` (default where numba is installed) compiles the per-example loop;

@@ -1,4 +1,4 @@
-"""Ghost-unit rules ``ghost-ma``, ``ghost-ma-prime``, ``ghost-mb`` (Mesnard et al. 2019; spec §3).
+"""Ghost-unit rules ``ghost-ma``, ``ghost-ma-prime``, ``ghost-mb`` (Mesnard et al. 2019).
 
 The model is a plain sigmoid MLP (``nn.Sequential`` of optional ``Flatten``, then ``Linear`` +
 ``Sigmoid`` pairs, the output included: the network output is ρ(s_L)). The rule owns the
@@ -11,7 +11,7 @@ The nudge uses the paper's cost ``C = Σ_j (ρ(s_L[j]) − t[j])²`` per example
 targets ``t`` (targets of the output's shape are used as they are); the trainer's loss is
 only reported. Evaluation is the model's plain feedforward pass (§3.3).
 
-Options the paper leaves open (spec §3 [?]), with their defaults: ``reduction="mean"`` (batch
+Options the paper leaves open, with their defaults: ``reduction="mean"`` (batch
 mean of the outer products; ``v_reduction`` sets the V updates' reduction apart from W's),
 ``state_init`` (MA: ``"feedforward"`` s = s̃, g = V^f ρ(s̃);
 MB: ``"carry"`` the state over from the previous example), synchronous layer updates from the
@@ -83,7 +83,24 @@ def _per_layer(value: Any, n: int, key: str, what: str) -> list[float]:
 
 
 class GhostRule(Rule):
-    """Shared machinery of the three ghost-unit models; subclasses set ``model``."""
+    """Shared machinery of the three ghost-unit models; subclasses set ``model``.
+
+    Options common to MA, MA′ and MB (Mesnard et al. 2019; defaults per model from Tables 2–4):
+    ``feedback`` — ``"transpose"`` (TF, W^b = Wᵀ) or ``"random"`` (FA); ``dt``, ``tau`` — Euler
+    step and time constant; ``beta`` — nudging strength β; ``free_steps``, ``clamped_steps`` —
+    Euler steps of the free and weakly-clamped phases; ``eta_w`` — rate per forward matrix (input
+    side first); ``eta_v`` — rate of the ghost-unit weights per hidden layer; ``gamma`` — V (and
+    FA W^b) drawn U[−γ, γ] (``None``: each layer's max |W|); ``v_init`` — ``"uniform"`` or
+    ``"converged"``; ``reduction`` / ``v_reduction`` — batch ``"mean"`` or ``"sum"`` of the W / V
+    updates; ``state_init`` — circuit state at the start of an example; ``input_rate`` — ``"x"``
+    or ``"rho"``; ``weight_clip`` — bound on |W|, |V| (``None``: off); ``solver`` — ``"fast"`` or
+    ``"literal"`` (Algorithms 1–2 step by step); ``diagnostics_every`` — record the Figs 4–5
+    traces every N steps; ``divergence_threshold`` — stop when the circuit state exceeds it;
+    ``ghost_units`` — ghost units per hidden layer (MB).
+
+    Models: sigmoid MLPs — ``nn.Sequential`` of an optional ``Flatten``, then ``Linear`` +
+    ``Sigmoid`` pairs, the output included (``mlp:...,activation=sigmoid,output_activation=sigmoid``).
+    """
 
     family = "circuit"
     paper = ("Mesnard, Vignoud, Sacramento, Senn & Bengio 2019, Ghost units yield biologically "

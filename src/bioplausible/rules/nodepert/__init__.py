@@ -1,4 +1,4 @@
-"""Node-perturbation-learned feedback and its controls (Lansdell, Prakash & Kording 2020; spec §5).
+"""Node-perturbation-learned feedback and its controls (Lansdell, Prakash & Kording 2020).
 
 ``np``, ``np-dfa``, ``sg``, ``sg-dfa`` (:mod:`.rule`); ``matched``, ``bp-noise``, ``fa-noise``,
 ``dae`` (:mod:`.controls`); the estimator and regression mathematics (:mod:`.estimator`).

@@ -1,10 +1,10 @@
-"""The mathematics of node-perturbation-learned feedback, as functions on tensors (spec §5.2).
+"""The mathematics of node-perturbation-learned feedback, as functions on tensors.
 
 Lansdell, Prakash & Kording 2020, "Learning to solve the credit assignment problem" (ICLR;
 arXiv 1906.00889). Notation: ``h`` is the input of a layer (a hidden activity), ``ẽ`` the
 error that reaches the layer's output in the synthetic backward pass (shape ``(N, n_out)``),
 ``B`` the feedback matrix in the layer's **W layout** ``(n_out, n_in)``, so that the
-synthetic gradient with respect to ``h`` is ``g = ẽ B`` (the spec's ``(B^{i+1})ᵀ ẽ^{i+1}``).
+synthetic gradient with respect to ``h`` is ``g = ẽ B`` (``(B^{i+1})ᵀ ẽ^{i+1}`` in column form).
 
 * Estimator (eq 1-2): with the clean per-example loss ``ℓ_n`` and the noisy one ``ℓ̃_n`` of a
   pass in which every hidden layer got ``c_h ξ``, ``ξ ~ N(0, I)``, at once,

@@ -2,7 +2,7 @@
 
 The step of :class:`~.rule._NodePerturbation` for an ``nn.Sequential`` of an optional leading
 ``Flatten`` and ``Linear`` layers each followed by one elementwise activation (sigmoid, tanh,
-ReLU or identity), with no dropout. The same equations as the general path (spec §5.2), written
+ReLU or identity), with no dropout. The same equations as the general path, written
 out by hand so that a step on a small network is a few dozen tensor operations:
 
 * clean pass ``a_i = W_i h_{i-1} + b_i``, ``h_i = σ_i(a_i)``, kept for the weight gradients;

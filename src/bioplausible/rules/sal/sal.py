@@ -1,6 +1,6 @@
 """SAL, the self-assembling four-matrix learning circuit (Liao, Ziyin, Gan, Cheung, Harnett & Poggio
-2024, arXiv 2412.20018). **The rules are a reconstruction** (spec §7.2): the seed text lost every
-equation; each uncertain element of spec §7.4 is an option below.
+2024, arXiv 2412.20018). **The rules are a reconstruction**: the text of the paper available to us
+lost every equation; each uncertain element is an option below.
 
 The user's MLP is the upstream stream. A downstream stream of width ``m_k = width·n_k`` per hidden
 layer runs top-down from the output error, ``g_L = e``, ``g_k = φ(B_k g_{k+1})``; it does not
@@ -22,8 +22,17 @@ Q_L/R_L, B = 0 at init, the ReLU-Jacobian downstream, all four rates equal, γ =
 starting point is the KP special case with B learned from zero; the paper's own default
 (identity downstream, Q/R from zero or random) learned less in the search.
 
+* ``setting``: ``"library"`` (the defaults below) or ``"paper"``: the paper's random connectivity
+  (:data:`~bioplausible.rules.sal.sal_paper.PAPER_SETTING`: W, B, Q, R all i.i.d. Gaussian, identity
+  downstream, everything plastic, one uniform decay, equal rates); options given explicitly win.
 * ``width``: downstream width per hidden layer as a multiple of the upstream width (a number or
   a list, one per hidden layer); < 1 warns (the theorem needs an over-parametrised downstream).
+* ``connections``: the paper's Fig. 2 axis instead of ``width``: the ratio of backprojection to
+  forward connections; it sets every hidden downstream width to ``√connections`` × the upstream
+  (the hidden-to-hidden B then has ``connections`` × W's connections).
+* ``w_init``: ``model`` (keep the model's weights) or ``normal`` (W ~ N(0, w_init_scale²/fan_in),
+  biases 0); ``qr_fan``: Q and R drawn with variance ``qr_init_scale²`` over their fan-in (``in``)
+  or over the downstream width m_k (``downstream``, so M = RᵀR starts near I at any width).
 * ``downstream``: φ = ``identity`` (paper default), ``relu_jacobian`` (the upstream gate f′(u_k),
   tiled over the ``width`` downstream copies of each unit; this gives KP), ``relu``, ``tanh``.
 * ``rates``: ``{W, B, Q, R}`` ratio of the learning rates; the optimizer's lr is the overall scale.
@@ -35,11 +44,14 @@ starting point is the KP special case with B learned from zero; the paper's own 
   ``potential`` (u, v); ``read`` = W gated by g (``after`` φ) or v (``before``); ``top`` =
   ``fixed`` (option a: Q_L = R_L = I) or ``plastic`` (option b); ``qr_init`` = ``zero``,
   ``random`` (independent N(0, qr_init_scale²/fan_in)), ``tied`` (random R, Q = Rᵀ) or
-  ``identity``; ``b_init`` = ``normal`` (N(0, 1/fan_in)), ``zero`` or ``transpose`` (Wᵀ, equal
+  ``identity``; ``b_init`` = ``normal`` (N(0, 1/fan_in)), ``normal_out`` (N(0, 1/m_k), the
+  variance of W_kᵀ), ``zero`` or ``transpose`` (Wᵀ, equal
   widths); ``timing`` = ``simultaneous`` (all four from one cycle) or
   ``feedback_first`` (B, Q, R step first, in place at their rate, then W reads a fresh
   downstream pass); ``output_error`` = ``loss`` (∂loss/∂h_L of the trainer's loss), ``mse``
-  ((h_L − y)/N) or ``cross_entropy`` ((softmax − y)/N).
+  ((h_L − y)/N) or ``cross_entropy`` ((softmax − y)/N). With a batch-mean error the downstream
+  stream carries each example's own error (N times it) and the 1/N is applied to the updates,
+  so a nonlinear φ (``tanh``) makes the same update whatever the batch size.
 * ``modulation``: τ of the optional inference-time short-term modulation (:meth:`SAL.modulate`).
 
 B, Q, R are rule-owned tensors (``rule.owned``, checkpointed and resumed) created in
@@ -50,6 +62,7 @@ B, Q, R are rule-owned tensors (``rule.owned``, checkpointed and resumed) create
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from typing import Any, ClassVar
@@ -67,7 +80,7 @@ MATRICES = ("W", "B", "Q", "R")
 CHOICES: dict[str, tuple[Any, ...]] = {
     "downstream": NONLINEARITIES, "qr_term": ("activity", "potential"), "read": ("after", "before"),
     "top": ("fixed", "plastic"), "qr_init": ("zero", "random", "tied", "identity"),
-    "b_init": ("normal", "zero", "transpose"), "timing": ("simultaneous", "feedback_first"),
+    "b_init": ("normal", "normal_out", "zero", "transpose"), "timing": ("simultaneous", "feedback_first"),
     "output_error": ("loss", "mse", "cross_entropy"), "decay_scaling": ("rate", "absolute"),
     "sign": (1, -1),
 }
@@ -75,6 +88,31 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 
 @register("sal")
 class SAL(Rule):
+    """SAL, the self-assembling four-matrix circuit — a reconstruction (see the module docstring).
+
+    A downstream stream ``g_L = e``, ``g_k = φ(B_k g_{k+1})`` and four heterosynaptic matrices per
+    layer: ``ΔW = −η_W(Q g)hᵀ``, ``ΔB = −η_B(R h)gᵀ``, ``ΔQ = sη_Q h gᵀ``, ``ΔR = sη_R g hᵀ``, each
+    with decay γ (Liao, Ziyin, Gan, Cheung, Harnett & Poggio 2024). The paper's equations are not
+    available; every uncertain element is an option, and it reduces to KP, FA and SGD exactly.
+
+    Options: ``width`` — downstream width per hidden layer, a multiple of the upstream width;
+    ``downstream`` — φ; ``rates`` — ratios of the W, B, Q, R learning rates; ``decay`` — γ and
+    ``decay_scaling`` (``"rate"`` or ``"absolute"``); ``plastic`` — which of W, B, Q, R learn;
+    ``sign`` — s = ±1; ``qr_term`` — ``"activity"`` or ``"potential"``; ``read`` — W gated by g
+    ``"after"`` or ``"before"`` φ; ``top`` — ``"fixed"`` or ``"plastic"`` top Q, R; ``qr_init``,
+    ``qr_init_scale``, ``b_init`` — initialisations; ``timing`` — ``"simultaneous"`` or
+    ``"feedback_first"``; ``output_error`` — ``"loss"``, ``"mse"`` or ``"cross_entropy"``;
+    ``modulation`` — τ of the inference-time short-term modulation; ``setting`` — ``"library"``
+    or ``"paper"`` (the paper's random connectivity: all four i.i.d. Gaussian, identity
+    downstream, everything plastic, uniform decay, equal rates); ``connections`` — the paper's
+    ratio of backprojection to forward connections (sets ``width`` to its square root);
+    ``w_init`` / ``w_init_scale`` — keep the model's W or draw it N(0, scale²/fan_in);
+    ``qr_fan`` — Q and R scaled by their fan-in or by the downstream width. The module docstring
+    gives every value.
+
+    Models: MLPs of ``nn.Linear`` layers with elementwise activations.
+    """
+
     family = "circuit"
     paper = "Liao, Ziyin, Gan, Cheung, Harnett & Poggio 2024 (arXiv 2412.20018), reconstructed"
     summary = "four heterosynaptic matrices W, B, Q, R: ΔW = −η(Q g)hᵀ, ΔB = −η(R h)gᵀ, ΔQ = sη h gᵀ"
@@ -84,8 +122,19 @@ class SAL(Rule):
         "decay": 1e-4, "decay_scaling": "rate", "plastic": ["W", "B", "Q", "R"], "sign": -1,
         "qr_term": "activity", "read": "after", "top": "plastic", "qr_init": "identity",
         "qr_init_scale": 0.1, "b_init": "zero", "timing": "simultaneous", "output_error": "loss",
-        "modulation": 0.0,
+        "modulation": 0.0, "w_init": "model", "w_init_scale": 1.0, "qr_fan": "in", "connections": None, "setting": "library",
     }
+
+    def __init__(self, **config: Any) -> None:
+        # setting="paper" fills every option the caller did not give from PAPER_SETTING
+        if config.get("setting") == "paper":
+            from .sal_paper import PAPER_SETTING
+
+            config = {**copy.deepcopy(PAPER_SETTING), **config}
+        if config.get("connections") is not None and "width" in config:
+            raise ConfigError("sal: give either width (a width multiple) or connections (the "
+                              "downstream:upstream connection ratio), not both")
+        super().__init__(**config)
 
     @property
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -118,11 +167,21 @@ class SAL(Rule):
                 raise ConfigError(f"sal: {k} is marked plastic but its rate ratio is 0; give it a "
                                   f"positive ratio or remove it from plastic")
         c["rates"] = {k: float(v) for k, v in rates.items()}
-        for key in ("decay", "qr_init_scale", "modulation"):
+        for key in ("decay", "qr_init_scale", "w_init_scale", "modulation"):
             v = c[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
                 raise ConfigError(f"sal option {key} must be a number >= 0, got {v!r}")
             c[key] = float(v)
+        if c["setting"] not in ("library", "paper"):
+            raise ConfigError(f"sal option setting={c['setting']!r} is not valid; accepted: library, paper")
+        if c["qr_fan"] not in ("in", "downstream"):
+            raise ConfigError(f"sal option qr_fan={c['qr_fan']!r} is not valid; accepted: in, downstream")
+        if c["w_init"] not in ("model", "normal"):
+            raise ConfigError(f"sal option w_init={c['w_init']!r} is not valid; accepted: model, normal")
+        if c["connections"] is not None:
+            from .sal_paper import width_from_connections
+
+            c["width"] = width_from_connections(c["connections"])
         width = c["width"]
         widths = width if isinstance(width, (list, tuple)) else [width]
         for w in widths:
@@ -171,6 +230,14 @@ class SAL(Rule):
         dev, dt = w0.device, w0.dtype
         gen = self.generator(dev)
         first = c["timing"] == "feedback_first"
+        if c["w_init"] == "normal":  # the paper's i.i.d. Gaussian start: W ~ N(0, w_init_scale²/fan_in)
+            with torch.no_grad():
+                for lin, _ in layers:
+                    fan_in = lin.weight.shape[1]
+                    lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen, device=dev, dtype=dt)
+                                     * (c["w_init_scale"] / math.sqrt(fan_in)))
+                    if lin.bias is not None:
+                        lin.bias.zero_()
         if "W" not in c["plastic"]:  # frozen upstream (ablations): no optimizer group, no probe entry
             for lin, _ in layers:
                 for p in lin.parameters():
@@ -189,25 +256,30 @@ class SAL(Rule):
                 b = layers[k][0].weight.detach().t().clone()
             elif c["b_init"] == "zero":
                 b = torch.zeros(m[k], m[k + 1], device=dev, dtype=dt)
-            else:
-                b = torch.randn(m[k], m[k + 1], generator=gen, device=dev, dtype=dt) / math.sqrt(m[k + 1])
+            else:  # normal: N(0, 1/m_{k+1}) (B's fan-in); normal_out: N(0, 1/m_k), the variance
+                # W_kᵀ has under a fan-in init of W, so g_k starts at BP's scale, not √(m_k/n_L)-fold
+                fan = m[k] if c["b_init"] == "normal_out" else m[k + 1]
+                b = torch.randn(m[k], m[k + 1], generator=gen, device=dev, dtype=dt) / math.sqrt(fan)
             new(f"B.{k}", b, "B", k)
         qr_layers = list(range(1, L)) + ([L] if c["top"] == "plastic" else [])
         for k in qr_layers:
-            r = self._qr_init(m[k], n[k], gen, dev, dt)
-            q = r.t().clone() if c["qr_init"] == "tied" else self._qr_init(n[k], m[k], gen, dev, dt)
+            r = self._qr_init(m[k], n[k], gen, dev, dt, m[k])
+            q = r.t().clone() if c["qr_init"] == "tied" else self._qr_init(n[k], m[k], gen, dev, dt, m[k])
             new(f"Q.{k}", q, "Q", k)
             new(f"R.{k}", r, "R", k)
         return model
 
-    def _qr_init(self, rows: int, cols: int, gen: torch.Generator, dev, dt) -> torch.Tensor:
+    def _qr_init(self, rows: int, cols: int, gen: torch.Generator, dev, dt, down: int) -> torch.Tensor:
         c = self.config
         kw = {"device": dev, "dtype": dt}
         if c["qr_init"] == "zero":
             return torch.zeros(rows, cols, **kw)
         if c["qr_init"] == "identity":
             return torch.eye(rows, cols, **kw)
-        return torch.randn(rows, cols, generator=gen, **kw) * (c["qr_init_scale"] / math.sqrt(cols))
+        # fan "in": N(0, scale²/fan_in); "downstream": N(0, scale²/m_k) for both Q_k and R_k, so
+        # that M = RᵀR starts near the identity whatever the downstream width
+        fan = down if c["qr_fan"] == "downstream" else cols
+        return torch.randn(rows, cols, generator=gen, **kw) * (c["qr_init_scale"] / math.sqrt(fan))
 
     def _lists(self, model: nn.Module):
         L = len(self._layout(model).layers)
@@ -285,21 +357,34 @@ class SAL(Rule):
             pred = output if kind == "mse" else torch.softmax(output, dim=1)
             return (pred - target) / output.shape[0], loss
 
-    def cycle(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn):
-        """One upstream and downstream pass: ``(cycle, loss)``."""
+    def batch_scale(self, output: torch.Tensor, loss_fn) -> float:
+        """``N`` when the output error is a batch mean (``1/N`` times each example's error), else 1."""
+        if self.config["output_error"] != "loss" or getattr(loss_fn, "reduction", "sum") == "mean":
+            return float(output.shape[0])
+        return 1.0
+
+    def cycle(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn,
+              per_example: bool = False):
+        """One upstream and downstream pass: ``(cycle, loss)``.
+
+        ``per_example``: the downstream stream carries each example's own error (``N·e`` for a
+        batch-mean loss, so that a nonlinear φ such as tanh sees the same input whatever the
+        batch size); ``cyc.scale`` is that ``N`` and the updates are divided by it.
+        """
         layout = self._layout(model)
         B, _, _ = self._lists(model)
         with torch.no_grad():
             cyc = upstream(layout, x, self.config["downstream"] == "relu_jacobian")
         e, loss = self.output_error(cyc.output, y, loss_fn)
+        cyc.scale = self.batch_scale(cyc.output, loss_fn) if per_example else 1.0
         with torch.no_grad():
-            downstream(cyc, e, B, self.config["downstream"])
+            downstream(cyc, e * cyc.scale if cyc.scale != 1.0 else e, B, self.config["downstream"])
         return cyc, loss
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> StepResult:
         """Upstream pass, downstream pass, and the four updates as ``.grad`` (no autograd graph)."""
         c = self.config
-        cyc, loss = self.cycle(model, x, y, loss_fn)
+        cyc, loss = self.cycle(model, x, y, loss_fn, per_example=True)
         B, Q, R = self._lists(model)
         plastic = set(c["plastic"])
         opts = {"sign": float(c["sign"]), "term": c["qr_term"], "read": c["read"]}
@@ -309,6 +394,8 @@ class SAL(Rule):
                 downstream(cyc, cyc.g[-1], B, c["downstream"])
                 plastic &= {"W"}
             grads = fast_updates(cyc, Q, R, want=plastic, **opts)
+            if cyc.scale != 1.0:  # per-example errors: the batch mean's 1/N goes into the update
+                grads = {name: g.div_(cyc.scale) for name, g in grads.items()}
             layers = self._layout(model).layers
             for name, g in grads.items():
                 kind, k = name.split(".")
@@ -324,6 +411,8 @@ class SAL(Rule):
     def _apply_feedback_first(self, cyc, Q, R, want: set[str], opts: dict[str, Any]) -> None:
         """B, Q, R step in place: ``X ← X − η_X (grad + wd_X X)`` at their group rates."""
         for name, g in fast_updates(cyc, Q, R, want=want, **opts).items():
+            if cyc.scale != 1.0:
+                g = g / cyc.scale
             kind, k = name.split(".")
             eta = self.group_lr(kind, int(k))
             p = self.owned.get(name)

@@ -1,4 +1,4 @@
-"""Diagnostics of the SAL circuit (spec §7.7, paper Fig. 3): alignment of the inter-stream
+"""Diagnostics of the SAL circuit (paper Fig. 3): alignment of the inter-stream
 matrices, definiteness of the matrix learning rate and effective ranks, plus Gram-image PNGs."""
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ def sal_metrics(rule: SAL, model: nn.Module) -> dict[str, float]:
     if mis:
         out["qr_misalignment"] = max(mis)
         out["qr_lambda_min"] = min(lam)
+    from .sal_paper import assembly_metrics
+
+    out.update(assembly_metrics(rule, model))
     return out
 
 

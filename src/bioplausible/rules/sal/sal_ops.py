@@ -1,6 +1,6 @@
-"""The SAL circuit's passes and its four plasticity rules as plain tensor functions (spec §7.2).
+"""The SAL circuit's passes and its four plasticity rules as plain tensor functions.
 
-Row-vector batch form (one sample per row). Layer indices follow spec §0: ``h_0 = x``,
+Row-vector batch form (one sample per row). Layer indices follow docs/notation.md: ``h_0 = x``,
 ``u_{l+1} = h_l W_lᵀ + b_l``, ``h_{l+1} = f(u_{l+1})`` for the ``L`` Linear layers ``l = 0..L−1``.
 The downstream stream has activity ``g_k`` of width ``m_k`` at the hidden layers ``k = 1..L−1``
 and ``g_L = e`` (the output error, width ``n_L``). Per hidden layer ``k``:
@@ -47,6 +47,7 @@ class Cycle:
     fprime: list[Tensor | None]          # f′(u_k) at hidden k (only for the Jacobian nonlinearity)
     g: list[Tensor | None] = field(default_factory=list)  # g_1..g_L (g[0] is None)
     v: list[Tensor | None] = field(default_factory=list)  # v_1..v_{L−1}
+    scale: float = 1.0                   # g_L is scale·(the loss's error); updates divide by it
 
     @property
     def output(self) -> Tensor:
@@ -145,11 +146,12 @@ def fast_updates(cycle: Cycle, Q: list[Tensor | None], R: list[Tensor | None], *
 def literal_updates(weights: list[Tensor], biases: list[Tensor | None], acts: list[str],
                     B: list[Tensor | None], Q: list[Tensor | None], R: list[Tensor | None],
                     x: Tensor, error_fn, *, kind: str, sign: float, term: str,
-                    read: str) -> dict[str, Tensor]:
+                    read: str, mean: bool = False) -> dict[str, Tensor]:
     """Spec §7.2 written literally: per sample, column vectors, explicit loops, then a batch sum.
 
     ``acts[l]`` is ``"relu"`` or ``"linear"`` (the activation after Linear ``l``); ``error_fn(h_L, n)``
-    returns sample ``n``'s output error ``e`` (a column vector, the loss's own batch scaling).
+    returns sample ``n``'s own output error ``e = ∂ℓ_n/∂h_L`` (a column vector). ``mean``: the
+    loss is the batch mean of the ``ℓ_n``, so the summed updates are divided by ``N``.
     """
     L = len(weights)
     total: dict[str, Tensor] = {}
@@ -198,6 +200,8 @@ def literal_updates(weights: list[Tensor], biases: list[Tensor | None], acts: li
             else:
                 add(f"Q.{k}", -sign * (h[k] @ g[k].T))                    # ΔQ_k = s η h_k g_kᵀ
                 add(f"R.{k}", -sign * (g[k] @ h[k].T))                    # ΔR_k = s η g_k h_kᵀ
+    if mean:
+        total = {key: value / x.shape[0] for key, value in total.items()}
     return total
 
 

@@ -1,0 +1,312 @@
+"""Stacked runs against the same runs one after another: run-steps per second, one process, one thread.
+
+For each task, R = 8 runs of one rule (seeds 0..7: their own initialisation, data order and rule
+randomness) train ``--steps`` steps each, either
+
+* **sequential**: each run through the ordinary loop ``rule.train_step`` + ``opt.step()`` +
+  ``rule.after_step``, the runs one after another, or
+* **stacked**: one :mod:`bioplausible.stacked` model holding the 8 runs, one batched step for all.
+
+The two take turns (round-robin) for ``--reps`` repetitions; the speed-up is the ratio of the
+median run-steps per second. Times are this thread's CPU time (``time.thread_time``): the machine
+is shared with other processes, and CPU time leaves out the time the thread waits for a core (the
+wall-clock medians are reported beside it). The load average before and after is recorded.
+
+The FLOP-rate limit: the multiply-adds a run-step needs (forward, backward, weight gradients, and
+the rule's extra passes, counted from the layer sizes) divided by the rate ``torch.mm`` reaches on
+one thread in this process for a large product (measured here, in the same run):
+the run-steps per second no implementation can beat on this core.
+
+    BIOPLAUSIBLE_DATA=/work/shared/datasets python benchmarks/bench_stacked.py
+    python benchmarks/bench_stacked.py --quick      # smoke run
+    python benchmarks/bench_stacked.py --device cuda --out benchmarks/results/gpu   # the GPU check
+
+On a GPU (``--device cuda``) the times are wall-clock after ``torch.cuda.synchronize()`` (the
+thread's CPU time says nothing about the device's work) and the FLOP limit is left out.
+
+Results: ``benchmarks/results/stacked_speed.{json,md}`` (``_quick`` suffix for ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from _common import load_mnist
+
+import bioplausible as bp
+from bioplausible.stacked import epoch_orders, gather, stack_from
+
+RESULTS = Path(__file__).resolve().parent / "results"
+R = 8
+
+# name -> task: model, batch, loss, learning rate, the rules timed, the speed-up asked for
+TASKS = {
+    "np-fig2": {"title": "NP Fig. 2 net 784-50-20-10 sigmoid, batch 32 (½-summed MSE)",
+                "model": "mlp:784-50-20-10", "activation": "sigmoid", "batch": 32, "loss": "mse_half_sum",
+                "lr": 4e-4, "rules": ["bp", "fa", "np"], "target": 3.0, "stretch": 5.0},
+    "bfa-400": {"title": "BFA Table 1 net 784-400-10 tanh, batch 128 (summed BCE)",
+                "model": "mlp:784-400-10", "activation": "tanh", "batch": 128, "loss": "bce_sum",
+                "lr": 1e-4, "rules": ["bfa", "bdfa"], "target": 1.3},
+    "sal-3x200": {"title": "SAL Table 1 net 784-200-200-200-10 relu, batch 256 (batch-mean MSE)",
+                  "model": "mlp:784-200-200-200-10", "activation": "relu", "batch": 256,
+                  "loss": "mse_batchmean", "lr": 0.3, "rules": ["sal", "kp"], "target": 1.3},
+    "ghost-500-b100": {"title": "ghost MA-500 shape 784-500-10 sigmoid, batch 100 (bp: ghost rules are not stacked)",
+                       "model": "mlp:784-500-10", "activation": "sigmoid", "batch": 100,
+                       "loss": "mse_batchmean", "lr": 0.05, "rules": ["bp"], "target": 1.0},
+    "ghost-500-b1": {"title": "ghost MB-500 shape 784-500-10 sigmoid, batch 1 (bp: ghost rules are not stacked)",
+                     "model": "mlp:784-500-10", "activation": "sigmoid", "batch": 1,
+                     "loss": "mse_batchmean", "lr": 0.01, "rules": ["bp"], "target": 1.0},
+}
+
+
+def build_runs(task: dict, rule_name: str, example: torch.Tensor):
+    runs = []
+    for seed in range(R):
+        torch.manual_seed(seed)
+        model = bp.build_model(task["model"], activation=task["activation"]).to(example.device)
+        rule = bp.make(rule_name)
+        rule.set_seed(seed)
+        model = rule.prepare(model, example=example)
+        groups = {"feedback": {"lr": 5e-4 if rule_name in ("np", "np-dfa") else 5e-5}} \
+            if rule_name in ("np", "np-dfa", "bdfa") else {}
+        opt = rule.build_optimizer(model, {"name": "sgd", "lr": task["lr"], "groups": groups})
+        runs.append((rule, model, opt))
+    return runs
+
+
+def run_bytes(rule, model) -> int:
+    """Bytes of one run's trained state: its model's tensors and the rule's own."""
+    tensors = list(model.state_dict().values()) + list(rule.owned.state_dict().values())
+    return _unique_bytes(tensors)
+
+
+def _unique_bytes(tensors) -> int:
+    """Bytes of ``tensors``, each storage region counted once (a rule may own a model tensor)."""
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None:
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def stack_bytes(stack) -> int:
+    """Bytes of the stack's state: weights, biases and every stacked rule tensor."""
+    tensors = [*stack.net.W, *stack.net.b]
+    for pairs in stack.feedback_tensors().values():
+        tensors += [t for t, _ in pairs]
+    return _unique_bytes(tensors)
+
+
+def flops_per_run_step(task: dict, rule: str) -> float:
+    """Multiply-adds × 2 of one run-step: forward and weight gradient of every layer, the error
+    at the input of every layer but the first (DFA: ``e D_l``), and for ``np`` the noisy forward
+    of every layer but the first and the regression product of every learned ``B``."""
+    sizes = [int(s) for s in task["model"].split(":")[1].split("-")]
+    layers = list(zip(sizes, sizes[1:]))
+    every = sum(a * b for a, b in layers)
+    upper = sum(a * b for a, b in layers[1:])
+    if rule == "dfa":
+        backward = sum(a * sizes[-1] for a, _ in layers[1:])
+    else:
+        backward = upper
+    extra = 2 * upper if rule in ("np", "np-dfa") else 0
+    if rule == "kp":
+        extra = 0  # B takes W's gradient: no second product
+    if rule == "bfa":  # the generative net on the class rows, the class sums, its weight gradients
+        extra = (2 * sizes[-1] * every + sizes[-1] * sizes[0] * task["batch"]) / task["batch"]
+    if rule == "sal":  # the downstream pass through B, the Q gates of W's signal, B/Q/R gradients
+        extra = upper + 4 * upper
+    if rule == "bdfa":  # y′B_l and the agreement gradient of every direct matrix
+        extra = 2 * sum(sizes[-1] * a for a, _ in layers[1:])
+    return 2.0 * task["batch"] * (2 * every + backward + extra)
+
+
+def gemm_rate(reps: int = 20) -> float:
+    """The machine's one-thread GEMM rate in this process: FLOP/s of a 1024×784 by 784×512 ``torch.mm``."""
+    a, w = torch.rand(1024, 784), torch.rand(512, 784)
+    torch.mm(a, w.t())
+    best = float("inf")
+    for _ in range(reps):
+        start = time.thread_time()
+        torch.mm(a, w.t())
+        best = min(best, time.thread_time() - start)
+    return 2.0 * 1024 * 784 * 512 / max(best, 1e-9)
+
+
+def _clock(device: torch.device):
+    """(wall, cpu) now; on a GPU after synchronising, and the "cpu" figure is wall-clock too."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        return now, now
+    return time.perf_counter(), time.thread_time()
+
+
+def run_task(key: str, task: dict, steps: int, reps: int, x, y, source: str) -> dict:
+    loss_fn = bp.get_loss(task["loss"])
+    device = x.device
+    bs = task["batch"]
+    n = x.shape[0]
+    orders = epoch_orders(list(range(R)), 0, n, device)
+    batches = [orders[:, i * bs:(i + 1) * bs] for i in range(steps)]
+    rows = {}
+    limit_rate = gemm_rate() if device.type == "cpu" else float("nan")
+    for rule_name in task["rules"]:
+        if device.type == "cpu":  # the best rate seen: a burst of load during one measurement lowers it
+            limit_rate = max(limit_rate, gemm_rate())
+        seq_runs = build_runs(task, rule_name, x[:2])
+        stack_runs = build_runs(task, rule_name, x[:2])
+        stack = stack_from([m for _, m, _ in stack_runs], [r for r, _, _ in stack_runs],
+                           [o for _, _, o in stack_runs], loss_fn)
+
+        def sequential(batches=batches, runs=seq_runs):
+            start, cpu = _clock(device)
+            for r, (rule, model, opt) in enumerate(runs):
+                for idx in batches:
+                    i = idx[r]
+                    rule.train_step(model, x.index_select(0, i), y.index_select(0, i), loss_fn)
+                    opt.step()
+                    rule.after_step(model)
+            end, cpu_end = _clock(device)
+            return end - start, cpu_end - cpu
+
+        def stacked(batches=batches, stack=stack):
+            start, cpu = _clock(device)
+            for idx in batches:
+                xb, yb = gather(x, y, idx)
+                stack.step(xb, yb)
+            end, cpu_end = _clock(device)
+            return end - start, cpu_end - cpu
+
+        for fn in (sequential, stacked):  # warm-up
+            fn(batches[: max(2, len(batches) // 10)])
+        wall = {"sequential": [], "stacked": []}
+        cpu = {"sequential": [], "stacked": []}
+        for rep in range(reps):
+            for name, fn in (("sequential", sequential), ("stacked", stacked)):
+                w, c = fn()
+                wall[name].append(w)
+                cpu[name].append(c)
+            print(f"  {key} {rule_name} rep {rep + 1}/{reps}: sequential {cpu['sequential'][-1]:.2f}s CPU, "
+                  f"stacked {cpu['stacked'][-1]:.2f}s CPU", flush=True)
+        run_steps = R * len(batches)
+        rate = {k: run_steps / statistics.median(v) for k, v in cpu.items()}
+        wall_rate = {k: run_steps / statistics.median(v) for k, v in wall.items()}
+        if device.type == "cpu":
+            limit_rate = max(limit_rate, gemm_rate())
+        limit = limit_rate / flops_per_run_step(task, rule_name)
+        speedup = rate["stacked"] / rate["sequential"]
+        rows[rule_name] = {
+            "run_steps_per_s_cpu": rate, "run_steps_per_s_wall": wall_rate,
+            "speedup_cpu": speedup, "speedup_wall": wall_rate["stacked"] / wall_rate["sequential"],
+            "cpu_s": cpu, "wall_s": wall, "flop_limit_run_steps_per_s": limit,
+            "stacked_fraction_of_limit": rate["stacked"] / limit,
+            "target": task["target"], "ok": speedup >= task["target"],
+            "bytes_one_run": run_bytes(stack_runs[0][0], stack_runs[0][1]),
+            "bytes_stack": stack_bytes(stack),
+            "stretch": task.get("stretch"),
+        }
+    return {"task": key, "title": task["title"], "data": source, "steps_per_run": len(batches),
+            "gemm_flops_per_s": limit_rate, "rules": rows}
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Stacked runs: 8 runs as one model vs the same 8 runs one after another", "",
+             f"Command: `{result['command']}`  ", f"Machine: {result['machine']}, torch {result['torch']}, "
+             f"1 thread, round-robin, {result['reps']} repetitions, medians.  ",
+             ("Speed: run-steps per second of this thread's CPU time (`time.thread_time`); the machine is "
+              "shared with other processes, so CPU time is the figure that does not count waiting for a core "
+              "(wall-clock speed-ups beside it).  " if result.get("device", "cpu") == "cpu" else
+              "Speed: run-steps per second of wall-clock time after `torch.cuda.synchronize()` (both columns).  "),
+             f"Load average (1, 5, 15 min) before: {result['load_average']['before']}, after: "
+             f"{result['load_average']['after']}.  ",
+             "FLOP limit: the run-step's floating-point operations (forward and weight gradient of every layer, "
+             "the error at every layer's input but the first's; NP's noisy pass and regression) at the best "
+             "rate a 1024×784 by 784×512 `torch.mm` reaches on this thread in the same run (measured before "
+             "and after every rule's timing; the best is kept).", ""]
+    for task in result["tasks"]:
+        run_by = (f" Measured by `{task['command']}` on {task['date']}, load average {task['load_average']}."
+                  if task.get("command") and task.get("command") != result["command"] else "")
+        lines += [f"## {task['title']}", "",
+                  f"{task['steps_per_run']} steps per run and repetition; data: {task['data']}; "
+                  f"measured GEMM rate {task['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s.{run_by}", "",
+                  "| rule | sequential run-steps/s | stacked run-steps/s | speed-up (CPU) | speed-up (wall) | "
+                  "FLOP limit run-steps/s | stacked / limit | target | ok | stack state / one run's |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|"]
+        for rule, row in task["rules"].items():
+            target = f"≥ {row['target']:.1f}×" + (f" (stretch {row['stretch']:.0f}×)" if row["stretch"] else "")
+            lines.append(f"| {rule} | {row['run_steps_per_s_cpu']['sequential']:.0f} | "
+                         f"{row['run_steps_per_s_cpu']['stacked']:.0f} | {row['speedup_cpu']:.2f}× | "
+                         f"{row['speedup_wall']:.2f}× | {row['flop_limit_run_steps_per_s']:.0f} | "
+                         f"{row['stacked_fraction_of_limit']:.2f} | {target} | "
+                         f"{'yes' if row['ok'] else '**no**'} | "
+                         f"{row['bytes_stack'] / max(row['bytes_one_run'], 1):.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20 steps, 2 repetitions")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=None, help="steps per run and repetition (default per task)")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: the GPU check")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only the tasks run now in the existing results file (each task keeps "
+                             "the command, load and date of the run that measured it)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    reps = 2 if args.quick else args.reps
+    default_steps = {"np-fig2": 300, "bfa-400": 60, "sal-3x200": 30, "ghost-500-b100": 60, "ghost-500-b1": 600}
+    x, y, source = load_mnist(60000)
+    device = torch.device(args.device)
+    x, y = x.to(device), y.to(device)
+    result = {"torch": torch.__version__, "reps": reps, "runs": R, "device": str(device),
+              "machine": (f"{platform.machine()} {os.cpu_count()} CPUs" if device.type == "cpu"
+                    else torch.cuda.get_device_name(device)), "python": sys.version.split()[0],
+              "tasks": []}
+    load_before = os.getloadavg()
+    for key in args.tasks.split(","):
+        steps = 20 if args.quick else (args.steps or default_steps[key])
+        result["tasks"].append(run_task(key, TASKS[key], steps, reps, x, y, source))
+    result["load_average"] = {"before": load_before, "after": os.getloadavg()}
+    result["command"] = "python benchmarks/bench_stacked.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
+    for task in result["tasks"]:
+        task.update(command=result["command"], load_average=result["load_average"],
+                    date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    old = out / f"stacked_speed{suffix}.json"
+    if args.merge and old.exists():
+        previous = json.loads(old.read_text())
+        fresh = {t["task"]: t for t in result["tasks"]}
+        keys = [t["task"] for t in previous["tasks"]] + [k for k in fresh if k not in
+                                                          {t["task"] for t in previous["tasks"]}]
+        merged = {t["task"]: t for t in previous["tasks"]} | fresh
+        previous["tasks"] = [merged[k] for k in keys]
+        result = previous
+    (out / f"stacked_speed{suffix}.json").write_text(json.dumps(result, indent=2))
+    md = markdown(result)
+    (out / f"stacked_speed{suffix}.md").write_text(md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

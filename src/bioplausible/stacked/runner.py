@@ -1,0 +1,430 @@
+"""Run a group of jobs as one stacked model and write every run's directory as an unstacked run would.
+
+:func:`run_stacked` takes jobs that differ only by seed and learning rate (see :func:`group_key`),
+builds every run exactly as :func:`bioplausible.jobs.run_job` does (same seeding, same model
+initialisation, same ``prepare`` of the rule, same optimizer), copies them into one stacked model
+(:mod:`.steps`) and trains them together. After every epoch the stack is written back into the
+runs' own models and rules, and each run's :class:`~bioplausible.train.Trainer` evaluates, logs
+``metrics.jsonl``, checkpoints and at the end writes ``summary.json``, ``model.pt`` and
+``rule_state.pt`` — the same files with the same keys. ``epoch_time`` of a stacked run is the
+stack's epoch time divided by the number of runs in it (each run's share of the machine), and
+``samples_per_s`` follows from it.
+
+A run that diverges leaves the stack at that step with the status and event an unstacked run
+writes; the others go on. Resume loads every run's checkpoint and continues the stack when all of
+them stopped at the same epoch (otherwise the group runs unstacked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import DivergenceError, UserError
+from . import support
+from .losses import correct_counts
+from .mlp import epoch_orders, gather
+from .relaxation import RunsDiverged
+
+
+def _message(where: str, value: float, threshold: float) -> str:
+    """The trainer's divergence message (:meth:`bioplausible.train.Trainer._check`)."""
+    return str(DivergenceError(
+        f"training diverged at {where}: loss = {value:g} (threshold {threshold:g}); lower the learning "
+        f"rate or change the rule's hyperparameters"))
+
+
+def group_key(config: dict[str, Any]) -> str:
+    """Jobs with the same key can share a stack: the config without its seed and learning rates."""
+    cfg = copy.deepcopy(config)
+    cfg.pop("seed", None)
+    cfg.pop("progress", None)
+    opt = cfg.get("optimizer") or {}
+    opt.pop("lr", None)
+    for options in (opt.get("groups") or {}).values():
+        if isinstance(options, dict):
+            options.pop("lr", None)
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def plan_groups(jobs: list) -> list[list[int]]:
+    """Indices of ``jobs`` grouped by :func:`group_key`, in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(group_key(job.config), []).append(i)
+    return list(groups.values())
+
+
+def run_jobs_stacked(jobs: list, progress: bool | None = None, say=None) -> list[dict[str, Any]]:
+    """Every job, stacked with the others of its group where the rule and model allow it.
+
+    A group that cannot stack (or a group of one) runs unstacked through
+    :func:`~bioplausible.jobs.run_job`, after one line on ``say`` (stderr by default) saying why.
+    """
+    from ..experiments.jobs import run_job
+
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    out: list[dict[str, Any] | None] = [None] * len(jobs)
+    for group in plan_groups(jobs):
+        members = [jobs[i] for i in group]
+        reason = support.config_reason(members[0].train_config()) if len(members) > 1 else None
+        if reason is not None:
+            say(f"--stack: {members[0].label}: {reason}; running its {len(members)} run(s) one after another")
+        summaries = (run_stacked(members, progress=progress, say=say) if reason is None and len(members) > 1
+                     else [run_job(job, progress=progress) for job in members])
+        for i, summary in zip(group, summaries):
+            out[i] = summary
+    return out  # type: ignore[return-value]
+
+
+def run_stacked(jobs: list, progress: bool | None = None, say=None) -> list[dict[str, Any]]:
+    """Train ``jobs`` (one group) as one stack; returns their summaries as ``run_job`` would."""
+    from ..data import DataBundle
+    from ..experiments.jobs import _build, check_device, check_run_dir, load_data, run_job, run_lock, runtime
+
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    configs = [job.train_config() for job in jobs]
+    first = configs[0]
+    check_device(first["device"])
+    run_dirs = [Path(job.run_dir) for job in jobs]
+    if len(set(map(str, run_dirs))) != len(run_dirs):
+        raise UserError("--stack: two runs of one stack share a run directory; give each its own --out")
+    for job, run_dir in zip(jobs, run_dirs):
+        check_run_dir(run_dir, resume=job.resume)
+    with runtime(first):
+        data = load_data(first)
+        from ..engine.trainer import DTYPES, resolve_device
+
+        device, dtype = resolve_device(first["device"]), DTYPES[first["dtype"]]
+        shared = DataBundle(train=data.train.to(device, dtype),
+                            test=None if data.test is None else data.test.to(device, dtype),
+                            val=None if getattr(data, "val", None) is None else data.val.to(device, dtype),
+                            info=data.info)
+        created = [not d.exists() for d in run_dirs]
+        trainers = [_build(job, shared, cfg, out=d, progress=progress) for job, cfg, d in zip(jobs, configs, run_dirs)]
+        reason = support.model_reason(trainers)
+        if reason is not None:
+            say(f"--stack: {jobs[0].label}: {reason}; running its {len(jobs)} run(s) one after another")
+            return [run_job(job, progress=progress) for job in jobs]
+        try:
+            for d in run_dirs:
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create run directory: {exc.strerror}; choose another --out") from None
+        try:
+            with contextlib.ExitStack() as locks:
+                for job, d in zip(jobs, run_dirs):
+                    locks.enter_context(run_lock(d))
+                    check_run_dir(d, resume=job.resume)
+                summaries = StackedTraining(jobs, trainers, say).run()
+        except UserError:
+            for d, made in zip(run_dirs, created):
+                if made:
+                    shutil.rmtree(d, ignore_errors=True)
+            raise
+    return summaries
+
+
+class StackedTraining:
+    """The epoch loop of :meth:`bioplausible.train.Trainer.run` for R trainers and one stack."""
+
+    def __init__(self, jobs: list, trainers: list, say) -> None:
+        self.jobs, self.trainers, self.say = list(jobs), list(trainers), say
+
+    # ------------------------------------------------------------------ start
+    def _start(self, trainer, resume: bool) -> None:
+        from ..engine.trainer import _atomic_write_text
+
+        run_dir = trainer.run_dir
+        ckpt = run_dir / "checkpoint.pt"
+        if resume and ckpt.exists():
+            trainer.load_checkpoint(ckpt)
+        else:
+            for name in ("metrics.jsonl", "summary.json", "model.pt", "rule_state.pt"):
+                (run_dir / name).unlink(missing_ok=True)
+        _atomic_write_text(run_dir / "config.yaml", trainer.config.to_yaml())
+
+    def _finish(self, i: int, status: str, message: str = "") -> dict[str, Any]:
+        from ..experiments.jobs import _write_json
+        from ..engine.trainer import _atomic_torch_save
+
+        t, job = self.trainers[i], self.jobs[i]
+        summary = dict(t._write_summary(status, message, self.started))
+        if status == "completed":
+            plain = {k: v for k, v in t.model.state_dict().items() if k in set(t.plain_keys)}
+            _atomic_torch_save(plain, t.run_dir / "model.pt")
+            owned = t.rule.owned.state_dict()
+            if owned:
+                _atomic_torch_save(dict(owned), t.run_dir / "rule_state.pt")
+        summary["job"] = {"label": job.label, "seed": job.seed, "preset": job.preset, "scale": job.scale}
+        _write_json(t.run_dir / "summary.json", summary)
+        summary["run_dir"] = str(t.run_dir)
+        return summary
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> list[dict[str, Any]]:
+        from ..engine.loggers import make_logger
+
+        self.started = time.time()
+        for job, t in zip(self.jobs, self.trainers):
+            self._start(t, job.resume)
+        epochs = {t.epoch for t in self.trainers}
+        if len(epochs) > 1:
+            self.say(f"--stack: {self.jobs[0].label}: the runs stopped at different epochs "
+                     f"({', '.join(map(str, sorted(epochs)))}); resuming them one after another")
+            from ..experiments.jobs import _write_json
+
+            summaries = []
+            for j, t in zip(self.jobs, self.trainers):
+                summary = dict(t.run(resume=True).summary)
+                summary["job"] = {"label": j.label, "seed": j.seed, "preset": j.preset, "scale": j.scale}
+                _write_json(t.run_dir / "summary.json", summary)
+                summaries.append({**summary, "run_dir": str(t.run_dir)})
+            return summaries
+        from .support import make_stack
+
+        self.stack = make_stack(self.trainers)
+        self.active = list(range(len(self.trainers)))
+        results: dict[int, dict[str, Any]] = {}
+        made = []
+        for t in self.trainers:
+            loggers = [make_logger(name, t.run_dir, purge_step=t.step + 1 if t.step else None)
+                       for name in t.logger_names]
+            t.loggers.extend(loggers)
+            made.append(loggers)
+        cfg = self.trainers[0].config
+        try:
+            while self.active and self.trainers[self.active[0]].epoch < cfg["epochs"]:
+                records = self.train_epoch(results)
+                if not self.active:
+                    break
+                self.stack.unstack()
+                for i, record in zip(list(self.active), records):
+                    self.end_epoch(i, record)
+                self.stack.refresh_rates()
+        except KeyboardInterrupt:
+            self.stack.unstack()
+            for i in self.active:
+                self.trainers[i]._write_summary("interrupted", "interrupted by the user; continue with --resume",
+                                                self.started)
+            raise
+        finally:
+            for t, loggers in zip(self.trainers, made):
+                for logger in loggers:
+                    logger.close()
+                    t.loggers.remove(logger)
+        for i in self.active:
+            results[i] = self._finish(i, "completed")
+        return [results[i] for i in range(len(self.trainers))]
+
+    def train_epoch(self, results: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+        """One epoch of every active run; a run that diverges is finished and leaves the stack."""
+        lead = self.trainers[self.active[0]]
+        cfg, split = lead.config, lead.train_split
+        x, y = split.x, split.y
+        n, bs = len(split), int(cfg["batch_size"])
+        device = x.device
+        seeds = [self.trainers[i].config["seed"] for i in self.active]
+        order = epoch_orders(seeds, lead.epoch, n, device)
+        summed = lead.loss.reduction == "sum"
+        counting = lead.task != "reconstruction"
+        R = len(self.active)
+        loss_sum = torch.zeros(R, dtype=torch.float64, device=device)
+        correct = torch.zeros(R, dtype=torch.int64, device=device)
+        step = lead.step
+        threshold = cfg["divergence_threshold"]
+        probe_time = 0.0
+        start = time.perf_counter()
+        for lo in range(0, n, bs):
+            idx = order[:, lo:lo + bs]
+            xb, yb = gather(x, y, idx)
+            probing = lead.probe.due(step + 1)
+            if probing:
+                began = time.perf_counter()
+                refs = self._probe_references(xb, yb)
+                probe_time += time.perf_counter() - began
+            rule_diverged: dict[int, str] = {}
+            try:
+                loss, out = self.stack.step(xb, yb)
+            except RunsDiverged as exc:  # the rule's own check failed for some runs
+                loss, out, rule_diverged = exc.losses, exc.outputs, exc.messages
+            step += 1
+            if probing:
+                began = time.perf_counter()
+                self._probe_compare(refs, step)
+                probe_time += time.perf_counter() - began
+            batch = idx.shape[1]
+            loss_sum.add_(loss.to(torch.float64), alpha=1 if summed else batch)
+            if counting:
+                correct.add_(correct_counts(out, yb))
+            if rule_diverged or step % 50 == 0:
+                values = loss.tolist()
+                bad = dict(rule_diverged)
+                if step % 50 == 0:
+                    for k, v in enumerate(values):
+                        if k not in bad and (not math.isfinite(v) or abs(v) > threshold):
+                            bad[k] = _message(f"epoch {lead.epoch + 1}, step {step}", v, threshold)
+                if bad:
+                    keep = self._diverge(bad, step, results)
+                    if not self.active:
+                        return []
+                    order, loss_sum, correct = order[keep], loss_sum[keep], correct[keep]
+                    R = len(self.active)
+        elapsed = time.perf_counter() - start - probe_time
+        train_loss = (loss_sum / max(n, 1)).tolist()
+        bad = {k: _message(f"the end of epoch {lead.epoch + 1}", v, threshold)
+               for k, v in enumerate(train_loss) if not math.isfinite(v) or abs(v) > threshold}
+        if bad:
+            for i in self.active:
+                self.trainers[i].step = step
+            keep = self._diverge(bad, step, results)
+            train_loss = [train_loss[k] for k in keep]
+            correct = correct[keep]
+        for i in self.active:
+            self.trainers[i].step = step
+        per_run = elapsed / max(R, 1)
+        accuracy = (100.0 * correct.to(torch.float64) / max(n, 1)).tolist()
+        records = []
+        for k in range(len(self.active)):
+            record = {"train_loss": train_loss[k]}
+            if counting:
+                record["train_accuracy"] = accuracy[k]
+            record.update({"epoch_time": per_run, "probe_time": probe_time / max(R, 1),
+                           "samples_per_s": n / per_run if per_run > 0 else None})
+            records.append(record)
+        return records
+
+    def _probe_references(self, xb: torch.Tensor, yb: torch.Tensor) -> list:
+        """BP's gradients of every run on its batch, before the step (each run's own probe)."""
+        self.stack.unstack()
+        refs = []
+        for k, i in enumerate(self.active):
+            t = self.trainers[i]
+            refs.append(t.probe.reference(t.rule, t.model, xb[k], yb[k], t.loss))
+        self.stack.capture = True
+        return refs
+
+    def _probe_compare(self, refs: list, step: int) -> None:
+        """Each run's update of this step against its reference, logged as the unstacked probe logs it."""
+        from .nodepert import _NPMixin
+
+        stack = self.stack
+        stack.capture = False
+        if stack.forward_in_step:  # the unstacked probe sees the weights the rule already stepped
+            stack.captured = {}
+            stack.net.unstack()
+        else:
+            stack.write_grads()
+        if stack.feedback_in_step:
+            stack.write_feedback()
+        stack.unstack_rule()
+        in_step = isinstance(stack, _NPMixin)
+        for k, i in enumerate(self.active):
+            t = self.trainers[i]
+            if in_step:
+                t.rule._in_step = True
+            record = t.probe.compare(t.rule, t.model, refs[k])
+            if in_step:
+                t.rule._in_step = False
+            if "grad_angle" in record:
+                t.probe_angles.append(record["grad_angle"])
+                t.probe_angles_all.append(record["grad_angle_all_layers"])
+            t._log({"kind": "probe", "epoch": t.epoch + 1, "step": step, **record})
+            for p in t.model.parameters():
+                p.grad = None
+
+    def _diverge(self, bad: dict[int, str], step: int, results) -> list[int]:
+        """Finish the runs at positions ``bad`` of the stack (with their messages) as diverged;
+        returns the kept positions."""
+        self.stack.unstack()
+        for k, message in bad.items():
+            i = self.active[k]
+            t = self.trainers[i]
+            t.step = step
+            t._log({"kind": "event", "event": "diverged", "epoch": t.epoch + 1, "step": step, "message": message})
+            results[i] = self._finish(i, "diverged", message)
+        keep = [k for k in range(len(self.active)) if k not in bad]
+        self.active = [self.active[k] for k in keep]
+        if keep:
+            self.stack.select(keep)
+        return keep
+
+    def end_epoch(self, i: int, record: dict[str, Any]) -> None:
+        """What :meth:`Trainer.run` does after a training epoch, for run ``i``."""
+        from ..core.probe import feedback_errors
+        from ..engine.trainer import evaluate
+
+        t = self.trainers[i]
+        cfg = t.config
+        t.epoch += 1
+        t0 = time.perf_counter()
+        for split_name, split in t.eval_splits.items():
+            for k, v in evaluate(t.model, split, t.loss, cfg["eval_batch_size"], t.task).items():
+                record[f"{split_name}_{k}"] = v
+        if cfg["eval_train"]:
+            for k, v in evaluate(t.model, t.train_split, t.loss, cfg["eval_batch_size"], t.task).items():
+                record[f"train_eval_{k}"] = v
+        record = {"kind": "epoch", "epoch": t.epoch, "step": t.step, **record,
+                  "eval_time": time.perf_counter() - t0, "lr": t.optimizer.param_groups[0]["lr"]}
+        record.update(feedback_errors(t.rule, t.model))
+        record.update({f"rule/{k}": v for k, v in t.rule.metrics(t.model).items()})
+        if t.schedule is not None:
+            t.schedule.step()
+        t.history.append(record)
+        t._log(record)
+        for cb in t.callbacks:
+            cb(record)
+        if t.progress:
+            test = (f"test loss {record.get('test_loss', float('nan')):.4g}" if t.task == "reconstruction"
+                    else f"test acc {record.get('test_accuracy', float('nan')):.2f}%")
+            print(f"[{t.rule.name} seed {cfg['seed']}] epoch {t.epoch}/{cfg['epochs']}  "
+                  f"loss {record['train_loss']:.4f}  {test}  {record['epoch_time']:.1f}s "
+                  f"({record['samples_per_s']:.0f} ex/s, stacked)", flush=True)
+        if t.epoch % cfg["checkpoint_every"] == 0 or t.epoch == cfg["epochs"]:
+            t.save_checkpoint()
+
+
+__all__ = ["StackedTraining", "group_key", "plan_groups", "run_jobs_stacked", "run_stacked", "run_sweep_stacked"]
+
+
+def run_sweep_stacked(work: list, on_event, say=None) -> None:
+    """The sweep executor for ``--stack``: the sweep's unfinished jobs (``(index, job_dict)``) in
+    stacks of one group each, in this process; ``on_event`` as :mod:`bioplausible.sweep_exec` calls it.
+
+    A group's failure (an exception other than a user interrupt) is recorded for each of its runs
+    (``error.json``) as the unstacked executor records one run's, and the sweep goes on.
+    """
+    from ..experiments.jobs import Job
+    from ..experiments.sweep import _record_failure
+
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    jobs = [Job(**data) for _, data in work]
+    for group in plan_groups(jobs):
+        members = [jobs[k] for k in group]
+        indices = [work[k][0] for k in group]
+        for job in members:
+            for name in ("error.json", "summary.json"):
+                (Path(job.run_dir) / name).unlink(missing_ok=True)
+            job.resume = Path(job.run_dir).is_dir()
+        for index in indices:
+            on_event("start", index, {})
+        start = time.time()
+        try:
+            summaries = run_jobs_stacked(members, progress=False, say=say)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a failed group is recorded, the sweep goes on
+            summaries = [_record_failure(job, exc) for job in members]
+        seconds = (time.time() - start) / max(len(members), 1)
+        for index, summary in zip(indices, summaries):
+            on_event("end", index, {"status": summary.get("status"), "message": summary.get("message", ""),
+                                    "seconds": seconds, "skipped": False})

@@ -1,0 +1,155 @@
+"""Stacked SAL, the self-assembling four-matrix circuit (Liao et al. 2024, reconstructed): ``sal``.
+
+The rule's step (:mod:`bioplausible.rules.sal.sal`, ``timing="simultaneous"``) over a run
+dimension: the upstream pass (the user's MLP), the downstream pass ``g_L = e``,
+``v_k = g_{k+1} B_kᵀ``, ``g_k = φ(v_k)``, then the four updates from that one cycle
+(:func:`bioplausible.rules.sal.sal_ops.fast_updates`)::
+
+    W_l.grad = (d_{l+1} Q_{l+1}ᵀ)ᵀ h_l      b_l.grad = Σ d_{l+1} Q_{l+1}ᵀ      (d = g, or v for read="before")
+    B_k.grad = (h_k R_kᵀ)ᵀ g_{k+1}          Q_k.grad = −s p_kᵀ g_k             R_k.grad = −s q_kᵀ h_k
+
+each stepped by SGD with its group's rate and decay per run (frozen matrices have none).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .losses import dense_targets, loss_and_error
+from .relaxation import _fprime
+from .steps import StackedRule
+
+
+class StackedSAL(StackedRule):
+    name = "sal"
+
+    def setup(self) -> None:
+        rule = self.rules[0]
+        c = rule.config
+        self.kind, self.sign = c["downstream"], float(c["sign"])
+        self.term, self.read, self.error_kind = c["qr_term"], c["read"], c["output_error"]
+        L = self.net.depth
+        self.names = [n for n in rule._owned_meta]
+        self.runs = {n: [r.owned.get(n) for r in self.rules] for n in self.names}
+        self.T = {n: torch.stack([t.detach() for t in runs]).contiguous() for n, runs in self.runs.items()}
+        self.B = [self.T.get(f"B.{k}") for k in range(L + 1)]
+        self.Q = [self.T.get(f"Q.{k}") for k in range(L + 1)]
+        self.R = [self.T.get(f"R.{k}") for k in range(L + 1)]
+
+    def feedback_tensors(self) -> dict[str, list]:
+        return {"sal": [(self.T[n], self.runs[n]) for n in self.names]}
+
+    def select_rule(self, keep: list[int]) -> None:
+        idx = torch.tensor(keep, device=self.net.W[0].device)
+        self.T = {n: t.index_select(0, idx) for n, t in self.T.items()}
+        self.runs = {n: [runs[r] for r in keep] for n, runs in self.runs.items()}
+        L = self.net.depth
+        self.B = [self.T.get(f"B.{k}") for k in range(L + 1)]
+        self.Q = [self.T.get(f"Q.{k}") for k in range(L + 1)]
+        self.R = [self.T.get(f"R.{k}") for k in range(L + 1)]
+
+    def refresh_rates(self) -> None:
+        super().refresh_rates()
+        like = self.net.W[0]
+        self.rate_t = {n: self._rates_of(runs, (1, 1), like) for n, runs in self.runs.items()}
+
+    def _error(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, e, _ = loss_and_error(self.loss_fn, out, y)
+        if self.error_kind == "loss":
+            return loss, e
+        target = dense_targets(out, y)
+        pred = out if self.error_kind == "mse" else torch.softmax(out, dim=-1)
+        return loss, (pred - target) / out.shape[1]
+
+    def _phi(self, v: torch.Tensor, fprime: torch.Tensor | None) -> torch.Tensor:
+        if self.kind == "identity":
+            return v
+        if self.kind == "relu_jacobian":
+            if fprime is None:
+                return v
+            n = fprime.shape[2]
+            return v * (fprime if v.shape[2] == n else fprime.repeat(1, 1, v.shape[2] // n))
+        if self.kind == "relu":
+            return torch.relu(v)
+        return torch.tanh(v)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.net
+        L = net.depth
+        W, b = net.W, net.b
+        # upstream pass, keeping u (pre-activations) where the rule reads them
+        h = x.reshape(x.shape[0], x.shape[1], -1)
+        hs, us = [h], [None]
+        for i in range(L):
+            u = torch.bmm(h, W[i].transpose(1, 2))
+            if b[i] is not None:
+                u = u.add_(b[i].unsqueeze(1))
+            fwd = net.acts[i][1]
+            h = u if fwd is None else fwd(u)
+            hs.append(h)
+            us.append(u)
+        jacobian = self.kind == "relu_jacobian"
+        fps = [None] + [(_fprime(net.acts[i][0], hs[i + 1]) if jacobian and i < L - 1 else None)
+                        for i in range(L)]
+        out = hs[-1]
+        loss, e = self._error(out, y)
+        # per-example errors in the downstream stream (N·e for a batch-mean error, as the rule
+        # does, so a nonlinear φ sees the same input whatever the batch size); the 1/N goes into
+        # the updates below
+        mean_error = self.error_kind != "loss" or getattr(self.loss_fn, "reduction", "sum") == "mean"
+        scale = float(out.shape[1]) if mean_error else 1.0
+        # downstream pass
+        g: list = [None] * (L + 1)
+        v: list = [None] * (L + 1)
+        g[L] = e * scale if scale != 1.0 else e
+        for k in range(L - 1, 0, -1):
+            v[k] = torch.bmm(g[k + 1], self.B[k].transpose(1, 2))
+            g[k] = self._phi(v[k], fps[k])
+        # the four updates from this one cycle (every factor before any step)
+        grads: dict[str, torch.Tensor] = {}
+        signals = []
+        for l in range(L):
+            k = l + 1
+            d = v[k] if (self.read == "before" and k < L) else g[k]
+            signals.append(d if self.Q[k] is None else torch.bmm(d, self.Q[k].transpose(1, 2)))
+        for k in range(1, L + 1):
+            if self.B[k] is not None and k < L:
+                grads[f"B.{k}"] = torch.bmm(torch.bmm(hs[k], self.R[k].transpose(1, 2)).transpose(1, 2), g[k + 1])
+            if self.Q[k] is None:
+                continue
+            if self.term == "potential":
+                p, gg, q, hh = us[k], g[k], (g[k] if k == L else v[k]), hs[k]
+            else:
+                p, gg, q, hh = hs[k], g[k], g[k], hs[k]
+            grads[f"Q.{k}"] = torch.bmm(p.transpose(1, 2), gg).mul_(-self.sign)
+            grads[f"R.{k}"] = torch.bmm(q.transpose(1, 2), hh).mul_(-self.sign)
+        if scale != 1.0:
+            grads = {name: grad.div_(scale) for name, grad in grads.items()}
+        for l in range(L):
+            gw = torch.bmm(signals[l].transpose(1, 2), hs[l])
+            gb = signals[l].sum(1)
+            if scale != 1.0:
+                gw, gb = gw.div_(scale), gb.div_(scale)
+            if self.capture:
+                self.captured[l] = (gw, gb if b[l] is not None else None)
+            neg, wd = self.rate_w[l]
+            if wd is not None:
+                W[l].mul_(1.0 + neg * wd)
+            W[l].addcmul_(gw, neg)
+            if b[l] is not None:
+                nb, wdb = self.rate_b[l]
+                if wdb is not None:
+                    b[l].mul_(1.0 + nb * wdb)
+                b[l].addcmul_(gb, nb)
+        for name, grad in grads.items():
+            t = self.T.get(name)
+            if t is None:
+                continue
+            neg, wd = self.rate_t[name]
+            if wd is not None:
+                t.mul_(1.0 + neg * wd)
+            t.addcmul_(grad, neg)
+        return loss, out
+
+
+__all__ = ["StackedSAL"]

@@ -1,0 +1,186 @@
+"""Stacked runs: a stack of R runs computes what the R runs compute one after another.
+
+Oracle: the unstacked trainer itself. Each run is built by ``jobs._build`` (seeded init, the
+rule's ``prepare``, its optimizer) twice; one copy trains with ``Trainer.train_epoch`` (the
+library's ordinary step), the other inside a stack; after several steps over two epochs (with a
+short last batch) every weight, bias and rule tensor must agree to 1e-10 relative in float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bioplausible.engine.config import TrainConfig
+from bioplausible.experiments.jobs import Job, _build
+from bioplausible.stacked import epoch_orders, gather, make_stack, stackable_rules
+
+from conftest import make_bundle
+
+SEEDS = (0, 1, 2)
+RULES = {
+    "bp": {}, "fa": {}, "usf": {}, "brsf": {}, "frsf": {}, "usf-unit": {"scale": "unit"},
+    "kp": {"decay": 0.01}, "kp-backward": {"decay": 0.01, "decay_in": "backward"},
+    "kp-unused": {"decay": 0.01, "learn_unused": True}, "matched": {},
+    "wm": {"mirror_batch": 8, "mirror_every": 2}, "dfa": {},
+    "np": {"c_h": 0.01}, "np-pre": {"c_h": 0.01, "noise_at": "pre"}, "np-dfa": {"c_h": 0.01},
+    "np-warmup": {"c_h": 0.01, "warmup": 3}, "sg": {}, "sg-dfa": {},
+    "bfa": {}, "bfa-sigmoid": {"sigma_x": "sigmoid", "gen_bias": False, "recon_reduction": "sum"},
+    "bdfa": {}, "bdfa-paper": {"update": "paper", "target": "paper"}, "bdfa-code": {"target": "code"},
+    "ar": {"relax_steps": 20}, "ar-loop": {"solver": "loop", "relax_steps": 5, "sweep": "jacobi"},
+    "ar-learned": {"backward_weights": "learned", "relax_steps": 10},
+    "ar-fa-noderiv": {"variant": "fa_noderiv", "relax_steps": 10, "solver": "fixed_point"},
+    "sal": {}, "sal-paper": {"downstream": "identity", "qr_init": "random", "qr_term": "potential",
+                             "read": "before", "top": "fixed", "b_init": "normal", "sign": 1},
+    "sal-wide": {"width": 2, "downstream": "tanh", "qr_init": "tied", "decay_scaling": "absolute",
+                 "rates": {"B": 0.5, "Q": 2.0}},
+    "sal-frozen": {"plastic": ["W", "B"], "downstream": "relu", "output_error": "cross_entropy"},
+}
+
+
+def _config(rule: str, options: dict, seed: int, lr: float, loss: str = "auto", acts: str = "tanh",
+            groups: dict | None = None, weight_decay: float = 0.0) -> TrainConfig:
+    name = rule.split("-")[0] if rule not in ("np-dfa", "sg-dfa") else rule
+    opt = {"name": "sgd", "lr": lr, "groups": groups or {}}
+    if weight_decay:
+        opt["weight_decay"] = weight_decay
+    return TrainConfig.from_dict({
+        "dataset": {"name": "blobs"}, "model": {"spec": "mlp:20-16-12-4", "activation": acts},
+        "rule": {"name": name, **options}, "optimizer": opt, "epochs": 2, "batch_size": 16,
+        "seed": seed, "dtype": "float64", "progress": False, "loss": loss})
+
+
+def _trainers(rule, options, lrs, **kw):
+    data = make_bundle(n_train=100, n_test=20, dim=20, classes=4, dtype=torch.float64)
+    out = []
+    for seed, lr in zip(SEEDS, lrs):
+        cfg = _config(rule, options, seed, lr, **kw)
+        out.append(_build(Job(cfg.to_dict(), "unused", rule, seed), data, cfg, out=None, progress=False))
+    return out
+
+
+def _train_unstacked(trainers, epochs: int = 2) -> None:
+    for t in trainers:
+        for _ in range(epochs):
+            t.train_epoch()
+            t.epoch += 1
+
+
+def _train_stacked(trainers, epochs: int = 2, seeds=SEEDS) -> None:
+    stack = make_stack(trainers)
+    split = trainers[0].train_split
+    n, bs = len(split), trainers[0].config["batch_size"]
+    for epoch in range(epochs):
+        order = epoch_orders(seeds, epoch, n)
+        for lo in range(0, n, bs):
+            xb, yb = gather(split.x, split.y, order[:, lo:lo + bs])
+            stack.step(xb, yb)
+    stack.unstack()
+
+
+def _max_rel(a_trainers, b_trainers) -> float:
+    worst = 0.0
+    for a, b in zip(a_trainers, b_trainers):
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        sa.update({f"owned.{k}": v for k, v in a.rule.owned.state_dict().items()})
+        sb.update({f"owned.{k}": v for k, v in b.rule.owned.state_dict().items()})
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            if not sa[k].is_floating_point():
+                continue
+            scale = float(sa[k].abs().max()) or 1.0
+            worst = max(worst, float((sa[k] - sb[k]).abs().max()) / scale)
+    return worst
+
+
+def _moved(trainers_before, trainers_after) -> float:
+    return _max_rel(trainers_before, trainers_after)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_a_stack_equals_its_runs_one_after_another(rule):
+    lrs = (0.1, 0.05, 0.1)  # per-run learning rates
+    a, b, init = (_trainers(rule, RULES[rule], lrs) for _ in range(3))
+    _train_unstacked(a)
+    _train_stacked(b)
+    assert _moved(init, a) > 1e-3  # the runs did learn: the comparison is not between two inits
+    assert _max_rel(a, b) < 1e-10
+
+
+@pytest.mark.parametrize("loss", ["mse_half_sum", "mse", "mse_batchmean", "bce", "bce_sum", "nudged_sum:0.5"])
+@pytest.mark.parametrize("rule", ["bp", "np"])
+def test_losses_stack(rule, loss):
+    lrs = (0.005, 0.002, 0.005) if loss.endswith("sum") else (0.05, 0.02, 0.05)  # sums grow with the batch
+    a, b = (_trainers(rule, {}, lrs, loss=loss) for _ in range(2))
+    _train_unstacked(a)
+    _train_stacked(b)
+    assert _max_rel(a, b) < 1e-10
+
+
+@pytest.mark.parametrize("acts", ["sigmoid", "relu"])
+def test_activations_groups_and_decay_stack(acts):
+    groups = {"forward.1": {"lr": 0.02}}
+    a, b = (_trainers("kp", {"decay": 0.01}, (0.1, 0.05, 0.1), acts=acts, groups=groups, weight_decay=1e-3)
+            for _ in range(2))
+    _train_unstacked(a)
+    _train_stacked(b)
+    assert _max_rel(a, b) < 1e-10
+
+
+@pytest.mark.parametrize("rule", ["fa", "brsf", "np"])
+def test_a_run_with_the_wrong_data_order_is_caught(rule):
+    """The comparison can fail: run 1 of the stack shuffles with run 2's seed."""
+    a, b = (_trainers(rule, RULES[rule], (0.1, 0.1, 0.1)) for _ in range(2))
+    _train_unstacked(a)
+    _train_stacked(b, seeds=(0, 2, 2))
+    assert _max_rel(a, b) > 1e-4
+
+
+def test_a_run_with_another_generator_is_caught():
+    """The comparison can fail: node perturbation's noise of run 1 drawn from run 0's generator."""
+    a, b = (_trainers("np", {}, (0.1, 0.1, 0.1)) for _ in range(2))
+    b[1].rule._generators = b[0].rule._generators = {}
+    b[1].rule.seed = b[0].rule.seed
+    _train_unstacked(a)
+    _train_stacked(b)
+    assert _max_rel(a, b) > 1e-6
+
+
+def test_every_promised_rule_has_a_stacked_step():
+    for rule in ("bp", "fa", "usf", "brsf", "frsf", "kp", "wm", "dfa", "np", "np-dfa"):
+        assert rule in stackable_rules()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shapes", [[(32, 50), (32, 20)], [(4, 16), (4, 12), (4, 3)], [(5, 12), (5, 16)]])
+def test_one_noise_draw_equals_separate_draws(dtype, shapes):
+    """The stacked node perturbation draws a run's ξ of every layer at once where it can: the
+    numbers must be those of ``torch.randn`` per layer from the same generator."""
+    from bioplausible.stacked.nodepert import draw_noise
+
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    got = draw_noise(gens, shapes, "cpu", dtype)
+    for r, seed in enumerate((3, 4)):
+        g = torch.Generator().manual_seed(seed)
+        for xi, shape in zip(got, shapes):
+            assert torch.equal(xi[r], torch.randn(shape, generator=g, dtype=dtype))
+
+
+@pytest.mark.parametrize("batch", [5, 7])
+def test_np_with_odd_batches_and_widths_stacks(batch):
+    data = make_bundle(n_train=60, n_test=10, dim=20, classes=4, dtype=torch.float64)
+
+    def build():
+        out = []
+        for seed in SEEDS:
+            cfg = TrainConfig.from_dict({
+                "dataset": {"name": "blobs"}, "model": {"spec": "mlp:20-12-9-4", "activation": "sigmoid"},
+                "rule": {"name": "np"}, "optimizer": {"name": "sgd", "lr": 0.1, "groups": {"feedback": {"lr": 0.05}}},
+                "epochs": 2, "batch_size": batch, "seed": seed, "dtype": "float64", "progress": False})
+            out.append(_build(Job(cfg.to_dict(), "unused", "np", seed), data, cfg, out=None, progress=False))
+        return out
+
+    a, b = build(), build()
+    _train_unstacked(a)
+    _train_stacked(b)
+    assert _max_rel(a, b) < 1e-10

@@ -1,0 +1,173 @@
+"""``--stack`` is invisible in the results: a stacked ``compare --seeds`` writes the run folders an
+unstacked one writes — the same files, the same keys, the same numbers (float64, 1e-10 relative) —
+and a stacked run resumes from its checkpoints to the same end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from bioplausible.cli import main
+
+TIMING = {"epoch_time", "samples_per_s", "eval_time", "probe_time", "total_time", "mean_epoch_time", "updated",
+          "seconds"}
+
+
+def _compare(out: Path, rules: str, stack: bool, epochs: int = 2, extra: list[str] | None = None) -> int:
+    args = ["compare", "--rules", rules, "--dataset", "mnist", "--model", "mlp:784-16-12-10", "--epochs", str(epochs),
+            "--batch-size", "40", "--dtype", "float64", "--seeds", "0,1,2", "--quiet", "--out", str(out),
+            "--probe-every", "4", "--lr", "0.05", *(extra or [])]
+    return main(args + (["--stack"] if stack else []))
+
+
+def _close(a, b, where: str) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            if k not in TIMING:
+                _close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        # an angle near 0 is arccos(1 − ε) ≈ √(2ε): rounding of 1e-16 shows as ~1e-6 degrees
+        tol = 1e-5 if "angle" in where else 1e-9
+        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=tol), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
+def _runs(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if p.is_dir() and (p / "config.yaml").exists())
+
+
+def _same_runs(plain: Path, stacked: Path) -> None:
+    a_runs, b_runs = _runs(plain), _runs(stacked)
+    assert [p.name for p in a_runs] == [p.name for p in b_runs] and a_runs
+    for a, b in zip(a_runs, b_runs):
+        assert sorted(f.name for f in a.iterdir()) == sorted(f.name for f in b.iterdir())
+        _close([json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()],
+               [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()], f"{a.name} metrics")
+        sa, sb = json.loads((a / "summary.json").read_text()), json.loads((b / "summary.json").read_text())
+        sa.pop("run_dir", None), sb.pop("run_dir", None)
+        _close(sa, sb, f"{a.name} summary")
+        assert (a / "config.yaml").read_text() == (b / "config.yaml").read_text()
+        if not (a / "model.pt").exists():  # a diverged run (the file lists were compared above)
+            continue
+        ma, mb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+        assert ma.keys() == mb.keys()
+        for k in ma:
+            assert torch.allclose(ma[k], mb[k], rtol=1e-10, atol=1e-12), (a.name, k)
+        ca, cb = torch.load(a / "checkpoint.pt", weights_only=True), torch.load(b / "checkpoint.pt", weights_only=True)
+        assert ca.keys() == cb.keys() and ca["epoch"] == cb["epoch"] and ca["step"] == cb["step"]
+        for k in ca["model"]:
+            assert torch.allclose(ca["model"][k], cb["model"][k], rtol=1e-10, atol=1e-12), (a.name, k)
+
+
+def test_stacked_compare_writes_what_the_unstacked_compare_writes(synthetic_root, tmp_path, capsys):
+    assert _compare(tmp_path / "plain", "bp,fa,np", stack=False) == 0
+    assert _compare(tmp_path / "stacked", "bp,fa,np", stack=True) == 0
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")
+    lines = (tmp_path / "stacked" / "np-seed1" / "metrics.jsonl").read_text().splitlines()
+    probes = [json.loads(line) for line in lines]
+    assert any(r["kind"] == "probe" and "grad_angle" in r for r in probes)
+
+
+@pytest.mark.parametrize("rules", ["brsf,wm,np-dfa,sg", "ar,sal,bfa,bdfa"])
+def test_probes_and_rule_metrics_of_every_family_match(synthetic_root, tmp_path, capsys, rules):
+    """Probes read the rule's state where the unstacked probe reads it: feedback the step changed
+    (brSF's magnitudes, NP's regression), weights the rule stepped itself (BFA's phases)."""
+    assert _compare(tmp_path / "plain", rules, stack=False, epochs=1) == 0
+    assert _compare(tmp_path / "stacked", rules, stack=True, epochs=1) == 0
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")
+
+
+@pytest.mark.parametrize("what,flags,line", [
+    ("fa-noise", [], "rule 'fa-noise' has no stacked step"),
+    ("bp", ["--optimizer", "adam"], "the optimizer is 'adam'; stacked runs step plain SGD"),
+])
+def test_what_cannot_stack_says_so_and_runs_unstacked(synthetic_root, tmp_path, capsys, what, flags, line):
+    assert _compare(tmp_path / "plain", what, stack=False, epochs=1, extra=flags) == 0
+    capsys.readouterr()
+    assert _compare(tmp_path / "stacked", what, stack=True, epochs=1, extra=flags) == 0
+    err = capsys.readouterr().err
+    assert f"--stack: {what}: {line}" in err and err.count("--stack") == 1
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")
+
+
+def test_a_stacked_sweep_resumes_to_the_same_end(synthetic_root, tmp_path, capsys, monkeypatch):
+    """Two epochs, stopped, then extended to three, against three epochs unstacked in one go."""
+    assert _compare(tmp_path / "plain", "kp,dfa", stack=False, epochs=3) == 0
+    out = tmp_path / "stacked"
+    assert _compare(out, "kp,dfa", stack=True, epochs=2) == 0
+    from bioplausible.experiments.jobs import resume_job, run_jobs
+    from bioplausible.stacked.steps import StackedRule
+
+    steps = []
+    step = StackedRule.step
+    monkeypatch.setattr(StackedRule, "step", lambda self, x, y: steps.append(1) or step(self, x, y))
+    jobs = [resume_job(d, {"epochs": 3}) for d in _runs(out)]
+    summaries = run_jobs(jobs, stack=True)
+    assert len(steps) == 2 * 6  # two stacks (kp, dfa) x one epoch of 240 examples in batches of 40
+    assert [s["status"] for s in summaries] == ["completed"] * len(jobs)
+    for a, b in zip(_runs(tmp_path / "plain"), _runs(out)):
+        ma, mb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+        for k in ma:
+            assert torch.allclose(ma[k], mb[k], rtol=1e-10, atol=1e-12), (a.name, k)
+        la = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+        lb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+        _close(la, lb, a.name)
+
+
+@pytest.mark.parametrize("rule", [{"name": "fa"}, {"name": "ar", "relax_steps": 5, "divergence_threshold": 1e3}])
+def test_a_diverging_run_leaves_the_stack_and_the_others_finish(synthetic_root, tmp_path, capsys, rule):
+    """Learning rates per run in one stack: the run with the huge rate diverges as it does alone
+    (by the trainer's loss check, or by the rule's own check for activation relaxation)."""
+    from bioplausible.engine.config import TrainConfig
+    from bioplausible.experiments.jobs import plan, run_jobs
+
+    base = TrainConfig.from_dict({"dataset": {"name": "mnist"}, "model": {"spec": "mlp:784-16-10"},
+                                  "rule": rule, "epochs": 2, "batch_size": 4, "dtype": "float64",
+                                  "progress": False, "loss": "mse_sum", "divergence_threshold": 1e6})
+    plain = plan(base, seeds=[0, 1], grid={"optimizer.lr": [1e-3, 10.0]}, out=tmp_path / "plain")
+    stacked = plan(base, seeds=[0, 1], grid={"optimizer.lr": [1e-3, 10.0]}, out=tmp_path / "stacked")
+    a, b = run_jobs(plain), run_jobs(stacked, stack=True)
+    assert [s["status"] for s in a] == ["completed", "completed", "diverged", "diverged"]
+    assert [s["status"] for s in a] == [s["status"] for s in b]
+    for sa, sb in zip(a, b):
+        assert sa["message"] == sb["message"] and sa["steps"] == sb["steps"]
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")
+
+
+PRESET = """
+name: tiny
+title: Tiny preset
+paper: none
+config:
+  dataset: {name: mnist}
+  model: {spec: "mlp:784-16-10"}
+  epochs: 2
+  batch_size: 40
+  dtype: float64
+runs: {fa: {name: fa}, dfa: {name: dfa, config: {optimizer: {lr: 0.05}}}}
+seeds: [0, 1, 2]
+scales: {quick: {epochs: 2, seeds: [0, 1, 2]}, full: {}}
+paper_results: {metric: test_accuracy, values: {fa: 99.0}, note: made up}
+"""
+
+
+def test_stacked_reproduce_gives_the_unstacked_report(synthetic_root, tmp_path, capsys):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(PRESET)
+    for name, flags in (("plain", []), ("stacked", ["--stack"])):
+        assert main(["reproduce", str(preset), "--out", str(tmp_path / name), "--quiet", *flags]) == 0
+    a = json.loads((tmp_path / "plain" / "reproduce.json").read_text())
+    b = json.loads((tmp_path / "stacked" / "reproduce.json").read_text())
+    a.pop("runs"), b.pop("runs")
+    _close(a, b, "reproduce.json")
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")

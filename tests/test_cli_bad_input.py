@@ -115,6 +115,147 @@ CASES = [
 ]
 
 
+# ---- the commands added since the table above (sweep, report, tune, generate, ghost-diagnostics,
+# data, and the trust of files): a row is (argv, files to create, a fragment the one line must hold).
+# Files: {relative path: text | bytes | RUN} where RUN copies a finished run (``done``, ``bfa``)
+# into that folder first (folders are made in order, so a damaged file can follow its copy).
+# Every row: exit 2, one line, nothing created or changed, no marker file from any import.
+SWEEP_CFG = 'config: {dataset: {name: mnist}, model: {spec: "mlp:784-16-10"}, epochs: 1, batch_size: 40}\n'
+TUNE = ["tune", "--rule", "bp", "--dataset", "mnist", "--model", "mlp:784-16-10", "--epochs", "1",
+        "--batch-size", "40", "--quiet", "--metric", "test_accuracy", "--out", "{tmp}/out"]
+LR = ["--param", "optimizer.lr=loguniform:1e-3:1e-1"]
+EVIL = 'os:system,command=touch {tmp}/PWNED'
+
+
+class RUN(str):
+    """A file-table value: copy the finished run of this name into the row's folder."""
+
+
+def _pt(obj) -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _tensor_rows():
+    import torch
+
+    return {"wrong": _pt({"W_gen.1": torch.zeros(3)}), "trace": _pt({"diag.trace_free": torch.ones(4)})}
+
+
+_T = _tensor_rows()
+GHOST_RUN = {"g/config.yaml": "rule: {name: ghost-ma}\n", "g/summary.json": '{"status": "completed"}',
+             "g/metrics.jsonl": '{"kind": "epoch", "epoch": 1, "rule/vf_error/1": 0.5}\n'}
+
+ROWS = [
+    # sweep files
+    (["sweep", "{tmp}/s.yaml"], {"s.yaml": SWEEP_CFG + "grid: {5: [1, 2]}\n"}, "grid key 5"),
+    (["sweep", "{tmp}/s.yaml"], {"s.yaml": "preset: x.yaml\nscale: [quick]\n"}, "scale must be text"),
+    (["sweep", "{tmp}/s.yaml"], {"s.yaml": SWEEP_CFG + "out: 5\n"}, "out must be text"),
+    (["sweep", "{tmp}/s.yaml"], {"s.yaml": SWEEP_CFG + "grid: {optimizer.lr: 0.1}\n"}, "non-empty lists"),
+    (["sweep", "{tmp}/nope.yaml"], {}, "does not exist"),
+    (["sweep", "{tmp}/s.yaml", "--jobs", "0"], {"s.yaml": SWEEP_CFG}, "--jobs"),
+    (["sweep", "{tmp}/s.yaml", "--address", "auto"], {"s.yaml": SWEEP_CFG}, "--address is for --executor ray"),
+    (["sweep", "{tmp}/s.yaml", "--executor", "ray", "--address", "garbage:1", "--out", "{tmp}/out"],
+     {"s.yaml": SWEEP_CFG}, "no Ray cluster answers"),
+    (["sweep", "{tmp}/s.yaml", "--executor", "ray", "--address", "nonsense", "--out", "{tmp}/out"],
+     {"s.yaml": SWEEP_CFG}, "HOST:PORT"),
+    (["sweep", "{tmp}/s.yaml", "--out", "{tmp}/out"], {"s.yaml": SWEEP_CFG + f'grid: {{model.spec: ["{EVIL}"]}}\n'},
+     "--trust-imports"),
+    # report on damaged runs and sweep folders
+    (["report", "{tmp}/r"], {"r": RUN("done"), "r/summary.json": '{"status": "completed", "final": {"test_accuracy": "high"}}'},
+     "final.test_accuracy"),
+    (["report", "{tmp}/r"], {"r": RUN("done"), "r/summary.json": '{"final": {}}'}, "status"),
+    (["report", "{tmp}/r"], {"r": RUN("done"), "r/summary.json": '{"status": "completed", "epochs_completed": "two"}'},
+     "epochs_completed"),
+    (["report", "{tmp}/sw"], {"sw/sweep.json": '{"labels": ["bp"], "runs": [{"label": "bp", "seed": 0}]}'},
+     "run entry 1 needs dir"),
+    (["report", "{tmp}/sw"], {"sw/sweep.json": '{"labels": ["bp"], "runs": 3}'}, "runs must be a list"),
+    (["report", "{tmp}/sw"], {"sw/sweep.json": '{"runs": [{"label": "bp", "seed": 0, "dir": "../../x"}]}'},
+     "outside"),
+    (["report", "{tmp}/sw"], {"sw/sweep.json": "{torn"}, "cannot be read as JSON"),
+    (["report", "{tmp}/r"], {"r": RUN("done"), "r/metrics.jsonl": '{"kind": "epoch"}\nnot json\n{"kind": "epoch"}\n'},
+     "line 2 is damaged"),
+    (["report", "{tmp}/cmp/a", "{tmp}/cmp/b"], {"cmp/a": RUN("done"), "cmp/b": RUN("done2"), "cmp/report.md": "mine"},
+     "already holds report.md"),
+    # tune: everything checked before the first trial
+    (TUNE + ["--param", "optimizer.lrr=loguniform:1e-3:1e-1"], {}, "lrr"),
+    (TUNE + ["--param", "rule.decay=uniform:0:1"], {}, "--param rule.decay"),
+    (TUNE + LR + ["--storage", "nosuch://x"], {}, "--storage"),
+    (TUNE + LR + ["--write-preset", "{tmp}/missing/p.yaml"], {}, "does not exist"),
+    (TUNE + LR + ["--write-preset", "{tmp}/p.txt"], {}, ".yaml"),
+    (TUNE + LR + ["--trials", "0"], {}, "--trials"),
+    (TUNE[:-1] + ["{tmp}/t"] + LR, {"t": RUN("done"), "t/trial-0/x": "earlier"}, "already holds trial-0"),
+    (TUNE + LR + ["--config", "{tmp}/c.yaml"], {"c.yaml": f'model: {{spec: "{EVIL}"}}\n'}, "--trust-imports"),
+    # generate
+    (["generate", "{tmp}/done"], {}, "trained with 'bp'"),
+    (["generate", "{tmp}"], {}, "not a run directory"),
+    (["generate", "{tmp}/b"], {"b": RUN("bfa"), "b/rule_state.pt": b"PK\x03\x04 torn"}, "cannot be loaded safely"),
+    (["generate", "{tmp}/b"], {"b": RUN("bfa"), "b/rule_state.pt": _T["wrong"]}, "not a chain of matrices"),
+    (["generate", "{tmp}/b", "--out", "{tmp}/x.xyz"], {"b": RUN("bfa")}, "not an image format"),
+    (["generate", "{tmp}/b", "--out", "{tmp}/plain"], {"b": RUN("bfa")}, "has no file extension"),
+    (["generate", "{tmp}/b", "--out", "{tmp}/afile/x.png"], {"b": RUN("bfa")}, "cannot create folder"),
+    (["generate", "{tmp}/b"], {"b": RUN("bfa"), "b/config.yaml": f'rule: {{name: bfa}}\nmodel: {{spec: "{EVIL}"}}\n'},
+     "--trust-imports"),
+    # ghost-diagnostics
+    (["ghost-diagnostics", "{tmp}/done"], {}, "is a run of rule 'bp'"),
+    (["ghost-diagnostics", "{tmp}"], {}, "no metrics.jsonl"),
+    (["ghost-diagnostics", "{tmp}/g"], {**GHOST_RUN, "g/rule_state.pt": b"\x80\x02 torn"}, "cannot be loaded safely"),
+    (["ghost-diagnostics", "{tmp}/g"], {**GHOST_RUN, "g/rule_state.pt": _T["trace"]}, "diag.trace_free has shape"),
+    (["ghost-diagnostics", "{tmp}/g", "--out", "{tmp}/g.bmpx"], GHOST_RUN, "not an image format"),
+    # ghost rules
+    (TRAIN[:2] + ["ghost-ma"] + TRAIN[3:] + OUT + ["--set", "rule.divergence_threshold=abc"], {},
+     "divergence_threshold must be a number"),
+    (TRAIN[:2] + ["ghost-ma"] + TRAIN[3:] + OUT + ["--set", "rule.divergence_threshold=-1"], {},
+     "divergence_threshold must be > 0"),
+    # data
+    (["data", "fetch"], {}, "needs dataset names"),
+    (["data", "verify", "nosuch"], {}, "unknown dataset 'nosuch'"),
+    (["data", "list", "--root", "{tmp}/afile"], {}, "is a file"),
+    # files never import code (the flag that allows it is named)
+    (["train", "--resume", "{tmp}/r"], {"r": RUN("done"), "r/config.yaml": 'dataset: {name: "os:system", command: "touch {tmp}/PWNED"}\n'},
+     "--trust-imports"),
+    (["reproduce", "{tmp}/p.yaml", "--out", "{tmp}/out"], {"p.yaml": PRESET.replace('"mlp:784-16-10"', f'"{EVIL}"')},
+     "--trust-imports"),
+    (TRAIN + OUT + ["--config", "{tmp}/c.yaml"], {"c.yaml": f'model: {{spec: "{EVIL}"}}\n'}, "--trust-imports"),
+]
+
+
+def _make_files(tmp, files, finished):
+    import shutil
+
+    made = []
+    for rel, content in files.items():
+        path = tmp / rel
+        if isinstance(content, RUN):
+            shutil.copytree(finished / str(content), path)
+            made.append(path)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content.replace("{tmp}", str(tmp)))
+    return made
+
+
+@pytest.mark.parametrize("argv,files,fragment", ROWS, ids=[" ".join(r[0][:3]) + f" #{i}" for i, r in enumerate(ROWS)])
+def test_new_commands_bad_input(tmp, capsys, finished_runs, argv, files, fragment):
+    _make_files(tmp, files, finished_runs)
+    before = _snapshot(tmp)
+    assert main([a.replace("{tmp}", str(tmp)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("bioplausible: error:"), err
+    assert fragment in err, f"{fragment!r} not in {err!r}"
+    assert not (tmp / "out").exists() and not (tmp / "runs").exists(), "an output folder was left behind"
+    assert not (tmp / "PWNED").exists(), "a file made the tool run code"
+    assert _snapshot(tmp) == before, "an existing file was changed"
+
+
 class _Crafted:
     """An object whose unpickling would run code (here: create a file)."""
 
@@ -141,6 +282,7 @@ def finished_runs(tmp_path_factory):
     try:
         assert main(TRAIN + ["--out", str(base / "done")]) == 0
         assert main(TRAIN[:8] + ["2"] + TRAIN[9:] + ["--out", str(base / "done2")]) == 0
+        assert main(TRAIN[:2] + ["bfa"] + TRAIN[3:] + ["--out", str(base / "bfa")]) == 0
     finally:
         if old is None:
             os.environ.pop("BIOPLAUSIBLE_DATA")

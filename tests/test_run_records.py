@@ -135,7 +135,7 @@ def _preset_report(scale, n):
 
 
 def test_one_seed_is_printed_without_a_zero_spread():
-    from bioplausible.experiments.presets import format_report
+    from bioplausible.experiments.reproduce import format_report
 
     text = format_report(_preset_report("full", 1))
     assert "70.71 (n=1)" in text and "± 0.00" not in text
@@ -143,7 +143,7 @@ def test_one_seed_is_printed_without_a_zero_spread():
 
 
 def test_quick_scale_is_not_put_against_the_papers_full_length_numbers():
-    from bioplausible.experiments.presets import format_report
+    from bioplausible.experiments.reproduce import format_report
     from bioplausible.experiments.sweep_report import markdown
 
     quick, full = format_report(_preset_report("quick", 3)), format_report(_preset_report("full", 3))

@@ -1,5 +1,11 @@
+import os
 import sys
 
-from .cli import main
+# ``python -m bioplausible`` puts the working directory first on sys.path; a folder the user runs
+# it from (a downloaded run) must not supply modules, as with the ``bioplausible`` command.
+if sys.path and sys.path[0] in ("", os.getcwd()):
+    del sys.path[0]
+
+from .cli import main  # noqa: E402
 
 sys.exit(main())

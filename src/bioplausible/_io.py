@@ -20,8 +20,12 @@ import yaml
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # the old file stays as it was; no half-written temporary is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -34,8 +38,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # the old file stays as it was; no half-written temporary is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def pyplot():

@@ -27,6 +27,10 @@ class CorruptDataError(DataError):
     """A dataset file exists but is truncated, corrupt or fails its checksum."""
 
 
+class StorageError(UserError):
+    """Writing a run's files failed (disk full, quota, read-only): what was written before is kept."""
+
+
 class IncompatibleModelError(UserError):
     """A rule cannot be applied to the given model architecture."""
 

@@ -8,6 +8,7 @@ before any run directory is written.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 from .._registry import discover_families
 from ..core.hooks import COMMANDS, PLOTS, Plot
 from ..errors import UserError
-from .args import Parser, add_train_flags, config_from_args, default_out, flags_from_args
+from .args import Parser, add_train_flags, add_trust_flag, config_from_args, default_out, flags_from_args
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -54,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config or args.out:
             raise UserError("--resume continues a run with its own config.yaml and directory; "
                             "drop --config/--out (only --epochs can be extended)")
-        job = resume_job(args.resume, flags_from_args(args), args.set)
+        job = resume_job(args.resume, flags_from_args(args), args.set, trust_imports=args.trust_imports)
     else:
         config = config_from_args(args)
         job = plan(config, out=Path(args.out) if args.out else default_out("train", config))[0]
@@ -121,7 +122,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if not args.name:
         raise UserError("give a preset name (see `bioplausible list presets`) or --all")
     report = run_preset(args.name, args.scale, out=args.out, progress=not args.quiet, seeds=seeds,
-                        workers=_workers(args), stack=args.stack)
+                        workers=_workers(args), stack=args.stack, trust_imports=args.trust_imports)
     print(format_report(report))
     print(f"\nresults: {report['out_dir']}")
     from ..experiments.verdicts import FAIL, mark
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    add_trust_flag(p)
     p.add_argument("--workers", "--jobs", dest="workers", type=int, default=1,
                    help="run the jobs in N worker processes (1 thread each)")
     p.add_argument("--stack", action="store_true", help=STACK_HELP)
@@ -233,13 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=plot.help)
         p.add_argument("run_dir", help=plot.run_dir_help)
         p.add_argument("--out", help=plot.out_help)
+        if "trust_imports" in inspect.signature(plot.render).parameters:
+            add_trust_flag(p)
         p.set_defaults(func=_plot_command(plot))
     return parser
 
 
 def _plot_command(plot: Plot):
     def run(args: argparse.Namespace) -> int:
-        print(plot.render(args.run_dir, args.out))
+        extra = {"trust_imports": True} if getattr(args, "trust_imports", False) else {}
+        print(plot.render(args.run_dir, args.out, **extra))
         return 0
 
     return run

@@ -13,6 +13,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"bioplausible: error: {message} (see `{self.prog} --help`)\n")
 
 
+TRUST_HELP = ("allow a file this command reads (--config, a run's config.yaml, a preset or sweep file) to "
+              "name a model or dataset by import path (pkg.module:callable), which imports and runs that "
+              "code; without it such a file is refused")
+
+
+def add_trust_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-imports", action="store_true", help=TRUST_HELP)
+
+
 def add_train_flags(p: argparse.ArgumentParser, rule_flag: bool = True) -> None:
     if rule_flag:
         p.add_argument("--rule", help="learning rule (see `bioplausible list rules`)")
@@ -34,6 +43,7 @@ def add_train_flags(p: argparse.ArgumentParser, rule_flag: bool = True) -> None:
     p.add_argument("--out", help="run directory (default: runs/<command>-<rule>-<dataset>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.add_argument("--logger", help="also log metrics to: tensorboard (events in RUN_DIR/tensorboard)")
+    add_trust_flag(p)
 
 
 def flags_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -67,7 +77,8 @@ def flags_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = Non
 def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None):
     from ..engine.config import TrainConfig, load_config
 
-    base = load_config(args.config) if args.config else TrainConfig.from_dict({})
+    base = (load_config(args.config, trust_imports=getattr(args, "trust_imports", False)) if args.config
+            else TrainConfig.from_dict({}))
     return base.updated(flags_from_args(args, extra), args.set)
 
 

@@ -33,7 +33,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..experiments.sweep import load_spec, run_sweep
     from ..experiments.sweep_report import markdown, write_sweep_report
 
-    spec = load_spec(args.config)
+    spec = load_spec(args.config, trust_imports=args.trust_imports)
     if args.address and args.executor != "ray":
         raise UserError("--address is for --executor ray")
     index = run_sweep(spec, out=args.out, jobs=_jobs(args), executor=args.executor, address=args.address,
@@ -65,11 +65,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..experiments.report import load_run, write_report
 
     runs = [load_run(p) for p in args.run_dirs]
-    out = Path(args.out) if args.out else Path(args.run_dirs[0]).parent
+    out = Path(args.out) if args.out else default_report_dir(args.run_dirs)
     paths = write_report(runs, out, title=args.title)
     print(paths["report"].read_text())
     print(f"report: {paths['report']}\nplot:   {paths['plot']}")
     return 0
+
+
+REPORT_FILES = ("report.md", "curves.png", "comparison.json")
+
+
+def default_report_dir(run_dirs: list[str]) -> Path:
+    """Where ``report RUN...`` writes without ``--out``: one run's report goes inside that run's
+    folder; several runs' into their common folder, unless it already holds a report (a
+    ``compare`` folder), which is never replaced without ``--out`` naming it."""
+    import os
+
+    if len(run_dirs) == 1:
+        return Path(run_dirs[0])
+    common = Path(os.path.commonpath([str(Path(p).resolve()) for p in run_dirs]))
+    there = [f for f in REPORT_FILES if (common / f).exists()]
+    if there:
+        raise UserError(f"{str(common)!r} already holds {there[0]} (written by compare or an earlier report); "
+                        f"pass --out DIR to write this report elsewhere (or --out {str(common)!r} to replace it)")
+    return common
 
 
 def compare_seeds(base: Any, rules: list[str], seeds: list[int], out: Path, jobs: int, stack: bool = False) -> int:
@@ -89,10 +108,13 @@ def compare_seeds(base: Any, rules: list[str], seeds: list[int], out: Path, jobs
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from ..experiments.tune import best_config, parse_param, tune, write_preset
+    from ..experiments.tune import best_config, check_preset_path, check_space, parse_param, tune, write_preset
 
     params = [parse_param(t) for t in args.param]
     base = config_from_args(args, {"progress": False})
+    check_space(base, params)
+    if args.write_preset:
+        check_preset_path(args.write_preset)
     metric = args.metric or ("val_accuracy" if base["dataset"].get("val_size") else "test_accuracy")
     if metric.startswith("test") and not args.metric:
         print("bioplausible: tuning on the test split (no dataset.val_size); pass --set dataset.val_size=N "
@@ -109,6 +131,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for t in sorted(done, key=lambda t: t.number):
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         print(f"  trial {t.number:3d}: {metric} {t.value:.4g}  {shown}  [{t.user_attrs.get('status', '')}]")
+    if not any(t.user_attrs.get("status") == "completed" for t in study.trials):
+        first = next((t.user_attrs.get("status") for t in study.trials if t.user_attrs.get("status")), "none ran")
+        print(f"bioplausible: no trial completed, so there is no best value (first trial: {first})",
+              file=sys.stderr)
+        return 1
     if args.write_preset:
         path = write_preset(args.write_preset, best_config(base, study), study, metric, args.objective)
         print(f"preset: {path} (run it with `bioplausible reproduce {path}`)")
@@ -120,6 +147,9 @@ def register(sub: Any, add_train_flags: Any) -> None:
     p.add_argument("config", help="sweep YAML: preset: or config:, grid:, seeds:, out:")
     p.add_argument("--out", help="sweep folder (default: the file's out:, else runs/sweep-<name>)")
     add_jobs_flags(p, executor=True)
+    from .args import add_trust_flag
+
+    add_trust_flag(p)
     p.add_argument("--stack", action="store_true",
                    help="train runs that differ only by seed and learning rate as one stacked model in this "
                         "process (same run folders); runs that cannot stack say so and run one by one")

@@ -163,6 +163,19 @@ def _xy(x: Any, y: Any, role: str) -> Split:
     if x.dim() < 1 or len(x) != len(y):
         raise ConfigError(f"{role} data: X has {len(x) if x.dim() else 0} rows but y has {len(y)}; "
                           f"they must have the same first dimension")
+    from ..errors import DataError
+
+    if len(x) == 0:
+        raise DataError(f"{role} data is empty (X has 0 rows); it needs at least one example")
+    for name, t in (("X", x), ("y", y)):
+        if t.is_complex():
+            raise DataError(f"{role} {name} is complex ({t.dtype}); give real numbers")
+        if t.is_floating_point():
+            bad = ~torch.isfinite(t)
+            if bool(bad.any()):
+                index = tuple(int(i) for i in torch.nonzero(bad)[0])
+                raise DataError(f"{role} {name} holds {float(t[index])} at index "
+                                f"{index[0] if len(index) == 1 else index}; data must be finite numbers")
     return Split(x, y)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,32 @@ def run_label(name: str) -> str:
     if name.startswith("npz:"):
         name = "npz-" + Path(name[len("npz:"):]).stem
     return re.sub(r"[^\w.+-]", "_", name.replace(":", "-"))
+
+
+def absolute_name(name: Any, root=None) -> Any:
+    """``npz:REL`` -> ``npz:/abs/REL`` (the file found now: working directory, then data root), so a
+    run records which file it trained on; other names, and a file not found, are returned as they are."""
+    if not (isinstance(name, str) and name.startswith("npz:")) or Path(name[4:]).expanduser().is_absolute():
+        return name
+    try:
+        return "npz:" + str(_npz_path(name, root).resolve())
+    except (DataError, ConfigError, OSError):
+        return name
+
+
+def fingerprint(name: Any, root=None) -> dict[str, Any] | None:
+    """``{"file", "bytes", "sha256"}`` of an ``npz:PATH`` dataset's file (None for other datasets,
+    whose files carry their own checksums)."""
+    import hashlib
+
+    if not (isinstance(name, str) and name.startswith("npz:")):
+        return None
+    path = _npz_path(name, root).resolve()
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return {"file": str(path), "bytes": path.stat().st_size, "sha256": sha.hexdigest()}
 
 
 # ----------------------------------------------------------------------------- reading
@@ -92,13 +119,43 @@ def read_npz(name: str, root=None) -> dict[str, np.ndarray]:
         for key in REQUIRED + OPTIONAL:
             if key not in keys:
                 continue
+            _check_member(name, path, key)
             try:
                 arrays[key] = archive[key]
-            except ValueError:  # numpy refuses object arrays when allow_pickle=False
-                raise DataError(
-                    f"dataset {name!r}: array {key!r} holds pickled Python objects, which are never "
-                    f"loaded (allow_pickle=False); save it as a numeric array") from None
+            except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+                raise CorruptDataError(f"dataset {name!r}: array {key!r} in {path} cannot be read "
+                                       f"({' '.join(str(exc).split())[:120]}); the file is truncated or "
+                                       f"corrupt: {save}") from None
     return arrays
+
+
+def _check_member(name: str, path: Path, key: str) -> None:
+    """Read the ``.npy`` header of member ``key`` before its data: an object array (pickles) is
+    refused, and a header declaring more bytes than the member holds (a truncated member, or a
+    huge shape that would exhaust memory) is a CorruptDataError, all without allocating it."""
+    fmt = np.lib.format
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(key + ".npy")
+            with zf.open(info) as f:
+                version = fmt.read_magic(f)
+                read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, _, dtype = read(f)
+                header = f.tell()
+    except KeyError:  # stored without the .npy suffix: numpy reads it as is
+        return
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+        raise CorruptDataError(f"dataset {name!r}: array {key!r} in {path} has no readable .npy header "
+                               f"({' '.join(str(exc).split())[:120]}); the file is truncated or corrupt") from None
+    if dtype.hasobject:
+        raise DataError(f"dataset {name!r}: array {key!r} holds pickled Python objects, which are never "
+                        f"loaded (allow_pickle=False); save it as a numeric array")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = info.file_size - header
+    if declared > held:
+        raise CorruptDataError(f"dataset {name!r}: array {key!r} in {path} declares shape {tuple(shape)} of "
+                               f"{dtype} ({declared:,} bytes) but holds {held:,} bytes; the file is truncated "
+                               f"or corrupt")
 
 
 def _check_keys(name: str, keys: set[str]) -> None:
@@ -143,7 +200,22 @@ def _numeric(name: str, what: str, a: Any) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise DataError(f"dataset {name!r}: {what} has dtype {a.dtype}; give numbers")
+    if np.iscomplexobj(a):  # training on the real part would silently drop half the data
+        raise DataError(f"dataset {name!r}: {what} is complex ({a.dtype}); give real numbers (take .real, "
+                        f"abs() or stack both parts yourself)")
     return a
+
+
+def _check_finite(name: str, what: str, a: np.ndarray) -> None:
+    """NaN or inf anywhere in ``a`` is a DataError naming the array and the first bad index."""
+    if a.dtype.kind not in "fc" or a.size == 0:
+        return
+    bad = ~np.isfinite(a)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"dataset {name!r}: {what} holds {a[index]} at index {index[0] if len(index) == 1 else index} "
+                        f"({int(bad.sum())} non-finite values); data must be finite numbers: clean or drop "
+                        f"those rows")
 
 
 def call_loader(name: str, options: dict[str, Any]) -> dict[str, Pair]:
@@ -214,6 +286,8 @@ def assemble_arrays(name: str, splits: dict[str, Pair], *, normalize: str = "sta
     for s, (x, y) in splits.items():
         if len(x) != len(y):
             raise DataError(f"dataset {name!r}: x_{s} has {len(x)} rows but y_{s} has {len(y)}")
+        _check_finite(name, f"x_{s}", x)
+        _check_finite(name, f"y_{s}", y)
     shapes = {s: x.shape[1:] for s, (x, _) in splits.items()}
     if len(set(shapes.values())) > 1:
         raise DataError(f"dataset {name!r}: the splits' inputs differ in shape: {shapes}")
@@ -230,10 +304,19 @@ def assemble_arrays(name: str, splits: dict[str, Pair], *, normalize: str = "sta
     if subset is not None:  # training data only: validation and test stay whole
         train = (train[0][:subset], train[1][:subset])
     parts = {"train": train, "test": test, **({"val": val} if val is not None else {})}
+    for s, (x, _) in parts.items():
+        if len(x) == 0:
+            raise DataError(f"dataset {name!r}: the {s} split is empty (x_{s} has 0 rows); it needs at "
+                            f"least one example")
     task, num_classes = _task(name, [y for _, y in parts.values()])
     mean = std = None
     if normalize == "standardize":
-        mean, std, _ = _stats(name, train[0])
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, in one line
+            mean, std, _ = _stats(name, train[0])
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            big = float(np.abs(train[0]).max())
+            raise DataError(f"dataset {name!r}: x_train values up to {big:g} are too large to standardise "
+                            f"(their variance overflows float64); rescale the data")
     elif normalize == "unit" and train[0].dtype != np.uint8:
         lo = min(float(x.min()) for x, _ in parts.values())
         hi = max(float(x.max()) for x, _ in parts.values())
@@ -241,13 +324,20 @@ def assemble_arrays(name: str, splits: dict[str, Pair], *, normalize: str = "sta
             raise ConfigError(f"dataset {name!r}: normalize='unit' divides uint8 inputs by 255; these are "
                               f"{train[0].dtype} in [{lo:g}, {hi:g}]: use standardize or none")
 
-    def split(pair: Pair) -> Split:
+    def split(pair: Pair, which: str) -> Split:
         x = np.asarray(pair[0], dtype=np.float64)
         if normalize == "standardize":
-            x = (x - mean) / np.maximum(std, 1e-8)
+            with np.errstate(over="ignore", invalid="ignore"):
+                x = (x - mean) / np.maximum(std, 1e-8)
         elif normalize == "unit" and pair[0].dtype == np.uint8:
             x = x / 255.0
         t = torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+        if not torch.isfinite(t).all():  # finite in float64, not in the training dtype
+            index = tuple(int(i) for i in torch.nonzero(~torch.isfinite(t))[0])
+            raise DataError(f"dataset {name!r}: x_{which} value {float(x[index]):g} at index "
+                            f"{index[0] if len(index) == 1 else index} is beyond the range of {dtype} "
+                            f"(after normalize={normalize!r}); rescale the data"
+                            + ("" if normalize == "standardize" else " or use normalize=standardize"))
         if normalize == "per_image":
             from .core import per_image_standardize
 
@@ -262,8 +352,8 @@ def assemble_arrays(name: str, splits: dict[str, Pair], *, normalize: str = "sta
                        num_classes=num_classes, task=task,
                        mean=tuple(float(m) for m in mean.ravel()) if mean is not None else None,
                        std=tuple(float(s) for s in std.ravel()) if std is not None else None)
-    return DataBundle(train=split(train), test=split(test),
-                      val=split(val) if val is not None else None, info=info)
+    return DataBundle(train=split(train, "train"), test=split(test, "test"),
+                      val=split(val, "val") if val is not None else None, info=info)
 
 
 def load_custom(name: str, root=None, *, normalize: str = "standardize", flatten: bool = False,

@@ -281,8 +281,13 @@ class TrainConfig:
         return yaml.safe_dump(json.loads(json.dumps(self._data)), sort_keys=False)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML (or JSON) training config and apply ``key=value`` overrides."""
+def load_config(path: str | Path, overrides: list[str] | None = None, *,
+                trust_imports: bool = False) -> TrainConfig:
+    """Read a YAML (or JSON) training config and apply ``key=value`` overrides.
+
+    A file that names an import-path model or dataset is refused unless ``trust_imports``
+    (:func:`bioplausible.engine.trust.refuse_file_imports`); ``overrides`` are the caller's own.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
@@ -297,4 +302,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {first}") from None
     if not isinstance(mapping, dict):
         raise ConfigError(f"config file {str(p)!r} must contain a mapping of keys to values")
+    from .trust import refuse_file_imports
+
+    refuse_file_imports(mapping, f"config file {str(p)!r}", trust_imports)
     return TrainConfig.from_dict(mapping, overrides)

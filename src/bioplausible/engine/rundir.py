@@ -16,28 +16,10 @@ from typing import Any
 
 import torch
 
+from ..core.state_files import load_checkpoint_file
 from ..errors import UserError
 
 LOCK_NAME = ".lock"
-
-
-def load_checkpoint_file(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)``; anything unreadable that way is one UserError line."""
-    import pickle
-    import zipfile
-
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError,
-            KeyError, IndexError, zipfile.BadZipFile, UnicodeDecodeError, OSError) as exc:
-        first = (" ".join(str(exc).split()) or type(exc).__name__)[:160]
-        raise UserError(f"checkpoint {str(path)!r} cannot be loaded safely ({first}); it is corrupt, "
-                        f"truncated or not written by bioplausible: delete it to restart the run "
-                        f"or start a new one with --out") from None
-    if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step"} <= set(state):
-        raise UserError(f"checkpoint {str(path)!r} is not a bioplausible checkpoint; delete it to restart "
-                        f"the run or start a new one with --out")
-    return state
 
 
 def before_checkpoint(record: dict[str, Any], epoch: int, step: int) -> bool:

@@ -13,6 +13,7 @@ global RNG state, so epoch ``k`` computes the same thing whether or not the run 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -32,10 +33,11 @@ from ..core.losses import Loss, get_loss
 from ..core.optim import build_schedule
 from ..core.probe import Probe, feedback_errors
 from ..core.rule import Rule, call_prepare
-from ..errors import ConfigError, DivergenceError, UserError
+from ..errors import ConfigError, DivergenceError, StorageError, UserError
 from ..rules.registry import make
 from .config import TrainConfig
-from .rundir import before_checkpoint, check_run_dir, load_checkpoint_file, read_metrics, run_lock
+from ..core.state_files import load_checkpoint_file
+from .rundir import before_checkpoint, check_run_dir, read_metrics, run_lock
 from .runtime import runtime
 from .task import accuracy_counts, check_reconstruction_output, correct_counter, resolve_loss
 
@@ -54,6 +56,9 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
     return device
+
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 @torch.no_grad()
@@ -189,6 +194,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.run_dir is not None:
             atomic_torch_save(self._checkpoint_state(), self.run_dir / "checkpoint.pt")
+            self._saved_epoch = self.epoch
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore the state :meth:`save_checkpoint` wrote; drop metric lines written after it.
@@ -208,6 +214,7 @@ class Trainer:
             if state.get("cuda_rng") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            self._saved_epoch = self.epoch
             self.history = list(state["history"])
             self.probe_angles = list(state.get("probe_angles", []))
             self.probe_angles_all = list(state.get("probe_angles_all", []))
@@ -386,6 +393,12 @@ class Trainer:
         self._log(record)
         for cb in self.callbacks:
             cb(record)
+        bad = [k for k, v in record.items() if k.endswith("_loss") and isinstance(v, float)
+               and not math.isfinite(v)]
+        if bad:  # the data are finite (checked when loaded): the model's outputs overflowed
+            raise DivergenceError(f"evaluation after epoch {self.epoch} gave {bad[0]} = "
+                                  f"{record[bad[0]]:g}: the model's outputs are not finite; "
+                                  f"lower the learning rate or change the rule's hyperparameters")
         if self.progress:
             self._print_epoch(record)
         if self.epoch % cfg["checkpoint_every"] == 0 or self.epoch == cfg["epochs"]:
@@ -416,6 +429,14 @@ class Trainer:
             status, message = "diverged", str(exc)
             self._log({"kind": "event", "event": "diverged", "epoch": self.epoch + 1,
                        "step": self.step, "message": message})
+        except OSError as exc:
+            if exc.errno not in STORAGE_ERRNOS:
+                raise
+            saved = getattr(self, "_saved_epoch", 0)
+            kept = (f"the checkpoint of epoch {saved} and the metrics up to it are intact: free space, then "
+                    f"continue with --resume" if saved else "nothing was checkpointed yet: free space and start again")
+            raise StorageError(f"cannot write to run directory {str(self.run_dir)!r} after epoch {self.epoch}: "
+                               f"{exc.strerror}; {kept}") from None
         except KeyboardInterrupt:
             status, message = "interrupted", "interrupted by the user; continue with --resume"
             self._write_summary(status, message, started)

@@ -98,6 +98,30 @@ def _ray_task(data: dict[str, Any]) -> dict[str, Any]:
     return execute(data, worker=True)
 
 
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """``--address`` names something Ray can join: ``local``/``auto``, or ``[ray://]HOST:PORT`` where a
+    TCP connection succeeds within ``timeout`` seconds. Anything else is a one-line UserError here,
+    before any job runs (``ray.init`` itself retries an unreachable address without end)."""
+    import socket
+
+    if address in (None, "local", "auto"):
+        return
+    text = str(address)
+    hostport = text[len("ray://"):] if text.startswith("ray://") else text
+    host, sep, port_text = hostport.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UserError(f"--address {text!r}: use local (a private instance), auto (the running cluster) or "
+                        f"HOST:PORT of a cluster's head node, e.g. 10.0.0.5:6379")
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"--address {text!r}: no Ray cluster answers there ({reason}); start one with "
+                        f"`ray start --head` on that machine, or use --address local") from None
+
+
 def run_ray(jobs: Sequence[tuple[int, dict[str, Any]]], workers: int, address: str | None,
             on_event: Event) -> None:
     """The jobs as Ray tasks (one CPU each) on a local instance or a cluster."""
@@ -112,7 +136,12 @@ def run_ray(jobs: Sequence[tuple[int, dict[str, Any]]], workers: int, address: s
             ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1",
                      log_to_driver=False, runtime_env={"env_vars": env} if env else None)
         else:
-            ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
+            check_address(address)
+            try:
+                ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                first = (" ".join(str(exc).split()) or type(exc).__name__)[:200]
+                raise UserError(f"--address {address!r}: cannot join a Ray cluster ({first})") from None
         started = True
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
@@ -166,13 +195,20 @@ def run_state(run_dir: str | os.PathLike) -> str:
 
 def record_failure(job: Job, exc: BaseException) -> dict[str, Any]:
     run_dir = Path(job.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     message = " ".join(f"{type(exc).__name__}: {exc}".split())
-    atomic_write_json(run_dir / "error.json", {"type": type(exc).__name__, "message": str(exc),
-                                         "traceback": traceback.format_exc()})
     summary = {"status": "failed", "message": message, "rule": job.config.get("rule", {}).get("name"),
                "job": {"label": job.label, "seed": job.seed, "preset": job.preset, "scale": job.scale}}
-    atomic_write_json(run_dir / "summary.json", summary)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "error.json", {"type": type(exc).__name__, "message": str(exc),
+                                                   "traceback": traceback.format_exc()})
+        atomic_write_json(run_dir / "summary.json", summary)
+    except OSError as err:
+        from ..errors import StorageError
+
+        raise StorageError(f"run {str(run_dir)!r} failed ({message[:120]}) and its error record cannot be "
+                           f"written: {err.strerror}; the finished runs are intact: free space and run the "
+                           f"same command again") from None
     return summary
 
 

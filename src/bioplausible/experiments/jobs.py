@@ -40,7 +40,7 @@ from ..core.metrics import metric_value
 from ..engine.config import TrainConfig, _merge
 from ..engine.rundir import check_run_dir, run_lock
 from ..engine.runtime import check_device, runtime
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, StorageError, UserError
 from .seeds import check_seeds
 
 #: what :func:`aggregate` reports by default (names of :mod:`bioplausible.core.metrics`)
@@ -91,13 +91,68 @@ def _grid_points(grid: dict[str, Sequence[Any]] | None) -> list[tuple[str, dict[
     return points
 
 
+def _absolute_data(config: TrainConfig) -> TrainConfig:
+    """The config with an ``npz:`` file named by its absolute path (a resume from another working
+    directory must not find another file of the same relative name)."""
+    from ..data.custom import absolute_name
+
+    name = config["dataset"]["name"]
+    full = absolute_name(name, config["dataset"].get("root"))
+    return config if full == name else config.updated({"dataset": {"name": full}})
+
+
+DATA_RECORD = "data.json"
+
+
+def check_data_record(run_dir: Path, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
+    """The fingerprint of the config's data file; on resume it must equal the one the run recorded
+    in ``data.json`` when it started (else a one-line UserError: the data changed)."""
+    from ..data.custom import fingerprint
+
+    fp = fingerprint(config["dataset"]["name"], config["dataset"].get("root"))
+    record = run_dir / DATA_RECORD
+    if resume and fp is not None and record.is_file():
+        stored = _read_json(record)
+        if stored.get("sha256") != fp["sha256"]:
+            raise UserError(f"--resume {str(run_dir)!r}: the data file {fp['file']} changed since the run "
+                            f"started (sha256 {str(stored.get('sha256'))[:12]}... -> {fp['sha256'][:12]}...); "
+                            f"a run keeps its data: restore the file or start a new run with --out")
+    return fp
+
+
+def run_dir_name(label: str, seed: int) -> str:
+    """``<label>-seed<seed>`` made safe as one directory name: path separators, control characters
+    and a leading dot become ``_`` (a grid value ``npz:../../x.npz`` must not climb out of the
+    sweep folder); a very long name is cut and completed by a hash of the whole."""
+    import hashlib
+    import re
+
+    name = re.sub(r"[/\\\x00-\x1f\x7f]", "_", f"{label}-seed{seed}")
+    if name.startswith("."):
+        name = "_" + name[1:]
+    if len(name.encode()) > 200:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        name = name.encode()[:180].decode(errors="ignore") + f"~{digest}-seed{seed}"
+    return name
+
+
+def inside(base: Path, run_dir: str | os.PathLike) -> str:
+    """``run_dir`` as a string, after checking that it lies inside ``base`` (ConfigError if not)."""
+    b, r = Path(base).resolve(), Path(run_dir).resolve()
+    if r != b and b not in r.parents:
+        raise ConfigError(f"run directory {str(run_dir)!r} would lie outside {str(base)!r}")
+    return str(run_dir)
+
+
 def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] | None = None,
-         grid: dict[str, Sequence[Any]] | None = None, out: str | os.PathLike | None = None) -> list[Job]:
+         grid: dict[str, Sequence[Any]] | None = None, out: str | os.PathLike | None = None,
+         trust_imports: bool = False) -> list[Job]:
     """Jobs for a preset (name, file or :class:`Preset`) or a config (TrainConfig or mapping).
 
     A preset gives one job per run x grid point x seed, in ``<out>/<label>-seed<seed>``. A
     config gives one job per grid point x seed, labelled by its rule; a single job (no grid,
-    no ``seeds``) runs in ``out`` itself. Every config is validated here.
+    no ``seeds``) runs in ``out`` itself. Every config is validated here. A preset read from a
+    file that names an import-path model or dataset is refused unless ``trust_imports``.
     """
     from .presets import Preset, get_preset
 
@@ -115,10 +170,15 @@ def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] |
             for suffix, update in points:
                 name = f"{label}[{suffix}]" if suffix else label
                 for seed in seeds:
-                    cfg = config.updated(run.get("config") or {}).updated(update).updated(
-                        {"rule": rule, "seed": seed})
-                    jobs.append(Job(cfg.to_dict(), str(base / f"{name}-seed{seed}"), name, seed,
+                    cfg = _absolute_data(config.updated(run.get("config") or {}).updated(update).updated(
+                        {"rule": rule, "seed": seed}))
+                    jobs.append(Job(cfg.to_dict(), inside(base, base / run_dir_name(name, seed)), name, seed,
                                     preset=preset.name, scale=scale))
+        if preset.from_file:
+            from ..engine.trust import refuse_file_imports
+
+            for job in jobs:
+                refuse_file_imports(job.config, f"preset file {preset.source!r}", trust_imports)
         return jobs
     config = (preset_or_config if isinstance(preset_or_config, TrainConfig)
               else TrainConfig.from_dict(preset_or_config))
@@ -134,8 +194,8 @@ def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] |
         cfg_point = config.updated(update)
         label = cfg_point["rule"]["name"] + (f"[{suffix}]" if suffix else "")
         for seed in seeds:
-            cfg = cfg_point.updated({"seed": seed})
-            run_dir = base if single else base / f"{label}-seed{seed}"
+            cfg = _absolute_data(cfg_point.updated({"seed": seed}))
+            run_dir = base if single else Path(inside(base, base / run_dir_name(label, seed)))
             jobs.append(Job(cfg.to_dict(), str(run_dir), label, seed))
     return jobs
 
@@ -216,6 +276,7 @@ def run_job(job: Job, progress: bool | None = None, worker: bool = False) -> dic
     check_run_dir(run_dir, resume=job.resume)
     with runtime(config, worker=worker):
         data = load_data(config)
+        fp = check_data_record(run_dir, config, job.resume)
         created = not run_dir.exists()
         trainer = _build(job, data, config, out=run_dir, progress=progress)
         try:
@@ -226,13 +287,20 @@ def run_job(job: Job, progress: bool | None = None, worker: bool = False) -> dic
         try:
             with run_lock(run_dir):
                 check_run_dir(run_dir, resume=job.resume)
+                if fp is not None and not (job.resume and (run_dir / DATA_RECORD).is_file()):
+                    atomic_write_json(run_dir / DATA_RECORD, fp)
                 result = trainer.run(resume=job.resume)
                 summary = dict(result.summary)
                 summary["job"] = {"label": job.label, "seed": job.seed, "preset": job.preset,
                                   "scale": job.scale}
-                atomic_write_json(run_dir / "summary.json", summary)
-        except UserError:
-            if created:
+                try:
+                    atomic_write_json(run_dir / "summary.json", summary)
+                except OSError as exc:
+                    raise StorageError(f"cannot write {str(run_dir / 'summary.json')!r}: {exc.strerror}; the run "
+                                       f"finished and its checkpoint is intact: free space, then --resume it "
+                                       f"(or run the same sweep again)") from None
+        except UserError as exc:
+            if created and not isinstance(exc, StorageError):  # what a run wrote is never deleted
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
     summary["run_dir"] = str(run_dir)
@@ -258,19 +326,20 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def resume_job(run_dir: str | os.PathLike, changes: dict[str, Any] | None = None,
-               overrides: list[str] | None = None) -> Job:
+               overrides: list[str] | None = None, trust_imports: bool = False) -> Job:
     """The job that continues ``run_dir``; ``changes``/``overrides`` may only extend ``epochs``.
 
     Any other change (rule, learning rate, batch size, dataset, ...) would mix two configs in one
     run, so it is refused in one line naming the key; ``progress`` and ``dataset.root`` (where
-    the same files are found) may change.
+    the same files are found) may change. A ``config.yaml`` naming an import-path model or
+    dataset is refused unless ``trust_imports`` (a run folder may come from anyone).
     """
     from ..engine.config import load_config
 
     path = Path(run_dir)
     if not (path / "config.yaml").is_file():
         raise UserError(f"--resume {str(path)!r}: no config.yaml there; pass a run directory written by train")
-    stored = load_config(path / "config.yaml")
+    stored = load_config(path / "config.yaml", trust_imports=trust_imports)
     wanted = stored.updated(changes or {}, overrides or [])
     old, new = _flat(stored.to_dict()), _flat(wanted.to_dict())
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE)

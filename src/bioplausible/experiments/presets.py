@@ -95,6 +95,7 @@ class Preset:
     paper_results: dict[str, Any] = field(default_factory=dict)
     checks: list[dict[str, Any]] = field(default_factory=list)
     source: str = ""
+    from_file: bool = False  # read from a user's YAML file (not shipped): imports need trust_imports
 
     def resolved(self, scale: str) -> tuple[TrainConfig, list[int]]:
         """The validated config and seeds at ``scale``."""
@@ -263,7 +264,9 @@ def get_preset(name: str) -> Preset:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise ConfigError(f"preset file {str(path)!r} is not a text (YAML) file") from None
-        return _parse(text, str(path))
+        preset = _parse(text, str(path))
+        preset.from_file = True
+        return preset
     presets = _all()
     if name not in presets:
         import difflib
@@ -360,5 +363,8 @@ def _worst(check: dict[str, Any], metric: str, stats: dict[str, dict[str, Any]])
     return gap > margin, text
 
 
-__all__ = ["NOT_COMPARABLE", "PAPER_SCALE", "Preset", "check_metrics", "comparable_to_paper", "evaluate_checks",
+PLAN_FILE = "reproduce-plan.json"
+
+
+__all__ = ["NOT_COMPARABLE", "PAPER_SCALE", "PLAN_FILE", "Preset", "check_metrics", "comparable_to_paper", "evaluate_checks",
            "get_preset", "list_presets", "lower_is_better", "mean_std_text", "metric_digits", "metric_label"]

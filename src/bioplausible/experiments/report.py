@@ -31,6 +31,42 @@ class RunRecord:
     summary: dict[str, Any]
 
 
+SUMMARY_NUMBERS = ("epochs_completed", "epochs", "steps", "best_test_accuracy", "mean_epoch_time",
+                   "grad_angle_mean", "total_time", "parameters")
+_TEXT_FIELDS = ("kind", "event", "message")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _numbers(rec: dict[str, Any]) -> dict[str, Any]:
+    """A metrics record with only numeric values (and its kind/event/message): a damaged value
+    (a string where a number belongs) is left out, as a missing measurement."""
+    return {k: v for k, v in rec.items() if _is_number(v) or (k in _TEXT_FIELDS and isinstance(v, str))}
+
+
+def _check_summary(summary: dict[str, Any], path: Path) -> None:
+    """The fields a report reads have their types; a damaged summary.json is one UserError line."""
+    def bad(key: str, value: Any) -> UserError:
+        return UserError(f"{str(path)!r}: {key} is {value!r:.60}, not what a run writes; the run directory is "
+                         f"damaged: rerun or --resume it")
+
+    if not isinstance(summary.get("status"), str):
+        raise bad("status", summary.get("status"))
+    for key in SUMMARY_NUMBERS:
+        if summary.get(key) is not None and not _is_number(summary[key]):
+            raise bad(key, summary[key])
+    final = summary.get("final")
+    if final is not None and not isinstance(final, dict):
+        raise bad("final", final)
+    for key, value in (final or {}).items():
+        if value is not None and not _is_number(value) and not (key in _TEXT_FIELDS and isinstance(value, str)):
+            raise bad(f"final.{key}", value)
+    if summary.get("job") is not None and not isinstance(summary["job"], dict):
+        raise bad("job", summary["job"])
+
+
 def load_run(path: str | os.PathLike, label: str | None = None) -> RunRecord:
     p = Path(path)
     if not (p / "summary.json").is_file():
@@ -42,6 +78,7 @@ def load_run(path: str | os.PathLike, label: str | None = None) -> RunRecord:
                         f"interrupted while writing it or the file is damaged: rerun or --resume it") from None
     if not isinstance(summary, dict):
         raise UserError(f"{str(p / 'summary.json')!r} is not a run summary; the run directory is damaged")
+    _check_summary(summary, p / "summary.json")
     try:
         config = yaml.safe_load((p / "config.yaml").read_text()) if (p / "config.yaml").exists() else {}
     except (OSError, ValueError, yaml.YAMLError):
@@ -49,7 +86,11 @@ def load_run(path: str | os.PathLike, label: str | None = None) -> RunRecord:
     epochs, probes = [], []
     if (p / "metrics.jsonl").exists():
         for rec in read_metrics(p / "metrics.jsonl"):
-            (epochs if rec.get("kind") == "epoch" else probes if rec.get("kind") == "probe" else []).append(rec)
+            rec = _numbers(rec)
+            if rec.get("kind") == "epoch" and _is_number(rec.get("epoch")):
+                epochs.append(rec)
+            elif rec.get("kind") == "probe" and _is_number(rec.get("step")):
+                probes.append(rec)
     job_label = (summary.get("job") or {}).get("label")
     return RunRecord(p, label or job_label or summary.get("rule", p.name), config if isinstance(config, dict) else {},
                      epochs, probes, summary)

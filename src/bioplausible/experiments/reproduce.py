@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -211,7 +212,7 @@ def cmd_reproduce_all(args: argparse.Namespace, seeds: list[int] | None, jobs: i
 
 def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
                progress: bool = True, seeds: list[int] | None = None, workers: int = 1,
-               stack: bool = False) -> dict[str, Any]:
+               stack: bool = False, trust_imports: bool = False) -> dict[str, Any]:
     """Train every run of preset ``name`` at ``scale`` with every seed; write and return a report.
 
     ``workers > 1`` runs the jobs in that many worker processes (one torch thread each);
@@ -220,16 +221,44 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
     ``plan`` + ``run_job`` per job + ``aggregate`` + the report; every job is checked (configs,
     rules, model, data, ``out``) before the first one trains.
     """
-    from .jobs import aggregate, check_jobs, plan, statuses
+    from .._io import atomic_write_json as _write_json
+    from .executors import FINAL, run_state
+    from .jobs import _read_json, aggregate, check_jobs, plan, statuses
+    from .presets import PLAN_FILE
     from .runs import run_jobs
+    from .sweep import _same_config, _sweep_lock
 
     preset = get_preset(name)
     out_dir = Path(out or Path("runs") / f"reproduce-{preset.name}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"output directory {str(out_dir)!r} already exists; choose another --out")
-    jobs = plan(preset, scale, seeds=seeds, out=out_dir)
-    check_jobs(jobs)
-    summaries = run_jobs(jobs, workers=workers, progress=progress, stack=stack)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output directory {str(out_dir)!r} is a file; choose another --out")
+    jobs = plan(preset, scale, seeds=seeds, out=out_dir, trust_imports=trust_imports)
+    # the same command again continues: finished runs are kept, interrupted ones resumed (as sweep does)
+    plan_file = out_dir / PLAN_FILE
+    if out_dir.is_dir() and any(p.name != ".sweep.lock" for p in out_dir.iterdir()):
+        earlier = _read_json(plan_file) if plan_file.is_file() else {}
+        if (earlier.get("preset"), earlier.get("scale")) != (preset.name, scale):
+            raise UserError(f"output directory {str(out_dir)!r} already exists and does not hold a run of "
+                            f"preset {preset.name!r} at scale {scale!r}; choose another --out")
+    states = [run_state(j.run_dir) for j in jobs]
+    for job, state in zip(jobs, states):
+        _same_config(job)  # a run made with another config (the preset file changed) is not reused
+        if state not in FINAL:
+            job.resume = Path(job.run_dir).is_dir()
+    todo = [j for j, s in zip(jobs, states) if s not in FINAL]
+    check_jobs(todo)
+    fd = _sweep_lock(out_dir)
+    try:
+        _write_json(plan_file, {"preset": preset.name, "scale": scale, "source": preset.source})
+        for job in todo:
+            for leftover in ("error.json", "summary.json"):
+                (Path(job.run_dir) / leftover).unlink(missing_ok=True)
+        ran = iter(run_jobs(todo, workers=workers, progress=progress, stack=stack))
+        summaries = [next(ran) if s not in FINAL else {**_read_json(Path(j.run_dir) / "summary.json"),
+                                                       "run_dir": j.run_dir}
+                     for j, s in zip(jobs, states)]
+    finally:
+        os.close(fd)
     metrics = sorted({preset.paper_results.get("metric", "test_accuracy"), "test_accuracy",
                       "best_test_accuracy", "grad_angle", *check_metrics(preset)})
     stats = aggregate(summaries, metrics)

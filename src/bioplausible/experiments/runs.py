@@ -401,7 +401,7 @@ class StackedTraining:
 
 def run_sweep_stacked(work: list, on_event, say=None) -> None:
     """The sweep executor for ``--stack``: the sweep's unfinished jobs (``(index, job_dict)``) in
-    stacks of one group each, in this process; ``on_event`` as :mod:`bioplausible.sweep_exec` calls it.
+    stacks of one group each, in this process; ``on_event`` as :mod:`bioplausible.experiments.executors` calls it.
 
     A group's failure (an exception other than a user interrupt) is recorded for each of its runs
     (``error.json``) as the unstacked executor records one run's, and the sweep goes on.

@@ -39,8 +39,10 @@ from .jobs import (
     _flat,
     _read_json,
     check_jobs,
+    inside,
     job_dict,
     plan,
+    run_dir_name,
 )
 from .seeds import check_seeds
 
@@ -60,14 +62,22 @@ class SweepSpec:
     seeds: list[int] | None = None
     out: str | None = None
     overrides: list[str] = field(default_factory=list)
+    source: str | None = None  # the sweep file it was read from (None: built in Python)
+    trust_imports: bool = False  # may the file (or a preset file it names) import a model or dataset?
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "preset": self.preset, "config": self.config, "scale": self.scale,
                 "grid": self.grid, "seeds": self.seeds, "out": self.out, "overrides": self.overrides}
 
 
-def load_spec(path: str | os.PathLike) -> SweepSpec:
-    """A :class:`SweepSpec` from a YAML file; a malformed file is a ConfigError in one line."""
+def load_spec(path: str | os.PathLike, trust_imports: bool = False) -> SweepSpec:
+    """A :class:`SweepSpec` from a YAML file; a malformed file is a ConfigError in one line.
+
+    Unless ``trust_imports``, a run of the sweep that would import a model or dataset by import
+    path (from the file's config, grid or preset) is refused when the sweep is planned.
+    """
+    import functools
+
     from .._io import yaml_load
     from ..engine.config import load_config
 
@@ -78,7 +88,10 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
         raw = yaml_load(p.read_text(encoding="utf-8")) or {}
     except Exception as exc:  # noqa: BLE001 - yaml.YAMLError, UnicodeDecodeError
         raise ConfigError(f"sweep file {str(p)!r} is not valid YAML ({type(exc).__name__})") from None
-    return spec_from_dict(raw, str(p), base_dir=p.parent, load_config=load_config)
+    spec = spec_from_dict(raw, str(p), base_dir=p.parent,
+                          load_config=functools.partial(load_config, trust_imports=trust_imports))
+    spec.source, spec.trust_imports = str(p), trust_imports
+    return spec
 
 
 def spec_from_dict(raw: Any, source: str = "sweep", base_dir: Path | None = None,
@@ -107,6 +120,15 @@ def spec_from_dict(raw: Any, source: str = "sweep", base_dir: Path | None = None
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(f"{source}: grid must map dotted keys to non-empty lists, e.g. "
                           f"{{optimizer.lr: [0.01, 0.1]}}")
+    for key in grid:
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigError(f"{source}: grid key {key!r} is not a config key; use dotted names such as "
+                              f"optimizer.lr or rule.name")
+    for key in ("scale", "out", "name"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise ConfigError(f"{source}: {key} must be text (e.g. {key}: "
+                              f"{ {'scale': 'quick', 'out': 'runs/my-sweep', 'name': 'lr-sweep'}[key]}), "
+                              f"got {raw[key]!r}")
     seeds = raw.get("seeds")
     if seeds is not None:
         seeds = check_seeds(seeds if isinstance(seeds, list) else [seeds], f"{source}: seeds")
@@ -126,17 +148,23 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike | None = None) -> tuple[l
     if spec.preset is not None:
         if spec.overrides:
             raise ConfigError("overrides: apply to config: sweeps; for a preset put the keys in grid:")
-        jobs = plan(spec.preset, spec.scale or "quick", seeds=spec.seeds, grid=spec.grid or None, out=base)
+        jobs = plan(spec.preset, spec.scale or "quick", seeds=spec.seeds, grid=spec.grid or None, out=base,
+                    trust_imports=spec.trust_imports)
     else:
         config = TrainConfig.from_dict(spec.config or {}, spec.overrides)
         jobs = plan(config, seeds=spec.seeds or [config["seed"]], grid=spec.grid or None, out=base)
+    if spec.source is not None:
+        from ..engine.trust import refuse_file_imports
+
+        for job in jobs:
+            refuse_file_imports(job.config, f"sweep file {spec.source!r}", spec.trust_imports)
     for job in jobs:
         job.config["progress"] = False
         if "[rule.name=" in job.label:  # the rule already names the run: drop it from the label
             name, _, rest = job.label.partition("[")
             keys = [k for k in rest.rstrip("]").split(",") if not k.startswith("rule.name=")]
             job.label = name + (f"[{','.join(keys)}]" if keys else "")
-            job.run_dir = str(base / f"{job.label}-seed{job.seed}")
+            job.run_dir = inside(base, base / run_dir_name(job.label, job.seed))
     return jobs, base
 
 
@@ -147,7 +175,7 @@ def _same_config(job: Job) -> None:
     path = Path(job.run_dir) / "config.yaml"
     if not path.is_file():
         return
-    stored = _flat(load_config(path).to_dict())
+    stored = _flat(load_config(path, trust_imports=True).to_dict())  # compared, never built
     wanted = _flat(job.train_config().to_dict())
     skip = {"progress", "dataset.root", "out"}
     diff = sorted(k for k in set(stored) | set(wanted) if k not in skip and stored.get(k) != wanted.get(k))
@@ -182,7 +210,16 @@ def read_index(base: str | os.PathLike) -> dict[str, Any]:
     if not (p / INDEX).is_file():
         raise UserError(f"{str(p)!r} is not a sweep folder (no {INDEX}); pass the out: folder of a sweep")
     index = _read_json(p / INDEX)
-    for run in index.get("runs", []):
+    runs = index.get("runs")
+    damaged = f"{str(p / INDEX)!r} is damaged"
+    if not isinstance(runs, list) or not isinstance(index.get("labels", []), list):
+        raise UserError(f"{damaged}: runs must be a list of run entries; run the sweep again to rewrite it")
+    for i, run in enumerate(runs):
+        if not (isinstance(run, dict) and isinstance(run.get("dir"), str) and isinstance(run.get("label"), str)
+                and isinstance(run.get("seed"), int) and not isinstance(run.get("seed"), bool)):
+            raise UserError(f"{damaged}: run entry {i + 1} needs dir, label (text) and seed (an integer); "
+                            f"run the sweep again to rewrite it")
+        inside(p, p / run["dir"])
         run["status"] = run_state(p / run["dir"])
     return index
 
@@ -265,8 +302,10 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike | None = None, jobs: int =
         raise ConfigError(f"--jobs must be a positive integer, got {jobs!r}")
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor {executor!r}: use local or ray")
+    if executor == "ray":
+        executors.check_address(address)  # before any job is planned or run
     planned, base = plan_sweep(spec, out)
-    labels = [f"{j.label}-seed{j.seed}" for j in planned]
+    labels = [str(Path(j.run_dir).resolve()) for j in planned]
     if len(set(labels)) != len(labels):
         raise ConfigError("two runs of this sweep have the same label and seed; give the grid distinct values")
     states = {i: run_state(j.run_dir) for i, j in enumerate(planned)}

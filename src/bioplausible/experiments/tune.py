@@ -145,6 +145,53 @@ def make_objective(base: Any, params: list[Param], out: Path, metric: str, objec
     return fn
 
 
+def check_space(base: Any, params: list[Param]) -> None:
+    """Every searched key is a config key and every value of its range is valid there: a
+    misspelt ``--param`` key is a one-line ConfigError before the first trial, not inside one."""
+    from ..rules.registry import make
+    from .jobs import _dotted
+
+    for p in params:
+        values = p.choices if p.kind == "choice" else (
+            [int(p.low), int(p.high)] if p.kind == "int" else [p.low, p.high])
+        for value in values or []:
+            try:
+                config = base.updated(_dotted(p.key, value))
+                if p.key.startswith("rule."):  # rule options are the rule's to check
+                    make(config["rule"]["name"], **config.rule_options())
+            except UserError as exc:
+                raise ConfigError(f"--param {p.key}={value!r}: {exc}") from None
+
+
+def _check_trial_dirs(out: Path, n_done: int, storage: str | None) -> None:
+    """The study numbers its next trial ``n_done``; a ``trial-K`` folder with K >= n_done is from
+    another study (an earlier ``tune --out`` with in-memory storage) and would refuse every trial."""
+    if not out.is_dir():
+        return
+    clash = sorted((d.name for d in out.glob("trial-*") if d.name[6:].isdigit() and int(d.name[6:]) >= n_done),
+                   key=lambda n: int(n[6:]))
+    if clash:
+        how = ("pass the same --storage and --study as that search to continue it" if storage is None
+               else "this --storage/--study is not the search that wrote them")
+        raise UserError(f"--out {str(out)!r} already holds {clash[0]} from an earlier search; choose another "
+                        f"--out, or {how}")
+
+
+def check_preset_path(path: str | os.PathLike) -> None:
+    """``--write-preset`` can be written: a .yaml/.yml name in an existing, writable folder (checked
+    before the first trial, not after the whole study)."""
+    p = Path(path)
+    if p.suffix not in (".yaml", ".yml"):
+        raise UserError(f"--write-preset {str(p)!r}: give a .yaml file name (reproduce reads presets from YAML)")
+    if p.is_dir():
+        raise UserError(f"--write-preset {str(p)!r} is a folder; give a .yaml file name")
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserError(f"--write-preset {str(p)!r}: folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UserError(f"--write-preset {str(p)!r}: not writable")
+
+
 def _worker(storage: str, study: str, sampler: str, seed: int | None, n_trials: int, args: tuple) -> None:
     optuna = _import_optuna()
     s = optuna.load_study(study_name=study, storage=storage, sampler=_sampler(sampler, seed))
@@ -165,14 +212,24 @@ def tune(base: Any, params: list[Param], trials: int, out: str | os.PathLike, me
         raise ConfigError("a --param key is given twice")
     if objective not in ("final", "best"):
         raise ConfigError(f"--objective {objective!r}: use final or best")
+    check_space(base, params)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if jobs > 1 and storage is None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file; give a folder")
+    if jobs > 1 and storage is None:  # the processes share a study in out/study.db
+        out.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{(out / 'study.db').resolve()}"
     direction = "minimize" if lower_is_better(metric) else "maximize"
     name = study or f"tune-{out.name}"
-    s = optuna.create_study(study_name=name, storage=storage, direction=direction,
-                            sampler=_sampler(sampler, seed), load_if_exists=True)
+    try:
+        s = optuna.create_study(study_name=name, storage=storage, direction=direction,
+                                sampler=_sampler(sampler, seed), load_if_exists=True)
+    except Exception as exc:  # noqa: BLE001 - optuna/sqlalchemy raise many kinds for a bad URL
+        first = (" ".join(str(exc).split()) or type(exc).__name__)[:200]
+        raise UserError(f"--storage {storage!r} cannot be opened ({type(exc).__name__}: {first}); "
+                        f"use e.g. --storage sqlite:///study.db") from None
+    _check_trial_dirs(out, len(s.trials), storage)
+    out.mkdir(parents=True, exist_ok=True)
     args = (base, params, out, metric, objective)
     from .jobs import check_jobs, plan
 

@@ -16,17 +16,51 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 
 from ...core.hooks import Plot, register_plot
 from ...errors import UserError
 
 
 def load_records(run_dir: Path) -> list[dict]:
+    """The run's metric records; a torn or damaged line (a run killed while writing) is skipped."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{run_dir} has no metrics.jsonl; give the directory of a ghost-unit training run")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _check_ghost_run(run_dir: Path) -> None:
+    """A run of another rule has none of these diagnostics: one line, not empty panels."""
+    import yaml
+
+    name: object = None
+    summary = run_dir / "summary.json"  # the rule that trained (fit() with a rule object keeps it here)
+    if summary.is_file():
+        try:
+            name = json.loads(summary.read_text()).get("rule")
+        except (ValueError, OSError, AttributeError):
+            name = None
+    path = run_dir / "config.yaml"
+    if name is None and path.is_file():
+        try:
+            cfg = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            raise UserError(f"{str(path)!r} cannot be read as YAML; give the directory of a ghost-unit run") from None
+        rule = (cfg.get("rule") or {}) if isinstance(cfg, dict) else {}
+        name = rule.get("name") if isinstance(rule, dict) else rule
+    if name is None:
+        return
+    if not (isinstance(name, str) and name.startswith("ghost")):
+        raise UserError(f"{str(run_dir)!r} is a run of rule {name!r}; ghost-diagnostics draws the diagnostics "
+                        f"of the ghost-unit rules (ghost-ma, ghost-ma-prime, ghost-mb)")
 
 
 def plot_ghost_diagnostics(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -35,8 +69,21 @@ def plot_ghost_diagnostics(run_dir: str | Path, out: str | Path | None = None) -
 
     plt = pyplot()
 
+    from ...core.state_files import load_tensor_dict
+    from ...core.image_out import image_path, save_figure
+
     run_dir = Path(run_dir)
-    records = [r for r in load_records(run_dir) if r.get("kind", "epoch") == "epoch" and "epoch" in r]
+    _check_ghost_run(run_dir)
+    path = image_path(out, run_dir, "ghost_diagnostics.png")  # checked before anything is drawn
+    records = [r for r in load_records(run_dir) if r.get("kind", "epoch") == "epoch"
+               and isinstance(r.get("epoch"), (int, float))]
+    state_path = run_dir / "rule_state.pt"
+    state = load_tensor_dict(state_path, "rule state") if state_path.is_file() else {}
+    for phase in ("free", "clamped"):
+        trace = state.get(f"diag.trace_{phase}")
+        if trace is not None and trace.ndim != 2:
+            raise UserError(f"rule state {str(state_path)!r}: diag.trace_{phase} has shape {tuple(trace.shape)}, "
+                            f"not (steps, hidden layers); the file is damaged or from another run")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     series: dict[str, list[tuple[int, float]]] = {}
     for r in records:
@@ -53,9 +100,7 @@ def plot_ghost_diagnostics(run_dir: str | Path, out: str | Path | None = None) -
             continue
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
         drew[i] = True
-    state_path = run_dir / "rule_state.pt"
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=True)
+    if state:
         steps = 0
         for phase in ("free", "clamped"):
             trace = state.get(f"diag.trace_{phase}")
@@ -79,9 +124,10 @@ def plot_ghost_diagnostics(run_dir: str | Path, out: str | Path | None = None) -
     axes[1].set_xlabel("Euler step (free, then weakly clamped)")
     axes[2].set_xlabel("epoch")
     fig.tight_layout()
-    path = Path(out) if out else run_dir / "ghost_diagnostics.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 

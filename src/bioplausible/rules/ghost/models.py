@@ -167,7 +167,8 @@ class GhostMB(GhostRule):
         k = self.config["kernel"]
         if k == "torch" or not _mb_kernel().AVAILABLE:
             return False
-        return c.W[0].device.type == "cpu"
+        # the compiled kernel takes float32/float64 CPU arrays; other dtypes (float16) run on torch
+        return c.W[0].device.type == "cpu" and c.W[0].dtype in (torch.float32, torch.float64)
 
     def compiled(self, c: Circuit, callback=None) -> bool:
         return self.config["solver"] == "fast" and callback is None and self._use_numba(c)

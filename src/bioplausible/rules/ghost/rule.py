@@ -149,6 +149,8 @@ class GhostRule(Rule):
             if c[key] is not None:
                 _num(c, key, 0.0)
         _count(c, "diagnostics_every", 0)
+        if c["divergence_threshold"] is not None:  # a string would fail at the first step, a negative
+            _num(c, "divergence_threshold", 0.0)    # one would make every run "diverge at step 1"
 
     def hparams(self, n_layers: int) -> HParams:
         if self._hp is not None and self._hp[0] == n_layers:

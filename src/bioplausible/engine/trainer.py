@@ -407,6 +407,7 @@ class Trainer:
                                 if self.probe_angles else None),
             "total_time": (time.time() - started) if started else None,
             "parameters": sum(p.numel() for p in self.model.parameters()),
+            "data": {"train": len(self.train_split), **{k: len(v) for k, v in self.eval_splits.items()}},
         }
         if self.run_dir is not None:
             _atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str))

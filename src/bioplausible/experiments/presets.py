@@ -188,12 +188,22 @@ def _parse(text: str, source: str) -> Preset:
                   checks=list(raw.get("checks") or []), source=source)
 
 
+_CACHE: dict[str, Any] = {}
+
+
 def _all() -> dict[str, Preset]:
-    out: dict[str, Preset] = {}
-    for f in _preset_files():
-        p = _parse(f.read_text(), f.name)
-        out[p.name] = p
-    return out
+    """The built-in presets, parsed once per process (again only when a file changed)."""
+    files = _preset_files()
+    texts = [(f.name, f.read_text()) for f in files]  # reading 40 small files is cheap; parsing is not
+    key = json.dumps(texts)
+    if _CACHE.get("key") != key:
+        out: dict[str, Preset] = {}
+        for name, text in texts:
+            p = _parse(text, name)
+            out[p.name] = p
+        _CACHE.clear()
+        _CACHE.update(key=key, presets=out)
+    return _CACHE["presets"]
 
 
 def list_presets() -> list[str]:
@@ -218,7 +228,7 @@ def get_preset(name: str) -> Preset:
         close = difflib.get_close_matches(name, list(presets), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownNameError(f"unknown preset {name!r}.{hint} See `bioplausible list presets`")
-    return presets[name]
+    return copy.deepcopy(presets[name])  # the cached one stays as parsed
 
 
 def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]],
@@ -293,8 +303,12 @@ def _worst(check: dict[str, Any], metric: str, stats: dict[str, dict[str, Any]])
 
 
 def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
-               progress: bool = True, seeds: list[int] | None = None, workers: int = 1) -> dict[str, Any]:
+               progress: bool = True, seeds: list[int] | None = None, workers: int = 1,
+               overrides: list[str] | None = None) -> dict[str, Any]:
     """Train every run of preset ``name`` at ``scale`` with every seed; write and return a report.
+
+    ``overrides``: ``KEY=VALUE`` (or ``RULE:KEY=VALUE``) settings applied to every run, last
+    (``reproduce --epochs 3 --set dataset.subset=5000``).
 
     ``workers > 1`` runs the jobs in that many worker processes (one torch thread each).
 
@@ -307,7 +321,7 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
     out_dir = Path(out or Path("runs") / f"reproduce-{preset.name}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"output directory {str(out_dir)!r} already exists; choose another --out")
-    jobs = plan(preset, scale, seeds=seeds, out=out_dir)
+    jobs = plan(preset, scale, seeds=seeds, out=out_dir, overrides=overrides)
     check_jobs(jobs)
     summaries = run_jobs(jobs, workers=workers, progress=progress)
     metrics = sorted({preset.paper_results.get("metric", "test_accuracy"), "test_accuracy",
@@ -317,7 +331,8 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
     config, _ = preset.resolved(scale)
     report = {"preset": preset.name, "title": preset.title, "paper": preset.paper, "scale": scale,
               "seeds": sorted({j.seed for j in jobs}, key=[j.seed for j in jobs].index),
-              "config": config.to_dict(), "stats": stats, "status": statuses(summaries),
+              "config": config.updated({}, overrides).to_dict() if overrides else config.to_dict(),
+              "overrides": list(overrides or []), "stats": stats, "status": statuses(summaries),
               "paper_results": preset.paper_results, "checks": checks,
               "runs": [{"label": j.label, "dir": j.run_dir, "seed": j.seed} for j in jobs]}
     (out_dir / "reproduce.json").write_text(json.dumps(report, indent=2, default=str))

@@ -96,7 +96,7 @@ def spec_from_dict(raw: Any, source: str = "sweep", base_dir: Path | None = None
         path = Path(config) if Path(config).is_absolute() or base_dir is None else base_dir / config
         if load_config is None:
             from ..engine.config import load_config
-        config = load_config(path).to_dict()
+        config = load_config(path).explicit()  # what the file sets: rules fill in the rest
     if config is not None and not isinstance(config, dict):
         raise ConfigError(f"{source}: config must be a mapping or a YAML file name")
     preset = raw.get("preset")

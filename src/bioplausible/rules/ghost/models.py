@@ -31,6 +31,11 @@ class GhostMA(GhostRule):
 
     summary = "ghost units MA: V learns in the free phase (eqs 4-5), W at every nudged step (eq 6)"
     model = "MA"
+    #: Table 2's network: sigmoid units everywhere (the output too), no biases, U(−0.2, 0.2), the
+    #: nudged loss with β 10 on unit-scaled inputs, η_W 0.2
+    recommended: ClassVar[dict[str, Any]] = {
+        "model": {"activation": "sigmoid", "output_activation": "sigmoid", "bias": False, "init": "uniform:0.2"},
+        "dataset": {"normalize": "unit"}, "loss": "nudged_batchmean:10", "optimizer": {"lr": 0.2}}
     defaults: ClassVar[dict[str, Any]] = {**COMMON, "ghost_units": None}
 
     def validate(self) -> None:
@@ -90,6 +95,12 @@ class GhostMB(GhostRule):
 
     summary = "ghost units MB: V^b cancels feedback per example (eq 15), W learns once per example"
     model = "MB"
+    #: Table 4: one example per step, sigmoid units everywhere, no biases, U(−0.05, 0.05), summed
+    #: squared error on unit-scaled inputs
+    recommended: ClassVar[dict[str, Any]] = {
+        "batch_size": 1,
+        "model": {"activation": "sigmoid", "output_activation": "sigmoid", "bias": False, "init": "uniform:0.05"},
+        "dataset": {"normalize": "unit"}, "loss": "mse_sum"}
     STATE_INITS: ClassVar[tuple[str, ...]] = ("carry", "feedforward", "zero")
     defaults: ClassVar[dict[str, Any]] = {
         **COMMON, "dt": 0.005, "tau": 0.01, "beta": 0.1, "free_steps": 100, "clamped_steps": 40,

@@ -113,6 +113,9 @@ class _NodePerturbation(Rule):
     paper = "Lansdell, Prakash & Kording 2020"
     form: ClassVar[str] = "fa"       # "fa" | "dfa"
     target: ClassVar[str] = "np"     # "np" | "sg"
+    #: B (or D) regresses onto a noisy estimate: at the forward rate (0.1) it overshoots and the
+    #: forward weights follow a wrong signal; 1e-3 learns (the paper's Fig. 2 uses 5e-4 with lr 4e-4)
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": {"groups": {"feedback": {"lr": 1e-3}}}}
     defaults: ClassVar[dict[str, Any]] = {
         "c_h": 0.01,               # noise std of the perturbation (Fig. 2: 0.01)
         "noise_at": "post",        # "post": after σ (authors' code) | "pre": inside σ (paper eq)

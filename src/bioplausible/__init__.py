@@ -36,7 +36,7 @@ _EXPORTS = {
     "convert": "nn", "exact_backward": "nn", "to_plain": "nn", "plain_state_dict": "nn",
     # training, diagnostics, experiments
     "fit": "engine.trainer", "evaluate": "engine.trainer", "Trainer": "engine.trainer",
-    "FitResult": "engine.trainer",
+    "FitResult": "engine.trainer", "compare": "experiments.study",
     "TrainConfig": "engine.config", "load_config": "engine.config",
     "Probe": "core.probe", "gradient_angles": "core.probe",
     "list_presets": "experiments.presets", "get_preset": "experiments.presets",

@@ -402,11 +402,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG path (default: RUN_DIR/generated.png)")
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("figure", help="draw a paper figure from a run, compare, sweep or reproduce folder "
+                                      "(np-fig2, np-fig4, np-autoencoder)")
+    p.add_argument("name", help="np-fig2, np-fig4 or np-autoencoder")
+    p.add_argument("run_dir", metavar="FOLDER")
+    p.add_argument("--out", help="output folder (default: FOLDER)")
+    p.add_argument("--format", default="png", help="png, pdf or svg (default png)")
+    p.set_defaults(func=cmd_figure)
+
     p = sub.add_parser("ghost-diagnostics", help="plot a ghost-unit run's Figs 3-5 diagnostics")
     p.add_argument("run_dir")
     p.add_argument("--out", help="PNG path (default: RUN_DIR/ghost_diagnostics.png)")
     p.set_defaults(func=cmd_ghost_diagnostics)
     return parser
+
+
+def cmd_figure(args: argparse.Namespace) -> int:
+    from ..experiments.paper_figures import draw
+
+    result = draw(args.name, args.run_dir, args.out, args.format)
+    for check in result.get("checks", []):
+        other = check.get("fa", check.get("bp"))
+        print(f"{check['metric']}: np {check['np']:.4g} vs {other:.4g} ({check['want']}): "
+              f"{'ok' if check['passed'] else 'FAILED'}")
+    figures = result["figure"] if isinstance(result["figure"], list) else [result["figure"]]
+    print("\n".join(figures))
+    return 0
 
 
 def cmd_ghost_diagnostics(args: argparse.Namespace) -> int:

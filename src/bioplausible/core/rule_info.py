@@ -142,7 +142,8 @@ def _model(kind: str, cls: type) -> Any:
 
 
 def support(cls_or_name: Any) -> dict[str, tuple[bool, str]]:
-    """``{model kind: (trains, reason)}``: prepare, build the optimizer, one step on 4 examples."""
+    """``{model kind: (trains, reason)}``: prepare, build the optimizer, one step on 4 examples
+    (or the rule's recommended batch size, if smaller)."""
     import torch
 
     from ..errors import ConfigError
@@ -151,13 +152,14 @@ def support(cls_or_name: Any) -> dict[str, tuple[bool, str]]:
 
     cls = rule_class(cls_or_name) if isinstance(cls_or_name, str) else cls_or_name
     out: dict[str, tuple[bool, str]] = {}
+    batch = min(4, int((getattr(cls, "recommended", None) or {}).get("batch_size", 4)))
     for kind in MODELS:
         torch.manual_seed(0)
-        x = torch.rand(4, 1, 28, 28)
-        y = torch.tensor([0, 1, 2, 3])
+        x = torch.rand(batch, 1, 28, 28)
+        y = torch.arange(batch) % 10
         try:
             rule = cls()
-            model = call_prepare(rule, _model(kind, cls), x[:2])
+            model = call_prepare(rule, _model(kind, cls), x[:2] if batch >= 2 else x)
             opt = rule.build_optimizer(model, {"name": "sgd", "lr": 0.01})
             loss = get_loss((getattr(cls, "recommended", None) or {}).get("loss", "cross_entropy"))
             result = rule.train_step(model, x, y, loss)

@@ -71,6 +71,12 @@ class GhostMAPrime(GhostMA):
 
     summary = "ghost units MA′: V and W learn at every step of both phases, ΔV^b clipped"
     model = "MA'"
+    #: Table 3's network and loss (sigmoid everywhere, no biases, U(−0.2, 0.2), squared error, unit
+    #: inputs, batch 100) with the updates summed over the batch (Table 3's runs; the batch mean
+    #: learns too slowly to leave chance in one epoch)
+    recommended: ClassVar[dict[str, Any]] = {
+        "model": {"activation": "sigmoid", "output_activation": "sigmoid", "bias": False, "init": "uniform:0.2"},
+        "dataset": {"normalize": "unit"}, "loss": "mse_batchmean", "rule": {"reduction": "sum"}}
     defaults: ClassVar[dict[str, Any]] = {**GhostMA.defaults, "beta": 0.2, "eta_w": 0.2, "eta_v": 0.03,
                                           "clip_dvb": 2.0, "clip_on": "increment"}
 

@@ -54,13 +54,45 @@ def rule_class(name: str) -> type:
     return RULES.get(name)
 
 
+def _comments(cls: type) -> dict[str, str]:
+    """Inline comments of the lines that declare an option (``"eta_x": 0.1,  # η_x in (0, 1]``) in
+    the modules of the rule's classes: the meaning as its author wrote it beside the default."""
+    import inspect
+    import re
+
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        module = inspect.getmodule(klass)
+        if module is None or not module.__name__.startswith("bioplausible"):
+            continue
+        try:
+            source = inspect.getsource(module)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r'^\s*"(\w+)":[^#\n]*#\s*(.+)$', source, re.MULTILINE):
+            found.setdefault(m.group(1), m.group(2).strip())
+        # the docstrings' "``key``: meaning" / "Option ``key``: meaning" lines
+        for doc in (module.__doc__ or "", klass.__doc__ or ""):
+            for m in re.finditer(r"``(\w+)``(?: \([^)]*\))?(:| =| s =) ([^;\n]+)", doc):
+                text = m.group(3).strip().rstrip(" —-")
+                found.setdefault(m.group(1), text if m.group(2) == ":" else f"{m.group(2).strip(' :')} {text}")
+    return found
+
+
 def options(cls_or_name: Any) -> list[dict[str, Any]]:
-    """``[{"name", "default", "accepts", "help"}]`` for every option of a rule, in declaration order."""
+    """``[{"name", "default", "accepts", "help"}]`` for every option of a rule, in declaration order.
+
+    ``accepts`` is recorded from :meth:`Rule.validate`; ``help`` is :attr:`Rule.option_help`, else
+    the comment beside the option's default in the rule's source.
+    """
     cls = rule_class(cls_or_name) if isinstance(cls_or_name, str) else cls_or_name
     accepts: dict[str, str] = {}
     with _recording(accepts):
         cls()  # validates the defaults, recording each check
-    helps = getattr(cls, "option_help", {}) or {}
+    declared: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's declaration wins over its base's
+        declared.update(klass.__dict__.get("option_help") or {})
+    helps = {**_comments(cls), **declared}
     return [{"name": k, "default": v, "accepts": accepts.get(k, ""), "help": helps.get(k, "")}
             for k, v in cls.defaults.items()]
 

@@ -41,6 +41,9 @@ class Matched(KolenPollack):
     defaults: ClassVar[dict[str, Any]] = {**KolenPollack.defaults, "decay": 0.0}
 
 
+C_H_HELP = {"c_h": "std of the Gaussian noise added to every hidden activity in training passes"}
+
+
 class _ActivationNoise:
     """Forward pre-hook: ``h ← h + c_h ξ`` on a layer's input in training passes."""
 
@@ -68,6 +71,7 @@ def add_activation_noise(rule: Rule, model: nn.Module, std: float | None = None)
 
 @register("bp-noise")
 class NoisyBP(BP):
+    option_help: ClassVar[dict[str, str]] = C_H_HELP
     paper = "Lansdell, Prakash & Kording 2020 (control)"
     summary = "control: BP on hidden activities with Gaussian noise of std c_h"
     defaults: ClassVar[dict[str, Any]] = {"c_h": 0.01}
@@ -81,6 +85,7 @@ class NoisyBP(BP):
 
 @register("fa-noise")
 class NoisyFA(FeedbackAlignment):
+    option_help: ClassVar[dict[str, str]] = C_H_HELP
     paper = "Lansdell, Prakash & Kording 2020 (control)"
     summary = "control: FA on hidden activities with Gaussian noise of std c_h"
     defaults: ClassVar[dict[str, Any]] = {**FeedbackAlignment.defaults, "c_h": 0.01}
@@ -95,6 +100,7 @@ class NoisyFA(FeedbackAlignment):
 
 @register("matched-noise")
 class NoisyMatched(Matched):
+    option_help: ClassVar[dict[str, str]] = C_H_HELP
     paper = "Lansdell, Prakash & Kording 2020 (control, Table 2a 'Matched' with noise)"
     summary = "control: matched (KP, decay 0) on hidden activities with Gaussian noise of std c_h"
     defaults: ClassVar[dict[str, Any]] = {**Matched.defaults, "c_h": 0.01}
@@ -112,6 +118,7 @@ class DenoisingBP(BP):
     paper = "Lansdell, Prakash & Kording 2020 (control); Vincent et al. 2008"
     summary = "control: BP on inputs with Gaussian noise of std input_noise (denoising autoencoder)"
     defaults: ClassVar[dict[str, Any]] = {"input_noise": 0.3}
+    option_help: ClassVar[dict[str, str]] = {"input_noise": "std σ of the Gaussian noise added to the inputs"}
 
     def validate(self) -> None:
         _check_std(self, "input_noise")

@@ -109,6 +109,10 @@ class _Hooks:
 
 
 class _NodePerturbation(Rule):
+    option_help: ClassVar[dict[str, str]] = {
+        "feedback_init": "initial B: default U(±1/√fan_in), weight_std N(0, std(W)²), weight a copy of W",
+        "conv_scale": "a conv tap's initial D: ÷√positions (sqrt_positions), ÷positions or none, as dfa",
+    }
     family = "feedback"
     paper = "Lansdell, Prakash & Kording 2020"
     form: ClassVar[str] = "fa"       # "fa" | "dfa"

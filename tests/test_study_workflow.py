@@ -277,3 +277,22 @@ def test_out_is_checked_before_the_data_loads(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BIOPLAUSIBLE_DATA", str(tmp_path / "nothing-here"))
     assert main(["train", "--rule", "bp", "--out", str(tmp_path / "busy")]) == 2
     assert "already exists" in capsys.readouterr().err  # not "dataset not found"
+
+
+# ----------------------------------------------------------------------------- tune
+def test_tune_checks_its_search_space_before_any_trial(synthetic_root, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    code = main(["tune", "--rule", "kp", *SMALL, "--param", "rule.decay=uniform:-1:0.1", "--trials", "2",
+                 "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--param rule.decay" in err and "decay must be" in err
+    assert not (tmp_path / "t").exists()  # refused before the study or a trial was made
+
+
+def test_tune_writes_a_trials_table(synthetic_root, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    assert main(["tune", "--rule", "bp", *SMALL, "--param", "optimizer.lr=loguniform:0.01:0.5", "--trials", "2",
+                 "--sampler", "random", "--out", str(tmp_path / "t")]) == 0
+    rows = list(csv.DictReader((tmp_path / "t" / "trials.csv").open()))
+    assert [r["trial"] for r in rows] == ["0", "1"] and all(r["state"] == "complete" for r in rows)
+    assert all(0.01 <= float(r["optimizer.lr"]) <= 0.5 for r in rows)

@@ -116,6 +116,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for t in sorted(done, key=lambda t: t.number):
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         print(f"  trial {t.number:3d}: {metric} {t.value:.4g}  {shown}  [{t.user_attrs.get('status', '')}]")
+    print(f"trials: {out / 'trials.csv'}")
     if args.write_preset:
         path = write_preset(args.write_preset, best_config(base, study), study, metric, args.objective)
         print(f"preset: {path} (run it with `bioplausible reproduce {path}`)")

@@ -49,7 +49,8 @@ def _add_train_flags(p: argparse.ArgumentParser, rule_flag: bool = True) -> None
                    help="print the resolved config (per rule) as YAML and exit without training")
     p.add_argument("--out", help="run directory (default: runs/<command>-<rule>-<dataset>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.add_argument("--logger", help="also log metrics to: tensorboard (events in RUN_DIR/tensorboard)")
+    p.add_argument("--logger", help="also log metrics to: tensorboard (events and hparams in RUN_DIR/tensorboard) "
+                                    "or wandb (Weights & Biases; WANDB_MODE=offline writes RUN_DIR/wandb)")
 
 
 def _flags(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -44,12 +44,20 @@ def legend_outside(ax: Any) -> None:
 
 
 def save(fig: Any, axes: list[Any], path: str | Path, title: str = "") -> Path:
-    """Grid, legends outside, title; written in the format of ``path``'s suffix (PNG at 200 dpi)."""
+    """Grid, legends outside, title; written in the format of ``path``'s suffix (PNG at 200 dpi).
+
+    Panels side by side share one legend, right of the last panel; a panel whose lines are not
+    all in it gets its own legend below it."""
     import matplotlib.pyplot as plt
 
+    with_lines = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+    shown = set(with_lines[-1].get_legend_handles_labels()[1]) if with_lines else set()
     for ax in axes:
         ax.grid(alpha=0.3)
-        legend_outside(ax)
+        if with_lines and ax is with_lines[-1]:
+            legend_outside(ax)
+        elif ax in with_lines and not set(ax.get_legend_handles_labels()[1]) <= shown:
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False, ncol=2)
     if title:
         fig.suptitle(title)
     out = Path(path)

@@ -214,6 +214,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     if args.all or args.only or args.skip:
+        if args.epochs is not None or args.set:
+            raise UserError("--epochs/--set change one preset's runs; with --all the presets keep their own "
+                            "settings (run `bioplausible reproduce NAME --epochs N` per preset)")
         from ..experiments.reproduce import cmd_reproduce_all
 
         return cmd_reproduce_all(args, seeds, _workers(args))

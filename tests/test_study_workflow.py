@@ -296,3 +296,19 @@ def test_tune_writes_a_trials_table(synthetic_root, tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "t" / "trials.csv").open()))
     assert [r["trial"] for r in rows] == ["0", "1"] and all(r["state"] == "complete" for r in rows)
     assert all(0.01 <= float(r["optimizer.lr"]) <= 0.5 for r in rows)
+
+
+def test_a_complete_config_takes_no_recommended_setting_later(tmp_path):
+    """A run's config.yaml (and a preset) is complete: resuming it, or a job rebuilding it, must
+    not add a rule's recommended setting for a key the run left at the default."""
+    from bioplausible.experiments.jobs import Job, plan
+
+    preset_jobs = [j for j in plan("np-fig4-fixed-w", "quick", out=tmp_path / "p") if j.label == "noise-0.01"]
+    assert "feedback" not in preset_jobs[0].config["optimizer"]["groups"]  # the preset sets only forward
+    assert preset_jobs[0].train_config()["optimizer"]["groups"] == preset_jobs[0].config["optimizer"]["groups"]
+    path = tmp_path / "config.yaml"
+    path.write_text(TrainConfig.from_dict({"rule": {"name": "np"}, "optimizer": {"groups": {"forward": {"lr": 0.0}}}},
+                                          recommended=False).to_yaml())
+    assert "feedback" not in load_config(path, recommended=False)["optimizer"]["groups"]
+    job = Job(load_config(path, recommended=False).to_dict(), str(tmp_path / "r"), "np", 0)
+    assert "feedback" not in job.train_config()["optimizer"]["groups"]

@@ -98,7 +98,7 @@ def rule_recommended(name: Any) -> dict[str, Any]:
     return copy.deepcopy(getattr(RULES.get(name), "recommended", None) or {})
 
 
-def resolve(user: dict[str, Any]) -> dict[str, Any]:
+def resolve(user: dict[str, Any], recommended: bool = True) -> dict[str, Any]:
     """The full config for what the user set: DEFAULTS < the rule's recommended settings < the
     user's settings < the user's ``per_rule`` settings for this rule.
 
@@ -124,10 +124,24 @@ def resolve(user: dict[str, Any]) -> dict[str, Any]:
     rule_per = {k.lower(): v for k, v in per.items()}.get(str(name).lower(), {})
     if isinstance(rule_per.get("rule"), dict) and "name" in rule_per["rule"]:
         raise ConfigError(f"{PER_RULE}.{name}.rule.name: a rule's own settings cannot change the rule")
-    rec = rule_recommended(name)
+    rec = rule_recommended(name) if recommended else {}
     if mine.get("model") or rule_per.get("model"):
         rec.pop("model", None)
-    return _merge(_merge(_merge(DEFAULTS, rec), mine), rule_per)
+    return _merge(_merge(_merge(DEFAULTS, _unset(rec, mine)), mine), rule_per)
+
+
+def _unset(rec: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any]:
+    """The recommended settings at paths the user did not set; a mapping the user set empty
+    (``optimizer: {groups: {}}``) counts as set, so a full config keeps what it says."""
+    out: dict[str, Any] = {}
+    for key, value in rec.items():
+        if key not in mine:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(mine[key], dict) and mine[key]:
+            sub = _unset(value, mine[key])
+            if sub:
+                out[key] = sub
+    return out
 class _Loader(yaml.SafeLoader):
     """Safe YAML loader that also reads ``1e-4`` as a float (YAML 1.2 behaviour)."""
 
@@ -371,18 +385,19 @@ class TrainConfig:
     can change a config another part of the program already holds.
     """
 
-    __slots__ = ("_data", "_user")
+    __slots__ = ("_data", "_user", "_recommended")
 
-    def __init__(self, data: dict[str, Any] | None = None) -> None:
+    def __init__(self, data: dict[str, Any] | None = None, recommended: bool = True) -> None:
         user = _normalize(copy.deepcopy(data or {}))
         object.__setattr__(self, "_user", user)
-        object.__setattr__(self, "_data", _validate(resolve(user)))
+        object.__setattr__(self, "_recommended", bool(recommended))
+        object.__setattr__(self, "_data", _validate(resolve(user, recommended=bool(recommended))))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("TrainConfig is immutable; use config.updated({...})")
 
     def __reduce__(self):
-        return (TrainConfig, (self._user,))
+        return (TrainConfig, (self._user, self._recommended))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TrainConfig) and self._data == other._data
@@ -399,28 +414,29 @@ class TrainConfig:
         return copy.deepcopy(self._data)
 
     @classmethod
-    def from_dict(cls, mapping: dict[str, Any] | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    def from_dict(cls, mapping: dict[str, Any] | None = None, overrides: list[str] | None = None,
+                  recommended: bool = True) -> TrainConfig:
         """A config from what the user set (``mapping``, then ``overrides``); everything else
-        comes from the rule's recommended settings (:attr:`Rule.recommended`), then :data:`DEFAULTS`."""
+        comes from the rule's recommended settings (:attr:`Rule.recommended`; not with
+        ``recommended=False``), then :data:`DEFAULTS`."""
         cfg = _normalize(copy.deepcopy(dict(mapping or {})))
         if overrides:
             cfg = _merge(cfg, _normalize(overrides_to_dict(overrides)))
-        return cls(cfg)
+        return cls(cfg, recommended=recommended)
 
     def updated(self, mapping: dict[str, Any] | None = None, overrides: list[str] | None = None) -> TrainConfig:
         """This config with ``mapping`` and ``overrides`` set on top (as if the user set them)."""
         return TrainConfig.from_dict(_merge(self._user, _normalize(copy.deepcopy(dict(mapping or {})))),
-                                     overrides)
+                                     overrides, recommended=self._recommended)
 
     def explicit(self) -> dict[str, Any]:
         """What was set explicitly (files, flags, ``--set``, ``per_rule``), before defaults."""
         return copy.deepcopy(self._user)
 
     def frozen(self) -> TrainConfig:
-        """This config with every value explicit: a later rule change keeps these settings
-        instead of taking the new rule's recommended ones (presets state every setting)."""
-        per = self._user.get(PER_RULE)
-        return TrainConfig({**self._data, **({PER_RULE: per} if per else {})})
+        """This config, and every config derived from it, without rules' recommended settings:
+        a preset states its settings, and a rule it names later takes none of its own."""
+        return TrainConfig(self._user, recommended=False)
 
     def __getitem__(self, key: str) -> Any:
         value = self._data[key]
@@ -442,8 +458,11 @@ class TrainConfig:
         return yaml.safe_dump(json.loads(json.dumps(self._data)), sort_keys=False)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML (or JSON) training config and apply ``key=value`` overrides."""
+def load_config(path: str | Path, overrides: list[str] | None = None, recommended: bool = True) -> TrainConfig:
+    """Read a YAML (or JSON) training config and apply ``key=value`` overrides.
+
+    ``recommended=False`` for a run's own ``config.yaml``: it is complete, and a rule's
+    recommended settings must not fill a key it left to the defaults."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
@@ -458,4 +477,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {first}") from None
     if not isinstance(mapping, dict):
         raise ConfigError(f"config file {str(p)!r} must contain a mapping of keys to values")
-    return TrainConfig.from_dict(mapping, overrides)
+    return TrainConfig.from_dict(mapping, overrides, recommended=recommended)

@@ -57,7 +57,7 @@ class Job:
     resume: bool = False
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig.from_dict(self.config)
+        return TrainConfig.from_dict(self.config, recommended=False)  # complete since plan()
 
 
 # ----------------------------------------------------------------------------- plan
@@ -416,7 +416,7 @@ def resume_job(run_dir: str | os.PathLike, changes: dict[str, Any] | None = None
     path = Path(run_dir)
     if not (path / "config.yaml").is_file():
         raise UserError(f"--resume {str(path)!r}: no config.yaml there; pass a run directory written by train")
-    stored = load_config(path / "config.yaml")
+    stored = load_config(path / "config.yaml", recommended=False)
     wanted = stored.updated(changes or {}, overrides or [])
     old, new = _flat(stored.to_dict()), _flat(wanted.to_dict())
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE)

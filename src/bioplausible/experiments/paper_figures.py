@@ -172,13 +172,13 @@ def np_autoencoder(folder: str | os.PathLike, out: Path, fmt: str = "png") -> di
     if not runs:
         raise UserError(f"figure np-autoencoder needs completed runs with model.pt in {str(folder)!r} (run "
                         f"`bioplausible reproduce np-table2a-autoencoder`)")
-    first = TrainConfig.from_dict(next(iter(runs.values())).config)
+    first = TrainConfig.from_dict(next(iter(runs.values())).config, recommended=False)
     data = load_dataset(first["dataset"]["name"], normalize="unit", flatten=True, val_size=0, task="reconstruction",
                         root=first["dataset"]["root"])
     x, labels = data.test.x[:2000], data.test.labels[:2000]
     results = {}
     for label, run in runs.items():
-        config = TrainConfig.from_dict(run.config)
+        config = TrainConfig.from_dict(run.config, recommended=False)
         model = build_model(config["model"]["spec"], input_shape=tuple(x.shape[1:]), num_classes=x[0].numel(),
                             **config.model_options())
         model.load_state_dict(torch.load(run.path / "model.pt", map_location="cpu", weights_only=True))

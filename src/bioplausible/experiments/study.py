@@ -108,7 +108,7 @@ def compare(model_or_factory: Any | Callable[[], Any], rules: str | Sequence[str
     spec = SweepSpec(name="compare", config=base.explicit(), grid={"rule.name": names}, seeds=seeds)
     write_index(folder, spec, planned, {})
     for job in planned:
-        cfg = TrainConfig.from_dict(job.config)
+        cfg = TrainConfig.from_dict(job.config, recommended=False)
         model = _fresh_model(model_or_factory, job.seed)
         fit(model, job.label, bundle, config=cfg, out=job.run_dir, verbose=verbose)
         path = Path(job.run_dir) / "summary.json"

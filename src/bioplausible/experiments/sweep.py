@@ -165,7 +165,7 @@ def _same_config(job: Job) -> None:
     path = Path(job.run_dir) / "config.yaml"
     if not path.is_file():
         return
-    stored = _flat(load_config(path).to_dict())
+    stored = _flat(load_config(path, recommended=False).to_dict())
     wanted = _flat(job.train_config().to_dict())
     skip = {"progress", "dataset.root", "out"}
     diff = sorted(k for k in set(stored) | set(wanted) if k not in skip and stored.get(k) != wanted.get(k))

@@ -37,7 +37,7 @@ def generated_images(run_dir: str | Path) -> tuple[torch.Tensor, str]:
     if not (run / "config.yaml").is_file():
         raise UserError(f"{str(run)!r} is not a run directory (no config.yaml); pass the --out directory "
                         f"of `bioplausible train --rule bfa`")
-    cfg = load_config(run / "config.yaml")
+    cfg = load_config(run / "config.yaml", recommended=False)
     if cfg["rule"]["name"] != "bfa":
         raise UserError(f"generate renders the generative network of rule 'bfa'; {str(run)!r} was trained "
                         f"with {cfg['rule']['name']!r}")

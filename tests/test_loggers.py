@@ -34,13 +34,15 @@ def test_records_are_written_by_epoch_and_by_step(tmp_path):
         logger.log({"kind": "epoch", "epoch": 1, "step": 40, "train_loss": 0.5, "test_accuracy": 91.25,
                     "rule/alignment": {"0": 12.5}, "samples_per_s": None, "flag": True})
         logger.log({"kind": "probe", "epoch": 2, "step": 50, "grad_angle/0.weight": 33.0,
-                    "grad_angle": 20.0})
+                    "grad_angle": 20.0, "grad_angle_all_layers": 25.0})
         logger.log({"kind": "epoch", "epoch": 2, "step": 80, "train_loss": 0.25, "test_accuracy": 95.0})
         logger.log({"kind": "event", "event": "diverged", "epoch": 3, "step": 81, "message": "boom"})
     got = read_scalars(tmp_path / "tb")
     assert got["loss/train"] == {1: 0.5, 2: 0.25}  # tags grouped by kind (group_tag)
     assert got["accuracy/test"] == {1: 91.25, 2: 95.0}
-    assert got["grad_angle/0.weight"] == {50: 33.0} and got["grad_angle/all"] == {50: 20.0}
+    assert got["grad_angle/0.weight"] == {50: 33.0}
+    # the hidden-layer angle and the whole-network mean, each under its own grouped tag
+    assert got["grad_angle/hidden_layers"] == {50: 20.0} and got["grad_angle/all_layers"] == {50: 25.0}
     assert got["rule/alignment/0"] == {1: 12.5}
     assert not {"time/samples_per_s", "metrics/flag", "epoch", "step", "kind"} & set(got)
 
@@ -102,8 +104,9 @@ def test_cli_logger_flag_writes_events_that_survive_resume(synthetic_root, tmp_p
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]
     assert got["accuracy/test"] == {r["epoch"]: pytest.approx(r["test_accuracy"]) for r in epochs}
-    probes = {r["step"]: r["grad_angle"] for r in records if r["kind"] == "probe"}
-    assert got["grad_angle/all"] == pytest.approx(probes)
+    probes = [r for r in records if r["kind"] == "probe"]
+    assert got["grad_angle/hidden_layers"] == pytest.approx({r["step"]: r["grad_angle"] for r in probes})
+    assert got["grad_angle/all_layers"] == pytest.approx({r["step"]: r["grad_angle_all_layers"] for r in probes})
 
 
 def test_unknown_logger_name_is_refused_before_anything_runs(synthetic_root, tmp_path, capsys):

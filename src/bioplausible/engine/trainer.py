@@ -425,7 +425,7 @@ class Trainer:
         from .loggers import make_logger
 
         made = [make_logger(name, self.run_dir, purge_step=self.step + 1 if self.step else None,
-                            config=cfg.to_dict())
+                            config=self.config.to_dict())
                 for name in self.logger_names] if self.run_dir is not None else []
         self.loggers.extend(made)
         status, message = "completed", ""

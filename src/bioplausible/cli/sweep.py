@@ -70,10 +70,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         from ..experiments.merged_report import write_merged_report
 
         paths = write_merged_report(args.run_dirs, out=args.out, title=title or "Comparison", fmt=fmt)
-    from ..experiments.sweep_report import markdown
-
-    print(markdown(paths["tables"]))
-    print(f"\nreport: {paths['report']}\ncsv:    {paths['csv']}")
+    print(paths["report"].read_text())  # the settings the runs share (model, data sizes) and the tables
+    print(f"report: {paths['report']}\ncsv:    {paths['csv']}")
     return 0
 
 

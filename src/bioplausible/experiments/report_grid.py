@@ -39,8 +39,17 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def header(runs: list[RunRecord]) -> list[str]:
     """``dataset mnist; model ...`` for the settings all runs share, and which ones vary."""
+    from .report import run_model, sizes_text
+
     common, varying = [], []
     for name, key in HEADER_KEYS:
+        if name == "model":  # a spec, or the module a Python run trained (import path, parameters)
+            models = {run_model(r) for r in runs}
+            if len(models) == 1:
+                common.append(f"model `{models.pop()}`")
+            else:
+                varying.append(name)
+            continue
         values = {json.dumps(_flat(r.config).get(key), default=str) for r in runs}
         if len(values) == 1:
             value = _flat(runs[0].config).get(key)
@@ -48,12 +57,9 @@ def header(runs: list[RunRecord]) -> list[str]:
                 common.append(f"{name} `{value}`")
         else:
             varying.append(name)
-    sizes = {(r.summary.get("data_sizes") or {}).get("train") for r in runs} - {None}
+    sizes = {sizes_text(r) for r in runs if r.summary.get("data_sizes")}
     if len(sizes) == 1:
-        common.append(f"{sizes.pop()} training examples")
-    tests = {(r.summary.get("data_sizes") or {}).get("test") for r in runs} - {None}
-    if len(tests) == 1:
-        common.append(f"{tests.pop()} test examples")
+        common.append(f"examples: {sizes.pop()}")
     lines = ["Settings: " + ", ".join(common) + "."]
     if varying:
         lines.append("Differ between runs (see the settings column): " + ", ".join(varying) + ".")

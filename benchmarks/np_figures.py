@@ -1,6 +1,6 @@
 """Figures 2 and 4 of Lansdell, Prakash & Kording 2020 (node-perturbation-learned feedback).
 
-``fig2 RUN_DIR``: the four panels of Fig. 2 from a ``bioplausible reproduce np-fig2-mnist`` run
+``fig2 RUN_DIR`` (now ``bioplausible figure np-fig2 RUN_DIR``): the four panels of Fig. 2 from a ``bioplausible reproduce np-fig2-mnist`` run
 directory (its ``np-seed*``, ``fa-seed*`` and ``bp-seed*`` runs): (A) relative error
 ‖W − B‖/‖W‖, (B) the angle between the rule's ΔW and BP's gradient (the probe's, matrix form)
 with NP's Fig. 2B signal angle ∠(ẽB, ẽW) dashed, (C) sign congruence, per learned layer over
@@ -42,78 +42,15 @@ def _records(run: Path) -> tuple[list[dict], list[dict]]:
 
 
 def fig2(run_dir: Path, tag: str, out: Path) -> dict:
-    import matplotlib
+    """``bioplausible figure np-fig2 RUN_DIR`` (the package's code), written under this script's names."""
+    from bioplausible.experiments.paper_figures import np_fig2
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = {label: min(run_dir.glob(f"{label}-seed*")) for label in ("np", "fa", "bp")}
-    data = {label: _records(path) for label, path in runs.items()}
-    np_probe = data["np"][0]
-    layers = sorted({k.split("/", 1)[1] for k in np_probe[-1] if k.startswith("relative_error/")})
-    # the angle of every weight whose error came through learned feedback (not the output's)
-    angled = sorted({k.split("/", 1)[1] for k in np_probe[-1]
-                     if k.startswith("grad_angle/") and k.endswith(".weight")})
-    angled = [k for k in angled if any(abs(p.get(f"grad_angle/{k}", 0.0)) > 0.1 for p in data["fa"][0])]
-    fig, ax = plt.subplots(1, 4, figsize=(18, 4))
-    colours = {"np": "tab:blue", "fa": "tab:orange", "bp": "tab:green"}
-    styles = ["-", "--", ":"]
-    final: dict[str, dict[str, float]] = {}
-    panels = [(ax[0], "relative_error", layers), (ax[2], "sign_congruence", layers), (ax[1], "grad_angle", angled)]
-    for label in ("np", "fa"):
-        probes = data[label][0]
-        steps = [p["step"] for p in probes]
-        final[label] = {}
-        for a, key, names in panels:
-            for j, layer in enumerate(names):
-                name = f"{key}/{layer}"
-                vals = [p.get(name) for p in probes]
-                if key == "sign_congruence":
-                    vals = [100 * v if v is not None else None for v in vals]
-                a.plot(steps, vals, styles[j % 3], color=colours[label], label=f"{label} {layer}")
-                final[label][name] = vals[-1]
-        if label == "np":
-            for j, layer in enumerate(layers):
-                sig = [p.get(f"signal_angle/{layer}") for p in probes]
-                ax[1].plot(steps, sig, styles[j % 3], color="tab:purple", alpha=0.6,
-                           label=f"np ∠(ẽB, ẽW) at the input of {layer}")
-    for label in ("np", "fa", "bp"):
-        epochs = data[label][1]
-        ax[3].plot([e["epoch"] for e in epochs], [100 - e["test_accuracy"] for e in epochs],
-                   color=colours[label], marker="o", label=label)
-    for a, title in zip(ax, ("(A) relative error ‖W−B‖/‖W‖", "(B) angle of ΔW to BP's gradient (°)",
-                             "(C) sign congruence (%)", "(D) test error (%)")):
-        a.set_title(title)
-        a.legend(fontsize=7)
-        a.set_xlabel("epoch" if "test" in title else "step")
-    fig.tight_layout()
+    result = np_fig2(run_dir, out / f"np_fig2_{tag}", "png")
     out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / f"np_fig2_{tag}.png", dpi=110)
-    checks = []
-    for key, names, better in (("relative_error", layers, "lower"), ("grad_angle", angled, "lower"),
-                               ("sign_congruence", layers, "higher")):
-        for layer in names:
-            name = f"{key}/{layer}"
-            a, b = final["np"].get(name), final["fa"].get(name)
-            if a is None or b is None:
-                continue
-            ok = a < b if better == "lower" else a > b
-            checks.append({"metric": name, "np": a, "fa": b, "want": f"np {better}", "passed": ok})
-    test = {label: data[label][1][-1]["test_accuracy"] for label in data}
-    checks.append({"metric": "test_accuracy", "np": test["np"], "bp": test["bp"],
-                   "want": "np within 1.5 of bp", "passed": test["bp"] - test["np"] <= 1.5})
-    result = {"run_dir": str(run_dir), "layers": layers, "final": final, "test_accuracy": test,
-              "epochs": len(data["np"][1]), "checks": checks}
-    lines = [f"# Fig. 2 (node perturbation vs FA vs BP, MNIST 784-50-20-10), {tag}", "",
-             f"Run directory: `{run_dir}` ({result['epochs']} epochs); panels: `np_fig2_{tag}.png`.", "",
-             "| check | NP | other | want | ok |", "|---|---:|---:|---|:---:|"]
-    for c in checks:
-        other = c.get("fa", c.get("bp"))
-        lines.append(f"| {c['metric']} | {c['np']:.4g} | {other:.4g} | {c['want']} | "
-                     f"{'yes' if c['passed'] else '**no**'} |")
-    (out / f"np_fig2_{tag}.json").write_text(json.dumps(result, indent=2))
-    (out / f"np_fig2_{tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (out / f"np_fig2_{tag}.json").write_text(json.dumps(result, indent=2, default=str))
+    for c in result["checks"]:
+        print(f"{c['metric']}: np {c['np']:.4g} vs {c.get('fa', c.get('bp')):.4g} ({c['want']}): "
+              f"{'ok' if c['passed'] else 'no'}")
     return result
 
 
@@ -200,41 +137,12 @@ def fig4(quick: bool, tag: str, out: Path) -> dict:
 
 
 def fig4_from_runs(run_dir: Path, tag: str, out: Path) -> dict:
-    """Fig. 4's panels from the probes of a ``reproduce np-fig4-fixed-w`` run directory (first seed)."""
-    import matplotlib
+    """``bioplausible figure np-fig4 RUN_DIR`` (the package's code), written under this script's names."""
+    from bioplausible.experiments.paper_figures import np_fig4
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = sorted({p.name.rsplit("-seed", 1)[0] for p in run_dir.glob("*-seed*")})
-    fig, ax = plt.subplots(1, 4, figsize=(20, 4))
-    final = {}
-    for label in runs:
-        probes = _records(min(run_dir.glob(f"{label}-seed*")))[0]
-        layers = sorted({k.split("/", 1)[1] for k in probes[-1] if k.startswith("relative_error/")}, key=int)
-        steps = [p["step"] for p in probes]
-        top, low = layers[-1], layers[0]
-        final[label] = {f"relative_error/{k}": probes[-1][f"relative_error/{k}"] for k in layers}
-        final[label].update({f"sign_congruence/{k}": probes[-1][f"sign_congruence/{k}"] for k in layers})
-        if label.startswith("noise-"):
-            ax[0].plot(steps, [p[f"relative_error/{top}"] for p in probes], label=label)
-            ax[1].plot(steps, [p[f"relative_error/{low}"] for p in probes], label=label)
-            ax[3].plot(steps, [100 * p[f"sign_congruence/{low}"] for p in probes], label=f"{label} layer {low}")
-        else:
-            ax[2].plot(steps, [p[f"relative_error/{top}"] for p in probes], label=label)
-    for a, title in zip(ax, ("(A) top layer ‖W−B‖/‖W‖, noise sweep", "(A') lower layer, noise sweep",
-                             "(D) top layer, width sweep 784-N-50-10, c_h=0.01",
-                             "(C) sign congruence of the lower layer (%)")):
-        a.set_title(title)
-        a.set_xlabel("step (batch 32)")
-        if a is not ax[3]:
-            a.set_yscale("log")
-        a.legend(fontsize=7)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / f"np_fig4_{tag}.png", dpi=110)
-    print(json.dumps(final, indent=1))
-    return final
+    result = np_fig4(run_dir, out / f"np_fig4_{tag}", "png")
+    print(json.dumps(result["final"], indent=1))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

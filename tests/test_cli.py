@@ -86,11 +86,11 @@ def test_compare_writes_report_and_plot(synthetic_root, tmp_path, capsys):
             "--epochs", "2", "--batch-size", "40", "--quiet", "--out", str(out), "--probe-every", "2"]
     assert main(args) == 0
     report = (out / "report.md").read_text()
-    assert "| bp | completed | 2 |" in report
+    assert "| bp | 1 |" in report and "completed 1 |" in report  # one seed, the same layout as --seeds
     assert (out / "curves.png").stat().st_size > 1000
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
-    assert main(["report", str(out / "bp"), "--out", str(tmp_path / "rep")]) == 0
+    assert main(["report", str(out / "bp-seed0"), "--out", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "report.md").exists()
 
 

@@ -66,7 +66,8 @@ CASES = [
     ("dataset.subset zero", TRAIN + OUT + ["--set", "dataset.subset=0"], 2, ["subset"]),
     ("report --out file", ["report", "{tmp}/done", "--out", "{tmp}/afile"], 2, ["cannot write the report"]),
     ("report truncated summary", ["report", "{tmp}/torn", "--out", "{tmp}/out"], 2, ["summary.json", "cannot be read"]),
-    ("report not a run", ["report", "{tmp}", "--out", "{tmp}/out"], 2, ["not a run directory"]),
+    ("report not a run", ["report", "{tmp}/empty", "--out", "{tmp}/out"], 2, ["not a run directory", "holds none"]),
+    ("report folder with a damaged run", ["report", "{tmp}", "--out", "{tmp}/out"], 2, ["summary.json", "cannot be read"]),
     ("relax eta abc", ["relax-diagnostic", "--eta-x", "abc", "--out", "{tmp}/out"], 2, ["--eta-x", "abc"]),
     ("relax eta negative", ["relax-diagnostic", "--eta-x", "0.1,-1", "--out", "{tmp}/out"], 2, ["--eta-x"]),
     ("relax eta nan", ["relax-diagnostic", "--eta-x", "nan", "--out", "{tmp}/out"], 2, ["--eta-x"]),
@@ -301,6 +302,7 @@ def tmp(tmp_path, synthetic_root, finished_runs, monkeypatch):
     for name in ("done", "done2"):
         shutil.copytree(finished_runs / name, tmp_path / name)
     (tmp_path / "afile").write_text("not a folder\n")
+    (tmp_path / "empty").mkdir()
     (tmp_path / "binary.yaml").write_bytes(bytes(range(256)) * 4)
     _write(tmp_path, "list.yaml", "- 1\n- 2\n")
     _write(tmp_path, "tiny.yaml", PRESET)

@@ -207,15 +207,15 @@ def test_cli_compare_own_model_on_own_npz(user_dir, capsys):
     assert main(args) == 0
     assert (out / "curves.png").is_file()
     report = (out / "report.md").read_text()
-    assert all(f"| {rule} | completed |" in report for rule in ("bp", "fa", "dfa"))
+    assert all(f"| {rule} | 1 |" in report for rule in ("bp", "fa", "dfa")) and report.count("completed 1 |") == 3
     for rule in ("bp", "fa", "dfa"):
-        summary = json.loads((out / rule / "summary.json").read_text())
+        summary = json.loads((out / f"{rule}-seed0" / "summary.json").read_text())
         # the run records the file it trained on by its absolute path (a resume elsewhere finds the same)
         assert summary["status"] == "completed" and summary["dataset"] == f"npz:{(user_dir / 'data.npz').resolve()}"
-        probes = [json.loads(x) for x in (out / rule / "metrics.jsonl").read_text().splitlines()
+        probes = [json.loads(x) for x in (out / f"{rule}-seed0" / "metrics.jsonl").read_text().splitlines()
                   if json.loads(x)["kind"] == "probe"]
         assert probes  # the probe ran on the user's model
-        state = torch.load(out / rule / "model.pt", weights_only=True)
+        state = torch.load(out / f"{rule}-seed0" / "model.pt", weights_only=True)
         from tests_pkg.nets import tiny_resnet
 
         tiny_resnet(num_classes=4).load_state_dict(state)  # strict: the user's own architecture

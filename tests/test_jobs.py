@@ -112,7 +112,7 @@ def _spy(monkeypatch):
 
 def test_train_applies_deterministic_and_restores_it(synthetic_root, tmp_path, monkeypatch):
     seen = _spy(monkeypatch)
-    args = ["train", "--dataset", "mnist", "--model", "mlp:784-16-10", "--epochs", "1", "--quiet",
+    args = ["train", "--rule", "bp", "--dataset", "mnist", "--model", "mlp:784-16-10", "--epochs", "1", "--quiet",
             "--set", "deterministic=true"]
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
     assert seen["deterministic"] is True and not torch.are_deterministic_algorithms_enabled()

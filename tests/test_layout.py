@@ -21,7 +21,7 @@ PKG = "bioplausible"
 
 #: lower layers first; a module may import from its own layer or a lower one only
 LAYERS = {
-    "errors": 0, "imports": 0, "_registry": 0, "_io": 0,
+    "errors": 0, "imports": 0, "_registry": 0, "_io": 0, "_version": 0,
     "core": 1,
     "nn": 2, "models": 2, "data": 2,
     "rules": 3,

@@ -21,7 +21,8 @@ def test_one_hidden_angle_in_table_plot_summary_and_aggregate(synthetic_root, tm
     assert main(args) == 0
     capsys.readouterr()
     for rule in ("fa", "bp"):
-        run = load_run(out / rule)
+        run_dir = out / f"{rule}-seed0"  # compare's one layout: <rule>-seed<k>, with or without --seeds
+        run = load_run(run_dir)
         # oracle from metrics.jsonl: per probe step, the mean over the weights not exact at that step
         per_step = []
         for p in run.probes:
@@ -31,8 +32,8 @@ def test_one_hidden_angle_in_table_plot_summary_and_aggregate(synthetic_root, tm
         want = statistics.fmean(per_step)
         table = comparison_rows([run])[0]["hidden_angle"]
         plotted = [v for _, v in hidden_angle_series(run.probes)]  # what curves.png draws
-        summary = json.loads((out / rule / "summary.json").read_text())
-        agg = aggregate([out / rule])[rule]["grad_angle"][0]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        agg = aggregate([run_dir])[rule]["grad_angle"][0]
         for got in (table, statistics.fmean(plotted), summary["grad_angle_mean"], agg,
                     statistics.fmean(p["grad_angle"] for p in run.probes)):
             assert got == pytest.approx(want, rel=1e-12, abs=1e-12)

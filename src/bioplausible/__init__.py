@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _EXPORTS = {
     # registry and rules
@@ -37,7 +37,7 @@ _EXPORTS = {
     "convert": "rules.registry", "exact_backward": "nn", "to_plain": "nn", "plain_state_dict": "nn",
     # training, diagnostics, experiments
     "fit": "engine.trainer", "evaluate": "engine.trainer", "Trainer": "engine.trainer",
-    "FitResult": "engine.trainer",
+    "FitResult": "engine.trainer", "compare": "experiments.study",
     "TrainConfig": "engine.config", "load_config": "engine.config",
     "Probe": "core.probe", "gradient_angles": "core.probe",
     "list_presets": "experiments.presets", "get_preset": "experiments.presets",

@@ -21,30 +21,48 @@ from .args import Parser, add_train_flags, add_trust_flag, config_from_args, def
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ..core.losses import list_losses
-    from ..data import list_datasets
-    from ..experiments.presets import get_preset, list_presets
-    from ..models import list_models
-    from ..rules.registry import RULES, list_rules
-
     what = args.what or "all"
+    if getattr(args, "options", False) and what not in ("all", "rules"):
+        raise UserError("--options lists the rules' options: use `bioplausible list rules --options`")
     if what in ("all", "rules"):
+        from ..rules.registry import RULES, list_rules
+
         print("rules:")
         for name in list_rules():
             cls = RULES.get(name)
             print(f"  {name:10s} {cls.summary}  [{cls.paper}]")
+            if getattr(args, "options", False):
+                from ..engine.rule_info import option_lines
+
+                for line in option_lines(cls):
+                    print(f"      {line}")
     if what in ("all", "datasets"):
+        from ..data import list_datasets
+
         print("datasets:  " + ", ".join(list_datasets()) + "   (or npz:PATH, pkg.module:callable)")
     if what in ("all", "models"):
+        from ..models import list_models
+
         print("models:    " + ", ".join(list_models()) + "   (e.g. mlp:784-500-10,activation=sigmoid; "
               "or pkg.module:callable,key=value)")
     if what in ("all", "losses"):
+        from ..core.losses import list_losses
+
         print("losses:    " + ", ".join(list_losses()))
     if what in ("all", "presets"):
+        from ..experiments.presets import get_preset, list_presets
+
         print("presets:")
         for name in list_presets():
             p = get_preset(name)
             print(f"  {name:28s} {p.title}  (scales: {', '.join(p.scales)})")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from ..engine.rule_info import explain
+
+    print(explain(args.rule))
     return 0
 
 
@@ -57,7 +75,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                             "drop --config/--out (only --epochs can be extended)")
         job = resume_job(args.resume, flags_from_args(args), args.set, trust_imports=args.trust_imports)
     else:
+        if not args.rule and not args.config and not any(
+                str(x).split("=", 1)[0].strip() == "rule.name" for x in args.set):
+            raise UserError("train needs a rule: pass --rule NAME (e.g. `bioplausible train --rule fa "
+                            "--dataset mnist`; `bioplausible list rules` lists them) or --config FILE")
         config = config_from_args(args)
+        if args.print_config:
+            print(config.to_yaml(), end="")
+            return 0
         job = plan(config, out=Path(args.out) if args.out else default_out("train", config))[0]
     check_jobs([job])
     summary = run_job(job)
@@ -74,9 +99,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..engine.rundir import check_run_dir
-    from ..experiments.jobs import check_jobs, plan
-    from ..experiments.runs import run_jobs
-    from ..experiments.report import load_run, write_report
 
     rules = [r.strip() for item in args.rules for r in item.split(",") if r.strip()]
     if not rules:
@@ -87,27 +109,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
                         f"for two settings of one rule)")
     extra = {"probe_every": args.probe_every if args.probe_every is not None else 100}
     base = config_from_args(args, extra)
+    from ..engine.config import PER_RULE
+
+    stray = [r for r in (base.explicit().get(PER_RULE) or {}) if r.lower() not in {x.lower() for x in rules}]
+    if stray:
+        raise UserError(f"--set {stray[0]}:...: rule {stray[0]!r} is not compared here (--rules "
+                        f"{','.join(rules)}); add it to --rules or drop the setting")
     from ..data.custom import run_label
 
+    if args.print_config:
+        for r in rules:
+            print(f"# {r}\n" + base.updated({"rule": {"name": r}}).to_yaml())
+        return 0
     out = Path(args.out) if args.out else Path("runs") / (
         f"compare-{run_label(base['dataset']['name'])}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_run_dir(out)
-    if args.seeds is not None:  # every rule x seed, reported as mean ± std over seeds
-        from ..experiments.seeds import parse_seeds
-        from .sweep import compare_seeds
+    from ..experiments.figures import check_format
+    from ..experiments.seeds import parse_seeds
+    from .sweep import compare_seeds
 
-        return compare_seeds(base, rules, parse_seeds(args.seeds), out, _workers(args), stack=args.stack)
-    jobs = [plan(base.updated({"rule": {"name": r}}), out=out / r)[0] for r in rules]
-    check_jobs(jobs)  # every rule, model and option is valid before the first run trains
-    summaries = run_jobs(jobs, workers=_workers(args), stack=args.stack)
-    runs = [load_run(job.run_dir, job.label) for job in jobs]
-    paths = write_report(runs, out, title=f"Learning rules on {base['dataset']['name']}")
-    print(paths["report"].read_text())
-    print(f"report: {paths['report']}\nplot:   {paths['plot']}")
-    if all(s["status"] != "completed" for s in summaries):
-        print("bioplausible: no rule completed its run (see the status column)", file=sys.stderr)
-        return 1
-    return 0
+    # one layout with or without --seeds: <out>/<rule>-seed<k>/, sweep.json, report.md, results.csv
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [base["seed"]]
+    return compare_seeds(base, rules, seeds, out, _workers(args), fmt=check_format(args.format),
+                         stack=args.stack)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -116,13 +140,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     if args.all or args.only or args.skip:
+        if args.epochs is not None or args.set:
+            raise UserError("--epochs/--set change one preset's runs; with --all the presets keep their own "
+                            "settings (run `bioplausible reproduce NAME --epochs N` per preset)")
         from ..experiments.reproduce import cmd_reproduce_all
 
         return cmd_reproduce_all(args, seeds, _workers(args))
     if not args.name:
         raise UserError("give a preset name (see `bioplausible list presets`) or --all")
+    overrides = ([f"epochs={args.epochs}"] if args.epochs is not None else []) + list(args.set)
     report = run_preset(args.name, args.scale, out=args.out, progress=not args.quiet, seeds=seeds,
-                        workers=_workers(args), stack=args.stack, trust_imports=args.trust_imports)
+                        workers=_workers(args), stack=args.stack, trust_imports=args.trust_imports,
+                        overrides=overrides)
     print(format_report(report))
     print(f"\nresults: {report['out_dir']}")
     from ..experiments.verdicts import FAIL, mark
@@ -172,13 +201,36 @@ STACK_HELP = ("train the seeds (and learning rates) of each rule as one stacked 
               "and run one by one")
 
 
+EXAMPLES = """examples:
+  bioplausible list rules --options            every rule with its options, defaults and accepted values
+  bioplausible explain np                      one rule: options, recommended settings, supported models
+  bioplausible train --rule fa --dataset mnist --epochs 1 --set dataset.subset=2000
+  bioplausible compare --rules bp,fa,dfa,kp,np --dataset fashion-mnist --model mlp:784-256-256-10 \\
+      --seeds 0,1,2 --set np:optimizer.groups.feedback.lr=5e-4 --out runs/study
+  bioplausible report runs/study runs/other-study --format pdf
+  bioplausible reproduce np-fig2-mnist --scale quick
+  bioplausible figure np-fig2 RUN_DIR
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="bioplausible", description="Train and compare biologically plausible learning rules.")
+    from .._version import __version__
+
+    parser = Parser(prog="bioplausible", description="Train and compare biologically plausible learning rules.",
+                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"bioplausible {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("list", help="list rules, datasets, models, losses and presets")
     p.add_argument("what", nargs="?", choices=["all", "rules", "datasets", "models", "losses", "presets"])
+    p.add_argument("--options", action="store_true",
+                   help="with rules: every option with its default, accepted values and meaning")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("explain", help="one rule: options (default, accepted values, meaning), recommended "
+                                       "settings and the models it trains")
+    p.add_argument("rule")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("train", help="train one rule")
     add_train_flags(p)
@@ -190,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flags(p, rule_flag=False)
     p.add_argument("--workers", "--jobs", dest="workers", type=int, default=1,
                    help="run the rules (x seeds) in N worker processes (1 thread each)")
-    p.add_argument("--seeds", help="comma-separated seeds: every rule x seed, reported as mean ± std")
+    p.add_argument("--seeds", help="comma-separated seeds: every rule x seed, reported as mean ± std "
+                                   "(default: the config's seed, 0)")
+    p.add_argument("--format", default="png", help="figure format: png, pdf or svg (default png)")
     p.add_argument("--stack", action="store_true", help=STACK_HELP)
     p.set_defaults(func=cmd_compare)
 
@@ -206,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
     add_trust_flag(p)
+    p.add_argument("--epochs", type=int, help="train every run this many epochs (instead of the scale's)")
+    p.add_argument("--set", action="append", default=[], metavar="[RULE:]KEY=VALUE",
+                   help="override a config key in every run, e.g. --set dataset.subset=5000")
     p.add_argument("--workers", "--jobs", dest="workers", type=int, default=1,
                    help="run the jobs in N worker processes (1 thread each)")
     p.add_argument("--stack", action="store_true", help=STACK_HELP)
@@ -215,10 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     register(sub, add_train_flags)
 
-    p = sub.add_parser("report", help="rebuild a report from run directories or a sweep folder (mean ± std)")
-    p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--out")
+    p = sub.add_parser("report", help="one report over run, compare, sweep and reproduce folders (mean ± std "
+                                      "per rule and configuration)")
+    p.add_argument("run_dirs", nargs="+", metavar="FOLDER")
+    p.add_argument("--out", help="report folder (default: the first folder, or a run's parent)")
     p.add_argument("--title", default="Comparison")
+    p.add_argument("--format", default="png", help="figure format: png, pdf or svg (default png)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("data", help="list, fetch or verify datasets")
@@ -226,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*")
     p.add_argument("--root", help="dataset root (default: $BIOPLAUSIBLE_DATA, then the user cache)")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("figure", help="draw a paper figure from a run, compare, sweep or reproduce folder "
+                                      "(np-fig2, np-fig4, np-autoencoder)")
+    p.add_argument("name", help="np-fig2, np-fig4 or np-autoencoder")
+    p.add_argument("run_dir", metavar="FOLDER")
+    p.add_argument("--out", help="output folder (default: FOLDER)")
+    p.add_argument("--format", default="png", help="png, pdf or svg (default png)")
+    p.set_defaults(func=cmd_figure)
 
     for name, command in COMMANDS.registered():  # the rule families' own subcommands
         p = sub.add_parser(name, help=command.help)
@@ -239,6 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
             add_trust_flag(p)
         p.set_defaults(func=_plot_command(plot))
     return parser
+
+
+def cmd_figure(args: argparse.Namespace) -> int:
+    from ..experiments.paper_figures import draw
+
+    result = draw(args.name, args.run_dir, args.out, args.format)
+    for check in result.get("checks", []):
+        other = check.get("fa", check.get("bp"))
+        print(f"{check['metric']}: np {check['np']:.4g} vs {other:.4g} ({check['want']}): "
+              f"{'ok' if check['passed'] else 'FAILED'}")
+    figures = result["figure"] if isinstance(result["figure"], list) else [result["figure"]]
+    print("\n".join(figures))
+    return 0
 
 
 def _plot_command(plot: Plot):

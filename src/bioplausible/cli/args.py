@@ -23,26 +23,35 @@ def add_trust_flag(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_flags(p: argparse.ArgumentParser, rule_flag: bool = True) -> None:
+    from ..engine.config import DEFAULTS as D
+
+    rec = " (or the rule's recommended value)"
     if rule_flag:
-        p.add_argument("--rule", help="learning rule (see `bioplausible list rules`)")
-    p.add_argument("--dataset", help="dataset name (see `bioplausible list datasets`)")
-    p.add_argument("--model", help="model spec, e.g. mlp:784-500-10 or lenet")
-    p.add_argument("--loss", help="loss: mse, mse_sum, cross_entropy, bce, ...")
-    p.add_argument("--optimizer", help="any torch.optim optimizer by name (sgd, adam, ...)")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", help="float32 or float64")
-    p.add_argument("--probe-every", type=int, help="measure alignment with BP every N steps (0: off)")
+        p.add_argument("--rule", help="learning rule (see `bioplausible list rules`, `bioplausible explain RULE`)")
+    p.add_argument("--dataset", help=f"dataset name (default {D['dataset']['name']}; see `bioplausible list datasets`)")
+    p.add_argument("--model", help=f"model spec, e.g. mlp:784-500-10 or lenet (default {D['model']['spec']}{rec})")
+    p.add_argument("--loss", help="loss: mse, mse_sum, cross_entropy, bce, ... (default auto: cross_entropy "
+                                  "for classes, bce for multi-label data)")
+    p.add_argument("--optimizer", help=f"any torch.optim optimizer by name (default {D['optimizer']['name']})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {D['optimizer']['lr']}{rec})")
+    p.add_argument("--epochs", type=int, help=f"default {D['epochs']}")
+    p.add_argument("--batch-size", type=int, help=f"default {D['batch_size']}{rec}")
+    p.add_argument("--seed", type=int, help=f"default {D['seed']}")
+    p.add_argument("--device", help=f"cpu, cuda, cuda:N or auto (default {D['device']})")
+    p.add_argument("--dtype", help=f"float32 or float64 (default {D['dtype']})")
+    p.add_argument("--probe-every", type=int, help="measure alignment with BP every N steps (0: off; "
+                                                   "default 0 for train, 100 for compare)")
     p.add_argument("--data-root", help="dataset root (default: $BIOPLAUSIBLE_DATA, then the user cache)")
     p.add_argument("--config", help="YAML config file (flags and --set override it)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set optimizer.lr=0.01 --set rule.decay=1e-4")
+    p.add_argument("--set", action="append", default=[], metavar="[RULE:]KEY=VALUE",
+                   help="override a config key, e.g. --set optimizer.lr=0.01 --set rule.decay=1e-4; "
+                        "RULE:KEY=VALUE sets it for one rule only, e.g. --set np:optimizer.groups.feedback.lr=5e-4")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (per rule) as YAML and exit without training")
     p.add_argument("--out", help="run directory (default: runs/<command>-<rule>-<dataset>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.add_argument("--logger", help="also log metrics to: tensorboard (events in RUN_DIR/tensorboard)")
+    p.add_argument("--logger", help="also log metrics to: tensorboard (events and hparams in RUN_DIR/tensorboard) "
+                                    "or wandb (Weights & Biases; WANDB_MODE=offline writes RUN_DIR/wandb)")
     add_trust_flag(p)
 
 

@@ -36,10 +36,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = load_spec(args.config, trust_imports=args.trust_imports)
     if args.address and args.executor != "ray":
         raise UserError("--address is for --executor ray")
+    from ..experiments.figures import check_format
+
+    fmt = check_format(args.format)
     index = run_sweep(spec, out=args.out, jobs=_jobs(args), executor=args.executor, address=args.address,
                       stack=args.stack)
     base = Path(args.out or spec.out or Path("runs") / f"sweep-{spec.name}")
-    paths = write_sweep_report(base)
+    paths = write_sweep_report(base, fmt=fmt)
     print(markdown(paths["tables"]))
     print(f"\nreport: {paths['report']}\ncsv:    {paths['csv']}")
     failed = [r for r in index["runs"] if r["status"] == "failed"]
@@ -51,28 +54,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """A sweep folder (with sweep.json) gets the mean ± std report; run folders the per-run table."""
+    """One sweep folder: its mean ± std report (with the paper's values for a preset); anything
+    else (run, compare, sweep and reproduce folders, mixed): the merged report grouped by
+    (rule, configuration)."""
+    from ..experiments.figures import check_format
     from ..experiments.sweep import INDEX
 
+    fmt = check_format(getattr(args, "format", "png"))
+    title = None if args.title == "Comparison" else args.title
     if len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / INDEX).is_file():
         from ..experiments.sweep_report import markdown, write_sweep_report
 
-        paths = write_sweep_report(args.run_dirs[0], out=args.out,
-                                   title=None if args.title == "Comparison" else args.title)
-        print(markdown(paths["tables"]))
-        print(f"\nreport: {paths['report']}\ncsv:    {paths['csv']}")
-        return 0
-    from ..experiments.report import load_run, write_report
+        paths = write_sweep_report(args.run_dirs[0], out=args.out, title=title, fmt=fmt)
+    else:
+        from ..experiments.merged_report import write_merged_report
 
-    runs = [load_run(p) for p in args.run_dirs]
-    out = Path(args.out) if args.out else default_report_dir(args.run_dirs)
-    paths = write_report(runs, out, title=args.title)
-    print(paths["report"].read_text())
-    print(f"report: {paths['report']}\nplot:   {paths['plot']}")
+        out = args.out or default_report_dir(args.run_dirs)
+        paths = write_merged_report(args.run_dirs, out=out, title=title or "Comparison", fmt=fmt)
+    print(paths["report"].read_text())  # the settings the runs share (model, data sizes) and the tables
+    print(f"report: {paths['report']}\ncsv:    {paths['csv']}")
     return 0
 
 
-REPORT_FILES = ("report.md", "curves.png", "comparison.json")
+REPORT_FILES = ("report.md", "results.csv", "curves.png", "comparison.json")
 
 
 def default_report_dir(run_dirs: list[str]) -> Path:
@@ -91,16 +95,20 @@ def default_report_dir(run_dirs: list[str]) -> Path:
     return common
 
 
-def compare_seeds(base: Any, rules: list[str], seeds: list[int], out: Path, jobs: int, stack: bool = False) -> int:
-    """``compare --seeds``: every rule x seed as a sweep in ``out``, reported as mean ± std."""
+def compare_seeds(base: Any, rules: list[str], seeds: list[int], out: Path, jobs: int, fmt: str = "png",
+                  stack: bool = False) -> int:
+    """``compare``: every rule x seed as a sweep in ``out`` (``<rule>-seed<k>`` run folders,
+    ``sweep.json``), reported as mean ± std; the same layout with one seed or many."""
     from ..experiments.sweep import SweepSpec, run_sweep
     from ..experiments.sweep_report import write_sweep_report
 
-    spec = SweepSpec(name="compare", config=base.to_dict(), grid={"rule.name": rules}, seeds=seeds)
+    # what the user set (not the resolved config), so each rule gets its own recommended and per-rule settings
+    spec = SweepSpec(name="compare", config=base.explicit(), grid={"rule.name": rules}, seeds=seeds)
     index = run_sweep(spec, out=out, jobs=jobs, stack=stack)
-    paths = write_sweep_report(out, title=f"Learning rules on {base['dataset']['name']}")
+    paths = write_sweep_report(out, title=f"Learning rules on {base['dataset']['name']}", fmt=fmt)
     print(paths["report"].read_text())
-    print(f"report: {paths['report']}\nplots:  {paths['curves']}, {paths['angles']}, {paths['time']}")
+    print(f"report: {paths['report']}\ncsv:    {paths['csv']}\nplots:  {paths['curves']}, {paths['angles']}, "
+          f"{paths['time']}")
     if all(r["status"] != "completed" for r in index["runs"]):
         print("bioplausible: no rule completed its run (see the status column)", file=sys.stderr)
         return 1
@@ -136,6 +144,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"bioplausible: no trial completed, so there is no best value (first trial: {first})",
               file=sys.stderr)
         return 1
+    print(f"trials: {out / 'trials.csv'}")
     if args.write_preset:
         path = write_preset(args.write_preset, best_config(base, study), study, metric, args.objective)
         print(f"preset: {path} (run it with `bioplausible reproduce {path}`)")
@@ -146,6 +155,7 @@ def register(sub: Any, add_train_flags: Any) -> None:
     p = sub.add_parser("sweep", help="run a grid of configs x seeds from a YAML file (local processes or Ray)")
     p.add_argument("config", help="sweep YAML: preset: or config:, grid:, seeds:, out:")
     p.add_argument("--out", help="sweep folder (default: the file's out:, else runs/sweep-<name>)")
+    p.add_argument("--format", default="png", help="figure format: png, pdf or svg (default png)")
     add_jobs_flags(p, executor=True)
     from .args import add_trust_flag
 

@@ -138,7 +138,13 @@ class Rule:
     * ``updates_forward``: the rule changes the forward weights itself inside ``train_step``;
       the optimizer gets no forward group and optimizer options other than ``lr`` are refused;
     * ``phases``: group names per learning phase, applied in order within a batch by
-      :meth:`step_phase` (e.g. ``(("forward",), ("generative",))``); empty: one phase.
+      :meth:`step_phase` (e.g. ``(("forward",), ("generative",))``); empty: one phase;
+    * ``recommended``: the training settings the rule needs to learn at its defaults, as a
+      config mapping (``{"batch_size": 1, "model": {"activation": "sigmoid"}}``). A config takes
+      them for every key the user did not set (:func:`bioplausible.engine.config.resolve`); a
+      ``model`` section applies only when the user chose no model settings;
+    * ``option_help``: one line per option (what it means); ``bioplausible explain RULE`` shows it
+      beside the default and the accepted values, which are read from :meth:`validate`.
     """
 
     name: ClassVar[str] = "rule"
@@ -148,6 +154,8 @@ class Rule:
     defaults: ClassVar[dict[str, Any]] = {}
     updates_forward: ClassVar[bool] = False
     phases: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    recommended: ClassVar[dict[str, Any]] = {}
+    option_help: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **config: Any) -> None:
         unknown = sorted(set(config) - set(self.defaults))

@@ -64,6 +64,10 @@ class Split:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    def __repr__(self) -> str:  # shapes, not every number
+        return (f"Split({len(self)} examples, x {tuple(self.x.shape[1:])} {str(self.x.dtype).replace('torch.', '')}, "
+                f"y {tuple(self.y.shape[1:]) or 'class index'} {str(self.y.dtype).replace('torch.', '')})")
+
     def to(self, device=None, dtype: torch.dtype | None = None) -> Split:
         """Move to ``device``; ``dtype`` applies to ``x`` and to floating-point ``y``."""
         x = self.x.to(device=device, dtype=dtype)
@@ -128,6 +132,12 @@ class DataBundle:
     test: Split
     val: Split | None
     info: DatasetInfo
+
+    def __repr__(self) -> str:  # one line: sizes and shapes, not every tensor
+        sizes = ", ".join(f"{name} {len(split)}" for name, split in
+                          (("train", self.train), ("val", self.val), ("test", self.test)) if split is not None)
+        return (f"DataBundle({self.info.name!r}: {sizes}; input {tuple(self.info.input_shape)}, "
+                f"{self.info.num_classes} classes, {self.info.task})")
 
 
 @dataclass

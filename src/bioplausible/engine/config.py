@@ -68,6 +68,82 @@ DEFAULTS: dict[str, Any] = {
 
 OPEN_SECTIONS = {"dataset", "model", "rule", "optimizer", "schedule"}
 
+#: ``per_rule: {np: {optimizer: {groups: {feedback: {lr: 5e-4}}}}}``: settings for one rule only,
+#: applied on top of everything else when the config's rule is that rule (``--set np:KEY=VALUE``).
+PER_RULE = "per_rule"
+
+
+def _normalize(mapping: dict[str, Any]) -> dict[str, Any]:
+    """The shorthands ``rule: fa``, ``model: "mlp:784-500-10"``, ``dataset: mnist`` as mappings."""
+    for key, field in (("rule", "name"), ("model", "spec"), ("dataset", "name")):
+        if isinstance(mapping.get(key), str):
+            mapping[key] = {field: mapping[key]}
+    per = mapping.get(PER_RULE)
+    if isinstance(per, dict):
+        for rule, section in list(per.items()):
+            if isinstance(section, dict):
+                per[rule] = _normalize(section)
+    return mapping
+
+
+def rule_recommended(name: Any) -> dict[str, Any]:
+    """The settings rule ``name`` declares it needs (:attr:`Rule.recommended`); {} for a name
+    that is not a registered rule (the rule's own error comes when it is built)."""
+    if not isinstance(name, str):
+        return {}
+    from ..rules.registry import RULES, list_rules
+
+    list_rules()  # registers the built-in rules
+    if name not in RULES:
+        return {}
+    return copy.deepcopy(getattr(RULES.get(name), "recommended", None) or {})
+
+
+def resolve(user: dict[str, Any], recommended: bool = True) -> dict[str, Any]:
+    """The full config for what the user set: DEFAULTS < the rule's recommended settings < the
+    user's settings < the user's ``per_rule`` settings for this rule.
+
+    A recommended ``model`` section applies only when the user chose no model settings (it
+    describes the model the rule documents as its default).
+    """
+    per = user.get(PER_RULE) or {}
+    if not isinstance(per, dict) or not all(isinstance(v, dict) for v in per.values()):
+        raise ConfigError(f"{PER_RULE} must map rule names to settings, e.g. "
+                          f"{{np: {{optimizer: {{lr: 0.01}}}}}} (or --set np:optimizer.lr=0.01)")
+    if per:
+        from ..rules.registry import RULES, list_rules
+
+        list_rules()
+        for rule in per:
+            if str(rule) not in RULES:
+                close = difflib.get_close_matches(str(rule).lower(), RULES.names(), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"--set {rule}:...: unknown rule {rule!r}{hint}; known rules: "
+                                  f"{', '.join(RULES.names())}")
+    mine = {k: v for k, v in user.items() if k != PER_RULE}
+    name = _merge(DEFAULTS, mine)["rule"].get("name") if isinstance(mine.get("rule", {}), dict) else None
+    rule_per = {k.lower(): v for k, v in per.items()}.get(str(name).lower(), {})
+    if isinstance(rule_per.get("rule"), dict) and "name" in rule_per["rule"]:
+        raise ConfigError(f"{PER_RULE}.{name}.rule.name: a rule's own settings cannot change the rule")
+    rec = rule_recommended(name) if recommended else {}
+    if mine.get("model") or rule_per.get("model"):
+        rec.pop("model", None)
+    return _merge(_merge(_merge(DEFAULTS, _unset(rec, mine)), mine), rule_per)
+
+
+def _unset(rec: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any]:
+    """The recommended settings at paths the user did not set; a mapping the user set empty
+    (``optimizer: {groups: {}}``) counts as set, so a full config keeps what it says."""
+    out: dict[str, Any] = {}
+    for key, value in rec.items():
+        if key not in mine:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(mine[key], dict) and mine[key]:
+            sub = _unset(value, mine[key])
+            if sub:
+                out[key] = sub
+    return out
+
 
 _NULLABLE = {"out", "dataset.root", "dataset.subset"}
 _POSITIVE = {"epochs", "batch_size", "eval_batch_size", "checkpoint_every"}
@@ -185,12 +261,28 @@ def _check_finite(node: Any, path: str) -> None:
         raise ConfigError(f"{path.rstrip('.')} must be a finite number, got {node}")
 
 
+def key_path(key: str, item: str | None = None) -> list[str]:
+    """``"optimizer.lr"`` -> ["optimizer", "lr"]; ``"np:optimizer.lr"`` (one rule's setting) ->
+    ["per_rule", "np", "optimizer", "lr"]."""
+    rule, colon, rest = key.strip().rpartition(":") if ":" in key else ("", "", key.strip())
+    rule = rule.strip()
+    parts = rest.strip().split(".")
+    if (colon and not rule) or any(not part for part in parts):
+        shown = item if item is not None else key
+        raise ConfigError(f"--set {shown!r} must look like key=value or RULE:key=value, e.g. optimizer.lr=0.01 "
+                          f"or np:optimizer.groups.feedback.lr=5e-4")
+    return [PER_RULE, rule.lower(), *parts] if colon else parts
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"optimizer.lr=0.01"`` -> (["optimizer", "lr"], 0.01); values are parsed as YAML scalars."""
+    """``"optimizer.lr=0.01"`` -> (["optimizer", "lr"], 0.01); values are parsed as YAML scalars.
+
+    ``"np:optimizer.lr=0.01"`` sets the key for rule ``np`` only (see :data:`PER_RULE`)."""
     key, eq, raw = item.partition("=")
     key = key.strip()
-    if not eq or not key or any(not part for part in key.split(".")):
+    if not eq or not key:
         raise ConfigError(f"--set {item!r} must look like key=value, e.g. optimizer.lr=0.01")
+    path = key_path(key, item)
     try:
         value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -200,7 +292,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
             value = float(value)
         except ValueError:
             pass
-    return key.split("."), value
+    return path, value
 
 
 def overrides_to_dict(items: list[str]) -> dict[str, Any]:
@@ -224,16 +316,19 @@ class TrainConfig:
     can change a config another part of the program already holds.
     """
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "_user", "_recommended")
 
-    def __init__(self, data: dict[str, Any] | None = None) -> None:
-        object.__setattr__(self, "_data", _validate(_merge(DEFAULTS, copy.deepcopy(data or {}))))
+    def __init__(self, data: dict[str, Any] | None = None, recommended: bool = True) -> None:
+        user = _normalize(copy.deepcopy(data or {}))
+        object.__setattr__(self, "_user", user)
+        object.__setattr__(self, "_recommended", bool(recommended))
+        object.__setattr__(self, "_data", _validate(resolve(user, recommended=bool(recommended))))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("TrainConfig is immutable; use config.updated({...})")
 
     def __reduce__(self):
-        return (TrainConfig, (self._data,))
+        return (TrainConfig, (self._user, self._recommended))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TrainConfig) and self._data == other._data
@@ -250,14 +345,29 @@ class TrainConfig:
         return copy.deepcopy(self._data)
 
     @classmethod
-    def from_dict(cls, mapping: dict[str, Any] | None = None, overrides: list[str] | None = None) -> TrainConfig:
-        cfg = _merge(DEFAULTS, dict(mapping or {}))
+    def from_dict(cls, mapping: dict[str, Any] | None = None, overrides: list[str] | None = None,
+                  recommended: bool = True) -> TrainConfig:
+        """A config from what the user set (``mapping``, then ``overrides``); everything else
+        comes from the rule's recommended settings (:attr:`Rule.recommended`; not with
+        ``recommended=False``), then :data:`DEFAULTS`."""
+        cfg = _normalize(copy.deepcopy(dict(mapping or {})))
         if overrides:
-            cfg = _merge(cfg, overrides_to_dict(overrides))
-        return cls(cfg)
+            cfg = _merge(cfg, _normalize(overrides_to_dict(overrides)))
+        return cls(cfg, recommended=recommended)
 
     def updated(self, mapping: dict[str, Any] | None = None, overrides: list[str] | None = None) -> TrainConfig:
-        return TrainConfig.from_dict(_merge(self._data, dict(mapping or {})), overrides)
+        """This config with ``mapping`` and ``overrides`` set on top (as if the user set them)."""
+        return TrainConfig.from_dict(_merge(self._user, _normalize(copy.deepcopy(dict(mapping or {})))),
+                                     overrides, recommended=self._recommended)
+
+    def explicit(self) -> dict[str, Any]:
+        """What was set explicitly (files, flags, ``--set``, ``per_rule``), before defaults."""
+        return copy.deepcopy(self._user)
+
+    def frozen(self) -> TrainConfig:
+        """This config, and every config derived from it, without rules' recommended settings:
+        a preset states its settings, and a rule it names later takes none of its own."""
+        return TrainConfig(self._user, recommended=False)
 
     def __getitem__(self, key: str) -> Any:
         value = self._data[key]
@@ -281,13 +391,14 @@ class TrainConfig:
         return yaml.safe_dump(json.loads(json.dumps(self._data)), sort_keys=False)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, *,
+def load_config(path: str | Path, overrides: list[str] | None = None, recommended: bool = True, *,
                 trust_imports: bool = False) -> TrainConfig:
     """Read a YAML (or JSON) training config and apply ``key=value`` overrides.
 
     A file that names an import-path model or dataset is refused unless ``trust_imports``
     (:func:`bioplausible.engine.trust.refuse_file_imports`); ``overrides`` are the caller's own.
-    """
+    ``recommended=False`` for a run's own ``config.yaml``: it is complete, and a rule's
+    recommended settings must not fill a key it left to the defaults."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
@@ -305,4 +416,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *,
     from .trust import refuse_file_imports
 
     refuse_file_imports(mapping, f"config file {str(p)!r}", trust_imports)
-    return TrainConfig.from_dict(mapping, overrides)
+    return TrainConfig.from_dict(mapping, overrides, recommended=recommended)

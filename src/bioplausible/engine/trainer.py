@@ -104,10 +104,23 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     run_dir: Path | None = None
+    #: the probe's records (per-layer angles to BP, feedback errors), as in ``metrics.jsonl``
+    probes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
         return self.summary.get("status", "unknown")
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (where stderr is no terminal but a bar is wanted)."""
+    shell = sys.modules.get("IPython")
+    if shell is None or "ipykernel" not in sys.modules:
+        return False
+    try:
+        return shell.get_ipython() is not None
+    except Exception:  # noqa: BLE001
+        return False
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -158,6 +171,7 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self.probe_records: list[dict[str, Any]] = []
         self.probe_angles: list[float] = []  # hidden-layer angle per probe (core.angles)
         self.probe_angles_all: list[float] = []  # whole-network mean per probe, exact layers in
         self.callbacks: list[Callable[[dict[str, Any]], None]] = []
@@ -225,6 +239,7 @@ class Trainer:
         metrics = self.run_dir / "metrics.jsonl" if self.run_dir else None
         if metrics is not None and metrics.exists():  # drop lines written after the checkpoint
             kept = [r for r in read_metrics(metrics) if before_checkpoint(r, self.epoch, self.step)]
+            self.probe_records = [r for r in kept if r.get("kind") == "probe"]
             atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
     def _write_summary(self, status: str, message: str = "", started: float | None = None) -> dict[str, Any]:
@@ -303,7 +318,9 @@ class Trainer:
                 if "grad_angle" in record:
                     self.probe_angles.append(record["grad_angle"])
                     self.probe_angles_all.append(record["grad_angle_all_layers"])
-                self._log({"kind": "probe", "epoch": self.epoch + 1, "step": self.step, **record})
+                record = {"kind": "probe", "epoch": self.epoch + 1, "step": self.step, **record}
+                self.probe_records.append(record)
+                self._log(record)
                 probe_time += time.perf_counter() - probe_start
             opt.step()
             rule.after_step(model)
@@ -366,8 +383,10 @@ class Trainer:
         return record
 
     def _print_epoch(self, record: dict[str, Any]) -> None:
-        test = (f"test loss {record.get('test_loss', float('nan')):.4g}" if self.task == "reconstruction"
-                else f"test acc {record.get('test_accuracy', float('nan')):.2f}%")
+        split = "test" if "test" in self.eval_splits else "val" if "val" in self.eval_splits else None
+        test = ("" if split is None  # nothing to evaluate on: no made-up "nan%"
+                else f"{split} loss {record[f'{split}_loss']:.4g}" if self.task == "reconstruction"
+                else f"{split} acc {record[f'{split}_accuracy']:.2f}%")
         msg = (f"[{self.rule.name}] epoch {self.epoch}/{self.config['epochs']}  "
                f"loss {record['train_loss']:.4f}  {test}  "
                f"{record['epoch_time']:.1f}s ({record['samples_per_s']:.0f} ex/s)")
@@ -375,12 +394,12 @@ class Trainer:
 
     def _run_epoch(self) -> None:
         """Train one epoch, evaluate, log, step the schedule and checkpoint when due."""
-        from tqdm import tqdm
+        from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
         cfg = self.config
         bar = tqdm(total=len(self.train_split), desc=f"{self.rule.name} epoch {self.epoch + 1}/{cfg['epochs']}",
                    unit="ex", leave=False, mininterval=0.5,
-                   disable=not (self.progress and sys.stderr.isatty()))
+                   disable=not (self.progress and (sys.stderr.isatty() or _in_notebook())))
         try:
             record = self.train_epoch(bar)
         finally:
@@ -418,7 +437,8 @@ class Trainer:
         self._open_run_dir(resume)
         from .loggers import make_logger
 
-        made = [make_logger(name, self.run_dir, purge_step=self.step + 1 if self.step else None)
+        made = [make_logger(name, self.run_dir, purge_step=self.step + 1 if self.step else None,
+                            config=self.config.to_dict())
                 for name in self.logger_names] if self.run_dir is not None else []
         self.loggers.extend(made)
         status, message = "completed", ""
@@ -448,18 +468,19 @@ class Trainer:
         summary = self._write_summary(status, message, started)
         if self.run_dir is not None and status == "completed":
             self._save_final()
-        return FitResult(self.model, self.rule, self.history, summary, self.run_dir)
+        return FitResult(self.model, self.rule, self.history, summary, self.run_dir, list(self.probe_records))
 
 
 _SHORTCUTS = {"lr": ("optimizer", "lr"), "loss": ("loss",), "epochs": ("epochs",),
               "batch_size": ("batch_size",), "seed": ("seed",), "probe_every": ("probe_every",),
               "device": ("device",), "dtype": ("dtype",), "optimizer": ("optimizer", "name"),
-              "progress": ("progress",), "deterministic": ("deterministic",)}
+              "deterministic": ("deterministic",)}
 
 
 def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
         config: TrainConfig | dict | None = None, out: str | os.PathLike | None = None,
-        resume: bool = False, loggers: list[Any] | None = None, **options: Any) -> FitResult:
+        resume: bool = False, loggers: list[Any] | None = None, verbose: bool = False,
+        **options: Any) -> FitResult:
     """Train ``model`` with ``rule`` on ``data``.
 
     ``data`` is a dataset name, a DataBundle, a ``DataLoader``, a ``Dataset``, ``(X, y)``
@@ -471,9 +492,18 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
     ``seed``, ``probe_every``, ``device``, ``dtype``, ``optimizer`` (a name). With ``out`` a run
     directory is written; ``resume=True`` continues from its checkpoint. ``loggers``: objects
     with ``log(record)`` given every metrics record, e.g. :class:`bioplausible.engine.loggers.TensorBoardLogger`.
+    ``verbose``: a progress bar (a widget in Jupyter) and one line per epoch; only this switches
+    printing on (a ``config`` with ``progress: true`` does not).
+
+    The result holds the per-epoch records (``history``) and the probe's (``probes``).
     """
+    if not isinstance(verbose, bool):
+        raise ConfigError(f"fit(verbose=...) must be True or False, got {verbose!r}")
+    if "progress" in options:
+        raise ConfigError("fit() prints only with verbose=True; use verbose instead of progress")
     if not isinstance(config, TrainConfig):
-        config = TrainConfig.from_dict(config or {"progress": False})
+        config = TrainConfig.from_dict(config or {})
+    config = config.updated({"progress": verbose})
     update: dict[str, Any] = {}
     for key, value in options.items():
         if key not in _SHORTCUTS:

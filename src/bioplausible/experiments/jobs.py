@@ -60,13 +60,17 @@ class Job:
     resume: bool = False
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig.from_dict(self.config)
+        return TrainConfig.from_dict(self.config, recommended=False)  # complete since plan()
 
 
 def _dotted(key: str, value: Any) -> dict[str, Any]:
+    """``("optimizer.lr", 0.1)`` -> {"optimizer": {"lr": 0.1}}; ``"np:optimizer.lr"`` goes to
+    ``per_rule.np`` (that rule's runs only)."""
+    from ..engine.config import key_path
+
     node: dict[str, Any] = {}
     cur = node
-    parts = key.split(".")
+    parts = key_path(str(key))
     for part in parts[:-1]:
         cur = cur.setdefault(part, {})
     cur[parts[-1]] = value
@@ -146,13 +150,14 @@ def inside(base: Path, run_dir: str | os.PathLike) -> str:
 
 def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] | None = None,
          grid: dict[str, Sequence[Any]] | None = None, out: str | os.PathLike | None = None,
-         trust_imports: bool = False) -> list[Job]:
+         trust_imports: bool = False, overrides: Sequence[str] | None = None) -> list[Job]:
     """Jobs for a preset (name, file or :class:`Preset`) or a config (TrainConfig or mapping).
 
     A preset gives one job per run x grid point x seed, in ``<out>/<label>-seed<seed>``. A
     config gives one job per grid point x seed, labelled by its rule; a single job (no grid,
     no ``seeds``) runs in ``out`` itself. Every config is validated here. A preset read from a
     file that names an import-path model or dataset is refused unless ``trust_imports``.
+    ``overrides`` (``KEY=VALUE`` or ``RULE:KEY=VALUE``) are applied to a preset's every run, last.
     """
     from .presets import Preset, get_preset
 
@@ -161,6 +166,7 @@ def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] |
         preset = preset_or_config if isinstance(preset_or_config, Preset) else get_preset(preset_or_config)
         scale = scale or "quick"
         config, preset_seeds = preset.resolved(scale)
+        config = config.frozen()  # a preset states its settings: no rule's recommended ones replace them
         seeds = check_seeds(seeds if seeds is not None else preset_seeds)
         base = Path(out) if out is not None else (
             Path("runs") / f"reproduce-{preset.name}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -171,7 +177,7 @@ def plan(preset_or_config: Any, scale: str | None = None, seeds: Sequence[int] |
                 name = f"{label}[{suffix}]" if suffix else label
                 for seed in seeds:
                     cfg = _absolute_data(config.updated(run.get("config") or {}).updated(update).updated(
-                        {"rule": rule, "seed": seed}))
+                        {"rule": rule, "seed": seed}, list(overrides or [])))
                     jobs.append(Job(cfg.to_dict(), inside(base, base / run_dir_name(name, seed)), name, seed,
                                     preset=preset.name, scale=scale))
         if preset.from_file:
@@ -258,9 +264,9 @@ def check_jobs(jobs: Sequence[Job]) -> None:
         config = job.train_config()
         check_device(config["device"])
         make(config["rule"]["name"], **config.rule_options())
+        check_run_dir(Path(job.run_dir), resume=job.resume)  # before the (slow) data load
         data = load_data(config)
         _build(job, _tiny(data), config, out=None, progress=False)
-        check_run_dir(Path(job.run_dir), resume=job.resume)
 
 
 def run_job(job: Job, progress: bool | None = None, worker: bool = False) -> dict[str, Any]:
@@ -339,7 +345,7 @@ def resume_job(run_dir: str | os.PathLike, changes: dict[str, Any] | None = None
     path = Path(run_dir)
     if not (path / "config.yaml").is_file():
         raise UserError(f"--resume {str(path)!r}: no config.yaml there; pass a run directory written by train")
-    stored = load_config(path / "config.yaml", trust_imports=trust_imports)
+    stored = load_config(path / "config.yaml", recommended=False, trust_imports=trust_imports)
     wanted = stored.updated(changes or {}, overrides or [])
     old, new = _flat(stored.to_dict()), _flat(wanted.to_dict())
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE)

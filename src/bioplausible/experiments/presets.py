@@ -39,6 +39,7 @@ mean ± std beside the paper's values.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass, field
 from importlib import resources
@@ -239,14 +240,22 @@ def _check_paper_check(check: dict[str, Any], i: int, runs: dict[str, Any], resu
     if "metric" in check and not is_metric(check["metric"]):
         raise ConfigError(f"preset {source}: check {i + 1}: unknown metric {check['metric']!r}; "
                           f"use {', '.join(METRICS.names())}")
+_CACHE: dict[str, Any] = {}
 
 
 def _all() -> dict[str, Preset]:
-    out: dict[str, Preset] = {}
-    for f in _preset_files():
-        p = _parse(f.read_text(), f.name)
-        out[p.name] = p
-    return out
+    """The built-in presets, parsed once per process (again only when a file changed)."""
+    files = _preset_files()
+    texts = [(f.name, f.read_text()) for f in files]  # reading 40 small files is cheap; parsing is not
+    key = json.dumps(texts)
+    if _CACHE.get("key") != key:
+        out: dict[str, Preset] = {}
+        for name, text in texts:
+            p = _parse(text, name)
+            out[p.name] = p
+        _CACHE.clear()
+        _CACHE.update(key=key, presets=out)
+    return _CACHE["presets"]
 
 
 def list_presets() -> list[str]:
@@ -274,7 +283,7 @@ def get_preset(name: str) -> Preset:
         close = difflib.get_close_matches(name, list(presets), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownNameError(f"unknown preset {name!r}.{hint} See `bioplausible list presets`")
-    return presets[name]
+    return copy.deepcopy(presets[name])  # the cached one stays as parsed
 
 
 def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]],

@@ -180,13 +180,16 @@ def plot_curves(runs: Sequence[RunRecord], path: str | os.PathLike, title: str =
     fig, axes = plt.subplots(1, 3 if any(r.probes for r in runs) else 2, figsize=(13, 4))
     # a reconstruction task has no accuracy: the first panel shows the test loss instead
     key = "test_accuracy" if any("test_accuracy" in e for r in runs for e in r.epochs) else "test_loss"
+    from .figures import rule_color, save
+
     for r in runs:
         ep = [e["epoch"] for e in r.epochs]
-        axes[0].plot(ep, [e.get(key) for e in r.epochs], marker="o", label=r.label)
-        axes[1].plot(ep, [e.get("train_loss") for e in r.epochs], marker="o", label=r.label)
+        style = {"color": rule_color(r.label), "label": r.label}
+        axes[0].plot(ep, [e.get(key) for e in r.epochs], marker="o", **style)
+        axes[1].plot(ep, [e.get("train_loss") for e in r.epochs], marker="o", **style)
         if len(axes) > 2 and r.probes:
             series = hidden_angle_series(r.probes)  # the table's hidden-layer angle, per step
-            axes[2].plot([s for s, _ in series], [v for _, v in series], label=r.label)
+            axes[2].plot([s for s, _ in series], [v for _, v in series], **style)
     if key == "test_accuracy":
         axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
     else:
@@ -194,16 +197,9 @@ def plot_curves(runs: Sequence[RunRecord], path: str | os.PathLike, title: str =
     axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss", yscale="log")
     if len(axes) > 2:
         axes[2].set(xlabel="step", ylabel="degrees", title="angle to the BP gradient, hidden layers")
-    for ax in axes:
+    for ax in axes[:-1]:  # one legend, beside the last panel
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(fig, [axes[-1]], path, title)
 
 
 def write_report(runs: Sequence[RunRecord], out_dir: str | os.PathLike, title: str = "Comparison") -> dict[str, Path]:

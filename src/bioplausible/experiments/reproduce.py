@@ -212,8 +212,12 @@ def cmd_reproduce_all(args: argparse.Namespace, seeds: list[int] | None, jobs: i
 
 def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
                progress: bool = True, seeds: list[int] | None = None, workers: int = 1,
-               stack: bool = False, trust_imports: bool = False) -> dict[str, Any]:
+               stack: bool = False, trust_imports: bool = False,
+               overrides: list[str] | None = None) -> dict[str, Any]:
     """Train every run of preset ``name`` at ``scale`` with every seed; write and return a report.
+
+    ``overrides``: ``KEY=VALUE`` (or ``RULE:KEY=VALUE``) settings applied to every run, last
+    (``reproduce --epochs 3 --set dataset.subset=5000``).
 
     ``workers > 1`` runs the jobs in that many worker processes (one torch thread each);
     ``stack=True`` trains the seeds of each run as one stacked model (:mod:`bioplausible.engine.stacked`).
@@ -232,7 +236,7 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
     out_dir = Path(out or Path("runs") / f"reproduce-{preset.name}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output directory {str(out_dir)!r} is a file; choose another --out")
-    jobs = plan(preset, scale, seeds=seeds, out=out_dir, trust_imports=trust_imports)
+    jobs = plan(preset, scale, seeds=seeds, out=out_dir, trust_imports=trust_imports, overrides=overrides)
     # the same command again continues: finished runs are kept, interrupted ones resumed (as sweep does)
     plan_file = out_dir / PLAN_FILE
     if out_dir.is_dir() and any(p.name != ".sweep.lock" for p in out_dir.iterdir()):
@@ -267,7 +271,8 @@ def run_preset(name: str, scale: str = "quick", out: str | Path | None = None,
     report = {"preset": preset.name, "title": preset.title, "paper": preset.paper, "scale": scale,
               "commit": git_commit(),
               "seeds": sorted({j.seed for j in jobs}, key=[j.seed for j in jobs].index),
-              "config": config.to_dict(), "stats": stats, "status": statuses(summaries),
+              "config": config.updated({}, overrides).to_dict() if overrides else config.to_dict(),
+              "overrides": list(overrides or []), "stats": stats, "status": statuses(summaries),
               "paper_results": preset.paper_results, "checks": checks,
               "runs": [{"label": j.label, "dir": j.run_dir, "seed": j.seed} for j in jobs]}
     (out_dir / "reproduce.json").write_text(json.dumps(report, indent=2, default=str))

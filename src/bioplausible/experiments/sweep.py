@@ -108,7 +108,7 @@ def spec_from_dict(raw: Any, source: str = "sweep", base_dir: Path | None = None
         path = Path(config) if Path(config).is_absolute() or base_dir is None else base_dir / config
         if load_config is None:
             from ..engine.config import load_config
-        config = load_config(path).to_dict()
+        config = load_config(path).explicit()  # what the file sets: rules fill in the rest
     if config is not None and not isinstance(config, dict):
         raise ConfigError(f"{source}: config must be a mapping or a YAML file name")
     preset = raw.get("preset")
@@ -175,7 +175,7 @@ def _same_config(job: Job) -> None:
     path = Path(job.run_dir) / "config.yaml"
     if not path.is_file():
         return
-    stored = _flat(load_config(path, trust_imports=True).to_dict())  # compared, never built
+    stored = _flat(load_config(path, recommended=False, trust_imports=True).to_dict())  # compared, never built
     wanted = _flat(job.train_config().to_dict())
     skip = {"progress", "dataset.root", "out"}
     diff = sorted(k for k in set(stored) | set(wanted) if k not in skip and stored.get(k) != wanted.get(k))

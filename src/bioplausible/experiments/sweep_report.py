@@ -23,14 +23,8 @@ from ..core.metrics import metric_value
 from ..errors import UserError
 from .jobs import mean_std
 from .report import RunRecord, load_run
+from .report_grid import _fmt
 from .sweep import read_index
-
-
-def _fmt(ms: tuple, digits: int = 2) -> str:
-    mean, std = ms[0], ms[1]
-    if mean is None:
-        return "–"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if ms[2] > 1 else f"{mean:.{digits}f}"
 
 
 def _num(value: Any, digits: int = 2) -> str:
@@ -176,12 +170,24 @@ def _band(ax: Any, xs: list[float], runs: list[list[float]], label: str) -> None
         return
     arr = np.array([r[:n] for r in runs], dtype=float)
     mean, std = arr.mean(0), arr.std(0, ddof=1) if len(runs) > 1 else np.zeros(n)
-    line = ax.plot(xs[:n], mean, marker="o", markersize=3, label=f"{label} (n={len(runs)})")[0]
+    from .figures import rule_color
+
+    line = ax.plot(xs[:n], mean, marker="o", markersize=3, label=f"{label} (n={len(runs)})",
+                   color=rule_color(label), linestyle=_style(label))[0]
     ax.fill_between(xs[:n], mean - std, mean + std, color=line.get_color(), alpha=0.2)
 
 
-def plot(groups: dict[str, list[dict[str, Any]]], out: Path, title: str = "") -> dict[str, Path]:
-    """``curves.png``, ``angles.png`` and ``time.png`` with mean ± std bands over seeds."""
+def _style(label: str) -> str:
+    """Runs of one rule share its colour; a grid point or setting (``fa[...]``) gets its own dash."""
+    if "[" not in label:
+        return "-"
+    import zlib
+
+    return ("--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1)))[zlib.crc32(label.encode()) % 5]
+
+
+def plot(groups: dict[str, list[dict[str, Any]]], out: Path, title: str = "", fmt: str = "png") -> dict[str, Path]:
+    """``curves``, ``angles`` and ``time`` figures (``fmt``: png, pdf or svg) with mean ± std bands over seeds."""
     from .._io import pyplot
 
     plt = pyplot()
@@ -205,7 +211,7 @@ def plot(groups: dict[str, list[dict[str, Any]]], out: Path, title: str = "") ->
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set(xlabel="epoch", ylabel=name, title=f"{name.split(' (')[0]} (mean ± std)")
     axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss (mean ± std)", yscale="log")
-    paths["curves"] = _save(fig, axes, out / "curves.png", title)
+    paths["curves"] = _save(fig, axes, out / f"curves.{fmt}", title)
 
     fig, axes = plt.subplots(1, 1, figsize=(7, 4))
     for label, runs in done.items():
@@ -213,7 +219,7 @@ def plot(groups: dict[str, list[dict[str, Any]]], out: Path, title: str = "") ->
         if series and all(series):
             _band(axes, [s for s, _ in series[0]], [[v for _, v in s] for s in series], label)
     axes.set(xlabel="step", ylabel="degrees", title="angle to the BP gradient, hidden layers (mean ± std)")
-    paths["angles"] = _save(fig, [axes], out / "angles.png", title)
+    paths["angles"] = _save(fig, [axes], out / f"angles.{fmt}", title)
 
     fig, axes = plt.subplots(1, 1, figsize=(7, 4))
     for label, runs in done.items():
@@ -225,34 +231,25 @@ def plot(groups: dict[str, list[dict[str, Any]]], out: Path, title: str = "") ->
             _band(axes, list(times), [[e.get(key, float("nan")) for e in r.epochs] for r in runs], label)
     axes.set(xlabel="training time (s, mean over seeds)", ylabel=name,
              title=f"{name.split(' (')[0]} against time (one point per epoch)")
-    paths["time"] = _save(fig, [axes], out / "time.png", title)
+    paths["time"] = _save(fig, [axes], out / f"time.{fmt}", title)
     return paths
 
 
 def _save(fig: Any, axes: list[Any], path: Path, title: str) -> Path:
-    import matplotlib.pyplot as plt
+    from .figures import save
 
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, axes, path, title)
 
 
 def write_sweep_report(base: str | os.PathLike, out: str | os.PathLike | None = None,
-                       title: str | None = None) -> dict[str, Any]:
+                       title: str | None = None, fmt: str = "png") -> dict[str, Any]:
     """Write the report files of sweep folder ``base`` into ``out`` (default: ``base``)."""
     index, groups = collect(base)
     folder = Path(out) if out else Path(base)
     folder.mkdir(parents=True, exist_ok=True)
     t = tables(index, groups)
     title = title or f"Sweep {index.get('name', '')}"
-    figs = plot(groups, folder, title)
+    figs = plot(groups, folder, title, fmt=fmt)
     seeds = index.get("seeds", [])
     md = [f"# {title}", "", f"{len(index['runs'])} runs, seeds {seeds}"
           + (f", preset `{index['preset']}` at scale `{index.get('scale')}`" if index.get("preset") else "") + ".",
@@ -265,7 +262,18 @@ def write_sweep_report(base: str | os.PathLike, out: str | os.PathLike | None = 
     layers = layer_markdown(t)
     if layers:
         md += ["Per-layer angles:", "", layers, ""]
-    md += ["![curves](curves.png)", "", "![angles](angles.png)", "", "![time](time.png)", ""]
+    from .report_grid import grid_of, pivot_markdown, plot_grid
+
+    grid = grid_of(groups)
+    if grid is not None:
+        md += [f"Grid over `{grid[0]}` ({t['metric']}, mean ± std):", "", pivot_markdown(grid, t["stats"], t["metric"]), ""]
+        figs["grid"] = plot_grid(grid, t["stats"], t["metric"], folder / f"grid.{fmt}", title)
+    done = [r["run"] for runs in groups.values() for r in runs if r["run"] is not None]
+    if done:
+        from .report_grid import header
+
+        md[2:2] = [*header(done), ""]
+    md += [f"![{name}]({p.name})" for name, p in figs.items()] + [""]
     failed = [(label, r) for label, runs in groups.items() for r in runs if r["status"] not in ("completed",)]
     for label, r in failed:
         msg = (r["run"].summary.get("message", "") if r["run"] is not None else "")

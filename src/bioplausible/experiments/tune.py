@@ -198,6 +198,39 @@ def _worker(storage: str, study: str, sampler: str, seed: int | None, n_trials: 
     s.optimize(make_objective(*args, worker=True), n_trials=n_trials)
 
 
+def check_space(base: Any, params: list[Param]) -> None:
+    """Every --param's bounds (or choices) make a valid config for the rule, before any trial runs:
+    an unknown key, a value of the wrong type or out of the rule's range is one ConfigError line."""
+    from ..rules.registry import make
+    from ..engine.config import _merge
+    from .jobs import _dotted
+
+    for p in params:
+        values = p.choices if p.kind == "choice" else (
+            [int(p.low), int(p.high)] if p.kind == "int" else [p.low, p.high])
+        for value in values:
+            try:
+                config = base.updated(_merge({}, _dotted(p.key, value)))
+                make(config["rule"]["name"], **config.rule_options())
+            except UserError as exc:
+                raise ConfigError(f"--param {p.key}: the value {value!r} is refused before any trial: "
+                                  f"{' '.join(str(exc).split())}") from None
+
+
+def write_trials(study: Any, path: Path) -> Path:
+    """``trials.csv``: one row per trial (number, value, state, the run's status, its parameters)."""
+    import csv
+
+    keys = sorted({k for t in study.trials for k in t.params})
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["trial", "value", "state", "status", *keys, "run_dir"])
+        for t in sorted(study.trials, key=lambda t: t.number):
+            w.writerow([t.number, t.value, t.state.name.lower(), t.user_attrs.get("status", ""),
+                        *[t.params.get(k) for k in keys], t.user_attrs.get("run_dir", "")])
+    return path
+
+
 def tune(base: Any, params: list[Param], trials: int, out: str | os.PathLike, metric: str = "test_accuracy",
          objective: str = "final", sampler: str = "tpe", seed: int | None = 0, storage: str | None = None,
          study: str | None = None, jobs: int = 1) -> Any:
@@ -248,6 +281,7 @@ def tune(base: Any, params: list[Param], trials: int, out: str | os.PathLike, me
         for p in procs:
             p.join()
         s = optuna.load_study(study_name=name, storage=storage)
+    write_trials(s, out / "trials.csv")
     return s
 
 

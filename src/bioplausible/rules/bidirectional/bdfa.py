@@ -88,6 +88,12 @@ class BidirectionalDFA(Rule):
     Models: MLPs (``nn.Linear`` + elementwise activations).
     """
 
+    option_help: ClassVar[dict[str, str]] = {
+        "update": "B_l's agreement update: code (ascent on Σ log s, the authors' code) or paper (descent on Σ(1 − s))",
+        "target": "the label projection's target y′: none (y), paper (y + αŷ, eq 51) or code (αŷ with the true class 1)",
+        "alpha": "α of the mixed target y′ (target paper or code)",
+        "pairing": "which layer's activity trains B_l: fed (the layer it feeds) or index (eqs 40-41's literal indices)",
+    }
     family = "feedback"
     paper = "Luo, Fu & Glass 2017"
     summary = "DFA through direct matrices learned by agreement of y′B_l with h_l"

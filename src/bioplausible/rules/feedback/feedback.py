@@ -61,6 +61,10 @@ from ..registry import register
 
 
 class FeedbackRule(Rule):
+    option_help: ClassVar[dict[str, str]] = {
+        "feedback_init": "initial B: default U(±1/√fan_in), weight_std N(0, std(W)²), weight a copy of W",
+        "scale": "sign rules' magnitude c: mean_abs (the layer's mean |W|, BP's magnitude) or unit (c = 1)",
+    }
     """Common part: convert the model, give every layer the rule's pathway, initialise B."""
 
     family = "feedback"
@@ -223,6 +227,11 @@ class KolenPollack(FeedbackRule):
     Models: any model of ``nn.Linear`` / ``nn.Conv2d`` layers, as ``fa``.
     """
 
+    option_help: ClassVar[dict[str, str]] = {
+        "decay": "λ, weight decay on W and B: W − B shrinks by (1 − lr·λ) per SGD step; 0 is the matched rule",
+        "learn_unused": "also learn the first layer's B, which no signal passes through (to plot its alignment)",
+        "decay_in": "where λ is applied: optimizer (its weight_decay of the W and B groups) or backward (in the gradients)",
+    }
     paper = "Kolen & Pollack 1994; Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019"
     summary = "B learns W's update; decay λ on both: W − B shrinks by (1 − lr·λ) per SGD step"
     defaults: ClassVar[dict[str, Any]] = {"decay": 1e-3, "feedback_init": "default",

@@ -31,6 +31,14 @@ class GhostMA(GhostRule):
 
     summary = "ghost units MA: V learns in the free phase (eqs 4-5), W at every nudged step (eq 6)"
     model = "MA"
+    #: Table 2's network: sigmoid units everywhere (the output too), no biases, U(−0.2, 0.2), the
+    #: nudged loss with β 10 on unit-scaled inputs; batches of 10 rather than the paper's 100: at
+    #: Table 2's rates MA needs many steps (26 % after one epoch of 10k images at batch 100,
+    #: REPRODUCTION.md), ten times as many updates per epoch learn within one epoch
+    recommended: ClassVar[dict[str, Any]] = {
+        "batch_size": 10,
+        "model": {"activation": "sigmoid", "output_activation": "sigmoid", "bias": False, "init": "uniform:0.2"},
+        "dataset": {"normalize": "unit"}, "loss": "nudged_batchmean:10"}
     defaults: ClassVar[dict[str, Any]] = {**COMMON, "ghost_units": None}
 
     def validate(self) -> None:
@@ -63,6 +71,12 @@ class GhostMAPrime(GhostMA):
 
     summary = "ghost units MA′: V and W learn at every step of both phases, ΔV^b clipped"
     model = "MA'"
+    #: Table 3's network and loss (sigmoid everywhere, no biases, U(−0.2, 0.2), squared error, unit
+    #: inputs, batch 100) with the updates summed over the batch (Table 3's runs; the batch mean
+    #: learns too slowly to leave chance in one epoch)
+    recommended: ClassVar[dict[str, Any]] = {
+        "model": {"activation": "sigmoid", "output_activation": "sigmoid", "bias": False, "init": "uniform:0.2"},
+        "dataset": {"normalize": "unit"}, "loss": "mse_batchmean", "rule": {"reduction": "sum"}}
     defaults: ClassVar[dict[str, Any]] = {**GhostMA.defaults, "beta": 0.2, "eta_w": 0.2, "eta_v": 0.03,
                                           "clip_dvb": 2.0, "clip_on": "increment"}
 
@@ -90,6 +104,12 @@ class GhostMB(GhostRule):
 
     summary = "ghost units MB: V^b cancels feedback per example (eq 15), W learns once per example"
     model = "MB"
+    #: Table 4: one example per step, sigmoid units everywhere, no biases, U(−0.05, 0.05), summed
+    #: squared error on unit-scaled inputs
+    recommended: ClassVar[dict[str, Any]] = {
+        "batch_size": 1,
+        "model": {"activation": "sigmoid", "output_activation": "sigmoid", "bias": False, "init": "uniform:0.05"},
+        "dataset": {"normalize": "unit"}, "loss": "mse_sum"}
     STATE_INITS: ClassVar[tuple[str, ...]] = ("carry", "feedforward", "zero")
     defaults: ClassVar[dict[str, Any]] = {
         **COMMON, "dt": 0.005, "tau": 0.01, "beta": 0.1, "free_steps": 100, "clamped_steps": 40,

@@ -102,6 +102,19 @@ class GhostRule(Rule):
     ``Sigmoid`` pairs, the output included (``mlp:...,activation=sigmoid,output_activation=sigmoid``).
     """
 
+    option_help: ClassVar[dict[str, str]] = {
+        "dt": "Euler step of the circuit dynamics (s)", "tau": "membrane time constant τ (s)",
+        "beta": "β, strength of the output nudge in the weakly-clamped phase",
+        "free_steps": "Euler steps of the free phase",
+        "state_init": "circuit state at the start of a step: feedforward (s = s̃), carry (from the previous "
+                      "example, MB) or zero",
+        "divergence_threshold": "|state| above this (or non-finite) stops the run as diverged",
+        "ghost_units": "ghost units per hidden layer: null = one per unit of the layer above (MA), or a count",
+        "clip_dvb": "MA′: element-wise bound on ΔV^b (null: no clipping)",
+        "clip_on": "MA′: clip the per-step increment (increment) or V̇^b before the dt factor (derivative)",
+        "kernel": "MB's per-example loop: auto (numba where installed), numba or torch",
+    }
+
     family = "circuit"
     paper = ("Mesnard, Vignoud, Sacramento, Senn & Bengio 2019, Ghost units yield biologically "
              "plausible backprop in deep neural networks (arXiv 1911.08585)")

@@ -52,6 +52,9 @@ class Matched(KolenPollack):
     defaults: ClassVar[dict[str, Any]] = {**KolenPollack.defaults, "decay": 0.0}
 
 
+C_H_HELP = {"c_h": "std of the Gaussian noise added to every hidden activity in training passes"}
+
+
 class _ActivationNoise:
     """Forward pre-hook: ``h ← h + c_h ξ`` on a layer's input in training passes."""
 
@@ -90,6 +93,7 @@ class NoisyBP(BP):
     Models: any model of ``nn.Linear`` / ``nn.Conv2d`` layers.
     """
 
+    option_help: ClassVar[dict[str, str]] = C_H_HELP
     paper = "Lansdell, Prakash & Kording 2020 (control)"
     summary = "control: BP on hidden activities with Gaussian noise of std c_h"
     defaults: ClassVar[dict[str, Any]] = {"c_h": 0.01}
@@ -112,6 +116,7 @@ class NoisyFA(FeedbackAlignment):
     Models: any model of ``nn.Linear`` / ``nn.Conv2d`` layers.
     """
 
+    option_help: ClassVar[dict[str, str]] = C_H_HELP
     paper = "Lansdell, Prakash & Kording 2020 (control)"
     summary = "control: FA on hidden activities with Gaussian noise of std c_h"
     defaults: ClassVar[dict[str, Any]] = {**FeedbackAlignment.defaults, "c_h": 0.01}
@@ -136,6 +141,7 @@ class NoisyMatched(Matched):
     Models: any model of ``nn.Linear`` / ``nn.Conv2d`` layers.
     """
 
+    option_help: ClassVar[dict[str, str]] = C_H_HELP
     paper = "Lansdell, Prakash & Kording 2020 (control, Table 2a 'Matched' with noise)"
     summary = "control: matched (KP, decay 0) on hidden activities with Gaussian noise of std c_h"
     defaults: ClassVar[dict[str, Any]] = {**Matched.defaults, "c_h": 0.01}
@@ -188,6 +194,7 @@ class DenoisingBP(BP):
     paper = "Lansdell, Prakash & Kording 2020 (control); Vincent et al. 2008"
     summary = "control: BP on inputs with Gaussian noise of std input_noise (denoising autoencoder)"
     defaults: ClassVar[dict[str, Any]] = {"input_noise": 0.3}
+    option_help: ClassVar[dict[str, str]] = {"input_noise": "std σ of the Gaussian noise added to the inputs"}
 
     def validate(self) -> None:
         _check_std(self, "input_noise")

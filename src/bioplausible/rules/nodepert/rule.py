@@ -110,10 +110,17 @@ class _Hooks:
 
 
 class _NodePerturbation(Rule):
+    option_help: ClassVar[dict[str, str]] = {
+        "feedback_init": "initial B: default U(±1/√fan_in), weight_std N(0, std(W)²), weight a copy of W",
+        "conv_scale": "a conv tap's initial D: ÷√positions (sqrt_positions), ÷positions or none, as dfa",
+    }
     family = "feedback"
     paper = "Lansdell, Prakash & Kording 2020"
     form: ClassVar[str] = "fa"       # "fa" | "dfa"
     target: ClassVar[str] = "np"     # "np" | "sg"
+    #: B (or D) regresses onto a noisy estimate: at the forward rate (0.1) it overshoots and the
+    #: forward weights follow a wrong signal; 1e-3 learns (the paper's Fig. 2 uses 5e-4 with lr 4e-4)
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": {"groups": {"feedback": {"lr": 1e-3}}}}
     defaults: ClassVar[dict[str, Any]] = {
         "c_h": 0.01,               # noise std of the perturbation (Fig. 2: 0.01)
         "noise_at": "post",        # "post": after σ (authors' code) | "pre": inside σ (paper eq)

@@ -113,6 +113,24 @@ class SAL(Rule):
     Models: MLPs of ``nn.Linear`` layers with elementwise activations.
     """
 
+    option_help: ClassVar[dict[str, str]] = {
+        "width": "downstream width per hidden layer, a multiple of the upstream width (a number or one per layer)",
+        "downstream": "φ of the downstream stream: identity (paper), relu_jacobian (f′(u_k); gives KP), relu, tanh",
+        "rates": "{W, B, Q, R}: ratios of the four learning rates; the optimizer's lr is the overall scale",
+        "decay": "γ, weight decay on all four matrices (the optimizer's weight_decay of each group)",
+        "decay_scaling": "rate: X shrinks by η_X·γ per step (torch's convention); absolute: by γ for every matrix",
+        "plastic": "the matrices that learn (paper Fig. 4 ablations); the others keep their init",
+        "sign": "s = ±1 of the Q/R data term (−1: the gradient-descent sign of the local losses)",
+        "qr_term": "Q/R data term from activity (h, g) or potential (u, v)",
+        "read": "W gated by g (after φ) or v (before φ)",
+        "top": "fixed (Q_L = R_L = I) or plastic top-layer Q/R",
+        "qr_init": "Q, R at init: zero, random N(0, qr_init_scale²/fan_in), tied (random R, Q = Rᵀ) or identity",
+        "qr_init_scale": "std scale of a random Q/R init: N(0, qr_init_scale²/fan_in)",
+        "b_init": "B at init: normal N(0, 1/fan_in), zero or transpose (Wᵀ, equal widths)",
+        "timing": "simultaneous (all four from one cycle) or feedback_first (B, Q, R step first, then W)",
+        "output_error": "the top error e: loss (∂loss/∂h_L of the trainer's loss), mse ((h_L − y)/N) or cross_entropy",
+        "modulation": "τ of the optional inference-time short-term modulation (SAL.modulate); 0: off",
+    }
     family = "circuit"
     paper = "Liao, Ziyin, Gan, Cheung, Harnett & Poggio 2024 (arXiv 2412.20018), reconstructed"
     summary = "four heterosynaptic matrices W, B, Q, R: ΔW = −η(Q g)hᵀ, ΔB = −η(R h)gᵀ, ΔQ = sη h gᵀ"

@@ -111,7 +111,7 @@ def test_a_non_finite_evaluation_is_a_diverged_run(tmp_path):
     a = _arrays()
     data = {"train": (torch.tensor(a["x_train"], dtype=torch.float32), torch.tensor(a["y_train"])),
             "test": (torch.tensor(a["x_test"], dtype=torch.float32), torch.tensor(a["y_test"]))}
-    result = bp.fit(_NanWhenEvaluated(), "bp", data, epochs=2, batch_size=10, progress=False,
+    result = bp.fit(_NanWhenEvaluated(), "bp", data, epochs=2, batch_size=10,
                     out=tmp_path / "run")
     assert result.summary["status"] == "diverged", result.summary
     assert "test_loss" in result.summary["message"] and "not finite" in result.summary["message"]
@@ -128,7 +128,7 @@ def test_python_tensors_with_bad_values_are_data_errors(fix, words):
     a = _arrays()
     x, y = fix(torch.tensor(a["x_train"], dtype=torch.float32), torch.tensor(a["y_train"]))
     with pytest.raises(bp.DataError) as info:
-        bp.fit(nn.Linear(4, 3), "bp", (x, y), epochs=1, batch_size=10, progress=False)
+        bp.fit(nn.Linear(4, 3), "bp", (x, y), epochs=1, batch_size=10)
     for w in words:
         assert w in str(info.value), (w, str(info.value))
 
@@ -142,6 +142,6 @@ def test_ghost_mb_in_float16_runs_on_the_torch_path(tmp_path):
     model = bp.MLP([4, 5, 3], activation="sigmoid", output_activation="sigmoid").half()
     data = {"train": (torch.tensor(a["x_train"], dtype=torch.float16), torch.tensor(a["y_train"])),
             "test": (torch.tensor(a["x_test"], dtype=torch.float16), torch.tensor(a["y_test"]))}
-    result = bp.fit(model, rule, data, epochs=1, batch_size=1, dtype="float16", progress=False)
+    result = bp.fit(model, rule, data, epochs=1, batch_size=1, dtype="float16")
     assert result.summary["status"] == "completed", result.summary
     assert model[1].weight.dtype == torch.float16

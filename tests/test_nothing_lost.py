@@ -23,16 +23,16 @@ def _bytes(folder):
 def test_report_of_one_compare_run_leaves_the_comparison_report_alone(synthetic_root, tmp_path, capsys):
     cmp = tmp_path / "cmp"
     assert main(["compare", "--rules", "bp,fa", *SMALL, "--out", str(cmp)]) == 0
-    before = {f: (cmp / f).read_bytes() for f in ("report.md", "curves.png", "comparison.json")}
-    assert main(["report", str(cmp / "bp")]) == 0
+    before = {f: (cmp / f).read_bytes() for f in ("report.md", "curves.png", "results.csv")}
+    assert main(["report", str(cmp / "bp-seed0")]) == 0
     assert {f: (cmp / f).read_bytes() for f in before} == before
-    assert "| bp |" in (cmp / "bp" / "report.md").read_text()  # the one-run report lives in the run
+    assert "| bp |" in (cmp / "bp-seed0" / "report.md").read_text()  # the one-run report lives in the run
     capsys.readouterr()
-    assert main(["report", str(cmp / "bp"), str(cmp / "fa")]) == 2
+    assert main(["report", str(cmp / "bp-seed0"), str(cmp / "fa-seed0")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "already holds report.md" in err and "--out" in err
     assert {f: (cmp / f).read_bytes() for f in before} == before
-    assert main(["report", str(cmp / "bp"), str(cmp / "fa"), "--out", str(cmp)]) == 0  # named: replaced
+    assert main(["report", str(cmp / "bp-seed0"), str(cmp / "fa-seed0"), "--out", str(cmp)]) == 0  # named: replaced
 
 
 PRESET = """\

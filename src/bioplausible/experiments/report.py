@@ -194,7 +194,10 @@ def plot_curves(runs: Sequence[RunRecord], path: str | os.PathLike, title: str =
         axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
     else:
         axes[0].set(xlabel="epoch", ylabel="test loss", title="test loss (lower is better)")
-    axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss", yscale="log")
+    losses = [e.get("train_loss") for r in runs for e in r.epochs]
+    positive = any(isinstance(v, (int, float)) and v > 0 and math.isfinite(v) for v in losses)
+    axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss",
+                yscale="log" if positive else "linear")  # a log axis needs one positive value
     if len(axes) > 2:
         axes[2].set(xlabel="step", ylabel="degrees", title="angle to the BP gradient, hidden layers")
     for ax in axes[:-1]:  # one legend, beside the last panel

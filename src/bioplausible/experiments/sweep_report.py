@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -210,7 +211,10 @@ def plot(groups: dict[str, list[dict[str, Any]]], out: Path, title: str = "", fm
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set(xlabel="epoch", ylabel=name, title=f"{name.split(' (')[0]} (mean ± std)")
-    axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss (mean ± std)", yscale="log")
+    losses = [e.get("train_loss") for runs in done.values() for r in runs for e in r.epochs]
+    positive = any(isinstance(v, (int, float)) and v > 0 and math.isfinite(v) for v in losses)
+    axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss (mean ± std)",
+                yscale="log" if positive else "linear")  # a log axis needs one positive value
     paths["curves"] = _save(fig, axes, out / f"curves.{fmt}", title)
 
     fig, axes = plt.subplots(1, 1, figsize=(7, 4))

@@ -382,14 +382,15 @@ class Trainer:
         record.update({f"rule/{k}": v for k, v in self.rule.epoch_metrics(self.model).items()})
         return record
 
-    def _print_epoch(self, record: dict[str, Any]) -> None:
+    def _print_epoch(self, record: dict[str, Any], stacked: bool = False) -> None:
         split = "test" if "test" in self.eval_splits else "val" if "val" in self.eval_splits else None
         test = ("" if split is None  # nothing to evaluate on: no made-up "nan%"
                 else f"{split} loss {record[f'{split}_loss']:.4g}" if self.task == "reconstruction"
                 else f"{split} acc {record[f'{split}_accuracy']:.2f}%")
-        msg = (f"[{self.rule.name}] epoch {self.epoch}/{self.config['epochs']}  "
+        who = f"{self.rule.name} seed {self.config['seed']}" if stacked else self.rule.name
+        msg = (f"[{who}] epoch {self.epoch}/{self.config['epochs']}  "
                f"loss {record['train_loss']:.4f}  {test}  "
-               f"{record['epoch_time']:.1f}s ({record['samples_per_s']:.0f} ex/s)")
+               f"{record['epoch_time']:.1f}s ({record['samples_per_s']:.0f} ex/s{', stacked' if stacked else ''})")
         print(msg, flush=True)
 
     def _run_epoch(self) -> None:
@@ -404,6 +405,14 @@ class Trainer:
             record = self.train_epoch(bar)
         finally:
             bar.close()
+        self.end_epoch(record)
+
+    def end_epoch(self, record: dict[str, Any], stacked: bool = False) -> None:
+        """After a training epoch: evaluate, log, step the schedule, checkpoint when due.
+
+        A non-finite evaluation loss is a :class:`DivergenceError`. The stacked runner
+        (:mod:`bioplausible.experiments.runs`) calls this for each of its runs (``stacked=True``)."""
+        cfg = self.config
         self.epoch += 1
         record = self._evaluate_epoch(record)
         if self.schedule is not None:
@@ -419,7 +428,7 @@ class Trainer:
                                   f"{record[bad[0]]:g}: the model's outputs are not finite; "
                                   f"lower the learning rate or change the rule's hyperparameters")
         if self.progress:
-            self._print_epoch(record)
+            self._print_epoch(record, stacked)
         if self.epoch % cfg["checkpoint_every"] == 0 or self.epoch == cfg["epochs"]:
             self.save_checkpoint()
 

@@ -212,8 +212,16 @@ class StackedTraining:
                 if not self.active:
                     break
                 self.stack.unstack()
-                for i, record in zip(list(self.active), records):
-                    self.end_epoch(i, record)
+                diverged: dict[int, str] = {}
+                for k, (i, record) in enumerate(zip(list(self.active), records)):
+                    try:
+                        self.end_epoch(i, record)
+                    except DivergenceError as exc:  # a non-finite evaluation, as an unstacked run
+                        diverged[k] = str(exc)
+                if diverged:
+                    self._diverge(diverged, self.trainers[self.active[0]].step, results)
+                    if not self.active:
+                        break
                 self.stack.refresh_rates()
         except KeyboardInterrupt:
             self.stack.unstack()
@@ -363,38 +371,9 @@ class StackedTraining:
         return keep
 
     def end_epoch(self, i: int, record: dict[str, Any]) -> None:
-        """What :meth:`Trainer.run` does after a training epoch, for run ``i``."""
-        from ..core.probe import feedback_errors
-        from ..engine.trainer import evaluate
-
-        t = self.trainers[i]
-        cfg = t.config
-        t.epoch += 1
-        t0 = time.perf_counter()
-        for split_name, split in t.eval_splits.items():
-            for k, v in evaluate(t.model, split, t.loss, cfg["eval_batch_size"], t.task).items():
-                record[f"{split_name}_{k}"] = v
-        if cfg["eval_train"]:
-            for k, v in evaluate(t.model, t.train_split, t.loss, cfg["eval_batch_size"], t.task).items():
-                record[f"train_eval_{k}"] = v
-        record = {"kind": "epoch", "epoch": t.epoch, "step": t.step, **record,
-                  "eval_time": time.perf_counter() - t0, "lr": t.optimizer.param_groups[0]["lr"]}
-        record.update(feedback_errors(t.rule, t.model))
-        record.update({f"rule/{k}": v for k, v in t.rule.metrics(t.model).items()})
-        if t.schedule is not None:
-            t.schedule.step()
-        t.history.append(record)
-        t._log(record)
-        for cb in t.callbacks:
-            cb(record)
-        if t.progress:
-            test = (f"test loss {record.get('test_loss', float('nan')):.4g}" if t.task == "reconstruction"
-                    else f"test acc {record.get('test_accuracy', float('nan')):.2f}%")
-            print(f"[{t.rule.name} seed {cfg['seed']}] epoch {t.epoch}/{cfg['epochs']}  "
-                  f"loss {record['train_loss']:.4f}  {test}  {record['epoch_time']:.1f}s "
-                  f"({record['samples_per_s']:.0f} ex/s, stacked)", flush=True)
-        if t.epoch % cfg["checkpoint_every"] == 0 or t.epoch == cfg["epochs"]:
-            t.save_checkpoint()
+        """What :meth:`Trainer.run` does after a training epoch, for run ``i`` (its own trainer's
+        :meth:`~bioplausible.engine.trainer.Trainer.end_epoch`)."""
+        self.trainers[i].end_epoch(record, stacked=True)
 
 
 

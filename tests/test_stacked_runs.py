@@ -37,7 +37,7 @@ def _close(a, b, where: str) -> None:
     elif isinstance(a, float) and isinstance(b, float):
         # an angle near 0 is arccos(1 − ε) ≈ √(2ε): rounding of 1e-16 shows as ~1e-6 degrees
         tol = 1e-5 if "angle" in where else 1e-9
-        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=tol), (where, a, b)
+        assert (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=tol), (where, a, b)
     else:
         assert a == b, (where, a, b)
 
@@ -172,4 +172,27 @@ def test_stacked_reproduce_gives_the_unstacked_report(synthetic_root, tmp_path, 
     b = json.loads((tmp_path / "stacked" / "reproduce.json").read_text())
     a.pop("runs"), b.pop("runs")
     _close(a, b, "reproduce.json")
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")
+
+
+def test_a_stacked_run_whose_evaluation_is_not_finite_diverges_as_it_does_alone(synthetic_root, tmp_path,
+                                                                                    capsys, monkeypatch):
+    """A non-finite evaluation loss marks the run diverged, in a stack as alone (seed 1 here; the
+    other seeds go on and match their unstacked runs)."""
+    from bioplausible.engine import trainer as tr
+
+    real = tr.Trainer._evaluate_epoch
+
+    def nan_for_seed_1(self, record):
+        out = real(self, record)
+        if self.config["seed"] == 1:
+            out["test_loss"] = float("nan")
+        return out
+
+    monkeypatch.setattr(tr.Trainer, "_evaluate_epoch", nan_for_seed_1)
+    assert _compare(tmp_path / "plain", "bp", stack=False) == 0
+    assert _compare(tmp_path / "stacked", "bp", stack=True) == 0
+    for folder in ("plain", "stacked"):
+        status = {p.name: json.loads((p / "summary.json").read_text())["status"] for p in _runs(tmp_path / folder)}
+        assert status == {"bp-seed0": "completed", "bp-seed1": "diverged", "bp-seed2": "completed"}, (folder, status)
     _same_runs(tmp_path / "plain", tmp_path / "stacked")

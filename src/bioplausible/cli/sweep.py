@@ -69,30 +69,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         from ..experiments.merged_report import write_merged_report
 
-        out = args.out or default_report_dir(args.run_dirs)
-        paths = write_merged_report(args.run_dirs, out=out, title=title or "Comparison", fmt=fmt)
+        paths = write_merged_report(args.run_dirs, out=args.out, title=title or "Comparison", fmt=fmt)
     print(paths["report"].read_text())  # the settings the runs share (model, data sizes) and the tables
     print(f"report: {paths['report']}\ncsv:    {paths['csv']}")
     return 0
-
-
-REPORT_FILES = ("report.md", "results.csv", "curves.png", "comparison.json")
-
-
-def default_report_dir(run_dirs: list[str]) -> Path:
-    """Where ``report RUN...`` writes without ``--out``: one run's report goes inside that run's
-    folder; several runs' into their common folder, unless it already holds a report (a
-    ``compare`` folder), which is never replaced without ``--out`` naming it."""
-    import os
-
-    if len(run_dirs) == 1:
-        return Path(run_dirs[0])
-    common = Path(os.path.commonpath([str(Path(p).resolve()) for p in run_dirs]))
-    there = [f for f in REPORT_FILES if (common / f).exists()]
-    if there:
-        raise UserError(f"{str(common)!r} already holds {there[0]} (written by compare or an earlier report); "
-                        f"pass --out DIR to write this report elsewhere (or --out {str(common)!r} to replace it)")
-    return common
 
 
 def compare_seeds(base: Any, rules: list[str], seeds: list[int], out: Path, jobs: int, fmt: str = "png",

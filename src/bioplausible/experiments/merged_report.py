@@ -17,10 +17,11 @@ import json
 import math
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import UserError
-from .report import RunRecord, load_run
+from .report import RunRecord, load_run, report_folder
 from .report_grid import (HEADER_KEYS, IGNORED, _flat, _sort_key, grid_of, header, pivot_markdown,  # noqa: F401
                           plot_grid, settings_of)
 
@@ -83,22 +84,32 @@ def group_runs(runs: list[RunRecord]) -> dict[str, list[dict[str, Any]]]:
 
 
 # ----------------------------------------------------------------------------- report
+REPORT_FILES = ("report.md", "results.csv", "curves.png", "comparison.json")
+
+
+def default_report_dir(paths: Sequence[str | os.PathLike]) -> Path:
+    """Where a report of ``paths`` goes without ``out``: one folder's report goes inside it; several
+    folders' into their common folder, unless that already holds a report (a ``compare`` folder),
+    which is never replaced without ``out`` naming it."""
+    if len(paths) == 1:
+        return Path(paths[0])
+    common = Path(os.path.commonpath([str(Path(p).resolve()) for p in paths]))
+    there = [f for f in REPORT_FILES if (common / f).exists()]
+    if there:
+        raise UserError(f"{str(common)!r} already holds {there[0]} (written by compare or an earlier report); "
+                        f"pass --out DIR to write this report elsewhere (or --out {str(common)!r} to replace it)")
+    return common
+
+
 def write_merged_report(paths: list[str | os.PathLike], out: str | os.PathLike | None = None,
                         title: str = "Comparison", fmt: str = "png") -> dict[str, Any]:
-    """Write the merged report of ``paths`` into ``out`` (default: the first path, or its parent
-    for a single run directory)."""
+    """Write the merged report of ``paths`` into ``out`` (default: :func:`default_report_dir`,
+    which never replaces a report it was not asked to)."""
     from .sweep_report import (layer_markdown, markdown, plot, tables, write_csv, write_layers_csv)
 
     dirs = find_runs(paths)
     runs = [load_run(d) for d in dirs]
-    first = Path(paths[0])
-    folder = Path(out) if out else (first.parent if (first / "summary.json").is_file() else first)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write the report into {str(folder)!r}: {exc.strerror}; give a folder with --out") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write the report into {str(folder)!r}: not writable; give a folder with --out")
+    folder = report_folder(out if out else default_report_dir(paths))
     groups = group_runs(runs)
     presets = {(r.summary.get("job") or {}).get("preset") for r in runs}
     index = {"preset": presets.pop() if len(presets) == 1 else None}

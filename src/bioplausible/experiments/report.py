@@ -205,15 +205,21 @@ def plot_curves(runs: Sequence[RunRecord], path: str | os.PathLike, title: str =
     return save(fig, [axes[-1]], path, title)
 
 
-def write_report(runs: Sequence[RunRecord], out_dir: str | os.PathLike, title: str = "Comparison") -> dict[str, Path]:
-    """Write ``report.md``, ``curves.png`` and ``comparison.json`` into ``out_dir``."""
-    out = Path(out_dir)
+def report_folder(path: str | os.PathLike) -> Path:
+    """``path`` created if needed and writable, or a one-line UserError."""
+    out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write the report into {str(out)!r}: {exc.strerror}; give a folder with --out") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise UserError(f"cannot write the report into {str(out)!r}: not writable; give a folder with --out")
+    return out
+
+
+def write_report(runs: Sequence[RunRecord], out_dir: str | os.PathLike, title: str = "Comparison") -> dict[str, Path]:
+    """Write ``report.md``, ``curves.png`` and ``comparison.json`` into ``out_dir``."""
+    out = report_folder(out_dir)
     rows = comparison_rows(runs)
     png = plot_curves(runs, out / "curves.png", title)
     cfg = runs[0].config if runs else {}

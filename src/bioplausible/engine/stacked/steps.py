@@ -63,14 +63,18 @@ class StackedRule:
         ``{kind: [(stacked (R, ...), [run tensor, ...]), ...]}`` (written back by :meth:`unstack`)."""
         return {}
 
-    def unstack(self) -> None:
-        """Write every run's state back into its own model and rule (before evaluation, checkpoints)."""
-        self.net.unstack()
+    def _copy_feedback(self, to_runs: bool) -> None:
+        """Every owned tensor from the stack into the runs (``to_runs``) or back."""
         with torch.no_grad():
             for pairs in self.feedback_tensors().values():
                 for stacked, runs in pairs:
                     for r, t in enumerate(runs):
-                        t.copy_(stacked[r])
+                        (t.copy_(stacked[r]) if to_runs else stacked[r].copy_(t))
+
+    def unstack(self) -> None:
+        """Write every run's state back into its own model and rule (before evaluation, checkpoints)."""
+        self.net.unstack()
+        self._copy_feedback(to_runs=True)
         self.unstack_rule()
 
     def unstack_rule(self) -> None:
@@ -79,11 +83,7 @@ class StackedRule:
     def restack(self) -> None:
         """Read every run's state again (after a checkpoint was loaded into the runs)."""
         self.net.restack()
-        with torch.no_grad():
-            for pairs in self.feedback_tensors().values():
-                for stacked, runs in pairs:
-                    for r, t in enumerate(runs):
-                        stacked[r].copy_(t)
+        self._copy_feedback(to_runs=False)
         self.restack_rule()
 
     def restack_rule(self) -> None:
@@ -190,11 +190,7 @@ class StackedRule:
 
     def write_feedback(self) -> None:
         """Every run's feedback tensors as they stand (a probe after a step that changed them)."""
-        with torch.no_grad():
-            for pairs in self.feedback_tensors().values():
-                for stacked, runs in pairs:
-                    for r, t in enumerate(runs):
-                        t.copy_(stacked[r])
+        self._copy_feedback(to_runs=True)
 
     def update_layer(self, i: int, delta: torch.Tensor, h: torch.Tensor) -> None:
         """SGD on ``W_i`` and ``b_i`` with the gradient ``δ_iᵀ h`` and ``Σ_n δ_i``."""

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ...core.losses import get_loss
+from ...core.image_out import save_figure
 from ...errors import DataError
 from ...nn.mlp import _apply, mlp_layout
 from ..registry import make
@@ -144,9 +145,10 @@ def plot_relaxation_convergence(result: dict[str, Any], path: str | os.PathLike)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=120)  # a full disk is one line
+    finally:
+        plt.close(fig)
 
 
 def run_relaxation_diagnostic(out_dir: str | os.PathLike, dataset: str = "mnist", *,

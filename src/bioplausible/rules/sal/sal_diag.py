@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ...core.image_out import save_figure
 from ...core.rule import Rule
 
 
@@ -82,9 +83,10 @@ def gram_images(rule: Rule, model: nn.Module, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=80)  # a full disk is one line
+    finally:
+        plt.close(fig)
 
 
 __all__ = ["effective_rank", "gram_images", "qr_lambda_min", "qr_misalignment", "sal_metrics"]

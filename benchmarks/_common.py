@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,3 +46,12 @@ def round_robin(names: Sequence[str], time_one: Callable[[str, bool], float], re
         rows[name] = {"median_s": med, "times_s": times[name], "ratio": med / base, "limit": limit,
                       "ok": (med / base <= limit) if limit else None}
     return rows
+
+
+def write_results(out: Path, stem: str, result: dict[str, Any], md: str) -> None:
+    """``OUT/STEM.json`` (the numbers) and ``OUT/STEM.md`` (the table), and the table on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{stem}.md").write_text(md + "\n")
+    print(md)
+

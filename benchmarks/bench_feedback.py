@@ -24,7 +24,6 @@ Results: ``benchmarks/results/feedback_speed.{json,md}`` (``_quick`` suffix for 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import write_results
 
 import bioplausible as bp
 
@@ -168,12 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/bench_feedback.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     result["command"] = command
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    (out / f"feedback_speed{suffix}.json").write_text(json.dumps(result, indent=2))
-    md = markdown(result, command)
-    (out / f"feedback_speed{suffix}.md").write_text(md + "\n")
-    print(md)
+    write_results(out, "feedback_speed" + ("_quick" if args.quick else ""), result, markdown(result, command))
     return 0
 
 

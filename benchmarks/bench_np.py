@@ -19,7 +19,6 @@ Results: ``benchmarks/results/np_speed.{json,md}`` (``_quick`` suffix for ``--qu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import load_mnist
+from _common import load_mnist, write_results
 
 import bioplausible as bp
 
@@ -150,13 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         result["tasks"].append(run_task(tasks[key], rules, reps, x, y, source))
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}
     result["command"] = "python benchmarks/bench_np.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    (out / f"np_speed{suffix}.json").write_text(json.dumps(result, indent=2))
-    md = markdown(result)
-    (out / f"np_speed{suffix}.md").write_text(md + "\n")
-    print(md)
+    write_results(Path(args.out), "np_speed" + ("_quick" if args.quick else ""), result, markdown(result))
     return 0
 
 

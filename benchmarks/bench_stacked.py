@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import load_mnist
+from _common import load_mnist, write_results
 
 import bioplausible as bp
 from bioplausible.engine.stacked import epoch_orders, gather, stack_from
@@ -301,10 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         merged = {t["task"]: t for t in previous["tasks"]} | fresh
         previous["tasks"] = [merged[k] for k in keys]
         result = previous
-    (out / f"stacked_speed{suffix}.json").write_text(json.dumps(result, indent=2))
-    md = markdown(result)
-    (out / f"stacked_speed{suffix}.md").write_text(md + "\n")
-    print(md)
+    write_results(out, f"stacked_speed{suffix}", result, markdown(result))
     return 0
 
 

@@ -159,3 +159,38 @@ def test_quick_scale_is_not_put_against_the_papers_full_length_numbers():
                "diff": 70.71 - 97.0 if scale == "full" else None, "status": "completed 3"}
         text = markdown({"metric": "test_accuracy", "paper": {"fa": 97.0}, "stats": {"fa": stats}, "rows": [row]})
         assert f"| 97.00 | {cell} |" in text
+
+
+def test_a_resumed_run_takes_its_angle_means_from_the_recorded_per_layer_angles(synthetic_root, tmp_path, capsys):
+    """The summary's angles derive from the probe lines' per-layer angles: a run resumed over lines
+    written when ``grad_angle`` still meant the whole-network mean reports the hidden-layer mean."""
+    import json
+
+    from bioplausible.cli import main
+
+    run = tmp_path / "fa"
+    args = ["train", "--rule", "fa", "--dataset", "mnist", "--model", "mlp:784-16-12-10", "--batch-size", "40",
+            "--probe-every", "5", "--quiet", "--out", str(run)]
+    assert main([*args, "--epochs", "1"]) == 0
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for rec in lines:  # the old meaning: grad_angle was the whole-network mean, no all-layers key
+        if rec.get("kind") == "probe":
+            rec["grad_angle"] = rec.pop("grad_angle_all_layers")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    import torch  # and a checkpoint of that time, which carried those whole-network means
+
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["probe_angles"] = [r["grad_angle"] for r in lines if r.get("kind") == "probe"]
+    torch.save(state, run / "checkpoint.pt")
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    probes = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    probes = [r for r in probes if r.get("kind") == "probe"]
+    hidden, whole = [], []
+    for rec in probes:  # from the definition: weights only; exact (< 1e-3 deg) layers left out
+        weights = [v for k, v in rec.items() if k.startswith("grad_angle/") and k.endswith("weight")]
+        hidden.append(sum(v for v in weights if v >= 1e-3) / len([v for v in weights if v >= 1e-3]))
+        whole.append(sum(weights) / len(weights))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["grad_angle_mean"] == pytest.approx(sum(hidden) / len(hidden), rel=1e-12)
+    assert summary["grad_angle_all_layers_mean"] == pytest.approx(sum(whole) / len(whole), rel=1e-12)
+    assert abs(summary["grad_angle_mean"] - summary["grad_angle_all_layers_mean"]) > 1.0  # FA's exact top layer

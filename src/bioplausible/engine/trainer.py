@@ -31,6 +31,7 @@ from torch import nn
 from .._io import atomic_torch_save, atomic_write_text
 from ..core.losses import Loss, get_loss
 from ..core.optim import build_schedule
+from ..core.angles import step_hidden_angle
 from ..core.probe import Probe, feedback_errors
 from ..core.rule import Rule, call_prepare
 from ..errors import ConfigError, DivergenceError, StorageError, UserError
@@ -40,6 +41,10 @@ from ..core.state_files import load_checkpoint_file
 from .rundir import before_checkpoint, check_run_dir, read_metrics, run_lock
 from .runtime import runtime
 from .task import accuracy_counts, check_reconstruction_output, correct_counter, resolve_loss
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
@@ -171,9 +176,7 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.history: list[dict[str, Any]] = []
-        self.probe_records: list[dict[str, Any]] = []
-        self.probe_angles: list[float] = []  # hidden-layer angle per probe (core.angles)
-        self.probe_angles_all: list[float] = []  # whole-network mean per probe, exact layers in
+        self.probe_records: list[dict[str, Any]] = []  # every probe of the run (the angle means derive from it)
         self.callbacks: list[Callable[[dict[str, Any]], None]] = []
         #: objects with ``log(record)``, called for every record written to metrics.jsonl
         self.loggers: list[Any] = []
@@ -201,8 +204,7 @@ class Trainer:
             "rule": self.rule.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "history": self.history, "probe_angles": self.probe_angles,
-            "probe_angles_all": self.probe_angles_all,
+            "history": self.history,
         }
 
     def save_checkpoint(self) -> None:
@@ -230,8 +232,6 @@ class Trainer:
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             self._saved_epoch = self.epoch
             self.history = list(state["history"])
-            self.probe_angles = list(state.get("probe_angles", []))
-            self.probe_angles_all = list(state.get("probe_angles_all", []))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             detail = " ".join(str(exc).split())[:160]
             raise UserError(f"checkpoint {str(path)!r} does not match this run ({type(exc).__name__}: "
@@ -246,6 +246,11 @@ class Trainer:
         last = self.history[-1] if self.history else {}
         times = [h["epoch_time"] for h in self.history]
         tests = [h["test_accuracy"] for h in self.history if "test_accuracy" in h]
+        # the hidden-layer angle of each probe from its per-layer angles (core.angles), and the
+        # whole-network mean (a line written before that name existed called it grad_angle)
+        angled = [r for r in self.probe_records if "grad_angle" in r]
+        hidden = [v for v in (step_hidden_angle(r) for r in angled) if v is not None]
+        whole = [r.get("grad_angle_all_layers", r["grad_angle"]) for r in angled]
         summary = {
             "status": status, "message": message,
             "rule": self.rule.name, "rule_config": self.rule.config,
@@ -260,10 +265,8 @@ class Trainer:
             "best_test_accuracy": max(tests) if tests else None,
             "mean_epoch_time": sum(times) / len(times) if times else None,
             # the hidden-layer angle to BP (bioplausible.core.angles), and the whole-network mean
-            "grad_angle_mean": (sum(self.probe_angles) / len(self.probe_angles)
-                                if self.probe_angles else None),
-            "grad_angle_all_layers_mean": (sum(self.probe_angles_all) / len(self.probe_angles_all)
-                                           if self.probe_angles_all else None),
+            "grad_angle_mean": _mean(hidden),
+            "grad_angle_all_layers_mean": _mean(whole),
             "total_time": (time.time() - started) if started else None,
             "parameters": self.model_record["parameters"],  # the model's own (no feedback tensors)
             "parameters_with_rule": sum(p.numel() for p in self.model.parameters()),
@@ -314,13 +317,7 @@ class Trainer:
             res = rule.train_step(model, xb, yb, loss_fn)
             if probing:
                 probe_start = time.perf_counter()
-                record = self.probe.compare(rule, model, reference)
-                if "grad_angle" in record:
-                    self.probe_angles.append(record["grad_angle"])
-                    self.probe_angles_all.append(record["grad_angle_all_layers"])
-                record = {"kind": "probe", "epoch": self.epoch + 1, "step": self.step, **record}
-                self.probe_records.append(record)
-                self._log(record)
+                self.record_probe(self.probe.compare(rule, model, reference))
                 probe_time += time.perf_counter() - probe_start
             opt.step()
             rule.after_step(model)
@@ -347,6 +344,12 @@ class Trainer:
         accuracy = {} if count_correct is None else {"train_accuracy": 100.0 * float(correct) / max(n, 1)}
         return {"train_loss": train_loss, **accuracy, "epoch_time": elapsed, "probe_time": probe_time,
                 "samples_per_s": n / elapsed if elapsed > 0 else None}
+
+    def record_probe(self, record: dict[str, Any], step: int | None = None) -> None:
+        """Keep and log one probe comparison (at ``step``, default the trainer's own)."""
+        record = {"kind": "probe", "epoch": self.epoch + 1, "step": self.step if step is None else step, **record}
+        self.probe_records.append(record)
+        self._log(record)
 
     def _open_run_dir(self, resume: bool) -> None:
         """Continue from the checkpoint (``resume``) or start clean; write ``config.yaml``."""

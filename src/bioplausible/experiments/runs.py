@@ -347,10 +347,7 @@ class StackedTraining:
             record = t.probe.compare(t.rule, t.model, refs[k])
             if in_step:
                 t.rule._in_step = False
-            if "grad_angle" in record:
-                t.probe_angles.append(record["grad_angle"])
-                t.probe_angles_all.append(record["grad_angle_all_layers"])
-            t._log({"kind": "probe", "epoch": t.epoch + 1, "step": step, **record})
+            t.record_probe(record, step)
             for p in t.model.parameters():
                 p.grad = None
 

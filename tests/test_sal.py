@@ -20,7 +20,7 @@ import torch
 import bioplausible as bp
 from bioplausible.core.losses import get_loss
 from bioplausible.errors import ConfigError
-from bioplausible.rules.sal.sal_ops import literal_updates
+from bioplausible.rules.sal.sal_ops import _costs, literal_updates
 
 MSE = get_loss("mse_batchmean")
 #: The spec's reconstruction (§7.2 defaults), so that the tests do not depend on the rule's defaults.
@@ -67,11 +67,12 @@ FLAGS = list(itertools.product(["identity", "relu_jacobian", "relu", "tanh"], [1
 
 @pytest.mark.parametrize("kind,sign,term,read,top", FLAGS)
 @pytest.mark.parametrize("width", [1, 2])
-def test_fast_path_equals_literal_loop(kind, sign, term, read, top, width):
+@pytest.mark.parametrize("n", [1, 7])
+def test_fast_path_equals_literal_loop(kind, sign, term, read, top, width, n):
     model = _net()
     rule, model, _ = _sal(model, downstream=kind, sign=sign, qr_term=term, read=read, top=top,
                           width=width, qr_init="random", qr_init_scale=1.0)
-    x, y = _batch()
+    x, y = _batch(n=n)
     rule.train_step(model, x, y, MSE)
     lins = _linears(model)
     L = len(lins)
@@ -89,6 +90,16 @@ def test_fast_path_equals_literal_loop(kind, sign, term, read, top, width):
     assert set(got) == set(ref)
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-12, atol=1e-14, msg=k)
+
+
+def test_the_fast_path_takes_both_associations_on_the_literal_test_net():
+    """The batch sizes above exercise both ways of writing the W/B updates (a cost model, so it
+    is checked from the multiply-add counts): one example favours the chains through the
+    signal, seven examples the shared ``dᵀh`` (first layer: n_in = 6, widths 5)."""
+    one, seven = _costs(1, 6, 5, 5, True, None), _costs(7, 6, 5, 5, True, None)
+    assert one["W_chain"] < one["W_M"] and seven["W_M"] < seven["W_chain"]
+    one, seven = _costs(1, 5, 4, 4, True, 5), _costs(7, 5, 4, 4, True, 5)
+    assert one["B_chain"] < one["B_M"] and seven["B_M"] < seven["B_chain"]
 
 
 def _literal(rule, model, x, y, B=None, Q=None, R=None, **flags):

@@ -8,13 +8,17 @@ dimension: the upstream pass (the user's MLP), the downstream pass ``g_L = e``,
     W_l.grad = (d_{l+1} Q_{l+1}ᵀ)ᵀ h_l      b_l.grad = Σ d_{l+1} Q_{l+1}ᵀ      (d = g, or v for read="before")
     B_k.grad = (h_k R_kᵀ)ᵀ g_{k+1}          Q_k.grad = −s p_kᵀ g_k             R_k.grad = −s q_kᵀ h_k
 
-each stepped by SGD with its group's rate and decay per run (frozen matrices have none).
+each stepped by SGD with its group's rate and decay per run (frozen matrices have none). The
+downstream pass and the updates are the rule's own functions (their ``matmul`` products broadcast
+over the run dimension), so the stacked step evaluates every product in the same association as
+the unstacked one.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ...rules.sal.sal_ops import Cycle, downstream, fast_updates
 from .losses import dense_targets, loss_and_error
 from .relaxation import _fprime
 from .steps import StackedRule
@@ -28,6 +32,7 @@ class StackedSAL(StackedRule):
         c = rule.config
         self.kind, self.sign = c["downstream"], float(c["sign"])
         self.term, self.read, self.error_kind = c["qr_term"], c["read"], c["output_error"]
+        self.plastic = set(c["plastic"])
         L = self.net.depth
         self.names = [n for n in rule._owned_meta]
         self.runs = {n: [r.owned.get(n) for r in self.rules] for n in self.names}
@@ -61,18 +66,6 @@ class StackedSAL(StackedRule):
         pred = out if self.error_kind == "mse" else torch.softmax(out, dim=-1)
         return loss, (pred - target) / out.shape[1]
 
-    def _phi(self, v: torch.Tensor, fprime: torch.Tensor | None) -> torch.Tensor:
-        if self.kind == "identity":
-            return v
-        if self.kind == "relu_jacobian":
-            if fprime is None:
-                return v
-            n = fprime.shape[2]
-            return v * (fprime if v.shape[2] == n else fprime.repeat(1, 1, v.shape[2] // n))
-        if self.kind == "relu":
-            return torch.relu(v)
-        return torch.tanh(v)
-
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         net = self.net
         L = net.depth
@@ -98,38 +91,15 @@ class StackedSAL(StackedRule):
         # the updates below
         mean_error = self.error_kind != "loss" or getattr(self.loss_fn, "reduction", "sum") == "mean"
         scale = float(out.shape[1]) if mean_error else 1.0
-        # downstream pass
-        g: list = [None] * (L + 1)
-        v: list = [None] * (L + 1)
-        g[L] = e * scale if scale != 1.0 else e
-        for k in range(L - 1, 0, -1):
-            v[k] = torch.bmm(g[k + 1], self.B[k].transpose(1, 2))
-            g[k] = self._phi(v[k], fps[k])
-        # the four updates from this one cycle (every factor before any step)
-        grads: dict[str, torch.Tensor] = {}
-        signals = []
-        for l in range(L):
-            k = l + 1
-            d = v[k] if (self.read == "before" and k < L) else g[k]
-            signals.append(d if self.Q[k] is None else torch.bmm(d, self.Q[k].transpose(1, 2)))
-        for k in range(1, L + 1):
-            if self.B[k] is not None and k < L:
-                grads[f"B.{k}"] = torch.bmm(torch.bmm(hs[k], self.R[k].transpose(1, 2)).transpose(1, 2), g[k + 1])
-            if self.Q[k] is None:
-                continue
-            if self.term == "potential":
-                p, gg, q, hh = us[k], g[k], (g[k] if k == L else v[k]), hs[k]
-            else:
-                p, gg, q, hh = hs[k], g[k], g[k], hs[k]
-            grads[f"Q.{k}"] = torch.bmm(p.transpose(1, 2), gg).mul_(-self.sign)
-            grads[f"R.{k}"] = torch.bmm(q.transpose(1, 2), hh).mul_(-self.sign)
+        # the downstream pass and the four updates from this one cycle: the rule's own functions,
+        # whose products broadcast over the run dimension
+        cyc = downstream(Cycle(hs, us, fps), e * scale if scale != 1.0 else e, self.B, self.kind)
+        grads = fast_updates(cyc, self.Q, self.R, sign=self.sign, term=self.term, read=self.read,
+                             want=self.plastic)
         if scale != 1.0:
             grads = {name: grad.div_(scale) for name, grad in grads.items()}
-        for l in range(L):
-            gw = torch.bmm(signals[l].transpose(1, 2), hs[l])
-            gb = signals[l].sum(1)
-            if scale != 1.0:
-                gw, gb = gw.div_(scale), gb.div_(scale)
+        for l in range(L if "W" in self.plastic else 0):
+            gw, gb = grads.pop(f"W.{l}"), grads.pop(f"b.{l}")
             if self.capture:
                 self.captured[l] = (gw, gb if b[l] is not None else None)
             neg, wd = self.rate_w[l]

@@ -74,8 +74,8 @@ def upstream(layout: MLPLayout, x: Tensor, need_fprime: bool) -> Cycle:
 
 def _tile(mask: Tensor, width: int) -> Tensor:
     """The upstream gate of width ``n`` spread over ``m = r·n`` downstream units (unit j ↔ j mod n)."""
-    n = mask.shape[1]
-    return mask if width == n else mask.repeat(1, width // n)
+    n = mask.shape[-1]
+    return mask if width == n else mask.repeat(*([1] * (mask.dim() - 1)), width // n)
 
 
 def phi(v: Tensor, kind: str, fprime: Tensor | None) -> Tensor:
@@ -83,7 +83,7 @@ def phi(v: Tensor, kind: str, fprime: Tensor | None) -> Tensor:
     if kind == "identity":
         return v
     if kind == "relu_jacobian":
-        return v if fprime is None else v * _tile(fprime, v.shape[1])
+        return v if fprime is None else v * _tile(fprime, v.shape[-1])
     if kind == "relu":
         return torch.relu(v)
     if kind == "tanh":
@@ -98,7 +98,7 @@ def downstream(cycle: Cycle, error: Tensor, B: list[Tensor | None], kind: str) -
     v: list[Tensor | None] = [None] * (L + 1)
     g[L] = error
     for k in range(L - 1, 0, -1):
-        v[k] = torch.mm(g[k + 1], B[k].t())
+        v[k] = torch.matmul(g[k + 1], B[k].mT)
         g[k] = phi(v[k], kind, cycle.fprime[k])
     cycle.g, cycle.v = g, v
     return cycle
@@ -108,7 +108,7 @@ def upstream_signal(cycle: Cycle, Q: list[Tensor | None], k: int, read: str) -> 
     """The signal that gates the feedforward synapses into upstream layer ``k``: ``Q_k g_k``."""
     L = len(cycle.h) - 1
     d = cycle.v[k] if (read == "before" and k < L) else cycle.g[k]
-    return d if Q[k] is None else torch.mm(d, Q[k].t())
+    return d if Q[k] is None else torch.matmul(d, Q[k].mT)
 
 
 def qr_factors(cycle: Cycle, k: int, term: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -119,26 +119,82 @@ def qr_factors(cycle: Cycle, k: int, term: str) -> tuple[Tensor, Tensor, Tensor,
     return cycle.h[k], cycle.g[k], cycle.g[k], cycle.h[k]
 
 
+def _costs(N: int, n_in: int, m_out: int, n_out: int, q: bool, m_in: int | None) -> dict[str, int]:
+    """Multiply-adds of layer ``l``'s W and B updates in the two equal associations.
+
+    ``n_in = n_l``, ``m_out = m_{l+1}`` (the width of the signal ``d``), ``n_out = n_{l+1}``,
+    ``q``: a ``Q_{l+1}`` gates the signal, ``m_in = m_l`` (``None``: no B update here)::
+
+        W   chain  (d Q_{l+1}ᵀ)ᵀ h_l       N·m_out·n_out [q] + n_out·N·n_in
+            via M  Q_{l+1} (dᵀ h_l)         m_out·N·n_in + n_out·m_out·n_in [q]
+        B   chain  (h_l R_lᵀ)ᵀ g_{l+1}     N·n_in·m_in + m_in·N·m_out
+            via M  R_l (g_{l+1}ᵀ h_l)ᵀ      m_out·N·n_in + m_in·n_in·m_out
+    """
+    M = m_out * N * n_in
+    c = {"W_chain": (N * m_out * n_out if q else 0) + n_out * N * n_in,
+         "W_M": M + (n_out * m_out * n_in if q else 0), "M": M}
+    if m_in is not None:
+        c["B_chain"] = N * n_in * m_in + m_in * N * m_out
+        c["B_M"] = M + m_in * n_in * m_out
+    return c
+
+
 def fast_updates(cycle: Cycle, Q: list[Tensor | None], R: list[Tensor | None], *, sign: float,
                  term: str, read: str, want: set[str]) -> dict[str, Tensor]:
-    """Batched descent directions ``{"W.l", "b.l", "B.k", "Q.k", "R.k"}`` for the parts in ``want``."""
+    """Batched descent directions ``{"W.l", "b.l", "B.k", "Q.k", "R.k"}`` for the parts in ``want``.
+
+    The cycle's tensors are ``(N, width)`` or, for stacked runs, ``(runs, N, width)`` with every
+    matrix ``(runs, rows, cols)``: the products are ``matmul`` over the trailing two dimensions.
+    Each update is evaluated in the cheaper of two equal associations (:func:`_costs`): the W
+    update of layer ``l`` and the B update of the same layer both contain ``g_{l+1}ᵀ h_l``
+    (``W_l.grad = Q_{l+1} g_{l+1}ᵀ h_l``, ``B_l.grad = R_l h_lᵀ g_{l+1}``), computed once when
+    that costs fewer multiply-adds than the chains; with ``qr_term="activity"``
+    ``R_k.grad = Q_k.gradᵀ`` (both are ``−s h_kᵀ g_k``), one product.
+    """
     L = len(cycle.h) - 1
     out: dict[str, Tensor] = {}
-    if "W" in want:
-        for l in range(L):
-            s = upstream_signal(cycle, Q, l + 1, read)
-            out[f"W.{l}"] = torch.mm(s.t(), cycle.h[l])
-            out[f"b.{l}"] = s.sum(0)
+    N = cycle.h[0].shape[-2]
+    for l in range(L):
+        k = l + 1
+        want_w, want_b = "W" in want, "B" in want and 1 <= l < L
+        if not (want_w or want_b):
+            continue
+        h, g = cycle.h[l], cycle.g[k]
+        d = cycle.v[k] if (read == "before" and k < L) else g
+        q = Q[k]
+        c = _costs(N, h.shape[-1], d.shape[-1], q.shape[-2] if q is not None else d.shape[-1],
+                   q is not None, R[l].shape[-2] if want_b else None)
+        w_m = want_w and c["W_M"] < c["W_chain"]
+        b_m = want_b and c["B_M"] < c["B_chain"]
+        if want_w and want_b and d is g:  # one M for both when that beats the best of each alone
+            both = c["W_M"] + c["B_M"] - c["M"]
+            w_m = b_m = both < min(c["W_M"], c["W_chain"]) + min(c["B_M"], c["B_chain"])
+        M = torch.matmul(d.mT, h) if w_m else None                   # d_{l+1}ᵀ h_l
+        if want_w and w_m:
+            out[f"W.{l}"] = M if q is None else torch.matmul(q, M)
+            dsum = d.sum(-2, keepdim=True)
+            out[f"b.{l}"] = (dsum if q is None else torch.matmul(dsum, q.mT)).squeeze(-2)
+        elif want_w:
+            s = upstream_signal(cycle, Q, k, read)
+            out[f"W.{l}"] = torch.matmul(s.mT, h)
+            out[f"b.{l}"] = s.sum(-2)
+        if want_b and b_m:
+            Mg = M if (M is not None and d is g) else torch.matmul(g.mT, h)
+            out[f"B.{l}"] = torch.matmul(R[l], Mg.mT)
+        elif want_b:
+            out[f"B.{l}"] = torch.matmul(torch.matmul(h, R[l].mT).mT, g)
     for k in range(1, L + 1):
-        if "B" in want and k < L:
-            out[f"B.{k}"] = torch.mm(torch.mm(cycle.h[k], R[k].t()).t(), cycle.g[k + 1])
         if Q[k] is None:
             continue
         p, g, q, h = qr_factors(cycle, k, term)
+        if term != "potential" and "Q" in want and "R" in want:
+            grad_q = torch.matmul(p.mT, g).mul_(-sign)
+            out[f"Q.{k}"], out[f"R.{k}"] = grad_q, grad_q.mT.contiguous()
+            continue
         if "Q" in want:
-            out[f"Q.{k}"] = torch.mm(p.t(), g).mul_(-sign)
+            out[f"Q.{k}"] = torch.matmul(p.mT, g).mul_(-sign)
         if "R" in want:
-            out[f"R.{k}"] = torch.mm(q.t(), h).mul_(-sign)
+            out[f"R.{k}"] = torch.matmul(q.mT, h).mul_(-sign)
     return out
 
 

@@ -13,8 +13,10 @@ the table says.
 Bounded: the whole check stops within ``--budget`` seconds (default 540, under ten minutes with
 start-up): the tests get at most :data:`TEST_CAP` seconds, each run its share of its row's cap
 (:data:`ROW_CAP`), each in its own process killed at its cap ("over cap" in the table), and the
-runs left when the budget is spent are listed as skipped. Without CUDA it prints one line and
-exits with status 2, writing nothing.
+runs left when the budget is spent are listed as skipped. Between the tests and the rows it times
+8 runs stacked as one model against the same 8 runs one after another on the device
+(``benchmarks/bench_stacked.py --device cuda --quick``, every task of that benchmark, at most
+:data:`STACK_CAP` seconds). Without CUDA it prints one line and exits with status 2, writing nothing.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 TEST_CAP = 150.0     # seconds for `pytest -k cuda`
-ROW_CAP = 100.0      # seconds per row, shared by its runs
+STACK_CAP = 90.0     # seconds for the stacked-vs-sequential timing (bench_stacked.py --device cuda --quick)
+ROW_CAP = 85.0       # seconds per row, shared by its runs
 BUDGET = 540.0       # seconds for everything
 TRAIN_SIZES = {"mnist": 60000, "fashion-mnist": 60000, "cifar10": 50000, "cifar100": 50000}
 
@@ -123,6 +126,32 @@ def schedule(rows: list[list[dict[str, Any]]], budget_left: Callable[[], float],
     return results
 
 
+def run_stacked(cap: float, out_dir: Path, runner: Callable[..., Any] = subprocess.run) -> dict[str, Any]:
+    """Stacked vs sequential on the device within ``cap`` seconds: one row per task and rule of
+    ``bench_stacked.py --device cuda --quick`` (its results file in ``out_dir``), or why there is none."""
+    if cap < 5.0:
+        return {"status": "skipped (time budget spent)", "rows": []}
+    argv = [sys.executable, str(ROOT / "benchmarks" / "bench_stacked.py"), "--device", "cuda", "--quick",
+            "--out", str(out_dir)]
+    t0 = time.monotonic()
+    try:
+        proc = runner(argv, capture_output=True, text=True, timeout=cap, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"status": f"over cap ({cap:.0f} s)", "rows": [], "wall_s": time.monotonic() - t0}
+    wall = time.monotonic() - t0
+    path = Path(out_dir) / "stacked_speed_quick.json"
+    if proc.returncode != 0 or not path.exists():
+        err = (proc.stderr or proc.stdout or "").strip().splitlines()
+        return {"status": f"error (exit {proc.returncode}): {err[-1] if err else 'no output'}"[:300], "rows": [],
+                "wall_s": wall}
+    result = json.loads(path.read_text())
+    rows = [{"task": t["title"], "rule": rule, "steps_per_run": t["steps_per_run"],
+             "sequential": r["run_steps_per_s_wall"]["sequential"], "stacked": r["run_steps_per_s_wall"]["stacked"],
+             "speedup": r["speedup_wall"]}
+            for t in result["tasks"] for rule, r in t["rules"].items()]
+    return {"status": "ok", "runs": result.get("runs"), "reps": result.get("reps"), "rows": rows, "wall_s": wall}
+
+
 def _projection(r: dict[str, Any]) -> float | None:
     return r["epoch_s"] * r["full_epochs"] * r["seeds"] if r.get("epoch_s") is not None else None
 
@@ -141,6 +170,16 @@ def markdown(report: dict[str, Any]) -> str:
         proj = _projection(r)
         lines.append(f"| {r['preset']} | {r['label']} | {ep} | {r['full_epochs']} epochs × {r['seeds']} seeds | "
                      f"{'–' if proj is None else f'{proj / 3600:.2f} h'} | {r.get('status', '')} |")
+    stacked = report.get("stacked") or {"status": "not run", "rows": []}
+    lines += ["", "Stacked runs on the device: 8 runs of one rule as one model against the same 8 runs one after "
+              "another (`python benchmarks/bench_stacked.py --device cuda --quick`: run-steps per second of "
+              f"wall-clock time after synchronising, medians of {stacked.get('reps') or '–'} repetitions): "
+              f"{stacked['status']}.", ""]
+    if stacked["rows"]:
+        lines += ["| net, batch | rule | steps per run | sequential run-steps/s | stacked run-steps/s | speed-up |",
+                  "|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['task']} | {r['rule']} | {r['steps_per_run']} | {r['sequential']:.0f} | {r['stacked']:.0f} | "
+                  f"{r['speedup']:.2f}× |" for r in stacked["rows"]]
     lines += ["", f"Total time of this check: {report['total_s']:.0f} s (budget {report['budget_s']:.0f} s)."]
     return "\n".join(lines) + "\n"
 
@@ -188,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
+        stacked = run_stacked(min(STACK_CAP, left()), Path(tmp) / "stacked")
+
         def run(job: dict[str, Any], cap: float) -> dict[str, Any]:
             path = Path(tmp) / f"{job['preset']}-{job['label']}.json"
             path.write_text(json.dumps(job))
@@ -196,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         results = schedule([plan_row(row) for row in ROWS], left, run)
     report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "commit": _commit(), "tests": tests, "runs": results, "budget_s": args.budget,
+              "commit": _commit(), "tests": tests, "runs": results, "stacked": stacked, "budget_s": args.budget,
               "total_s": time.monotonic() - start}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

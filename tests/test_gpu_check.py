@@ -84,3 +84,33 @@ def test_one_epoch_worker_times_a_real_epoch_on_cpu(gc, synthetic_root, tmp_path
               "total_s": 3.0, "tests": {"summary": "2 passed"}, "runs": [{**job, **res}]}
     md = gc.markdown(report)
     assert "| np-fig2-mnist | bp |" in md and "50 epochs × 5 seeds" in md and "scaled from" in md
+
+
+def test_the_stacked_timing_reads_the_benchmark_file_and_reports_failures_in_one_line(gc, tmp_path):
+    import json
+    import subprocess
+
+    def fake(argv, **kw):   # bench_stacked.py: its results file in --out
+        assert argv[argv.index("--device") + 1] == "cuda" and "--quick" in argv and kw["timeout"] == 30
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True)
+        rules = {"bp": {"run_steps_per_s_wall": {"sequential": 100.0, "stacked": 450.0}, "speedup_wall": 4.5}}
+        (out / "stacked_speed_quick.json").write_text(json.dumps(
+            {"runs": 8, "reps": 2, "tasks": [{"title": "net A", "steps_per_run": 20, "rules": rules}]}))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    res = gc.run_stacked(30, tmp_path / "s", runner=fake)
+    assert res["status"] == "ok" and res["rows"] == [
+        {"task": "net A", "rule": "bp", "steps_per_run": 20, "sequential": 100.0, "stacked": 450.0, "speedup": 4.5}]
+    report = {"device": "GPU", "torch": "t", "cuda": "c", "date": "d", "commit": "x", "tests": {"summary": "ok"},
+              "runs": [], "stacked": res, "budget_s": 540, "total_s": 1}
+    assert "| net A | bp | 20 | 100 | 450 | 4.50× |" in gc.markdown(report)
+
+    def slow(argv, **kw):
+        raise subprocess.TimeoutExpired(argv, kw["timeout"])
+
+    assert gc.run_stacked(30, tmp_path / "t", runner=slow)["status"] == "over cap (30 s)"
+    failed = gc.run_stacked(30, tmp_path / "u", runner=lambda argv, **kw: subprocess.CompletedProcess(
+        argv, 1, "", "Traceback\nRuntimeError: CUDA out of memory"))
+    assert failed["status"] == "error (exit 1): RuntimeError: CUDA out of memory" and failed["rows"] == []
+    assert gc.run_stacked(3, tmp_path / "v", runner=fake)["status"] == "skipped (time budget spent)"

@@ -188,3 +188,19 @@ def test_runs_at_other_ghost_rates_share_a_stack_and_other_options_do_not():
 
     jobs = [job(0, eta_w=0.1), job(1, eta_w=0.2, eta_v=0.01), job(0, eta_w=0.1, beta=2.0)]
     assert plan_groups(jobs) == [[0, 1], [2]]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 900])
+@pytest.mark.parametrize("case", ["ma-tf", "ma-prime-clipped", "mb-torch"])
+def test_a_stack_stepped_in_groups_of_runs_equals_its_runs(case, chunk_bytes, monkeypatch):
+    """Large stacks step their Euler loop a group of runs at a time (``chunk_bytes``): groups of
+    one run, or of two and one, give the same numbers."""
+    from bioplausible.engine.stacked.ghost import StackedGhost
+
+    monkeypatch.setattr(StackedGhost, "chunk_bytes", chunk_bytes)
+    a, b = _trainers(case), _trainers(case)
+    groups = make_stack(b)._groups(CASES[case][3])
+    assert len(groups) == (3 if chunk_bytes == 1 else 2 if CASES[case][3] == 8 else 1)
+    _train_unstacked(a)
+    _train_stacked(b)
+    assert _max_rel(a, b) < 1e-10

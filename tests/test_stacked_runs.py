@@ -251,3 +251,33 @@ def test_ghost_runs_at_their_own_rates_share_a_stack_and_a_diverging_one_leaves_
         assert sa["message"] == sb["message"] and sa["steps"] == sb["steps"]
     assert "--stack" not in capsys.readouterr().err
     _same_runs(tmp_path / "plain", tmp_path / "stacked")
+
+
+def test_a_stacked_ghost_mb_run_resumes_with_its_carried_state(synthetic_root, tmp_path, capsys):
+    """MB's circuit state and V^b travel through the checkpoint: two stacked epochs, then a third
+    from the checkpoints, against three unstacked epochs in one go."""
+    from bioplausible.experiments.jobs import resume_job
+    from bioplausible.experiments.runs import run_jobs
+
+    def run(out, stack, epochs):
+        return main(["compare", "--rules", "ghost-mb", "--dataset", "mnist", "--model", "mlp:784-12-10",
+                     "--epochs", str(epochs), "--dtype", "float64", "--seeds", "0,1", "--quiet", "--out", str(out),
+                     "--batch-size", "1", "--probe-every", "0", "--loss", "mse_sum",
+                     "--set", "model.activation=sigmoid", "--set", "model.output_activation=sigmoid",
+                     "--set", "rule.free_steps=8", "--set", "rule.clamped_steps=4"] + (["--stack"] if stack else []))
+
+    assert run(tmp_path / "plain", False, 3) == 0
+    assert run(tmp_path / "stacked", True, 2) == 0
+    summaries = run_jobs([resume_job(d, {"epochs": 3}) for d in _runs(tmp_path / "stacked")], stack=True)
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    assert "--stack" not in capsys.readouterr().err
+    for a, b in zip(_runs(tmp_path / "plain"), _runs(tmp_path / "stacked")):
+        ra, rb = torch.load(a / "rule_state.pt"), torch.load(b / "rule_state.pt")
+        assert "state.s.1" in ra and ra.keys() == rb.keys()
+        for k in ra:
+            assert torch.allclose(ra[k], rb[k], rtol=1e-10, atol=1e-12), (a.name, k)
+        ma, mb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+        for k in ma:
+            assert torch.allclose(ma[k], mb[k], rtol=1e-10, atol=1e-12), (a.name, k)
+        _close([json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()],
+               [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()], a.name)

@@ -58,12 +58,23 @@ TASKS = {
     "sal-3x200": {"title": "SAL Table 1 net 784-200-200-200-10 relu, batch 256 (batch-mean MSE)",
                   "model": "mlp:784-200-200-200-10", "activation": "relu", "batch": 256,
                   "loss": "mse_batchmean", "lr": 0.3, "rules": ["sal", "kp"], "target": 1.3},
-    "ghost-500-b100": {"title": "ghost MA-500 shape 784-500-10 sigmoid, batch 100 (bp: ghost rules are not stacked)",
+    # the ghost presets' networks (ghost-ma-500, ghost-mb-500: no biases, sigmoid output, their
+    # inits) with the rules at those presets' TF options (the rules' defaults; diagnostics off);
+    # the loss is only reported by the ghost rules, and is BP's loss
+    "ghost-500-b100": {"title": "ghost MA-500 784-500-10 sigmoid, batch 100 (ghost-ma-500 preset, TF; bp on the same net)",
                        "model": "mlp:784-500-10", "activation": "sigmoid", "batch": 100,
-                       "loss": "mse_batchmean", "lr": 0.05, "rules": ["bp"], "target": 1.0},
-    "ghost-500-b1": {"title": "ghost MB-500 shape 784-500-10 sigmoid, batch 1 (bp: ghost rules are not stacked)",
+                       "model_options": {"output_activation": "sigmoid", "bias": False, "init": "uniform:0.2"},
+                       "rule_options": {"ghost-ma": {"feedback": "transpose", "dt": 0.001, "tau": 0.01, "beta": 10.0,
+                                                     "free_steps": 200, "clamped_steps": 200, "eta_w": 0.1,
+                                                     "eta_v": 0.05}},
+                       "loss": "mse_batchmean", "lr": 0.05, "rules": ["ghost-ma", "bp"], "target": 1.0},
+    "ghost-500-b1": {"title": "ghost MB-500 784-500-10 sigmoid, batch 1 (ghost-mb-500 preset, TF; bp on the same net)",
                      "model": "mlp:784-500-10", "activation": "sigmoid", "batch": 1,
-                     "loss": "mse_batchmean", "lr": 0.01, "rules": ["bp"], "target": 1.0},
+                     "model_options": {"output_activation": "sigmoid", "bias": False, "init": "uniform:0.05"},
+                     "rule_options": {"ghost-mb": {"feedback": "transpose", "dt": 0.005, "tau": 0.01, "beta": 0.1,
+                                                   "free_steps": 100, "clamped_steps": 40, "eta_w": [4.0, 0.04],
+                                                   "eta_v": 20.0, "ghost_units": 5}},
+                     "loss": "mse_batchmean", "lr": 0.01, "rules": ["ghost-mb", "bp"], "target": 1.0},
 }
 
 
@@ -71,8 +82,9 @@ def build_runs(task: dict, rule_name: str, example: torch.Tensor):
     runs = []
     for seed in range(R):
         torch.manual_seed(seed)
-        model = bp.build_model(task["model"], activation=task["activation"]).to(example.device)
-        rule = bp.make(rule_name)
+        model = bp.build_model(task["model"], activation=task["activation"],
+                               **task.get("model_options", {})).to(example.device)
+        rule = bp.make(rule_name, **task.get("rule_options", {}).get(rule_name, {}))
         rule.set_seed(seed)
         model = rule.prepare(model, example=example)
         groups = {"feedback": {"lr": 5e-4 if rule_name in ("np", "np-dfa") else 5e-5}} \
@@ -114,6 +126,8 @@ def flops_per_run_step(task: dict, rule: str) -> float:
     at the input of every layer but the first (DFA: ``e D_l``), and for ``np`` the noisy forward
     of every layer but the first and the regression product of every learned ``B``."""
     sizes = [int(s) for s in task["model"].split(":")[1].split("-")]
+    if rule.startswith("ghost-"):
+        return ghost_flops(sizes, task["batch"], rule, task["rule_options"][rule])
     layers = list(zip(sizes, sizes[1:]))
     every = sum(a * b for a, b in layers)
     upper = sum(a * b for a, b in layers[1:])
@@ -145,6 +159,34 @@ def counted_flops(task: dict, rule_name: str, x: torch.Tensor, y: torch.Tensor, 
 
 
 COUNTED = {"sal"}
+
+
+def ghost_flops(n: list[int], B: int, rule: str, options: dict) -> float:
+    """2 × the multiply-adds of one ghost-unit step (a batch of ``B``) in the fast solver's products.
+
+    Every Euler step: the drives ``[b_{h+1} | Vf_h r_h] = r_h [W_h; Vf_h]ᵀ`` and the errors
+    ``e_h = [r_{h+1} | ρ(g_h)] [Wb_h, −Vb_h]ᵀ``: ``2 B n_h (n_{h+1} + k_h)`` per hidden layer
+    (``k_h`` ghost units: ``n_{h+1}`` for MA, ``ghost_units`` for MB). Plasticity: MA's free phase
+    ``ΔVf_h``, ``ΔVb_h`` (``2 B k_h n_h``); MA's weakly-clamped phase ``ΔW_h`` (``B n_{h+1} n_h``,
+    h ≥ 1) and ``W_0``'s change reaching the batch through the Gram matrix (``B² n_1``); MB's free
+    phase ``ΔVb_h`` (``B n_h k_h``). Once per step: ``r_0 W_0ᵀ`` (``B n_0 n_1``), the feedforward
+    output (``B Σ n_l n_{l+1}``); MA: ``G = r_0 r_0ᵀ`` (``B² n_0``) and ``W_0``'s update
+    (``B n_0 n_1``); MB: eq 16's error and update from the final state."""
+    L = len(n) - 1
+    mb = rule == "ghost-mb"
+    k = [0] + [int(options.get("ghost_units", 5)) if mb else n[h + 1] for h in range(1, L)]
+    euler = sum(2 * B * n[h] * (n[h + 1] + k[h]) for h in range(1, L))
+    ff = B * sum(a * b for a, b in zip(n, n[1:]))
+    free, clamped = int(options["free_steps"]), int(options["clamped_steps"])
+    once = B * n[0] * n[1] + ff
+    if mb:
+        free_extra, clamped_extra = sum(B * n[h] * k[h] for h in range(1, L)), 0
+        once += sum(B * n[h] * (n[h + 1] + k[h]) for h in range(1, L)) + ff
+    else:
+        free_extra = sum(2 * B * k[h] * n[h] for h in range(1, L))
+        clamped_extra = sum(B * n[h + 1] * n[h] for h in range(1, L)) + B * B * n[1]
+        once += B * B * n[0] + B * n[0] * n[1]
+    return 2.0 * (free * (euler + free_extra) + clamped * (euler + clamped_extra) + once)
 
 
 def gemm_rate(reps: int = 20) -> float:
@@ -250,7 +292,8 @@ def markdown(result: dict) -> str:
              f"{result['load_average']['after']}.  ",
              "FLOP limit: the run-step's floating-point operations (forward and weight gradient of every layer, "
              "the error at every layer's input but the first's; NP's noisy pass and regression; for SAL the "
-             "products of one unstacked step as counted by `torch.utils.flop_counter`) at the best "
+             "products of one unstacked step as counted by `torch.utils.flop_counter`; the ghost rules: the "
+             "Euler loop's products × its steps, `ghost_flops`) at the best "
              "rate a 1024×784 by 784×512 `torch.mm` reaches on this thread in the same run (measured before "
              "and after every rule's timing; the best is kept).", ""]
     for task in result["tasks"]:
@@ -289,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     reps = 2 if args.quick else args.reps
-    default_steps = {"np-fig2": 300, "bfa-400": 60, "sal-3x200": 30, "ghost-500-b100": 60, "ghost-500-b1": 600}
+    default_steps = {"np-fig2": 300, "bfa-400": 60, "sal-3x200": 30, "ghost-500-b100": 10, "ghost-500-b1": 300}
     x, y, source = load_mnist(60000)
     device = torch.device(args.device)
     x, y = x.to(device), y.to(device)

@@ -196,3 +196,88 @@ def test_a_stacked_run_whose_evaluation_is_not_finite_diverges_as_it_does_alone(
         status = {p.name: json.loads((p / "summary.json").read_text())["status"] for p in _runs(tmp_path / folder)}
         assert status == {"bp-seed0": "completed", "bp-seed1": "diverged", "bp-seed2": "completed"}, (folder, status)
     _same_runs(tmp_path / "plain", tmp_path / "stacked")
+
+
+@pytest.mark.parametrize("rules,batch", [("ghost-ma,ghost-ma-prime", "40"), ("ghost-mb", "1")])
+def test_stacked_ghost_runs_write_what_unstacked_ones_write(synthetic_root, tmp_path, capsys, rules, batch):
+    """The ghost rules (their own rates, probes of the weights they step themselves, MB's carried
+    state in the checkpoint) through the CLI: one stack per rule, the same files and numbers."""
+    flags = ["--set", "model.activation=sigmoid", "--set", "model.output_activation=sigmoid",
+             "--set", "rule.free_steps=10", "--set", "rule.clamped_steps=6", "--set", "rule.dt=0.005",
+             "--set", "rule.diagnostics_every=5", "--loss", "mse_sum", "--batch-size", batch]
+
+    def run(out, stack):
+        args = ["compare", "--rules", rules, "--dataset", "mnist", "--model", "mlp:784-12-10", "--epochs", "2",
+                "--dtype", "float64", "--seeds", "0,1,2", "--quiet", "--out", str(out), "--probe-every", "7", *flags]
+        return main(args + (["--stack"] if stack else []))
+
+    assert run(tmp_path / "plain", False) == 0
+    assert run(tmp_path / "stacked", True) == 0
+    assert "--stack" not in capsys.readouterr().err  # nothing fell back to unstacked
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")
+    for a, b in zip(_runs(tmp_path / "plain"), _runs(tmp_path / "stacked")):
+        lines = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+        assert any(r["kind"] == "probe" for r in lines)
+        assert any(k.startswith("rule/update_rel_error") for r in lines for k in r)  # the diagnostics steps
+        ra, rb = torch.load(a / "rule_state.pt"), torch.load(b / "rule_state.pt")
+        ca, cb = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (a, b))
+        assert ra.keys() == rb.keys() and (rules != "ghost-mb" or "state.s.1" in ra)
+        for k in ra:
+            assert torch.allclose(ra[k], rb[k], rtol=1e-10, atol=1e-12), (a.name, k)
+        assert ca["rule"]["ghost_steps"] == cb["rule"]["ghost_steps"] > 0
+
+
+def test_ghost_runs_at_their_own_rates_share_a_stack_and_a_diverging_one_leaves_it(synthetic_root, tmp_path,
+                                                                                    capsys):
+    """A grid over the rule's own rate eta_w is one stack; the run at the huge rate diverges by the
+    rule's own check (|s| too large) at the step where it diverges alone, the others finish."""
+    from bioplausible.engine.config import TrainConfig
+    from bioplausible.experiments.jobs import plan
+    from bioplausible.experiments.runs import plan_groups, run_jobs
+
+    base = TrainConfig.from_dict({
+        "dataset": {"name": "mnist"},
+        "model": {"spec": "mlp:784-12-10", "activation": "sigmoid", "output_activation": "sigmoid"},
+        "rule": {"name": "ghost-ma", "free_steps": 8, "clamped_steps": 8, "dt": 0.005, "divergence_threshold": 50},
+        "epochs": 2, "batch_size": 20, "dtype": "float64", "progress": False, "loss": "mse_sum"})
+    grid = {"rule.eta_w": [0.5, 800]}
+    plain = plan(base, seeds=[0, 1], grid=grid, out=tmp_path / "plain")
+    stacked = plan(base, seeds=[0, 1], grid=grid, out=tmp_path / "stacked")
+    assert len(plan_groups(stacked)) == 1
+    a, b = run_jobs(plain), run_jobs(stacked, stack=True)
+    assert sorted(s["status"] for s in a) == ["completed", "completed", "diverged", "diverged"]
+    assert [s["status"] for s in a] == [s["status"] for s in b]
+    for sa, sb in zip(a, b):
+        assert sa["message"] == sb["message"] and sa["steps"] == sb["steps"]
+    assert "--stack" not in capsys.readouterr().err
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")
+
+
+def test_a_stacked_ghost_mb_run_resumes_with_its_carried_state(synthetic_root, tmp_path, capsys):
+    """MB's circuit state and V^b travel through the checkpoint: two stacked epochs, then a third
+    from the checkpoints, against three unstacked epochs in one go."""
+    from bioplausible.experiments.jobs import resume_job
+    from bioplausible.experiments.runs import run_jobs
+
+    def run(out, stack, epochs):
+        return main(["compare", "--rules", "ghost-mb", "--dataset", "mnist", "--model", "mlp:784-12-10",
+                     "--epochs", str(epochs), "--dtype", "float64", "--seeds", "0,1", "--quiet", "--out", str(out),
+                     "--batch-size", "1", "--probe-every", "0", "--loss", "mse_sum",
+                     "--set", "model.activation=sigmoid", "--set", "model.output_activation=sigmoid",
+                     "--set", "rule.free_steps=8", "--set", "rule.clamped_steps=4"] + (["--stack"] if stack else []))
+
+    assert run(tmp_path / "plain", False, 3) == 0
+    assert run(tmp_path / "stacked", True, 2) == 0
+    summaries = run_jobs([resume_job(d, {"epochs": 3}) for d in _runs(tmp_path / "stacked")], stack=True)
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    assert "--stack" not in capsys.readouterr().err
+    for a, b in zip(_runs(tmp_path / "plain"), _runs(tmp_path / "stacked")):
+        ra, rb = torch.load(a / "rule_state.pt"), torch.load(b / "rule_state.pt")
+        assert "state.s.1" in ra and ra.keys() == rb.keys()
+        for k in ra:
+            assert torch.allclose(ra[k], rb[k], rtol=1e-10, atol=1e-12), (a.name, k)
+        ma, mb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+        for k in ma:
+            assert torch.allclose(ma[k], mb[k], rtol=1e-10, atol=1e-12), (a.name, k)
+        _close([json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()],
+               [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()], a.name)

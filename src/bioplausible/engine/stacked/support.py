@@ -1,10 +1,12 @@
 """Which runs can stack, and the stacked step of each rule.
 
 A group of runs stacks when its rule has a stacked step here (:data:`STACKED`: bp, fa, usf, brsf,
-frsf, kp, matched, wm, dfa, np, np-dfa, sg, sg-dfa, bfa, bdfa, ar, sal), its model is a plain MLP
+frsf, kp, matched, wm, dfa, np, np-dfa, sg, sg-dfa, bfa, bdfa, ar, sal, ghost-ma, ghost-ma-prime,
+ghost-mb), its model is a plain MLP
 (``[Flatten,] (Linear, activation)*`` with sigmoid, tanh, ReLU or identity), the optimizer is SGD
 without momentum (per-run learning rates, parameter groups, weight decay and LR schedules are
-fine; probes are taken run by run), and the task is single-label classification or reconstruction.
+fine; probes are taken run by run; the ghost rules apply their own rates ``eta_w`` / ``eta_v``,
+which may differ between the runs of a stack, see :data:`RATE_OPTIONS`), and the task is single-label classification or reconstruction.
 Otherwise :func:`config_reason` / :func:`model_reason` say why in one line and the runs train
 one after another.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from .bidirectional import StackedBDFA, StackedBFA
+from .ghost import RATE_OPTIONS as _GHOST_RATES
+from .ghost import StackedGhost, ghost_reason
 from .nodepert import StackedNP, StackedNPDFA, StackedSG, StackedSGDFA
 from .relaxation import StackedAR
 from .sal import StackedSAL
@@ -24,8 +28,12 @@ STACKED: dict[str, type[StackedRule]] = {
     "bp": StackedRule, "fa": StackedFA, "usf": StackedSign, "brsf": StackedSign, "frsf": StackedSign,
     "kp": StackedKP, "matched": StackedKP, "wm": StackedWM, "dfa": StackedDFA, "np": StackedNP, "np-dfa": StackedNPDFA,
     "sg": StackedSG, "sg-dfa": StackedSGDFA, "bfa": StackedBFA, "bdfa": StackedBDFA, "ar": StackedAR,
-    "sal": StackedSAL,
+    "sal": StackedSAL, "ghost-ma": StackedGhost, "ghost-ma-prime": StackedGhost, "ghost-mb": StackedGhost,
 }
+
+#: rule name -> rule options that are learning rates the rule applies itself: runs differing in
+#: them (and in seed and the optimizer's rates) share a stack, each run at its own rates
+RATE_OPTIONS: dict[str, tuple[str, ...]] = {name: _GHOST_RATES for name in ("ghost-ma", "ghost-ma-prime", "ghost-mb")}
 
 
 def stackable_rules() -> list[str]:
@@ -54,6 +62,8 @@ def config_reason(config) -> str | None:
         return f"{rule}'s max_norm has no stacked step"
     if rule in ("np", "np-dfa", "sg", "sg-dfa") and options.get("solver", "sgd") != "sgd":
         return "node perturbation's ridge solver has no stacked step (solver sgd has)"
+    if rule.startswith("ghost-"):
+        return ghost_reason(rule, options, config)
     return None
 
 
@@ -93,4 +103,4 @@ def stack_from(models: list, rules: list, optimizers: list, loss_fn: Any) -> Sta
     return STACKED[rules[0].name](models, rules, optimizers, loss_fn)
 
 
-__all__ = ["STACKED", "config_reason", "make_stack", "model_reason", "stack_from", "stackable_rules"]
+__all__ = ["RATE_OPTIONS", "STACKED", "config_reason", "make_stack", "model_reason", "stack_from", "stackable_rules"]

@@ -186,3 +186,42 @@ def test_np_with_odd_batches_and_widths_stacks(batch):
     _train_unstacked(a)
     _train_stacked(b)
     assert _max_rel(a, b) < 1e-10
+
+
+def _np_trainers(rule: str, c_hs, lrs=(0.1, 0.05, 0.1), **options):
+    data = make_bundle(n_train=100, n_test=20, dim=20, classes=4, dtype=torch.float64)
+    out = []
+    for seed, lr, c_h in zip(SEEDS, lrs, c_hs):
+        cfg = _config(rule, {"c_h": c_h, **options}, seed, lr)
+        out.append(_build(Job(cfg.to_dict(), "unused", rule, seed), data, cfg, out=None, progress=False))
+    return out
+
+
+@pytest.mark.parametrize("rule,options", [("np", {}), ("np", {"noise_at": "pre"}), ("np-dfa", {})])
+def test_node_perturbation_runs_with_their_own_noise_std_stack(rule, options):
+    """Runs that differ by c_h (Fig. 2's noise sweep) form one stack, each run with its own c_h."""
+    c_hs = (0.01, 0.05, 0.002)
+    a, b, init = (_np_trainers(rule, c_hs, **options) for _ in range(3))
+    _train_unstacked(a)
+    _train_stacked(b)
+    assert _moved(init, a) > 1e-3
+    assert _max_rel(a, b) < 1e-10
+    # the same runs all given run 0's c_h end elsewhere: the per-run value is what is used
+    c = _np_trainers(rule, (c_hs[0],) * 3, **options)
+    _train_stacked(c)
+    assert _max_rel(a[1:], c[1:]) > 1e-6
+
+
+def test_runs_differing_in_another_option_do_not_stack():
+    from bioplausible.experiments.runs import plan_groups
+
+    def job(seed, **rule):
+        cfg = _config(rule.pop("name"), rule, seed, 0.1)
+        return Job(cfg.to_dict(), "unused", "x", seed)
+
+    jobs = [job(0, name="np", c_h=0.01), job(1, name="np", c_h=0.05), job(2, name="np", c_h=0.01, noise_at="pre"),
+            job(0, name="kp", decay=0.01), job(1, name="kp", decay=0.02)]
+    assert plan_groups(jobs) == [[0, 1], [2], [3], [4]]
+    mixed = [_np_trainers("np", (0.01,) * 3)[0], _np_trainers("np", (0.01,) * 3, noise_at="pre")[1]]
+    with pytest.raises(ValueError, match=r"differ in \['noise_at'\].*c_h"):
+        make_stack(mixed)

@@ -47,14 +47,14 @@ def _message(where: str, value: float, threshold: float) -> str:
 
 def group_key(config: dict[str, Any]) -> str:
     """Jobs with the same key can share a stack: the config without its seed and learning rates
-    (the optimizer's, and the rule options that are rates the rule applies itself, e.g. the ghost
-    rules' ``eta_w`` / ``eta_v``)."""
+    (the optimizer's) and the rule options a stacked step reads run by run (the ghost rules'
+    ``eta_w`` / ``eta_v``, node perturbation's ``c_h``: ``PER_RUN_OPTIONS``)."""
     cfg = copy.deepcopy(config)
     cfg.pop("seed", None)
     cfg.pop("progress", None)
     rule = cfg.get("rule")
     if isinstance(rule, dict):
-        for key in support.RATE_OPTIONS.get(rule.get("name"), ()):
+        for key in support.PER_RUN_OPTIONS.get(rule.get("name"), ()):
             rule.pop(key, None)
     opt = cfg.get("optimizer") or {}
     opt.pop("lr", None)

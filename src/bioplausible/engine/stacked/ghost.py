@@ -47,17 +47,13 @@ class StackedGhost(StackedRule):
     name = "ghost-ma"
     feedback_in_step = True   # W^b (TF), V^f, V^b and MB's state change inside the step
     forward_in_step = True    # the rule applies the W updates itself
+    per_run_options = RATE_OPTIONS
 
     # ----------------------------------------------------------------- state
     def setup(self) -> None:
         from ...rules.ghost.circuit import SCHEDULES
 
         lead = self.rules[0]
-        for rule in self.rules[1:]:
-            differ = sorted(k for k in lead.config if k not in RATE_OPTIONS and rule.config.get(k) != lead.config[k])
-            if type(rule) is not type(lead) or differ:
-                raise ValueError(f"the runs of a {lead.name} stack differ in {differ or 'rule'}; only runs "
-                                 "that differ by seed and eta_w / eta_v stack")
         cfg = lead.config
         if cfg["solver"] != "fast" or cfg["weight_clip"] is not None:
             raise ValueError(f"{lead.name} with solver={cfg['solver']!r}, weight_clip={cfg['weight_clip']!r} "

@@ -30,10 +30,15 @@ _MSE_WEIGHT = {"mse_half_sum": 0.5, "mse_sum": 1.0, "mse_batchmean": 1.0}
 
 class _NPMixin:
     feedback_in_step = True  # B is regressed inside the rule's step
+    #: the noise std may differ between the runs of a stack (e.g. Fig. 2's sweep over c_h)
+    per_run_options = ("c_h",)
+
     def setup_np(self) -> None:
         rule = self.rules[0]
         cfg = rule.config
-        self.c_h = float(cfg["c_h"])
+        c_hs = [float(r.config["c_h"]) for r in self.rules]
+        # one c_h for every run: a number, as in the unstacked step; else (R, 1, 1) per run
+        self.c_h = c_hs[0] if len(set(c_hs)) == 1 else self.per_run("c_h", (1, 1))
         self.post = cfg["noise_at"] == "post"
         self.warmup = int(cfg["warmup"])
         self.count = int(getattr(rule, "_step", 0))
@@ -70,19 +75,23 @@ class _NPMixin:
                 break
             if self.post:
                 base = hs[1] if i == 0 else (a if fwd is None else fwd(a))
-                h = torch.add(base, xis[i], alpha=c)
+                h = _plus_noise(base, xis[i], c)
             else:
-                z = torch.add(a, xis[i], alpha=c)
+                z = _plus_noise(a, xis[i], c)
                 h = z if fwd is None else fwd(z)
         name = getattr(self.loss_fn, "name", None)
         if d is not None:
             delta = noisy - out
             w = _MSE_WEIGHT.get(name, 1.0 / max(out[0, 0].numel(), 1))
-            coef = delta.mul_(torch.add(delta, d, alpha=2.0)).sum(2).mul_(w / c)
+            coef = delta.mul_(torch.add(delta, d, alpha=2.0)).sum(2)
+            coef = coef.mul_(w / c) if isinstance(c, float) else coef.mul_(w / c.view(-1, 1))
         else:
-            coef = (per_example(self.loss_fn, noisy, y) - per_example(self.loss_fn, out, y)).div_(c)
+            coef = (per_example(self.loss_fn, noisy, y) - per_example(self.loss_fn, out, y))
+            coef = coef.div_(c if isinstance(c, float) else c.view(-1, 1))
         if self.count < 10 and not bool((coef != 0).any(1).all()):
-            raise UserError(f"rule {self.rules[0].name!r}: the perturbation c_h={c} changed no example's "
+            silent = int((~(coef != 0).any(1)).nonzero()[0])
+            c_r = self.rules[silent].config["c_h"]
+            raise UserError(f"rule {self.rules[0].name!r}: the perturbation c_h={c_r} changed no example's "
                             f"loss in {out.dtype}; raise c_h or train in float64")
         self.xis, self.coef, self.col = xis, coef, coef.unsqueeze(2)
         self.set_scale(B)
@@ -140,6 +149,11 @@ def draw_noise(generators: list, shapes: list[tuple[int, ...]], device, dtype) -
         for xi in xis:
             xi[r].normal_(generator=gen)
     return xis
+
+
+def _plus_noise(h: torch.Tensor, xi: torch.Tensor, c) -> torch.Tensor:
+    """``h + c ξ`` with one ``c`` (a number, the unstacked rule's own op) or one per run ``(R, 1, 1)``."""
+    return torch.add(h, xi, alpha=c) if isinstance(c, float) else torch.addcmul(h, xi, c)
 
 
 def _per_run_lr(rules, layer: int) -> torch.Tensor:

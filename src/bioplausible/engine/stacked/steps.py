@@ -45,14 +45,33 @@ class StackedRule:
     feedback_in_step: ClassVar[bool] = False
     #: the rule steps the forward weights inside its train_step (a probe reads their net change)
     forward_in_step: ClassVar[bool] = False
+    #: rule options whose values may differ between the runs of one stack (the step reads them
+    #: run by run); every other option must be equal in all runs
+    per_run_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, models: list, rules: list, optimizers: list, loss_fn: Any) -> None:
         self.capture = False  # keep the forward weights' gradients of the next step (for a probe)
         self.captured: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.net = StackedMLP(models)
         self.rules, self.optimizers, self.loss_fn = list(rules), list(optimizers), loss_fn
+        self.check_options()
         self.setup()
         self.refresh_rates()
+
+    def check_options(self) -> None:
+        """The runs are of one rule whose options agree but for :attr:`per_run_options`."""
+        lead = self.rules[0]
+        for rule in self.rules[1:]:
+            differ = sorted(k for k in set(lead.config) | set(rule.config)
+                            if k not in self.per_run_options and rule.config.get(k) != lead.config.get(k))
+            if type(rule) is not type(lead) or differ:
+                free = " and ".join(self.per_run_options)
+                raise ValueError(f"the runs of a {lead.name} stack differ in {differ or 'rule'}; only runs that "
+                                 f"differ by seed and learning rate{' and ' + free if free else ''} stack")
+
+    def per_run(self, option: str, shape: tuple[int, ...] = ()) -> torch.Tensor:
+        """Rule option ``option`` of every run as an ``(R, *shape)`` tensor on the stack's device and dtype."""
+        return _per_run([float(rule.config[option]) for rule in self.rules], shape, self.net.W[0])
 
     # ----------------------------------------------------------------- state
     def setup(self) -> None:

@@ -6,7 +6,8 @@ ghost-mb), its model is a plain MLP
 (``[Flatten,] (Linear, activation)*`` with sigmoid, tanh, ReLU or identity), the optimizer is SGD
 without momentum (per-run learning rates, parameter groups, weight decay and LR schedules are
 fine; probes are taken run by run; the ghost rules apply their own rates ``eta_w`` / ``eta_v``,
-which may differ between the runs of a stack, see :data:`RATE_OPTIONS`), and the task is single-label classification or reconstruction.
+and node perturbation's noise std ``c_h`` may differ between the runs of a stack, see
+:data:`PER_RUN_OPTIONS`), and the task is single-label classification or reconstruction.
 Otherwise :func:`config_reason` / :func:`model_reason` say why in one line and the runs train
 one after another.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 from .bidirectional import StackedBDFA, StackedBFA
-from .ghost import RATE_OPTIONS as _GHOST_RATES
 from .ghost import StackedGhost, ghost_reason
 from .nodepert import StackedNP, StackedNPDFA, StackedSG, StackedSGDFA
 from .relaxation import StackedAR
@@ -31,9 +31,11 @@ STACKED: dict[str, type[StackedRule]] = {
     "sal": StackedSAL, "ghost-ma": StackedGhost, "ghost-ma-prime": StackedGhost, "ghost-mb": StackedGhost,
 }
 
-#: rule name -> rule options that are learning rates the rule applies itself: runs differing in
-#: them (and in seed and the optimizer's rates) share a stack, each run at its own rates
-RATE_OPTIONS: dict[str, tuple[str, ...]] = {name: _GHOST_RATES for name in ("ghost-ma", "ghost-ma-prime", "ghost-mb")}
+#: rule name -> rule options that may differ between the runs of one stack (each run's own value
+#: is used): the rates the ghost rules apply themselves, node perturbation's noise std ``c_h``.
+#: Runs differing in them (and in seed and the optimizer's rates) share a stack.
+PER_RUN_OPTIONS: dict[str, tuple[str, ...]] = {name: cls.per_run_options for name, cls in STACKED.items()
+                                               if cls.per_run_options}
 
 
 def stackable_rules() -> list[str]:
@@ -103,4 +105,4 @@ def stack_from(models: list, rules: list, optimizers: list, loss_fn: Any) -> Sta
     return STACKED[rules[0].name](models, rules, optimizers, loss_fn)
 
 
-__all__ = ["RATE_OPTIONS", "STACKED", "config_reason", "make_stack", "model_reason", "stack_from", "stackable_rules"]
+__all__ = ["PER_RUN_OPTIONS", "STACKED", "config_reason", "make_stack", "model_reason", "stack_from", "stackable_rules"]

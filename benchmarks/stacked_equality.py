@@ -4,7 +4,8 @@
     python benchmarks/stacked_equality.py --rules bp,fa --subset 500 --epochs 1   # smaller
 
 Runs ``bioplausible compare --rules RULES --seeds 0,1,2 --dtype float64`` on a subset of MNIST
-twice, once one run after another and once with ``--stack``, in temporary folders, and compares
+(``--model``; then the ghost-unit rules, ``--ghost-rules``, on their own recommended network and
+batch size) twice, once one run after another and once with ``--stack``, in temporary folders, and compares
 every run's final test accuracy, test loss and training loss (``summary.json``). Writes
 ``benchmarks/results/stacked_equality.{json,md}`` with the per-run numbers, the largest relative
 difference and the wall time of both commands; exits 1 when a number differs by more than
@@ -26,13 +27,14 @@ from _common import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RULES = "bp,fa,usf,kp,wm,dfa,np,sg,bfa,bdfa,ar,sal"
+GHOST_RULES = "ghost-ma,ghost-ma-prime,ghost-mb"
 KEYS = ("test_accuracy", "test_loss", "train_loss")
 
 
-def compare_args(args: argparse.Namespace) -> list[str]:
-    return ["compare", "--rules", args.rules, "--seeds", "0,1,2", "--dtype", "float64",
-            "--epochs", str(args.epochs), "--model", args.model, "--set", f"dataset.subset={args.subset}",
-            "--quiet"]
+def compare_args(args: argparse.Namespace, rules: str, model: str | None) -> list[str]:
+    return ["compare", "--rules", rules, "--seeds", "0,1,2", "--dtype", "float64",
+            "--epochs", str(args.epochs), *(["--model", model] if model else []),
+            "--set", f"dataset.subset={args.subset}", "--quiet"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,40 +43,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subset", type=int, default=1000, help="MNIST training images (default 1000)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--model", default="mlp:784-64-10")
+    ap.add_argument("--ghost-rules", default=GHOST_RULES, help="run on their recommended network ('' : none)")
     ap.add_argument("--tol", type=float, default=1e-10)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     exe = shutil.which("bioplausible") or str(Path(sys.executable).with_name("bioplausible"))
-    base = compare_args(args)
-    rows, walls = [], {}
+    passes = [(args.rules, args.model)] + ([(args.ghost_rules, None)] if args.ghost_rules else [])
+    commands = ["bioplausible " + " ".join(compare_args(args, r, m)) + " [--stack]" for r, m in passes]
+    rows, walls, missing, worst = [], {"separate": 0.0, "stacked": 0.0}, [], 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        folders = {}
-        for how, extra in (("separate", []), ("stacked", ["--stack"])):
-            folder = Path(tmp) / how
-            t0 = time.perf_counter()
-            subprocess.run([exe, *base, *extra, "--out", str(folder)], check=True)
-            walls[how] = time.perf_counter() - t0
-            folders[how] = folder
-        worst, missing = 0.0, []
-        for run in sorted(p.name for p in folders["separate"].iterdir() if (p / "summary.json").exists()):
-            other = folders["stacked"] / run / "summary.json"
-            if not other.exists():
-                missing.append(run)
-                continue
-            a = json.loads((folders["separate"] / run / "summary.json").read_text())["final"]
-            b = json.loads(other.read_text())["final"]
-            diff = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-300) for k in KEYS)
-            worst = max(worst, diff)
-            rows.append({"run": run, **{f"{k}_separate": a[k] for k in KEYS},
-                         **{f"{k}_stacked": b[k] for k in KEYS}, "max_rel_diff": diff})
+        for i, (rules, model) in enumerate(passes):
+            folders = {}
+            for how, extra in (("separate", []), ("stacked", ["--stack"])):
+                folder = Path(tmp) / f"{how}{i}"
+                t0 = time.perf_counter()
+                subprocess.run([exe, *compare_args(args, rules, model), *extra, "--out", str(folder)], check=True)
+                walls[how] += time.perf_counter() - t0
+                folders[how] = folder
+            for run in sorted(p.name for p in folders["separate"].iterdir() if (p / "summary.json").exists()):
+                other = folders["stacked"] / run / "summary.json"
+                if not other.exists():
+                    missing.append(run)
+                    continue
+                a = json.loads((folders["separate"] / run / "summary.json").read_text())["final"]
+                b = json.loads(other.read_text())["final"]
+                diff = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-300) for k in KEYS)
+                worst = max(worst, diff)
+                rows.append({"run": run, **{f"{k}_separate": a[k] for k in KEYS},
+                             **{f"{k}_stacked": b[k] for k in KEYS}, "max_rel_diff": diff})
     ok = not missing and bool(rows) and worst <= args.tol
     command = "python benchmarks/stacked_equality.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
-    result = {"command": command, "compare": "bioplausible " + " ".join(base) + " [--stack]",
+    result = {"command": command, "compare": commands,
               "rows": rows, "missing": missing, "max_rel_diff": worst, "tol": args.tol, "ok": ok,
               "wall_s": walls, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     md = ["# Stacked runs equal separate runs", "",
-          f"Command: `{command}` ({result['date']}): `{result['compare']}`, once without and once with "
-          f"`--stack`; final test accuracy, test loss and training loss of every run.", "",
+          f"Command: `{command}` ({result['date']}): " + "; ".join(f"`{c}`" for c in commands)
+          + ", each once without and once with `--stack`; final test accuracy, test loss and training loss of "
+          "every run.", "",
           f"Largest relative difference: {worst:.2e} (tolerance {args.tol:.0e}) over {len(rows)} runs"
           + (f"; missing with --stack: {', '.join(missing)}" if missing else "") + f". Wall time: separate "
           f"{walls['separate']:.1f} s, stacked {walls['stacked']:.1f} s.", "",

@@ -6,7 +6,8 @@ registered: it runs in :data:`DEFAULT` (a small sigmoid MLP, summed squared erro
 the life cycle: prepare and a few steps train; the probe compares it with BP (and BP measures
 0° from itself); its state survives ``state_dict``/``load_state_dict`` and ``to(float64)`` and
 back; a run stopped after one epoch and resumed ends where an uninterrupted run ends; the plain
-model comes back from ``to_plain``; a bad option is one line.
+model comes back from ``to_plain``; a bad option is one line; two seeds stacked as one model
+(``--stack``) equal the two runs apart, or the rule has no stacked step and says so in one line.
 """
 
 from __future__ import annotations
@@ -172,3 +173,37 @@ def test_a_bad_option_is_one_line(name, capsys):
                  "--quiet"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "no_such_option" in lines[0], lines
+
+
+@pytest.mark.parametrize("name", RULES)
+def test_two_seeds_stack_into_what_they_train_apart_or_the_rule_says_why(name):
+    """``--stack``: two runs (seeds 0, 1) as one stacked model equal the two runs trained one after
+    the other (float64, 1e-10 relative), or the stacking rules refuse them in one line."""
+    from test_stacked import _max_rel, _train_stacked, _train_unstacked
+
+    from bioplausible.engine.config import TrainConfig
+    from bioplausible.engine.stacked import support
+    from bioplausible.experiments.jobs import Job, _build
+
+    s = setting(name)
+    bundle = make_bundle(n_train=24, n_test=8, dim=DIM, classes=CLASSES, seed=1, dtype=torch.float64)
+
+    def trainers():
+        out = []
+        for seed in (0, 1):
+            cfg = TrainConfig.from_dict({
+                **config(name), "dataset": {"name": "blobs"}, "seed": seed, "dtype": "float64",
+                "model": {"spec": f"mlp:{DIM}-5-{CLASSES}", "activation": s["model"], "output_activation": "sigmoid"}})
+            out.append(_build(Job(cfg.to_dict(), "unused", name, seed), bundle, cfg, out=None, progress=False))
+        return out
+
+    a, b = trainers(), trainers()
+    reason = support.config_reason(a[0].config) or support.model_reason(a)
+    if reason is not None:
+        # a rule with a stacked step stacks in its conformance setting; the others say why
+        assert name not in support.STACKED, reason
+        assert isinstance(reason, str) and reason and "\n" not in reason
+        return
+    _train_unstacked(a, epochs=1)
+    _train_stacked(b, epochs=1, seeds=(0, 1))
+    assert _max_rel(a, b) < 1e-10

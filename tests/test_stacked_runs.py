@@ -281,3 +281,29 @@ def test_a_stacked_ghost_mb_run_resumes_with_its_carried_state(synthetic_root, t
             assert torch.allclose(ma[k], mb[k], rtol=1e-10, atol=1e-12), (a.name, k)
         _close([json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()],
                [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()], a.name)
+
+
+def test_the_python_compare_stacks_a_user_model_into_the_same_runs(tmp_path, capsys):
+    """``bp.compare(..., stack=True)`` with a model factory and tensors: the folders and numbers
+    of the unstacked call; a rule without a stacked step says so and runs apart."""
+    import bioplausible as bp
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(120, 10, generator=g, dtype=torch.float64), torch.randint(0, 3, (120,), generator=g)
+
+    def factory():
+        return torch.nn.Sequential(torch.nn.Linear(10, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+
+    common = {"seeds": [0, 1, 2], "epochs": 2, "batch_size": 16, "lr": 0.05, "dtype": "float64",
+              "probe_every": 3, "config": {"dataset": {"val_size": 0}}}
+    rows_a = bp.compare(factory, ["bp", "fa", "bp-noise"], (x, y), out=tmp_path / "a", **common)
+    capsys.readouterr()
+    rows_b = bp.compare(factory, ["bp", "fa", "bp-noise"], (x, y), out=tmp_path / "b", stack=True, **common)
+    err = capsys.readouterr().err
+    assert "stack: bp-noise: rule 'bp-noise' has no stacked step" in err
+    assert "stack: bp:" not in err and "stack: fa:" not in err  # these two did stack (a Linear output)
+    _same_runs(tmp_path / "a", tmp_path / "b")
+    assert len(rows_a) == len(rows_b) == 3  # one row per rule
+    for a, b in zip(rows_a, rows_b):
+        _close({k: v for k, v in a.items() if "time" not in k}, {k: v for k, v in b.items() if "time" not in k},
+               "results.csv")

@@ -489,6 +489,27 @@ _SHORTCUTS = {"lr": ("optimizer", "lr"), "loss": ("loss",), "epochs": ("epochs",
               "deterministic": ("deterministic",)}
 
 
+def fit_trainer(model: nn.Module, rule: Rule | str, data: Any, config: TrainConfig, *,
+                out: str | os.PathLike | None = None, given: Any = None,
+                load_options: dict[str, Any] | None = None) -> Trainer:
+    """The :class:`Trainer` that :func:`fit` runs for ``model`` on the bundle ``data``.
+
+    The summary names the data actually trained on, not the config's default; ``config.yaml``
+    and ``summary.json`` record the module and the data that ran (``given``: what the caller
+    passed, default ``data``), not the config's ``model.spec`` / dataset defaults.
+    """
+    from .provenance import describe_data
+
+    config = config.updated({"dataset": {"name": str(data.info.name)}})
+    torch.manual_seed(config["seed"])
+    trainer = Trainer(model, rule, data, config, out=out)
+    recorded = config.to_dict()
+    recorded["model"] = {k: v for k, v in trainer.model_record.items()}
+    recorded["dataset"] = describe_data(data if given is None else given, data, load_options)
+    trainer.recorded_config = recorded
+    return trainer
+
+
 def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
         config: TrainConfig | dict | None = None, out: str | os.PathLike | None = None,
         resume: bool = False, loggers: list[Any] | None = None, verbose: bool = False,
@@ -538,20 +559,10 @@ def fit(model: nn.Module, rule: Rule | str, data: Any, eval_data: Any = None, *,
         load_options = {k: v for k, v in config.dataset_options().items() if v is not None}
         data = load_dataset(data, **load_options)
     from ..data.adapt import as_bundle
-    from .provenance import describe_data
 
     data = as_bundle(data, eval_data)
-    # the summary names the data actually trained on, not the config's default
-    config = config.updated({"dataset": {"name": str(data.info.name)}})
     with runtime(config):  # threads, determinism and denormal flushing, as run_job applies them
-        torch.manual_seed(config["seed"])
-        trainer = Trainer(model, rule, data, config, out=out)
-        # config.yaml and summary.json record the module and the data that ran, not the
-        # config's model.spec / dataset defaults, which fit() never used
-        recorded = config.to_dict()
-        recorded["model"] = {k: v for k, v in trainer.model_record.items()}
-        recorded["dataset"] = describe_data(given, data, load_options)
-        trainer.recorded_config = recorded
+        trainer = fit_trainer(model, rule, data, config, out=out, given=given, load_options=load_options)
         trainer.loggers.extend(loggers or [])
         if out is None:
             return trainer.run(resume=resume)

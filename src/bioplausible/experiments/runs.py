@@ -152,16 +152,9 @@ class StackedTraining:
 
     # ------------------------------------------------------------------ start
     def _start(self, trainer, resume: bool) -> None:
-        from .._io import atomic_write_text as _atomic_write_text
-
-        run_dir = trainer.run_dir
-        ckpt = run_dir / "checkpoint.pt"
-        if resume and ckpt.exists():
-            trainer.load_checkpoint(ckpt)
-        else:
-            for name in ("metrics.jsonl", "summary.json", "model.pt", "rule_state.pt"):
-                (run_dir / name).unlink(missing_ok=True)
-        _atomic_write_text(run_dir / "config.yaml", trainer.config.to_yaml())
+        # the trainer's own start: resume from its checkpoint or start clean, write config.yaml
+        # (the recorded config of a run made from a Python model, as fit() writes it)
+        trainer._open_run_dir(resume)
 
     def _finish(self, i: int, status: str, message: str = "") -> dict[str, Any]:
         from .._io import atomic_write_json as _write_json

@@ -47,10 +47,58 @@ def _fresh_model(model_or_factory: Any, seed: int) -> Any:
     raise ConfigError("compare(): pass an nn.Module or a function that returns one")
 
 
+def _train_stacked(planned: list, model_or_factory: Any, bundle: Any, verbose: bool) -> list:
+    """Train the groups of ``planned`` that stack (one rule's seeds) as stacked models, each run
+    built exactly as :func:`~bioplausible.engine.trainer.fit` builds it; returns the jobs left to
+    train one after another (after one line on stderr saying why)."""
+    import contextlib
+    import sys
+
+    from ..data import DataBundle
+    from ..engine.config import TrainConfig
+    from ..engine.rundir import run_lock
+    from ..engine.runtime import runtime
+    from ..engine.stacked import support
+    from ..engine.trainer import DTYPES, fit_trainer, resolve_device
+    from .runs import StackedTraining, plan_groups
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    apart = []
+    for group in plan_groups(planned):
+        jobs = [planned[i] for i in group]
+        configs = [TrainConfig.from_dict(j.config, recommended=False).updated({"progress": verbose}) for j in jobs]
+        reason = support.config_reason(configs[0]) if len(jobs) > 1 else ""
+        if reason is None:
+            with runtime(configs[0]):
+                device, dtype = resolve_device(configs[0]["device"]), DTYPES[configs[0]["dtype"]]
+                shared = DataBundle(train=bundle.train.to(device, dtype),
+                                    test=None if bundle.test is None else bundle.test.to(device, dtype),
+                                    val=None if getattr(bundle, "val", None) is None else bundle.val.to(device, dtype),
+                                    info=bundle.info)
+                trainers = [fit_trainer(_fresh_model(model_or_factory, job.seed), job.label, shared, cfg,
+                                        out=job.run_dir, given=bundle) for job, cfg in zip(jobs, configs)]
+                reason = support.model_reason(trainers)
+                if reason is None:
+                    for job in jobs:
+                        Path(job.run_dir).mkdir(parents=True, exist_ok=True)
+                    with contextlib.ExitStack() as locks:
+                        for job in jobs:
+                            locks.enter_context(run_lock(Path(job.run_dir)))
+                        StackedTraining(jobs, trainers, say).run()
+                    continue
+        if reason:
+            say(f"stack: {jobs[0].label}: {reason}; running its {len(jobs)} run(s) one after another")
+        apart += jobs
+    return apart
+
+
 def compare(model_or_factory: Any | Callable[[], Any], rules: str | Sequence[str], data: Any,
             eval_data: Any = None, *, seeds: Sequence[int] = (0,), out: str | os.PathLike | None = None,
             config: Any = None, settings: Sequence[str] | None = None, verbose: bool = False,
-            fmt: str = "png", title: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
+            fmt: str = "png", title: str | None = None, stack: bool = False,
+            **overrides: Any) -> list[dict[str, Any]]:
     """Train ``model_or_factory`` with every rule x seed and write the comparison report.
 
     ``model_or_factory``: a function returning a fresh model (called once per run, after
@@ -59,7 +107,10 @@ def compare(model_or_factory: Any | Callable[[], Any], rules: str | Sequence[str
     fit's keyword shortcuts (``lr``, ``epochs``, ``batch_size``, ...); ``settings``: ``KEY=VALUE``
     or ``RULE:KEY=VALUE`` strings as ``--set`` takes them; ``config``: a config mapping or
     :class:`~bioplausible.engine.config.TrainConfig` under both. ``out`` (default
-    ``runs/compare-<time>``) must be new or empty. Returns the rows of ``results.csv``.
+    ``runs/compare-<time>``) must be new or empty. ``stack``: the seeds of each rule train as one
+    stacked model where the rule, model and optimizer allow it (as the CLI's ``--stack``: the same
+    run folders and numbers; a rule that cannot stack says why in one line and runs its seeds one
+    after another). Returns the rows of ``results.csv``.
     """
     from ..engine.config import PER_RULE, TrainConfig
     from ..engine.trainer import _SHORTCUTS, fit
@@ -109,10 +160,14 @@ def compare(model_or_factory: Any | Callable[[], Any], rules: str | Sequence[str
     bundle = as_bundle(data, eval_data)
     spec = SweepSpec(name="compare", config=base.explicit(), grid={"rule.name": names}, seeds=seeds)
     write_index(folder, spec, planned, {})
-    for job in planned:
+    if not isinstance(stack, bool):
+        raise ConfigError(f"compare(stack=...) must be True or False, got {stack!r}")
+    apart = _train_stacked(planned, model_or_factory, bundle, verbose) if stack else planned
+    for job in apart:
         cfg = TrainConfig.from_dict(job.config, recommended=False)
         model = _fresh_model(model_or_factory, job.seed)
         fit(model, job.label, bundle, config=cfg, out=job.run_dir, verbose=verbose)
+    for job in planned:
         path = Path(job.run_dir) / "summary.json"
         summary = json.loads(path.read_text())
         summary["job"] = {"label": job.label, "seed": job.seed, "preset": None, "scale": None}

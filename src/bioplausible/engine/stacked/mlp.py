@@ -32,8 +32,9 @@ ACTIVATIONS = {
 
 
 def mlp_layers(model: nn.Module) -> tuple[list[nn.Module], list[tuple]] | str:
-    """``(linear_layers, activations)`` of a ``[Flatten,] (Linear, activation)*`` Sequential,
-    or a one-line reason why ``model`` is not of that form.
+    """``(linear_layers, activations)`` of a ``[Flatten,] (Linear[, activation])*`` Sequential
+    (a Linear with no activation after it, e.g. the output layer, has the identity), or a one-line
+    reason why ``model`` is not of that form.
 
     Linear layers converted by a feedback rule (``FeedbackLinear``) count as Linear: the stack
     reads only their ``weight``, ``bias`` and, where the rule keeps one, ``feedback``.
@@ -47,16 +48,25 @@ def mlp_layers(model: nn.Module) -> tuple[list[nn.Module], list[tuple]] | str:
         if children[0].start_dim not in (1, -1) and children[0].end_dim != -1:
             return "the model flattens other than from dimension 1"
         children = children[1:]
-    if not children or len(children) % 2:
-        return "the model is not a sequence of (Linear, activation) pairs"
+    if not children:
+        return "the model has no layers"
+    linear = (nn.Linear, FeedbackLinear)
     layers, acts = [], []
-    for lin, act in zip(children[::2], children[1::2]):
-        if not isinstance(lin, (nn.Linear, FeedbackLinear)):
+    i = 0
+    while i < len(children):
+        lin = children[i]
+        if not isinstance(lin, linear):
             return f"the model has a {type(lin).__name__} layer; stacking takes Linear layers only"
+        layers.append(lin)
+        act = children[i + 1] if i + 1 < len(children) else None
+        if act is None or isinstance(act, linear):  # a Linear with no activation after it: identity
+            acts.append(ACTIVATIONS[nn.Identity])
+            i += 1
+            continue
         if type(act) not in ACTIVATIONS or (isinstance(act, nn.ReLU) and act.inplace):
             return f"the activation {type(act).__name__} has no stacked form (sigmoid, tanh, relu, identity)"
-        layers.append(lin)
         acts.append(ACTIVATIONS[type(act)])
+        i += 2
     return layers, acts
 
 

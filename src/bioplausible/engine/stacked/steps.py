@@ -1,6 +1,6 @@
 """Stacked training steps: R runs of one rule on one MLP shape, one batched step for all of them.
 
-Each class here reproduces, for a plain MLP ``[Flatten,] (Linear, activation)*`` and SGD without
+Each class here reproduces, for a plain MLP ``[Flatten,] (Linear[, activation])*`` and SGD without
 momentum, the step the unstacked rule takes (its ``train_step``, the optimizer's step and its
 ``after_step``), with every tensor carrying a leading run dimension:
 

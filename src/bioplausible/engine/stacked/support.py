@@ -3,7 +3,8 @@
 A group of runs stacks when its rule has a stacked step here (:data:`STACKED`: bp, fa, usf, brsf,
 frsf, kp, matched, wm, dfa, np, np-dfa, sg, sg-dfa, bfa, bdfa, ar, sal, ghost-ma, ghost-ma-prime,
 ghost-mb), its model is a plain MLP
-(``[Flatten,] (Linear, activation)*`` with sigmoid, tanh, ReLU or identity), the optimizer is SGD
+(``[Flatten,] (Linear[, activation])*`` with sigmoid, tanh, ReLU or identity; a Linear with
+nothing after it has the identity), the optimizer is SGD
 without momentum (per-run learning rates, parameter groups, weight decay and LR schedules are
 fine; probes are taken run by run; the ghost rules apply their own rates ``eta_w`` / ``eta_v``,
 and node perturbation's noise std ``c_h`` may differ between the runs of a stack, see

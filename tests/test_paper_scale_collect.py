@@ -149,3 +149,20 @@ def test_collect_reports_but_accepts_a_different_probe_interval(row, tmp_path):
     report = (tmp_path / "r" / "tiny_row" / "report.md").read_text()
     assert "Recording settings that differ from the preset's (training is the same): 6 runs" in report
     assert "probe_every = 5, the preset says 7" in report
+
+
+def test_the_command_says_the_sweep_arguments_the_driver_passed(row, tmp_path):
+    row_dir, _ = row
+    collect = _load_collect()
+    base = row_dir.parent
+    assert collect.driver_args(row_dir) == ""
+    (base / "driver.log").write_text("== other_row 2026-01-01T00:00:00Z commit 1111111 --jobs 2\n"
+                                     "== tiny_row 2026-01-01T00:00:00Z commit abc1234 --stack\n"
+                                     "== tiny_row 2026-01-02T00:00:00Z commit abc1234 --stack\n")
+    assert collect.driver_args(row_dir) == "--stack"
+    out = tmp_path / "results"
+    assert collect.main([str(row_dir), "--out", str(out), "--reproduction", str(tmp_path / "R.md")]) == 0
+    report = (out / "tiny_row" / "report.md").read_text()
+    assert "ROWS=tiny_row SWEEP_ARGS=--stack benchmarks/paper_scale/run.sh" in report
+    assert "--out " in report and "tiny_row --stack" in report and "--seeds 0,1,2 --stack" in report
+    assert "Commit: abc1234" in report

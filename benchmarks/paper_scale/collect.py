@@ -96,6 +96,20 @@ def driver_launches(row_dir: Path, log: Path | None = None) -> list[tuple[str, s
     return [(m.group(1), m.group(2)) for m in map(pattern.match, log.read_text(errors="replace").splitlines()) if m]
 
 
+def driver_args(row_dir: Path, log: Path | None = None) -> str:
+    """The ``SWEEP_ARGS`` the driver passed to ``sweep`` for this row (after ``commit <hash>`` on
+    its launch lines, e.g. ``--stack``), the distinct ones joined, or ``""``."""
+    log = log or row_dir.parent / "driver.log"
+    if not log.is_file():
+        return ""
+    pattern = re.compile(rf"^== {re.escape(row_dir.name)} \S+ commit \S+ *(.*)$")
+    seen: list[str] = []
+    for m in map(pattern.match, log.read_text(errors="replace").splitlines()):
+        if m and m.group(1).strip() and m.group(1).strip() not in seen:
+            seen.append(m.group(1).strip())
+    return " ".join(seen)
+
+
 def driver_commits(row_dir: Path, log: Path | None = None) -> list[str]:
     """The distinct commits of the driver's launches of this row, in order."""
     seen: list[str] = []
@@ -222,10 +236,12 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
 
     parts = row_dir.resolve().parts
     where = "/".join(parts[-3:]) if len(parts) >= 3 and parts[-3] == "runs" else str(row_dir)
-    command = (f"bioplausible sweep SWEEP.yaml --out {where}  "
+    extra = driver_args(row_dir, driver_log)
+    command = (f"bioplausible sweep SWEEP.yaml --out {where}{' ' + extra if extra else ''}  "
                f"# SWEEP.yaml = {json.dumps({k: v for k, v in (index.get('spec') or {}).items() if v not in (None, [], {})})}")
-    driver = f"ROWS={row} benchmarks/paper_scale/run.sh"
-    same = (f"bioplausible reproduce {preset.name} --scale {scale} --seeds {','.join(map(str, index.get('seeds') or seeds))}")
+    driver = f"ROWS={row}{f' SWEEP_ARGS={extra}' if extra else ''} benchmarks/paper_scale/run.sh"
+    same = (f"bioplausible reproduce {preset.name} --scale {scale} --seeds {','.join(map(str, index.get('seeds') or seeds))}"
+            f"{' ' + extra if extra else ''}")
 
     lines = [f"# Full scale: {preset.title}", "",
              f"Preset `{preset.name}` at scale `{scale}` ({config['epochs']} epochs), seeds {index.get('seeds')}. "

@@ -6,7 +6,8 @@ RUN_FOLDER holds run directories ``<label>-seed<k>`` (a full-scale row of bfa-ta
 or the feedback-rate sweep benchmarks/paper_scale/bdfa_feedback_rates.yaml). Writes
 ``bdfa_alignment.png``: (left) the angle between each rule's hidden-layer update and BP's
 gradient per probe (mean ± std over seeds; the output layer of DFA and BDFA gets the true
-gradient and is left out), (right) test accuracy per epoch; and ``bdfa_alignment.md`` with the
+gradient and is left out), (middle) the norm of that update over the norm of BP's gradient,
+(right) test accuracy per epoch; and ``bdfa_alignment.md`` with the
 angle at the first and last probe and, for each BDFA run, the first epoch from which its mean
 test accuracy stays above DFA's ("never" when it does not overtake DFA). The runs must have
 been made with probes (``probe_every`` > 0): without them there is no angle to draw, which it says
@@ -57,6 +58,25 @@ def angle_series(runs: list) -> tuple[list[float], list[list[float]]]:
     return xs, [[v for _, v in s[:n]] for s in series]
 
 
+def norm_ratio_series(runs: list) -> list[list[float]]:
+    """Per seed and probe: the hidden layers' update norm over BP's gradient norm (mean over the
+    weight layers but the output one), ``update_norm/<layer>.weight / bp_norm/<layer>.weight``."""
+    out = []
+    for r in runs:
+        seq = []
+        for rec in r.probes:
+            keys = sorted((k for k in rec if k.startswith("update_norm/") and k.endswith(".weight")),
+                          key=lambda k: int(k.split("/")[1].split(".")[0]) if k.split("/")[1].split(".")[0].isdigit()
+                          else 0)[:-1]
+            ratios = [rec[k] / rec["bp_norm/" + k.split("/", 1)[1]] for k in keys
+                      if rec.get("bp_norm/" + k.split("/", 1)[1])]
+            if ratios:
+                seq.append(sum(ratios) / len(ratios))
+        out.append(seq)
+    n = min(len(s) for s in out)
+    return [s[:n] for s in out]
+
+
 def overtakes(bdfa: list, dfa: list) -> int | None:
     """First epoch from which the mean test accuracy of ``bdfa`` stays above ``dfa``'s; None if never."""
     import numpy as np
@@ -96,24 +116,30 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4))
     lines = [f"# BDFA vs DFA over training: `{folder.name}`", "",
-             "| run | seeds | angle to BP, first probe (°) | angle to BP, last probe (°) | final test acc. (%) | "
-             "overtakes DFA from epoch |", "|---|---|---|---|---|---|"]
+             "| run | seeds | angle to BP, first probe (°) | angle to BP, last probe (°) | update / BP norm, first "
+             "probe | update / BP norm, last probe | final test acc. (%) | overtakes DFA from epoch |",
+             "|---|---|---|---|---|---|---|---|"]
     for label, (xs, ys) in series.items():
         arr = np.array(ys)
         mean, std = arr.mean(0), arr.std(0, ddof=1) if len(ys) > 1 else np.zeros(arr.shape[1])
         line = axes[0].plot(xs, mean, label=f"{label} (n={len(ys)})")[0]
         axes[0].fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         runs = groups[label]
+        ratio = np.array(norm_ratio_series(runs))
+        rmean = ratio.mean(0)
+        axes[1].plot(xs[:len(rmean)], rmean[:len(xs)], color=line.get_color(), label=label)
         n = min(len(r.epochs) for r in runs)
         acc = np.array([[e["test_accuracy"] for e in r.epochs[:n]] for r in runs])
-        axes[1].plot([e["epoch"] for e in runs[0].epochs[:n]], acc.mean(0), color=line.get_color(), label=label)
+        axes[2].plot([e["epoch"] for e in runs[0].epochs[:n]], acc.mean(0), color=line.get_color(), label=label)
         over = "–" if label == "dfa" else (str(overtakes(runs, groups["dfa"])) if overtakes(runs, groups["dfa"]) else "never")
         lines.append(f"| {label} | {len(ys)} | {mean[0]:.1f} ± {std[0]:.1f} | {mean[-1]:.1f} ± {std[-1]:.1f} | "
-                     f"{acc[:, -1].mean():.2f} ± {acc[:, -1].std(ddof=1) if len(runs) > 1 else 0:.2f} | {over} |")
+                     f"{rmean[0]:.2f} | {rmean[-1]:.2f} | {acc[:, -1].mean():.2f} ± {acc[:, -1].std(ddof=1) if len(runs) > 1 else 0:.2f} | {over} |")
     axes[0].set(xlabel="epoch", ylabel="degrees", title="angle of the hidden-layer update to BP's gradient")
-    axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy (mean over seeds)")
+    axes[1].set(xlabel="epoch", ylabel="ratio", yscale="log",
+                title="hidden-layer update norm / BP's gradient norm (mean over seeds)")
+    axes[2].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy (mean over seeds)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -122,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     fig.savefig(out / "bdfa_alignment.png", dpi=100)
     plt.close(fig)
     lines += ["", "Angle: the probe's angle between the rule's update of the hidden layer(s) and BP's gradient on "
-              "the same batch (the output layer, exact by construction, left out); mean ± std over seeds.",
+              "the same batch (the output layer, exact by construction, left out); mean ± std over seeds. "
+              "Update / BP norm: the norm of the rule's hidden-layer update over the norm of BP's gradient on "
+              "the same batch (both before the learning rate), mean over seeds: how large a step the hidden "
+              "layer takes, whatever its direction.",
               "", "![alignment](bdfa_alignment.png)", ""]
     (out / "bdfa_alignment.md").write_text("\n".join(lines))
     print(f"{out / 'bdfa_alignment.md'}")

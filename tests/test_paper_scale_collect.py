@@ -83,7 +83,8 @@ def test_collect_writes_report_verdicts_and_the_reproduction_section(row, tmp_pa
         assert f"| {lab} | {mean:.2f} ± {sd:.2f} (n=3) | {paper} | {mean - paper:+.2f} | {tol} |" in report
         verdict = next(c for c in data["checks"] if c["type"] == "paper" and c["run"] == lab)
         assert verdict["passed"] == ok
-        assert (f"| {tol} | reproduced |" if ok else f"not reproduced (by {abs(mean - paper):.2f})") in report
+        side = "above" if mean > paper else "below"
+        assert (f"| {tol} | reproduced |" if ok else f"not reproduced (ours {side} by {abs(mean - paper):.2f})") in report
     assert data["tally"] == {"reproduced": 1, "not_reproduced": 1, "other": 0}
     assert "Verdict against the paper: 1 reproduced, 1 not reproduced" in md.read_text()
     assert "Commit: abc1234" in report and "1111111" not in report

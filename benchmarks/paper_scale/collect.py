@@ -256,7 +256,7 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
         verdict = v["text"].split(": ", 1)[1] if v else ("no paper number" if ref is None else "–")
         verdict = verdict.split(" (", 1)[0] if verdict.startswith(("reproduced", "not reproduced", "ranking")) else verdict
         if v and mark(v) == FAIL and st[0] is not None and ref is not None:
-            verdict = f"not reproduced (by {abs(st[0] - ref):.{d}f})"
+            verdict = f"not reproduced (ours {'above' if st[0] > ref else 'below'} by {abs(st[0] - ref):.{d}f})"
         lines.append(f"| {label} | {_fmt(st, d)} (n={st[2]}) | {'–' if ref is None else ref} | {diff} | "
                      f"{v['tol'] if v else '–'} | {verdict} |")
     note = preset.paper_results.get("note")

@@ -57,7 +57,7 @@ class StackedGhost(StackedRule):
 
         lead = self.rules[0]
         cfg = lead.config
-        if cfg["solver"] != "fast" or cfg["weight_clip"] is not None:
+        if cfg["solver"] != "fast" or (cfg["weight_clip"] is not None and lead.model == "MB"):
             raise ValueError(f"{lead.name} with solver={cfg['solver']!r}, weight_clip={cfg['weight_clip']!r} "
                              "has no stacked step")
         self.name = lead.name
@@ -358,8 +358,8 @@ def ghost_reason(rule: str, options: dict[str, Any], config) -> str | None:
     """Why runs of a ghost rule with ``options`` cannot stack (one line), or ``None``."""
     if options.get("solver", "fast") != "fast":
         return f"{rule}'s solver={options['solver']!r} (the step-by-step oracle) has no stacked step (solver fast has)"
-    if options.get("weight_clip") is not None:
-        return f"{rule}'s weight_clip has no stacked step"
+    if rule == "ghost-mb" and options.get("weight_clip") is not None:
+        return "ghost-mb's weight_clip has no stacked step (ghost-ma's and ghost-ma-prime's have)"
     if rule == "ghost-mb" and int(config["batch_size"]) != 1:
         return "ghost-mb runs one example per step (batch_size 1); other batch sizes are not stacked"
     return None

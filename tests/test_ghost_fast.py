@@ -8,8 +8,14 @@ from torch import nn
 
 import bioplausible as bp
 from bioplausible.rules.ghost import mb_kernel
-from bioplausible.rules.ghost.circuit import Circuit, HParams, feedforward_state, literal_example
-from bioplausible.rules.ghost.fast import FastCircuit
+from bioplausible.rules.ghost.circuit import (
+    Circuit,
+    HParams,
+    feedforward_state,
+    literal_example,
+    mb_weight_update,
+)
+from bioplausible.rules.ghost.fast import FastCircuit, euler_runs, run_buffers
 
 D = torch.float64
 
@@ -132,6 +138,52 @@ def test_v_reduction_sum_over_copies_is_a_larger_v_rate():
     feedforward_state(mean, xb, hp_m)
     literal_example(mean, xb, tb, hp_m, "MA", 5, 4)
     assert float((mean.Vf[1] - one.Vf[1]).abs().max()) > 1e-6
+
+
+
+@pytest.mark.parametrize("model", ["MA", "MA'", "MB"])
+@pytest.mark.parametrize("transpose", [True, False])
+@pytest.mark.parametrize("extra", [{}, {"weight_clip": 0.45, "clip_dvb": 0.05, "clip_on": "derivative",
+                                        "reduction": "sum", "input_rate": "rho"}])
+def test_the_loop_over_a_stack_of_runs_equals_literal_run_by_run(model, transpose, extra):
+    """``euler_runs`` on three runs at once (own weights, data and rates ``eta_w``, ``eta_v``)
+    gives each run's literal Algorithm 1-2 numbers: the run dimension is the loop's own, not
+    only the stacked engine's (whose tests compare against this loop with one run)."""
+    sizes = [7, 6, 5, 3]
+    ks = sizes[2:] if model != "MB" else [2, 2]
+    B = 1 if model == "MB" else 4
+    if model == "MA'" and not extra:
+        extra = {"clip_dvb": 1e-4}
+    rates = [([0.3, 0.4, 0.5], [0.0, 0.8, 0.6]), ([0.6, 0.2, 0.4], [0.0, 0.3, 1.2]), ([0.1, 0.5, 0.3], [0.0, 1.0, 0.0])]
+    hps = [hparams(3, transpose, eta_w=ew, eta_v=ev, **extra) for ew, ev in rates]
+    lits, data = [], []
+    for k, hp in enumerate(hps):
+        c = circuit(sizes, ks, seed=k, bias=True, transpose=transpose)
+        x, t = batch(7, 3, B, seed=10 + k)
+        feedforward_state(c, x, hp)
+        lits.append(c)
+        data.append((x, t))
+    stack = {name: [None if lits[0].__dict__[name][i] is None else
+                    torch.stack([c.__dict__[name][i] for c in lits])
+                    for i in range(len(lits[0].__dict__[name]))]
+             for name in ("W", "bias", "Wb", "Vf", "Vb", "s", "g")}
+    x = torch.stack([d[0] for d in data])
+    t = torch.stack([d[1] for d in data])
+    eta_w = [torch.tensor([hp.eta_w[l] for hp in hps], dtype=D).view(3, 1, 1) for l in range(3)]
+    eta_v = [None] + [torch.tensor([hp.eta_v[h] for hp in hps], dtype=D).view(3, 1, 1) for h in (1, 2)]
+    n = [7, 6, 5, 3]
+    bufs = run_buffers(3, B, n, [0] + ks, x)
+    for _ in range(2):
+        for c, (xk, tk), hp in zip(lits, data, hps):
+            literal_example(c, xk, tk, hp, model, 5, 4)
+        euler_runs(*(stack[k] for k in ("W", "bias", "Wb", "Vf", "Vb", "s", "g")), x, t, hps[0], model, 5, 4,
+                   eta_w, eta_v, bufs)
+        for k in range(3):
+            run = Circuit(*([None if v is None else v[k] for v in stack[name]]
+                            for name in ("W", "bias", "Wb", "Vf", "Vb", "s", "g")))
+            if model == "MB":
+                mb_weight_update(run, data[k][0], data[k][1], hps[k])
+            assert_same(lits[k], run)
 
 
 @pytest.mark.skipif(not mb_kernel.AVAILABLE, reason="numba not installed")

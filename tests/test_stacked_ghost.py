@@ -35,6 +35,8 @@ CASES = {
     "ma-prime-derivative": ("ghost-ma-prime", {**FAST, "clip_dvb": 0.05, "clip_on": "derivative",
                                                "reduction": "sum"}, "mlp:12-7-4", 8, False,
                             ((0.5, 2.0), (0.5, 1.0), (0.2, 2.0))),
+    "ma-prime-weight-clip": ("ghost-ma-prime", {**FAST, "clip_dvb": 2e-3, "weight_clip": 0.3}, "mlp:12-7-5-4", 8,
+                             True, ((2.0, 2.0), (1.0, 3.0), (2.0, 1.0))),
     "ma-diagnostics": ("ghost-ma", {**FAST, "beta": 1.0, "diagnostics_every": 2}, "mlp:12-7-4", 8, False,
                        ((2.0, 1.0), (1.0, 2.0), (2.0, 1.0))),
     "mb-tf": ("ghost-mb", {**FAST, "beta": 0.5, "ghost_units": 3}, "mlp:12-7-4", 1, False,
@@ -123,6 +125,10 @@ def test_a_ghost_stack_equals_its_runs_one_after_another(case):
         assert moved > 1e-4, name
     if CASES[case][0] == "ghost-mb":  # the carried state is compared too, and it is not the initial one
         assert all(float(_state(x)["owned.state.started"]) == 1.0 for x in a)
+    clip = CASES[case][1].get("weight_clip")
+    if clip is not None:  # the bound binds: weights of every run sit on it
+        assert all(max(float(v.abs().max()) for k, v in _state(x).items() if k.endswith("weight")) == clip
+                   for x in b)
     assert _max_rel(a, b) < 1e-10
     for x, y in zip(a, b):  # the step counter of the checkpoint (diagnostics_every counts on it)
         assert x.rule.state_dict()["ghost_steps"] == y.rule.state_dict()["ghost_steps"] > 0
@@ -166,7 +172,7 @@ def _config(rule: str, **options):
 
 @pytest.mark.parametrize("rule,options,line", [
     ("ghost-ma", {"solver": "literal"}, "ghost-ma's solver='literal' (the step-by-step oracle) has no stacked step"),
-    ("ghost-ma-prime", {"weight_clip": 1.0}, "ghost-ma-prime's weight_clip has no stacked step"),
+    ("ghost-mb", {"weight_clip": 1.0}, "ghost-mb's weight_clip has no stacked step"),
 ])
 def test_what_the_stack_does_not_cover_is_refused_in_one_line(rule, options, line):
     assert config_reason(_config("ghost-ma")) is None and config_reason(_config("ghost-mb")) is None

@@ -1,12 +1,13 @@
 """Stacked ghost-unit rules (Mesnard et al. 2019): ``ghost-ma``, ``ghost-ma-prime``, ``ghost-mb``.
 
-The rule's fast solver (:class:`bioplausible.rules.ghost.fast.FastCircuit`) with a leading run
+The rule's own Euler loop (:func:`bioplausible.rules.ghost.fast.euler_runs`, which the unstacked
+:class:`~bioplausible.rules.ghost.fast.FastCircuit` runs with one run) over a leading run
 dimension on every weight, ghost-unit weight, feedback matrix and circuit state. One explicit
 Euler step of R runs is a handful of batched products (every quantity from the pre-step state,
 as in Algorithms 1-2)::
 
     r_l = ρ(s_l)                                   ρ(g_h)
-    [b_{h+1} | Vf_h r_h]ᵀ = [W_h; Vf_h] r_hᵀ        (one bmm per hidden layer)
+    [b_{h+1} | Vf_h r_h] = r_h [W_h; Vf_h]ᵀ         (one bmm per hidden layer)
     e_h = [r_{h+1} | ρ(g_h)] [Wb_h, −Vb_h]ᵀ         e_L = −2β (r_L − t)
     s ← s + dt/τ (−s + b + e)                      g ← g + dt/τ (−g + Vf r)
     [ΔW_h; ΔVf_h] = [c_W D_{h+1} | c_V (s_{h+1} − g_h)]ᵀ r_h          (eqs 4, 6)
@@ -15,7 +16,8 @@ as in Algorithms 1-2)::
 with ``D_l = e_l ⊙ ρ′(s_l)`` and the per-run rates ``c_W = η_W dt ⟨·⟩``, ``c_V = η_V dt ⟨·⟩``
 (``(R, 1, 1)`` tensors: the runs of a stack may differ by ``eta_w`` and ``eta_v``, the rule's own
 rates). While ``W_0`` learns its updates reach the batch through the Gram matrix
-``G = r_0 r_0ᵀ`` as in the unstacked path; TF re-sets ``Wb = Wᵀ`` after every W update.
+``G = r_0 r_0ᵀ`` as in the unstacked path; TF re-sets ``Wb = Wᵀ`` after every W update. The runs
+step in groups (``chunk_bytes``), each group one call of the loop.
 MB's W update (eq 16) follows the weakly-clamped phase; its circuit state ``s``, ``g`` is kept per
 run and carried from one example to the next.
 
@@ -55,7 +57,7 @@ class StackedGhost(StackedRule):
 
         lead = self.rules[0]
         cfg = lead.config
-        if cfg["solver"] != "fast" or cfg["weight_clip"] is not None:
+        if cfg["solver"] != "fast" or (cfg["weight_clip"] is not None and lead.model == "MB"):
             raise ValueError(f"{lead.name} with solver={cfg['solver']!r}, weight_clip={cfg['weight_clip']!r} "
                              "has no stacked step")
         self.name = lead.name
@@ -204,7 +206,9 @@ class StackedGhost(StackedRule):
 
     # ------------------------------------------------------------ the circuit
     def _rate0(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(x) if self.hp.input_rate == "rho" else x
+        from ...rules.ghost.circuit import input_rate
+
+        return input_rate(x, self.hp)
 
     def _initial_state(self, xin: torch.Tensor) -> tuple[list, list]:
         """MA: ``s = s̃``, ``g = Vf ρ(s̃)`` (or zeros) at the start of every batch."""
@@ -226,28 +230,16 @@ class StackedGhost(StackedRule):
         return s, g
 
     def _buffers(self, R: int, B: int, like: torch.Tensor) -> dict[str, list]:
-        if (R, B) in self._bufs:
-            return self._bufs[(R, B)]
-        net, L = self.net, self.net.depth
-        n = [net.W[0].shape[2]] + [w.shape[1] for w in net.W]
-        k = [0] + [self.Vf[h].shape[1] for h in range(1, L)]
-        z = like.new_zeros
-        Rc = [None] + [z(R, B, n[h + 1] + k[h]) for h in range(1, L)]       # [r_{h+1} | ρ(g_h)]
-        bufs = {
-            "n": n, "R": Rc,
-            "r": [None] + [z(R, B, n[1])] + [Rc[l - 1][..., :n[l]] for l in range(2, L + 1)],
-            "rg": [None] + [Rc[h][..., n[h + 1]:] for h in range(1, L)],
-            "Z": [None] + [z(R, n[h + 1] + k[h], B) for h in range(1, L)],  # [b_{h+1} | Vf r_h]ᵀ
-            "E": [None] + [z(R, B, n[l]) for l in range(1, L + 1)],
-            "D": [None] + [z(R, B, n[l]) for l in range(1, L + 1)],
-            "Q": [None] + [z(R, B, n[h + 1] + k[h]) for h in range(1, L)],
-            "T": [None] + [z(R, B, n[l]) for l in range(1, L + 1)],
-            "b1": z(R, B, n[1]),
-        }
-        if len(self._bufs) > 2:
-            self._bufs = {}
-        self._bufs[(R, B)] = bufs
-        return bufs
+        from ...rules.ghost.fast import run_buffers
+
+        if (R, B) not in self._bufs:
+            net, L = self.net, self.net.depth
+            n = [net.W[0].shape[2]] + [w.shape[1] for w in net.W]
+            k = [0] + [self.Vf[h].shape[1] for h in range(1, L)]
+            if len(self._bufs) > 2:
+                self._bufs = {}
+            self._bufs[(R, B)] = run_buffers(R, B, n, k, like)
+        return self._bufs[(R, B)]
 
     #: the runs step in groups whose (B, n) tensors together stay about this size: a group's
     #: element-wise passes then run from the cache (784-500-10 at batch 100, float32, one CPU
@@ -270,114 +262,17 @@ class StackedGhost(StackedRule):
                               [None] + [t[sl] for t in g[1:]])
 
     def _euler_group(self, sl: slice, xin: torch.Tensor, target: torch.Tensor, s: list, g: list) -> None:
-        """Both phases on one batch of the runs ``sl`` (FastCircuit.run over runs), in place on
-        views of the stacked tensors."""
-        from ...rules.ghost.circuit import _red, _red_v
+        """Both phases on one batch of the runs ``sl``: the rule's own loop (:func:`euler_runs`, what
+        FastCircuit runs with one run) in place on views of the stacked tensors."""
+        from ...rules.ghost.fast import euler_runs
 
-        net, hp, L = self.net, self.hp, self.net.depth
+        net = self.net
         W = [w[sl] for w in net.W]
         bias = [None if b is None else b[sl] for b in net.b]
         Wb, Vf, Vb = ([None] + [t[sl] for t in ts[1:]] for ts in (self.Wb, self.Vf, self.Vb))
-        eta_w = [e[sl] for e in self.eta_w]
-        eta_v = [None] + [e[sl] for e in self.eta_v[1:]]
-        R, B = xin.shape[0], xin.shape[1]
-        bufs = self._buffers(R, B, W[0])
-        n, Rc, r, rg, Z, E, D, Q, T = (bufs[key] for key in ("n", "R", "r", "rg", "Z", "E", "D", "Q", "T"))
-        b1 = bufs["b1"]
-        red, red_v, kdt = _red(hp, B), _red_v(hp, B), hp.dt / hp.tau
-        cw = [e * (hp.dt * red) for e in eta_w]                        # (R, 1, 1) per layer
-        cv = [None] + [e * (hp.dt * red_v) for e in eta_v[1:]]
-        r0 = self._rate0(xin)
-        WV = [None] + [torch.cat([W[h], Vf[h]], 1) for h in range(1, L)]   # (R, n_{h+1}+k_h, n_h)
-        # [Wb_h, −Vb_h]ᵀ, (R, n_{h+1}+k_h, n_h): e_h = [r_{h+1} | ρ(g_h)] M_h, and ΔVb_hᵀ = c ρ(g_h)ᵀ e_h is a
-        # (k × B)(B × n_h) product (the (n_h × B)(B × k) orientation runs ~4× slower on one CPU thread)
-        M = [None] + [torch.cat([Wb[h].transpose(1, 2), Vb[h].transpose(1, 2).neg()], 1)
-                      for h in range(1, L)]
-        P = torch.bmm(r0, W[0].transpose(1, 2))
-        if bias[0] is not None:
-            P.add_(bias[0].unsqueeze(1))
-        free, clamped = self.schedule
-        gram = "W" in free + clamped
-        if gram:  # W_0's updates reach the batch as P + G A, A = Σ c_W D_1 (weight_clip is not stacked)
-            Gm = torch.bmm(r0, r0.transpose(1, 2))
-            if bias[0] is not None:
-                Gm.add_(1.0)
-            A = torch.zeros_like(b1)
-        a_used = False
-        for steps, beta, plastic in ((self.free_steps, 0.0, free), (self.clamped_steps, hp.beta, clamped)):
-            do_vf, do_vb, do_w = ("Vf" in plastic), ("Vb" in plastic), ("W" in plastic)
-            nudged = beta != 0.0
-            for _ in range(steps):
-                for l in range(1, L + 1):
-                    torch.sigmoid(s[l], out=r[l])
-                for h in range(1, L):
-                    torch.sigmoid(g[h], out=rg[h])
-                if gram and a_used:
-                    torch.baddbmm(P, Gm, A, out=b1)
-                    drive1 = b1
-                else:
-                    drive1 = P
-                for h in range(1, L):
-                    torch.bmm(WV[h], r[h].transpose(1, 2), out=Z[h])
-                    if bias[h] is not None:
-                        Z[h][:, :n[h + 1]] += bias[h].unsqueeze(2)
-                for h in range(1, L):
-                    torch.bmm(Rc[h], M[h], out=E[h])
-                if nudged:
-                    torch.sub(r[L], target, out=E[L]).mul_(-2.0 * beta)
-                if do_w:
-                    for l in range(1, L + 1):
-                        if l == L and not nudged:
-                            D[l].zero_()
-                        else:
-                            torch.addcmul(r[l], r[l], r[l], value=-1.0, out=D[l]).mul_(E[l])
-                if do_vf:
-                    for h in range(1, L):
-                        torch.sub(s[h + 1], g[h], out=Q[h][..., n[h + 1]:]).mul_(cv[h])
-                        if do_w:
-                            torch.mul(D[h + 1], cw[h], out=Q[h][..., :n[h + 1]])
-                for l in range(1, L + 1):  # s ← lerp(s, b + e, dt/τ)
-                    drive = drive1 if l == 1 else Z[l - 1][:, :n[l]].transpose(1, 2)
-                    if l < L or nudged:
-                        s[l].lerp_(torch.add(drive, E[l], out=T[l]), kdt)
-                    else:
-                        s[l].lerp_(drive, kdt)
-                for h in range(1, L):
-                    g[h].lerp_(Z[h][:, n[h + 1]:].transpose(1, 2), kdt)
-                for h in range(1, L):
-                    if do_vf and do_w:  # [ΔW_h; ΔVf_h] in one product
-                        WV[h].baddbmm_(Q[h].transpose(1, 2), r[h])
-                    elif do_vf:
-                        WV[h][:, n[h + 1]:].baddbmm_(Q[h][..., n[h + 1]:].transpose(1, 2), r[h])
-                    elif do_w:
-                        WV[h][:, :n[h + 1]].baddbmm_(torch.mul(D[h + 1], cw[h]).transpose(1, 2), r[h])
-                    if do_w and bias[h] is not None:
-                        bias[h].addcmul_(D[h + 1].sum(1), cw[h].view(R, 1))
-                    if do_vb:
-                        mvb = M[h][:, n[h + 1]:]  # −Vb_hᵀ
-                        if hp.clip_dvb is None:
-                            mvb.baddbmm_(torch.mul(rg[h], cv[h]).transpose(1, 2), E[h], alpha=-1.0)
-                        else:
-                            dv = torch.bmm(rg[h].transpose(1, 2), E[h])
-                            if hp.clip_on == "derivative":
-                                dv.mul_(eta_v[h] * red_v).clamp_(-hp.clip_dvb, hp.clip_dvb).mul_(hp.dt)
-                            else:
-                                dv.mul_(cv[h]).clamp_(-hp.clip_dvb, hp.clip_dvb)
-                            mvb.sub_(dv)
-                    if do_w and hp.transpose:
-                        M[h][:, :n[h + 1]].copy_(WV[h][:, :n[h + 1]])
-                if do_w:
-                    A.addcmul_(D[1], cw[0])
-                    a_used = True
-        for h in range(1, L):
-            W[h].copy_(WV[h][:, :n[h + 1]])
-            Vf[h].copy_(WV[h][:, n[h + 1]:])
-            Vb[h].copy_(M[h][:, n[h + 1]:].transpose(1, 2)).neg_()
-            Wb[h].copy_(M[h][:, :n[h + 1]].transpose(1, 2))
-        if gram and a_used:
-            W[0].baddbmm_(A.transpose(1, 2), r0)
-            if bias[0] is not None:
-                bias[0].add_(A.sum(1))
+        euler_runs(W, bias, Wb, Vf, Vb, s, g, xin, target, self.hp, self.model, self.free_steps,
+                   self.clamped_steps, [e[sl] for e in self.eta_w], [None] + [e[sl] for e in self.eta_v[1:]],
+                   self._buffers(xin.shape[0], xin.shape[1], W[0]))
 
     # -------------------------------------------------------------------- MB
     def _mb_step(self, xin: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -463,8 +358,8 @@ def ghost_reason(rule: str, options: dict[str, Any], config) -> str | None:
     """Why runs of a ghost rule with ``options`` cannot stack (one line), or ``None``."""
     if options.get("solver", "fast") != "fast":
         return f"{rule}'s solver={options['solver']!r} (the step-by-step oracle) has no stacked step (solver fast has)"
-    if options.get("weight_clip") is not None:
-        return f"{rule}'s weight_clip has no stacked step"
+    if rule == "ghost-mb" and options.get("weight_clip") is not None:
+        return "ghost-mb's weight_clip has no stacked step (ghost-ma's and ghost-ma-prime's have)"
     if rule == "ghost-mb" and int(config["batch_size"]) != 1:
         return "ghost-mb runs one example per step (batch_size 1); other batch sizes are not stacked"
     return None

@@ -17,6 +17,7 @@ from bioplausible.engine.stacked import config_reason, epoch_orders, gather, mak
 from bioplausible.experiments.jobs import Job, _build
 
 from conftest import make_bundle
+from test_stacked import _train_stacked  # one stacked epoch loop for every stacked-rule test
 
 SEEDS = (0, 1, 2)
 FAST = {"dt": 0.005, "tau": 0.01, "free_steps": 12, "clamped_steps": 8}
@@ -75,18 +76,6 @@ def _train_unstacked(trainers, epochs: int = 2) -> list[float]:
             losses.append(t.train_epoch()["train_loss"])
             t.epoch += 1
     return losses
-
-
-def _train_stacked(trainers, epochs: int = 2, seeds=SEEDS) -> None:
-    stack = make_stack(trainers)
-    split = trainers[0].train_split
-    n, bs = len(split), trainers[0].config["batch_size"]
-    for epoch in range(epochs):
-        order = epoch_orders(seeds, epoch, n)
-        for lo in range(0, n, bs):
-            xb, yb = gather(split.x, split.y, order[:, lo:lo + bs])
-            stack.step(xb, yb)
-    stack.unstack()
 
 
 def _state(t) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from bioplausible.engine.stacked import config_reason, epoch_orders, gather, mak
 from bioplausible.experiments.jobs import Job, _build
 
 from conftest import make_bundle
-from test_stacked import _train_stacked  # one stacked epoch loop for every stacked-rule test
+from test_stacked import _max_rel, _train_stacked  # one epoch loop and comparison for every stacked rule
 
 SEEDS = (0, 1, 2)
 FAST = {"dt": 0.005, "tau": 0.01, "free_steps": 12, "clamped_steps": 8}
@@ -82,19 +82,6 @@ def _state(t) -> dict[str, torch.Tensor]:
     out = dict(t.model.state_dict())
     out.update({f"owned.{k}": v for k, v in t.rule.owned.state_dict().items()})
     return out
-
-
-def _max_rel(a_trainers, b_trainers) -> float:
-    worst = 0.0
-    for a, b in zip(a_trainers, b_trainers):
-        sa, sb = _state(a), _state(b)
-        assert sa.keys() == sb.keys()
-        for k in sa:
-            if not sa[k].is_floating_point():
-                continue
-            scale = float(sa[k].abs().max()) or 1.0
-            worst = max(worst, float((sa[k] - sb[k]).abs().max()) / scale)
-    return worst
 
 
 def test_the_ghost_rules_are_stacked():

@@ -99,8 +99,11 @@ class StackedBFA(StackedRule):
         for j in range(n + 1, 0, -1):
             w_next = net.W[n + 1 - j] if j > 1 else None  # the forward weight carrying δ← down
             neg, wd = self.rate_g[j - 1]
-            gw = torch.bmm(delta.transpose(1, 2), gs[j - 1])
-            _sgd(self.G[j - 1], gw, neg, wd)
+            if wd is not None:
+                self.G[j - 1].mul_(1.0 + neg * wd)
+            # W←_j − η δᵀg in one product: the gradient (a rank-k update of a large matrix, k the
+            # number of classes) is never written out, which halves this step's memory traffic
+            self.G[j - 1].baddbmm_(torch.mul(delta, neg).transpose(1, 2), gs[j - 1])
             if self.Gb[j - 1] is not None:
                 nb, wdb = self.rate_gb[j - 1]
                 _sgd(self.Gb[j - 1], delta.sum(1), nb, wdb)

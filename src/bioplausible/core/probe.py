@@ -6,7 +6,9 @@ batch (:meth:`Rule.bp_gradients`), and, for rules with feedback tensors, measure
 feedback aligns with the forward weights:
 
 * ``grad_angle/<param>``: angle in degrees between vec(ΔW_rule) and vec(ΔW_BP) (0 for BP),
-  with ``update_norm/<param>`` and ``bp_norm/<param>`` beside it;
+  with ``update_norm/<param>`` and ``bp_norm/<param>`` beside it (the rule's ``.grad``, before
+  the learning rate; for a rule that steps the weight itself — ``bfa``, the ghost rules — its
+  net change, i.e. after its rate, so compare those norms within a rule, not across);
 * ``weight_angle/<layer>``: angle between W and B (B in W's layout, i.e. W vs Bᵀ of the equations);
 * ``sign_congruence/<layer>``: fraction of entries with sign(W) = sign(B);
 * ``relative_error/<layer>``: ‖W − B‖_F / ‖W‖_F.

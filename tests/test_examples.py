@@ -30,6 +30,7 @@ EXPECT = {
     "preset_figure.py": ["np   test accuracy", "figure:", "curves.png"],
     "probe_own_loop.py": ["hidden layer's update", "sign congruence"],
     "new_rule.py": ["drtp  test accuracy", "bp    test accuracy"],
+    "stacked_seeds.py": ["np-seed2", "largest difference 0 points"],
 }
 
 

@@ -215,3 +215,30 @@ def test_a_gradient_hook_on_a_weight_runs(monkeypatch):
     model[3].weight.register_hook(lambda g: seen.append(g.clone()))
     rule.train_step(model, x, y, get_loss("mse_half_sum"))
     assert len(seen) == 1 and torch.equal(seen[0], model[3].weight.grad)
+
+
+@pytest.mark.parametrize("name", ["np", "np-dfa"])
+def test_a_model_whose_layers_end_without_an_activation_takes_the_fast_path_to_the_same_numbers(name):
+    # a user's Sequential: a Linear with nothing after it (here the output, and one hidden layer
+    # followed directly by the next Linear) is the identity
+    g = torch.Generator().manual_seed(7)
+    xs = [torch.randn(9, 6, generator=g, dtype=torch.float64) for _ in range(3)]
+    ys = [torch.randint(0, 3, (9,), generator=g) for _ in range(3)]
+    runs = []
+    for general in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Sigmoid(), torch.nn.Linear(5, 4),
+                                    torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).double()
+        rule = bp.make(name, c_h=0.03)
+        model = rule.prepare(model, example=xs[0][:2])
+        assert rule._plan is not None
+        assert [a[0] for a in rule._plan.acts][1] is None  # Linear(5, 4) has the identity after it
+        opt = rule.build_optimizer(model, {"name": "sgd", "lr": 0.3, "groups": {"feedback": {"lr": 0.2}}})
+        if general:
+            model.register_forward_hook(lambda m, a, o: None)
+        for x, y in zip(xs, ys):
+            rule.train_step(model, x, y, get_loss("cross_entropy"))
+            opt.step()
+        runs.append(model.state_dict())
+    for k, a in runs[0].items():
+        torch.testing.assert_close(a, runs[1][k], rtol=1e-11, atol=1e-13, msg=k)

@@ -66,24 +66,31 @@ class MLPPlan:
 
 
 def plan_mlp(model: nn.Module, layers: list[nn.Module]) -> MLPPlan | None:
-    """An :class:`MLPPlan` when ``model`` is ``[Flatten,] (Linear, activation)*`` in that order, with
-    ``layers`` its Linear layers; otherwise ``None``."""
+    """An :class:`MLPPlan` when ``model`` is ``[Flatten,] (Linear[, activation])*`` in that order
+    (a Linear with nothing after it, e.g. the output layer, has the identity), with ``layers`` its
+    Linear layers; otherwise ``None``."""
     if not isinstance(model, nn.Sequential):
         return None
     children = list(model)
     flatten = None
     if children and isinstance(children[0], nn.Flatten):
         flatten, children = children[0], children[1:]
-    if len(children) != 2 * len(layers):
-        return None
     acts = []
-    for i, layer in enumerate(layers):
-        lin, act = children[2 * i], children[2 * i + 1]
-        if lin is not layer or not isinstance(lin, nn.Linear) or type(act) not in _ACTS:
+    i = 0
+    for layer in layers:
+        if i >= len(children) or children[i] is not layer or not isinstance(layer, nn.Linear):
             return None
-        if isinstance(act, nn.ReLU) and act.inplace:
+        act = children[i + 1] if i + 1 < len(children) else None
+        if act is None or isinstance(act, nn.Linear):
+            acts.append(_ACTS[nn.Identity])
+            i += 1
+            continue
+        if type(act) not in _ACTS or (isinstance(act, nn.ReLU) and act.inplace):
             return None
         acts.append(_ACTS[type(act)])
+        i += 2
+    if i != len(children):
+        return None
     return MLPPlan(flatten, layers, acts, [model, *list(model)])
 
 

@@ -30,6 +30,8 @@ RULES = {
     "ar": {"relax_steps": 20}, "ar-loop": {"solver": "loop", "relax_steps": 5, "sweep": "jacobi"},
     "ar-learned": {"backward_weights": "learned", "relax_steps": 10},
     "ar-fa-noderiv": {"variant": "fa_noderiv", "relax_steps": 10, "solver": "fixed_point"},
+    "bp-noise": {"c_h": 0.05}, "fa-noise": {"c_h": 0.05}, "matched-noise": {"c_h": 0.05},
+    "dfa-noise": {"c_h": 0.05},
     "sal": {}, "sal-paper": {"downstream": "identity", "qr_init": "random", "qr_term": "potential",
                              "read": "before", "top": "fixed", "b_init": "normal", "sign": 1},
     "sal-wide": {"width": 2, "downstream": "tanh", "qr_init": "tied", "decay_scaling": "absolute",
@@ -40,7 +42,7 @@ RULES = {
 
 def _config(rule: str, options: dict, seed: int, lr: float, loss: str = "auto", acts: str = "tanh",
             groups: dict | None = None, weight_decay: float = 0.0) -> TrainConfig:
-    name = rule.split("-")[0] if rule not in ("np-dfa", "sg-dfa") else rule
+    name = rule if rule in ("np-dfa", "sg-dfa") or rule.endswith("-noise") else rule.split("-")[0]
     opt = {"name": "sgd", "lr": lr, "groups": groups or {}}
     if weight_decay:
         opt["weight_decay"] = weight_decay
@@ -197,9 +199,11 @@ def _np_trainers(rule: str, c_hs, lrs=(0.1, 0.05, 0.1), **options):
     return out
 
 
-@pytest.mark.parametrize("rule,options", [("np", {}), ("np", {"noise_at": "pre"}), ("np-dfa", {})])
+@pytest.mark.parametrize("rule,options", [("np", {}), ("np", {"noise_at": "pre"}), ("np-dfa", {}),
+                                          ("bp-noise", {}), ("dfa-noise", {})])
 def test_node_perturbation_runs_with_their_own_noise_std_stack(rule, options):
-    """Runs that differ by c_h (Fig. 2's noise sweep) form one stack, each run with its own c_h."""
+    """Runs that differ by c_h (Fig. 2's noise sweep, the noise controls' levels) form one stack,
+    each run with its own c_h."""
     c_hs = (0.01, 0.05, 0.002)
     a, b, init = (_np_trainers(rule, c_hs, **options) for _ in range(3))
     _train_unstacked(a)

@@ -78,7 +78,7 @@ def test_stacked_compare_writes_what_the_unstacked_compare_writes(synthetic_root
     assert any(r["kind"] == "probe" and "grad_angle" in r for r in probes)
 
 
-@pytest.mark.parametrize("rules", ["brsf,wm,np-dfa,sg", "ar,sal,bfa,bdfa"])
+@pytest.mark.parametrize("rules", ["brsf,wm,np-dfa,sg", "ar,sal,bfa,bdfa", "bp-noise,fa-noise,matched-noise,dfa-noise"])
 def test_probes_and_rule_metrics_of_every_family_match(synthetic_root, tmp_path, capsys, rules):
     """Probes read the rule's state where the unstacked probe reads it: feedback the step changed
     (brSF's magnitudes, NP's regression), weights the rule stepped itself (BFA's phases)."""
@@ -88,7 +88,7 @@ def test_probes_and_rule_metrics_of_every_family_match(synthetic_root, tmp_path,
 
 
 @pytest.mark.parametrize("what,flags,line", [
-    ("fa-noise", [], "rule 'fa-noise' has no stacked step"),
+    ("np", ["--set", "rule.solver=ridge"], "node perturbation's ridge solver has no stacked step"),
     ("bp", ["--optimizer", "adam"], "the optimizer is 'adam'; stacked runs step plain SGD"),
 ])
 def test_what_cannot_stack_says_so_and_runs_unstacked(synthetic_root, tmp_path, capsys, what, flags, line):
@@ -285,7 +285,7 @@ def test_a_stacked_ghost_mb_run_resumes_with_its_carried_state(synthetic_root, t
 
 def test_the_python_compare_stacks_a_user_model_into_the_same_runs(tmp_path, capsys):
     """``bp.compare(..., stack=True)`` with a model factory and tensors: the folders and numbers
-    of the unstacked call; a rule without a stacked step says so and runs apart."""
+    of the unstacked call; a rule without a stacked step (dae) says so and runs apart."""
     import bioplausible as bp
 
     g = torch.Generator().manual_seed(0)
@@ -296,11 +296,11 @@ def test_the_python_compare_stacks_a_user_model_into_the_same_runs(tmp_path, cap
 
     common = {"seeds": [0, 1, 2], "epochs": 2, "batch_size": 16, "lr": 0.05, "dtype": "float64",
               "probe_every": 3, "config": {"dataset": {"val_size": 0}}}
-    rows_a = bp.compare(factory, ["bp", "fa", "bp-noise"], (x, y), out=tmp_path / "a", **common)
+    rows_a = bp.compare(factory, ["bp", "fa", "dae"], (x, y), out=tmp_path / "a", **common)
     capsys.readouterr()
-    rows_b = bp.compare(factory, ["bp", "fa", "bp-noise"], (x, y), out=tmp_path / "b", stack=True, **common)
+    rows_b = bp.compare(factory, ["bp", "fa", "dae"], (x, y), out=tmp_path / "b", stack=True, **common)
     err = capsys.readouterr().err
-    assert "stack: bp-noise: rule 'bp-noise' has no stacked step" in err
+    assert "stack: dae: rule 'dae' has no stacked step" in err
     assert "stack: bp:" not in err and "stack: fa:" not in err  # these two did stack (a Linear output)
     _same_runs(tmp_path / "a", tmp_path / "b")
     assert len(rows_a) == len(rows_b) == 3  # one row per rule

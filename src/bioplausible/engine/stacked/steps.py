@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 from .losses import loss_and_error
-from .mlp import StackedMLP
+from .mlp import StackedMLP, linear
 
 
 def _per_run(values: list[float], shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -150,7 +150,7 @@ class StackedRule:
         losses ``(R,)`` and outputs ``(R, B, K)``."""
         net = self.net
         self.before_forward()
-        hs = net.forward(x)
+        hs, outs = self.forward_pass(x)
         out = hs[-1]
         loss, e, d = loss_and_error(self.loss_fn, out, y)
         self.after_forward(hs, y, e, d)
@@ -161,9 +161,15 @@ class StackedRule:
             self.update_layer(i, delta, hs[i])
             if i == 0:
                 break
-            delta = net.act_backward(i - 1, g, hs[i])
+            delta = net.act_backward(i - 1, g, outs[i])
         self.after_update()
         return loss, out
+
+    def forward_pass(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(hs, outs)``: every layer's input (what its weights' gradient reads) and every
+        activation's output (what its derivative reads); the same list for a clean pass."""
+        hs = self.net.forward(x)
+        return hs, hs
 
     def output_delta(self, e: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return self.net.act_backward(self.net.depth - 1, e, out)
@@ -437,4 +443,51 @@ class StackedDFA(StackedRule):
         return self.signals[i]
 
 
-__all__ = ["StackedDFA", "StackedFA", "StackedKP", "StackedRule", "StackedSign", "StackedWM", "outer"]
+class _ActivationNoise:
+    """The noise controls (``bp-noise``, ``fa-noise``, ``matched-noise``, ``dfa-noise``): in the
+    training pass every hidden activity — the input of every Linear but the first — becomes
+    ``h + c_h ξ`` with ξ drawn from the run's own generator in forward order (the unstacked
+    rule's forward pre-hook); the weights' gradients read the noisy input, the activation's
+    derivative its clean output, as autograd does through the hook."""
+
+    per_run_options = ("c_h",)
+
+    def forward_pass(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        from .nodepert import draw_noise
+
+        net = self.net
+        h = x.reshape(x.shape[0], x.shape[1], -1)
+        gens = [rule.generator(h.device) for rule in self.rules]
+        c_hs = [float(rule.config["c_h"]) for rule in self.rules]
+        c = None if len(set(c_hs)) == 1 else self.per_run("c_h", (1, 1))
+        hs, outs = [h], [h]
+        for i, (w, b, (_, fwd, _)) in enumerate(zip(net.W, net.b, net.acts)):
+            if i > 0:
+                (xi,) = draw_noise(gens, [tuple(h.shape[1:])], h.device, h.dtype)
+                h = h + (c_hs[0] * xi if c is None else c * xi)
+                hs[i] = h
+            a = linear(h, w, b)
+            h = a if fwd is None else fwd(a)
+            hs.append(h)
+            outs.append(h)
+        return hs, outs
+
+
+class StackedNoisyBP(_ActivationNoise, StackedRule):
+    name = "bp-noise"
+
+
+class StackedNoisyFA(_ActivationNoise, StackedFA):
+    name = "fa-noise"
+
+
+class StackedNoisyKP(_ActivationNoise, StackedKP):
+    name = "matched-noise"
+
+
+class StackedNoisyDFA(_ActivationNoise, StackedDFA):
+    name = "dfa-noise"
+
+
+__all__ = ["StackedDFA", "StackedFA", "StackedKP", "StackedNoisyBP", "StackedNoisyDFA", "StackedNoisyFA",
+           "StackedNoisyKP", "StackedRule", "StackedSign", "StackedWM", "outer"]

@@ -2,12 +2,12 @@
 
 A group of runs stacks when its rule has a stacked step here (:data:`STACKED`: bp, fa, usf, brsf,
 frsf, kp, matched, wm, dfa, np, np-dfa, sg, sg-dfa, bfa, bdfa, ar, sal, ghost-ma, ghost-ma-prime,
-ghost-mb), its model is a plain MLP
+ghost-mb and the noise controls bp-noise, fa-noise, matched-noise, dfa-noise), its model is a plain MLP
 (``[Flatten,] (Linear[, activation])*`` with sigmoid, tanh, ReLU or identity; a Linear with
 nothing after it has the identity), the optimizer is SGD
 without momentum (per-run learning rates, parameter groups, weight decay and LR schedules are
 fine; probes are taken run by run; the ghost rules apply their own rates ``eta_w`` / ``eta_v``,
-and node perturbation's noise std ``c_h`` may differ between the runs of a stack, see
+and the noise std ``c_h`` of node perturbation and the noise controls may differ between the runs of a stack, see
 :data:`PER_RUN_OPTIONS`), and the task is single-label classification or reconstruction.
 Otherwise :func:`config_reason` / :func:`model_reason` say why in one line and the runs train
 one after another.
@@ -22,7 +22,18 @@ from .ghost import StackedGhost, ghost_reason
 from .nodepert import StackedNP, StackedNPDFA, StackedSG, StackedSGDFA
 from .relaxation import StackedAR
 from .sal import StackedSAL
-from .steps import StackedDFA, StackedFA, StackedKP, StackedRule, StackedSign, StackedWM
+from .steps import (
+    StackedDFA,
+    StackedFA,
+    StackedKP,
+    StackedNoisyBP,
+    StackedNoisyDFA,
+    StackedNoisyFA,
+    StackedNoisyKP,
+    StackedRule,
+    StackedSign,
+    StackedWM,
+)
 
 #: rule name -> stacked step class
 STACKED: dict[str, type[StackedRule]] = {
@@ -30,6 +41,8 @@ STACKED: dict[str, type[StackedRule]] = {
     "kp": StackedKP, "matched": StackedKP, "wm": StackedWM, "dfa": StackedDFA, "np": StackedNP, "np-dfa": StackedNPDFA,
     "sg": StackedSG, "sg-dfa": StackedSGDFA, "bfa": StackedBFA, "bdfa": StackedBDFA, "ar": StackedAR,
     "sal": StackedSAL, "ghost-ma": StackedGhost, "ghost-ma-prime": StackedGhost, "ghost-mb": StackedGhost,
+    "bp-noise": StackedNoisyBP, "fa-noise": StackedNoisyFA, "matched-noise": StackedNoisyKP,
+    "dfa-noise": StackedNoisyDFA,
 }
 
 #: rule name -> rule options that may differ between the runs of one stack (each run's own value
@@ -87,7 +100,7 @@ def model_reason(trainers: list) -> str | None:
         return f"{lead.rule.name} with soft (float) labels takes the rule's sample-by-sample path"
     if lead.rule.name in ("np", "np-dfa") and getattr(lead.rule, "_plan", None) is None:
         return "node perturbation takes its general path on this model"
-    if lead.rule.name == "dfa" and lead.rule.config.get("output_layer") == "dfa":
+    if lead.rule.name in ("dfa", "dfa-noise") and lead.rule.config.get("output_layer") == "dfa":
         act = plan[1][-1][0]
         if act != "identity":
             return "dfa with output_layer='dfa' and an output nonlinearity is not stacked"

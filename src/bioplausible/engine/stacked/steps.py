@@ -31,6 +31,7 @@ import torch
 
 from .losses import loss_and_error
 from .mlp import StackedMLP, linear
+from .noise import draw_noise
 
 
 def _per_run(values: list[float], shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -453,8 +454,6 @@ class _ActivationNoise:
     per_run_options = ("c_h",)
 
     def forward_pass(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        from .nodepert import draw_noise
-
         net = self.net
         h = x.reshape(x.shape[0], x.shape[1], -1)
         gens = [rule.generator(h.device) for rule in self.rules]

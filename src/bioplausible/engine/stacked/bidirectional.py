@@ -20,7 +20,7 @@ import torch
 
 from .losses import dense_targets
 from .mlp import linear
-from .steps import StackedRule
+from .steps import StackedRule, outer, sgd_
 
 
 class StackedBFA(StackedRule):
@@ -98,15 +98,11 @@ class StackedBFA(StackedRule):
             delta = delta / B
         for j in range(n + 1, 0, -1):
             w_next = net.W[n + 1 - j] if j > 1 else None  # the forward weight carrying δ← down
-            neg, wd = self.rate_g[j - 1]
-            if wd is not None:
-                self.G[j - 1].mul_(1.0 + neg * wd)
             # W←_j − η δᵀg in one product: the gradient (a rank-k update of a large matrix, k the
             # number of classes) is never written out, which halves this step's memory traffic
-            self.G[j - 1].baddbmm_(torch.mul(delta, neg).transpose(1, 2), gs[j - 1])
+            outer(self.G[j - 1], *self.rate_g[j - 1], delta, gs[j - 1])
             if self.Gb[j - 1] is not None:
-                nb, wdb = self.rate_gb[j - 1]
-                _sgd(self.Gb[j - 1], delta.sum(1), nb, wdb)
+                sgd_(self.Gb[j - 1], delta.sum(1), self.rate_gb[j - 1])
             if j > 1:
                 delta = net.act_backward(n + 1 - j, torch.bmm(delta, w_next.transpose(1, 2)), gs[j - 1])
 
@@ -180,15 +176,7 @@ class StackedBDFA(StackedRule):
             s = torch.sigmoid((torch.bmm(y_mix, b) * h).sum(2, keepdim=True))
             weight = (1.0 - s) if self.update == "code" else s * (1.0 - s)
             grad = torch.bmm(y_mix.transpose(1, 2), weight * h).neg_()
-            neg, wd = self.rate_d[l - 1]
-            _sgd(b, grad, neg, wd)
-
-
-def _sgd(t: torch.Tensor, g: torch.Tensor, neg: torch.Tensor, wd: torch.Tensor | None) -> None:
-    """``t ← t − η (g + λ t)`` per run (``neg`` = −η)."""
-    if wd is not None:
-        t.mul_(1.0 + neg * wd)
-    t.addcmul_(g, neg)
+            sgd_(b, grad, self.rate_d[l - 1])
 
 
 __all__ = ["StackedBDFA", "StackedBFA"]

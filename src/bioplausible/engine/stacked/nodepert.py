@@ -60,7 +60,7 @@ class _NPMixin:
         """The noisy pass and ``coef = (ℓ̃ − ℓ)/c_h`` per run and example."""
         net, c = self.net, self.c_h
         out = hs[-1]
-        R, B = out.shape[0], out.shape[1]
+        B = out.shape[1]
         device, dtype = out.device, out.dtype
         xis = draw_noise([rule.generator(device) for rule in self.rules],
                          [(B, net.W[i].shape[1]) for i in range(net.depth - 1)], device, dtype)

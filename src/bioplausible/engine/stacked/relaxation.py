@@ -16,7 +16,7 @@ import math
 import torch
 
 from .losses import loss_and_error
-from .steps import StackedRule
+from .steps import StackedRule, sgd_
 
 
 class RunsDiverged(Exception):
@@ -110,19 +110,9 @@ class StackedAR(StackedRule):
             if self.capture:
                 self.captured[l] = (gw.clone(), None if net.b[l] is None else delta.sum(1))
             if self.learned and l > 0:
-                neg_p, wd_p = self.rate_psi[l]
-                if wd_p is not None:
-                    self.Psi[l].mul_(1.0 + neg_p * wd_p)
-                self.Psi[l].addcmul_(gw, neg_p)
-            neg, wd = self.rate_w[l]
-            if wd is not None:
-                net.W[l].mul_(1.0 + neg * wd)
-            net.W[l].addcmul_(gw, neg)
-            if net.b[l] is not None:
-                nb, wdb = self.rate_b[l]
-                if wdb is not None:
-                    net.b[l].mul_(1.0 + nb * wdb)
-                net.b[l].addcmul_(delta.sum(1), nb)
+                sgd_(self.Psi[l], gw, self.rate_psi[l])
+            sgd_(net.W[l], gw, self.rate_w[l])
+            self.step_bias(l, delta)
         if diverged:
             raise RunsDiverged(diverged, loss, out)
         return loss, out

@@ -21,7 +21,7 @@ import torch
 from ...rules.sal.sal_ops import Cycle, downstream, fast_updates
 from .losses import dense_targets, loss_and_error
 from .relaxation import _fprime
-from .steps import StackedRule
+from .steps import StackedRule, sgd_
 
 
 class StackedSAL(StackedRule):
@@ -102,23 +102,13 @@ class StackedSAL(StackedRule):
             gw, gb = grads.pop(f"W.{l}"), grads.pop(f"b.{l}")
             if self.capture:
                 self.captured[l] = (gw, gb if b[l] is not None else None)
-            neg, wd = self.rate_w[l]
-            if wd is not None:
-                W[l].mul_(1.0 + neg * wd)
-            W[l].addcmul_(gw, neg)
+            sgd_(W[l], gw, self.rate_w[l])
             if b[l] is not None:
-                nb, wdb = self.rate_b[l]
-                if wdb is not None:
-                    b[l].mul_(1.0 + nb * wdb)
-                b[l].addcmul_(gb, nb)
+                sgd_(b[l], gb, self.rate_b[l])
         for name, grad in grads.items():
             t = self.T.get(name)
-            if t is None:
-                continue
-            neg, wd = self.rate_t[name]
-            if wd is not None:
-                t.mul_(1.0 + neg * wd)
-            t.addcmul_(grad, neg)
+            if t is not None:
+                sgd_(t, grad, self.rate_t[name])
         return loss, out
 
 

@@ -226,13 +226,22 @@ class StackedRule:
         frozen = self.forward_frozen()
         neg, wd = self.rate_w[i]
         outer(net.W[i], neg, wd, None if frozen else delta, h)
-        if net.b[i] is not None:
-            nb, wdb = self.rate_b[i]
-            b = net.b[i]
-            if wdb is not None:
-                b.mul_(1.0 + nb * wdb)
-            if not frozen:
-                b.addcmul_(delta.sum(1), nb)
+        self.step_bias(i, None if frozen else delta)
+
+    def step_bias(self, i: int, delta: torch.Tensor | None) -> None:
+        """SGD on ``b_i`` with the gradient ``Σ_n δ_i`` and its run's decay (``δ=None``: decay only)."""
+        if self.net.b[i] is not None:
+            sgd_(self.net.b[i], None if delta is None else delta.sum(1), self.rate_b[i])
+
+
+def sgd_(t: torch.Tensor, grad: torch.Tensor | None, rate: tuple) -> None:
+    """``t ← t − η (grad + λ t)`` per run in place; ``rate = (−η, λ)`` as :meth:`StackedRule._rates_of`
+    gives it (``λ`` None: no decay; ``grad`` None: decay only)."""
+    neg, wd = rate
+    if wd is not None:
+        t.mul_(1.0 + neg * wd)
+    if grad is not None:
+        t.addcmul_(grad, neg)
 
 
 def outer(t: torch.Tensor, neg: torch.Tensor, wd: torch.Tensor | None, delta: torch.Tensor | None,
@@ -340,24 +349,14 @@ class StackedKP(StackedFA):
             if self.capture:
                 self.capture_grads(i, delta, h, lam)
             self._decayed_add(self.net.W[i], self.rate_w[i], lam, torch.bmm(delta.transpose(1, 2), h))
-            if self.net.b[i] is not None:
-                nb, wdb = self.rate_b[i]
-                b = self.net.b[i]
-                if wdb is not None:
-                    b.mul_(1.0 + nb * wdb)
-                b.addcmul_(delta.sum(1), nb)
+            self.step_bias(i, delta)
             return None
         # W and B take the same raw gradient δᵀh: one product, two scaled adds
         if self.capture:
             self.capture_grads(i, delta, h, lam)
         gw = torch.bmm(delta.transpose(1, 2), h)
         self._decayed_add(self.net.W[i], self.rate_w[i], lam, gw)
-        if self.net.b[i] is not None:
-            nb, wdb = self.rate_b[i]
-            b = self.net.b[i]
-            if wdb is not None:
-                b.mul_(1.0 + nb * wdb)
-            b.addcmul_(delta.sum(1), nb)
+        self.step_bias(i, delta)
         self._decayed_add(self.B[i], self.rate_fb[i], lam, gw)
 
     @staticmethod
@@ -489,4 +488,4 @@ class StackedNoisyDFA(_ActivationNoise, StackedDFA):
 
 
 __all__ = ["StackedDFA", "StackedFA", "StackedKP", "StackedNoisyBP", "StackedNoisyDFA", "StackedNoisyFA",
-           "StackedNoisyKP", "StackedRule", "StackedSign", "StackedWM", "outer"]
+           "StackedNoisyKP", "StackedRule", "StackedSign", "StackedWM", "outer", "sgd_"]

@@ -229,3 +229,21 @@ def test_runs_differing_in_another_option_do_not_stack():
     mixed = [_np_trainers("np", (0.01,) * 3)[0], _np_trainers("np", (0.01,) * 3, noise_at="pre")[1]]
     with pytest.raises(ValueError, match=r"differ in \['noise_at'\].*c_h"):
         make_stack(mixed)
+
+
+@pytest.mark.parametrize("rule", ["np", "bp-noise"])
+def test_a_run_leaving_the_stack_takes_its_noise_std_with_it(rule):
+    """After a run leaves (it diverged), the others keep their own c_h and train as they do alone."""
+    c_hs = (0.01, 0.05, 0.002)
+    a, b = _np_trainers(rule, c_hs), _np_trainers(rule, c_hs)
+    stack = make_stack(b)
+    stack.select([0, 2])
+    assert stack.c_h.flatten().tolist() == [0.01, 0.002]
+    split = b[0].train_split
+    order = epoch_orders([0, 2], 0, len(split))
+    for lo in range(0, len(split), 16):
+        stack.step(*gather(split.x, split.y, order[:, lo:lo + 16]))
+    stack.unstack()
+    for t in (a[0], a[2]):
+        t.train_epoch()
+    assert _max_rel([a[0], a[2]], [b[0], b[2]]) < 1e-10

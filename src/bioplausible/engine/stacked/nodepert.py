@@ -37,9 +37,6 @@ class _NPMixin:
     def setup_np(self) -> None:
         rule = self.rules[0]
         cfg = rule.config
-        c_hs = [float(r.config["c_h"]) for r in self.rules]
-        # one c_h for every run: a number, as in the unstacked step; else (R, 1, 1) per run
-        self.c_h = c_hs[0] if len(set(c_hs)) == 1 else self.per_run("c_h", (1, 1))
         self.post = cfg["noise_at"] == "post"
         self.warmup = int(cfg["warmup"])
         self.count = int(getattr(rule, "_step", 0))
@@ -48,6 +45,7 @@ class _NPMixin:
 
     def refresh_rates(self) -> None:
         super().refresh_rates()
+        self.c_h = self.noise_std()  # again after a diverged run left the stack
         # η_B of tap k (B of layer k+1), the group ``feedback`` (per layer if split), per run
         self.rate_fb = [None] + [_per_run_lr(self.rules, k) .to(self.net.W[0]).view(-1, 1, 1)
                                  for k in range(1, self.net.depth)]

@@ -70,6 +70,12 @@ class StackedRule:
                 raise ValueError(f"the runs of a {lead.name} stack differ in {differ or 'rule'}; only runs that "
                                  f"differ by seed and learning rate{' and ' + free if free else ''} stack")
 
+    def noise_std(self) -> float | torch.Tensor:
+        """The runs' ``c_h``: one number when every run has the same (the unstacked step's own
+        operation), else an ``(R, 1, 1)`` tensor, one per run."""
+        c_hs = [float(rule.config["c_h"]) for rule in self.rules]
+        return c_hs[0] if len(set(c_hs)) == 1 else self.per_run("c_h", (1, 1))
+
     def per_run(self, option: str, shape: tuple[int, ...] = ()) -> torch.Tensor:
         """Rule option ``option`` of every run as an ``(R, *shape)`` tensor on the stack's device and dtype."""
         return _per_run([float(rule.config[option]) for rule in self.rules], shape, self.net.W[0])
@@ -452,17 +458,19 @@ class _ActivationNoise:
 
     per_run_options = ("c_h",)
 
+    def refresh_rates(self) -> None:
+        super().refresh_rates()
+        self.c_h = self.noise_std()  # again after a diverged run left the stack
+
     def forward_pass(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         net = self.net
         h = x.reshape(x.shape[0], x.shape[1], -1)
         gens = [rule.generator(h.device) for rule in self.rules]
-        c_hs = [float(rule.config["c_h"]) for rule in self.rules]
-        c = None if len(set(c_hs)) == 1 else self.per_run("c_h", (1, 1))
         hs, outs = [h], [h]
         for i, (w, b, (_, fwd, _)) in enumerate(zip(net.W, net.b, net.acts)):
             if i > 0:
                 (xi,) = draw_noise(gens, [tuple(h.shape[1:])], h.device, h.dtype)
-                h = h + (c_hs[0] * xi if c is None else c * xi)
+                h = h + self.c_h * xi
                 hs[i] = h
             a = linear(h, w, b)
             h = a if fwd is None else fwd(a)

@@ -247,3 +247,26 @@ def test_a_run_leaving_the_stack_takes_its_noise_std_with_it(rule):
     for t in (a[0], a[2]):
         t.train_epoch()
     assert _max_rel([a[0], a[2]], [b[0], b[2]]) < 1e-10
+
+
+@pytest.mark.parametrize("batch,width", [(32, 50), (32, 64), (32, 65), (4, 50)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_either_layout_is_h_wt_plus_b(batch, width, bias):
+    """The stacked layer product, feature-major for narrow layers (width ≤ 2·batch) and row-major
+    otherwise, is ``h Wᵀ + b`` run by run."""
+    from bioplausible.engine.stacked.mlp import linear
+
+    gen = torch.Generator().manual_seed(0)
+    R, n_in = 3, 30
+    h = torch.randn(R, batch, n_in, generator=gen, dtype=torch.float64)
+    w = torch.randn(R, width, n_in, generator=gen, dtype=torch.float64)
+    b = torch.randn(R, width, generator=gen, dtype=torch.float64) if bias else None
+    out = linear(h, w, b)
+    for r in range(R):
+        want = h[r] @ w[r].T + (0.0 if b is None else b[r])
+        torch.testing.assert_close(out[r], want, rtol=1e-12, atol=1e-12)
+    # a second layer reads the first's output, whichever layout it came in
+    w2 = torch.randn(R, 7, width, generator=gen, dtype=torch.float64)
+    out2 = linear(out, w2, None)
+    for r in range(R):
+        torch.testing.assert_close(out2[r], out[r] @ w2[r].T, rtol=1e-12, atol=1e-12)

@@ -147,8 +147,16 @@ def linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Te
     """``h Wᵀ + b`` per run: ``(R, B, in)``, ``(R, out, in)``, ``(R, out)`` -> ``(R, B, out)``.
 
     ``bmm`` then an in-place bias add: on one CPU thread ``baddbmm`` with a broadcast bias costs
-    about 25 % more than the product alone for a 784-400 layer at batch 128.
+    about 25 % more than the product alone for a 784-400 layer at batch 128. A layer no wider than
+    twice the batch is computed feature-major, ``(b + W hᵀ)ᵀ`` (a transposed view, which the next
+    such layer reads without a copy): on one CPU thread about 13 % faster for 784 → 50 at batch 32
+    and 40 % for the NP Fig. 2 net's 20 → 10 (the same products; ``b`` enters first, as in
+    ``addmm``).
     """
+    if h.device.type == "cpu" and w.shape[1] <= 2 * h.shape[1]:
+        ht = h.transpose(1, 2)
+        a = torch.bmm(w, ht) if b is None else torch.baddbmm(b.unsqueeze(2), w, ht)
+        return a.transpose(1, 2)
     a = torch.bmm(h, w.transpose(1, 2))
     return a if b is None else a.add_(b.unsqueeze(1))
 
@@ -170,7 +178,11 @@ def gather(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.T
     """Per-run batches ``(R, B, ...)`` from the shared ``x``, ``y`` and indices ``idx`` ``(R, B)``."""
     flat = idx.reshape(-1)
     R, B = idx.shape
-    xb = x.index_select(0, flat)
+    if x.is_floating_point() and x.is_contiguous() and x.dim() >= 2:
+        # the rows as an embedding lookup: the same copy, ~10 % faster than index_select on one CPU thread
+        xb = torch.nn.functional.embedding(flat, x.view(x.shape[0], -1))
+    else:
+        xb = x.index_select(0, flat)
     yb = y.index_select(0, flat)
     return xb.view(R, B, *x.shape[1:]), yb.view(R, B, *y.shape[1:])
 

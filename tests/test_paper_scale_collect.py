@@ -167,3 +167,23 @@ def test_the_command_says_the_sweep_arguments_the_driver_passed(row, tmp_path):
     assert "ROWS=tiny_row SWEEP_ARGS=--stack benchmarks/paper_scale/run.sh" in report
     assert "--out " in report and "tiny_row --stack" in report and "--seeds 0,1,2 --stack" in report
     assert "Commit: abc1234" in report
+
+
+def test_a_row_that_keeps_some_runs_reports_those_with_their_seeds(synthetic_root, tmp_path, monkeypatch):
+    """A sweep with ``runs:`` (bp on seeds 0-1, fa left out): the report lists bp alone, n = 2,
+    and says which runs and seeds the row kept."""
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    monkeypatch.setattr(experiments, "_preset_files", lambda: sorted(folder.glob("*.yaml")))
+    (folder / "tiny-row.yaml").write_text(TINY.replace("PAPER_BP", "50.0"))
+    row_dir = tmp_path / "paper-scale" / "tiny_row"
+    run_sweep(SweepSpec(name="tiny-row-full", preset="tiny-row", scale="full", seeds=[0], runs={"bp": [0, 1]}),
+              out=row_dir, stream=io.StringIO())
+    assert sorted(p.name for p in row_dir.iterdir() if p.is_dir()) == ["bp-seed0", "bp-seed1"]
+    collect = _load_collect()
+    out = tmp_path / "results"
+    assert collect.main([str(row_dir), "--out", str(out), "--reproduction", "", "--commit", "abc1234"]) == 0
+    report = (out / "tiny_row" / "report.md").read_text()
+    assert "| bp |" in report and "(n=2)" in report
+    assert "| fa |" not in report
+    assert "restricted to bp (seeds 0, 1)" in report

@@ -85,6 +85,29 @@ def test_labels_and_run_folders(tmp_path):
         "fa[optimizer.lr=0.01]-seed0", "fa[optimizer.lr=0.01]-seed1"}
 
 
+def test_a_preset_sweep_keeps_the_runs_it_names_with_their_own_seeds(tmp_path):
+    """``runs:`` keeps some of a preset's runs: a list at the sweep's seeds, or a mapping to each
+    run's own seeds (``null``: the sweep's)."""
+    spec = spec_from_dict({"preset": "ghost-mb-500", "scale": "full", "seeds": [0],
+                           "runs": {"mb_tf": [0, 1, 2], "bp_equiv": None}})
+    jobs, _ = plan_sweep(spec, out=tmp_path)
+    assert sorted((j.label, j.seed) for j in jobs) == [("bp_equiv", 0), ("mb_tf", 0), ("mb_tf", 1), ("mb_tf", 2)]
+    assert {Path(j.run_dir).name for j in jobs} == {"bp_equiv-seed0", "mb_tf-seed0", "mb_tf-seed1", "mb_tf-seed2"}
+    every, _ = plan_sweep(spec_from_dict({"preset": "ghost-mb-500", "scale": "full", "seeds": [0]}), out=tmp_path)
+    by_dir = {Path(j.run_dir).name: j.config for j in every}
+    assert all(j.config == by_dir[Path(j.run_dir).name] for j in jobs if j.seed == 0)  # the same runs, not others
+    listed, _ = plan_sweep(spec_from_dict({"preset": "ghost-mb-500", "scale": "full", "seeds": [3, 4],
+                                           "runs": ["mb_fa"]}), out=tmp_path)
+    assert sorted((j.label, j.seed) for j in listed) == [("mb_fa", 3), ("mb_fa", 4)]
+    with pytest.raises(ConfigError, match="has no run 'mb_xx'"):
+        plan_sweep(spec_from_dict({"preset": "ghost-mb-500", "runs": ["mb_xx"]}), out=tmp_path)
+    for raw, match in [({"config": BASE, "runs": ["bp"]}, "picks runs of a preset"),
+                       ({"preset": "ghost-mb-500", "runs": "mb_tf"}, "runs must be a list"),
+                       ({"preset": "ghost-mb-500", "runs": {"mb_tf": [0, 0]}}, "twice")]:
+        with pytest.raises(ConfigError, match=match):
+            spec_from_dict(raw)
+
+
 def test_local_sweep_with_two_jobs_and_its_report(local_sweep, data_env, capsys):
     code, out = local_sweep
     assert code == 0

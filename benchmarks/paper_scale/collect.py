@@ -217,6 +217,8 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
     launches = driver_launches(row_dir, driver_log)
     timing = driver_time(row_dir)
     config, seeds = preset.resolved(scale)
+    # the preset's runs this sweep planned (a sweep file's runs: may keep only some)
+    labels = [label for label in preset.runs if label in (index.get("labels") or preset.runs)]
 
     folder = out_root / row
     if folder.exists():
@@ -242,13 +244,18 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
     driver = f"ROWS={row}{f' SWEEP_ARGS={extra}' if extra else ''} benchmarks/paper_scale/run.sh"
     same = (f"bioplausible reproduce {preset.name} --scale {scale} --seeds {','.join(map(str, index.get('seeds') or seeds))}"
             f"{' ' + extra if extra else ''}")
+    restricted = ""
+    if (index.get("spec") or {}).get("runs"):
+        restricted = " restricted to " + ", ".join(
+            f"{label} (seeds {', '.join(str(s) for s in sorted(r['seed'] for r in rows if r['label'] == label))})"
+            for label in labels)
 
     lines = [f"# Full scale: {preset.title}", "",
              f"Preset `{preset.name}` at scale `{scale}` ({config['epochs']} epochs), seeds {index.get('seeds')}. "
              f"Paper: {preset.paper}.", "",
              f"| run | ours: {metric_label(metric)} (mean ± std, n) | paper | ours − paper | tolerance | verdict |",
              "|---|---|---|---|---|---|"]
-    for label in preset.runs:
+    for label in labels:
         st = stats[label][metric]
         ref = values.get(label)
         v = verdicts.get(label)
@@ -271,11 +278,11 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
     from bioplausible.experiments.jobs import mean_std
 
     hidden = {label: mean_std(hidden_angle(r["run"].probes) for r in groups.get(label, [])
-                              if r["status"] == "completed" and r["run"] is not None) for label in preset.runs}
+                              if r["status"] == "completed" and r["run"] is not None) for label in labels}
     lines += ["", "Other metrics (mean ± std over seeds): "
               + "; ".join(f"{label}: best test acc. {_fmt(stats[label]['best_test_accuracy'])}"
                           + (f", hidden-layer angle to BP {_fmt(hidden[label], 1)}°" if hidden[label][0] is not None else "")
-                          for label in preset.runs)
+                          for label in labels)
               + ". Hidden-layer angle: the mean over probes of the angle between the rule's update and BP's gradient, "
                 "over the weight layers not exact by construction.", ""]
     if recorded:
@@ -290,10 +297,10 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
                                                              f"{(r['summary'] or {}).get('message', '')})" for r in bad), ""]
     lines += ["![curves](curves.png)", "", "![angles](angles.png)", "", "## How it was run", "",
               f"- Commit: {', '.join(commits) if commits else 'not recorded (no driver log; pass --commit)'}",
-              f"- Command: `{driver}`, i.e. `{command}`; the same runs as `{same}`",
+              f"- Command: `{driver}`, i.e. `{command}`; the same runs as `{same}`{restricted}",
               f"- Time per run (wall clock of training on one thread, mean over seeds, from each run's summary; "
               f"the machine's 2 cores were shared with other work): "
-              + "; ".join(f"{label} {_seconds(stats[label]['_time'][0])}" for label in preset.runs)]
+              + "; ".join(f"{label} {_seconds(stats[label]['_time'][0])}" for label in labels)]
     if timing:
         lines.append(f"- Whole row (`/usr/bin/time -v` of the driver's sweep process): CPU {_seconds(timing.get('user_s', 0) + timing.get('system_s', 0))} "
                      f"(user {timing.get('user_s', 0):.0f} s, system {timing.get('system_s', 0):.0f} s), wall "

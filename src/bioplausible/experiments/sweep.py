@@ -9,6 +9,11 @@ A sweep file (YAML) names a base (a preset or a config), a grid of dotted keys a
     seeds: [0, 1, 2]
     out: runs/lr-sweep              # default: runs/sweep-<name>
 
+A preset's sweep may keep only some of its runs, each with its own seeds where given::
+
+    runs: [ma_tf, bp_equiv]                              # these runs, at the sweep's seeds
+    runs: {mb_tf: [0, 1, 2], mb_fa: null, bp_equiv: null}   # null: the sweep's seeds
+
 Every run is a directory ``<out>/<label>-seed<seed>`` written by :func:`~bioplausible.experiments.jobs.run_job`
 (its ``.lock`` held while it trains); ``<out>/sweep.json`` indexes them. A run is *finished* when
 its ``summary.json`` carries the ``job`` record, which ``run_job`` writes after the model, i.e.
@@ -47,7 +52,7 @@ from .jobs import (
 from .seeds import check_seeds
 
 INDEX = "sweep.json"
-_SPEC_KEYS = {"name", "preset", "config", "scale", "grid", "seeds", "out", "overrides"}
+_SPEC_KEYS = {"name", "preset", "config", "scale", "grid", "seeds", "out", "overrides", "runs"}
 
 
 @dataclass
@@ -62,12 +67,15 @@ class SweepSpec:
     seeds: list[int] | None = None
     out: str | None = None
     overrides: list[str] = field(default_factory=list)
+    #: a preset's runs to keep, each with its own seeds or None for the sweep's (None: every run)
+    runs: dict[str, list[int] | None] | None = None
     source: str | None = None  # the sweep file it was read from (None: built in Python)
     trust_imports: bool = False  # may the file (or a preset file it names) import a model or dataset?
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "preset": self.preset, "config": self.config, "scale": self.scale,
-                "grid": self.grid, "seeds": self.seeds, "out": self.out, "overrides": self.overrides}
+                "grid": self.grid, "seeds": self.seeds, "out": self.out, "overrides": self.overrides,
+                "runs": self.runs}
 
 
 def load_spec(path: str | os.PathLike, trust_imports: bool = False) -> SweepSpec:
@@ -137,7 +145,28 @@ def spec_from_dict(raw: Any, source: str = "sweep", base_dir: Path | None = None
         raise ConfigError(f"{source}: overrides must be a list of KEY=VALUE strings")
     name = str(raw.get("name") or Path(source).stem)
     return SweepSpec(name=name, preset=preset, config=config, scale=raw.get("scale"), grid=grid,
-                     seeds=seeds, out=raw.get("out"), overrides=[str(o) for o in overrides])
+                     seeds=seeds, out=raw.get("out"), overrides=[str(o) for o in overrides],
+                     runs=_runs_filter(raw.get("runs"), source, preset is not None))
+
+
+def _runs_filter(raw: Any, source: str, of_preset: bool) -> dict[str, list[int] | None] | None:
+    """``runs:`` as ``{label: seeds or None}``: a list of a preset's run labels, or a mapping of
+    labels to their own seeds (``null``: the sweep's)."""
+    if raw is None:
+        return None
+    if not of_preset:
+        raise ConfigError(f"{source}: runs: picks runs of a preset; a config: sweep has one run per grid point")
+    if isinstance(raw, list):
+        raw = {label: None for label in raw}
+    if not isinstance(raw, dict) or not raw or not all(isinstance(k, str) for k in raw):
+        raise ConfigError(f"{source}: runs must be a list of the preset's run names or a mapping of them to "
+                          f"seeds, e.g. runs: {{ma_tf: [0, 1, 2], bp_equiv: null}}")
+    out: dict[str, list[int] | None] = {}
+    for label, seeds in raw.items():
+        if seeds is not None:
+            seeds = check_seeds(seeds if isinstance(seeds, list) else [seeds], f"{source}: runs.{label}")
+        out[label] = seeds
+    return out
 
 
 def plan_sweep(spec: SweepSpec, out: str | os.PathLike | None = None) -> tuple[list[Job], Path]:
@@ -148,8 +177,22 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike | None = None) -> tuple[l
     if spec.preset is not None:
         if spec.overrides:
             raise ConfigError("overrides: apply to config: sweeps; for a preset put the keys in grid:")
-        jobs = plan(spec.preset, spec.scale or "quick", seeds=spec.seeds, grid=spec.grid or None, out=base,
+        seeds = spec.seeds
+        if spec.runs is not None:
+            from .presets import get_preset
+
+            preset = get_preset(spec.preset)
+            unknown = sorted(set(spec.runs) - set(preset.runs))
+            if unknown:
+                raise ConfigError(f"runs: preset {preset.name!r} has no run {unknown[0]!r}; its runs are "
+                                  f"{', '.join(preset.runs)}")
+            default = list(seeds if seeds is not None else preset.resolved(spec.scale or "quick")[1])
+            wanted = {label: list(s if s is not None else default) for label, s in spec.runs.items()}
+            seeds = list(dict.fromkeys(default + [s for ss in wanted.values() for s in ss]))
+        jobs = plan(spec.preset, spec.scale or "quick", seeds=seeds, grid=spec.grid or None, out=base,
                     trust_imports=spec.trust_imports)
+        if spec.runs is not None:
+            jobs = [j for j in jobs if j.seed in wanted.get(j.label.partition("[")[0], ())]
     else:
         config = TrainConfig.from_dict(spec.config or {}, spec.overrides)
         jobs = plan(config, seeds=spec.seeds or [config["seed"]], grid=spec.grid or None, out=base)

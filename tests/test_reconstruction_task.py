@@ -148,11 +148,32 @@ def test_worst_check_on_accuracy_means_lowest():
     assert evaluate_checks(preset, stats)[0]["passed"] is False
 
 
+def test_best_check_passes_only_when_every_named_run_beats_every_other():
+    """``best`` mirrors ``worst``: on a loss the named runs must be the lowest, on an accuracy the highest."""
+    text = PRESET.replace("{type: worst, metric: test_loss, runs: [fa, fa-noise]}", "{type: best, metric: test_loss, runs: [np]}")
+    preset = _parse(text, "tiny")
+    ok = evaluate_checks(preset, _stats(bp=44.0, fa=52.5, **{"fa-noise": 52.7}, np=43.0))
+    assert ok[0]["passed"] is True and "np best of all 4 runs" in ok[0]["text"] and "gap +1.00" in ok[0]["text"]
+    # the paper's NP-best claim against BP just below it: fails, by how much
+    lost = evaluate_checks(preset, _stats(bp=31.0, fa=51.5, **{"fa-noise": 49.7}, np=33.0))
+    assert lost[0]["passed"] is False and "the best other, bp = 31.00 (gap -2.00" in lost[0]["text"]
+    two = _parse(text.replace("runs: [np]", "runs: [np, bp]"), "tiny")
+    # both named runs must beat every other: np does, bp does not (fa-noise is better than bp)
+    assert evaluate_checks(two, _stats(bp=50.0, fa=52.5, **{"fa-noise": 49.0}, np=43.0))[0]["passed"] is False
+    assert evaluate_checks(two, _stats(bp=45.0, fa=52.5, **{"fa-noise": 49.0}, np=43.0))[0]["passed"] is True
+    acc = _parse(text.replace("metric: test_loss, runs: [np]", "metric: test_accuracy, runs: [np]"), "tiny")
+    stats = {k: {"test_accuracy": (v, 0.0, 1)} for k, v in {"bp": 97.0, "fa": 90.0, "fa-noise": 91.0, "np": 98.0}.items()}
+    assert evaluate_checks(acc, stats)[0]["passed"] is True
+    stats["bp"] = {"test_accuracy": (98.5, 0.0, 1)}
+    assert evaluate_checks(acc, stats)[0]["passed"] is False
+
+
 @pytest.mark.parametrize("check, message", [
     ("{type: worst, metric: test_loss, runs: [bp, fa, fa-noise, np]}", "some but not all runs"),
     ("{type: worst, metric: test_loss, runs: [nobody]}", "some but not all runs"),
     ("{type: worst, metric: test_loss, runs: [fa], lower_is_better: maybe}", "true or false"),
     ("{type: max_value, metric: test_loss, run: fa}", "needs a number max"),
+    ("{type: best, metric: test_loss, runs: [bp, fa, fa-noise, np]}", "some but not all runs"),
 ])
 def test_bad_checks_are_one_line(check, message):
     text = PRESET.replace("  - {type: max_gap, metric: test_loss, runs: [fa, bp], max: 0}", f"  - {check}")

@@ -16,8 +16,9 @@ as in the paper), the numbers the paper reports and checks that compare ours wit
 
 Check types: ``within`` (|a − b| ≤ max), ``max_gap`` (run a at most ``max`` below run b, i.e.
 m_b − m_a ≤ max), ``min_value`` (a run's metric at least ``min``), ``max_value`` (at most ``max``),
-``within_paper`` (|ours − paper| ≤ ``tol``) and ``worst`` (every run in ``runs`` is worse than
-every other run of the preset, by more than ``margin``, default 0), and ``paper`` (ours against
+``within_paper`` (|ours − paper| ≤ ``tol``), ``worst`` (every run in ``runs`` is worse than
+every other run of the preset, by more than ``margin``, default 0), ``best`` (every run in ``runs``
+is better than every other run, by more than ``margin``), and ``paper`` (ours against
 the paper's number, with the paper's spread or a default tolerance, at full scale only; its
 verdicts and the "not meaningful" outcome of relative checks at chance: :mod:`bioplausible.experiments.verdicts`).
 
@@ -27,7 +28,7 @@ accuracy, the mean hidden-layer angle to BP ``grad_angle`` (:mod:`bioplausible.c
 epoch, :func:`bioplausible.core.probe.feedback_errors`).
 
 Direction: losses (``test_loss``, ``train_loss``), ``grad_angle`` and ``relative_error_*`` are lower-is-better
-(the metric table, :mod:`bioplausible.core.metrics`); ``worst`` uses it (a check may override it with
+(the metric table, :mod:`bioplausible.core.metrics`); ``worst`` and ``best`` use it (a check may override it with
 ``lower_is_better: true|false``). ``max_gap``, ``within`` and the min/max bounds are plain
 arithmetic: "FA's loss is at least BP's" is ``{type: max_gap, metric: test_loss, runs: [fa, bp],
 max: 0}`` (bp − fa ≤ 0). "ours − paper" in reports is ours minus the paper's value either way.
@@ -113,7 +114,8 @@ def _preset_files() -> list[Any]:
 
 
 _CHECK_FIELDS = {"max_gap": ("runs", "max"), "within": ("runs", "max"), "min_value": ("run", "min"),
-                 "max_value": ("run", "max"), "within_paper": ("run", "tol"), "worst": ("runs", "margin")}
+                 "max_value": ("run", "max"), "within_paper": ("run", "tol"), "worst": ("runs", "margin"),
+                 "best": ("runs", "margin")}
 
 
 def _parse(text: str, source: str) -> Preset:
@@ -172,7 +174,7 @@ def _parse(text: str, source: str) -> Preset:
         run_key, bound = _CHECK_FIELDS[check["type"]]
         named = check.get(run_key)
         named = named if run_key == "runs" else [named]
-        worst = check["type"] == "worst"
+        worst = check["type"] in ("worst", "best")  # some runs ranked against all the others
         count_ok = (1 <= len(named) < len(runs)) if worst and isinstance(named, list) else (
             isinstance(named, list) and len(named) == (2 if run_key == "runs" else 1))
         if not (isinstance(named, list) and count_ok and all(str(r) in runs for r in named)):
@@ -180,7 +182,8 @@ def _parse(text: str, source: str) -> Preset:
             raise ConfigError(f"preset {source}: check {i + 1} ({check['type']}): {run_key} must name "
                               f"{want} of this preset, got {named!r}")
         if worst and not isinstance(check.get("lower_is_better", True), bool):
-            raise ConfigError(f"preset {source}: check {i + 1} (worst): lower_is_better must be true or false")
+            raise ConfigError(f"preset {source}: check {i + 1} ({check['type']}): lower_is_better must be true "
+                              f"or false")
         value = check.get(bound, 0.0 if worst else None)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"preset {source}: check {i + 1} ({check['type']}) needs a number {bound}:")
@@ -306,8 +309,8 @@ def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]],
         if kind == "paper":
             results += evaluate_paper_check(check, preset.paper_results, stats, scale, metric_digits(metric))
             continue
-        if kind in ("max_gap", "within", "worst") and metric.endswith("accuracy"):
-            named = [str(r) for r in check["runs"]] if kind != "worst" else list(stats)
+        if kind in ("max_gap", "within", "worst", "best") and metric.endswith("accuracy"):
+            named = [str(r) for r in check["runs"]] if kind not in ("worst", "best") else list(stats)
             values = [(stats.get(r, {}).get(metric) or (None,))[0] for r in named]
             if at_chance(values, chance):
                 shown = ", ".join(f"{r} {v:.2f}" for r, v in zip(named, values))
@@ -333,8 +336,8 @@ def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]],
                 ok = m >= float(check["min"]) if low else m <= float(check["max"])
                 text = (f"{metric} of {label} = {m:.{metric_digits(metric)}f} "
                         f"(at {'least' if low else 'most'} {check['min' if low else 'max']})")
-        elif kind == "worst":
-            ok, text = _worst(check, metric, stats)
+        elif kind in ("worst", "best"):
+            ok, text = _ranked(check, metric, stats, best=kind == "best")
         elif kind == "within_paper":
             label = check["run"]
             m = stats.get(label, {}).get(metric, (None, None))[0]
@@ -346,8 +349,10 @@ def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]],
     return results
 
 
-def _worst(check: dict[str, Any], metric: str, stats: dict[str, dict[str, Any]]) -> tuple[bool, str]:
-    """Every run in ``check['runs']`` worse than every other measured run by more than the margin."""
+def _ranked(check: dict[str, Any], metric: str, stats: dict[str, dict[str, Any]],
+            best: bool = False) -> tuple[bool, str]:
+    """``worst``: every run in ``check['runs']`` worse than every other measured run by more than
+    the margin; ``best``: every one of them better than every other."""
     lower = bool(check.get("lower_is_better", lower_is_better(metric)))
     margin = float(check.get("margin", 0.0))
     values = {label: st.get(metric, (None, None))[0] for label, st in stats.items()}
@@ -357,18 +362,22 @@ def _worst(check: dict[str, Any], metric: str, stats: dict[str, dict[str, Any]])
     others = {k: v for k, v in values.items() if k not in named and v is not None}
     if not others:
         return False, ""
-    if lower:  # worst = highest: the lowest named value must exceed the highest other one
-        best_named = min(named, key=lambda r: values[r])
-        worst_other = max(others, key=lambda r: others[r])
-        gap = values[best_named] - others[worst_other]
-    else:
-        best_named = max(named, key=lambda r: values[r])
-        worst_other = min(others, key=lambda r: others[r])
-        gap = others[worst_other] - values[best_named]
+    # the "better" direction of the metric; sign(a − b) > 0 when a is better than b
+    better = (lambda a, b: b - a) if lower else (lambda a, b: a - b)
+    if best:  # the worst named run must beat the best other one
+        edge = min(named, key=lambda r: better(values[r], 0.0))
+        rival = max(others, key=lambda r: better(others[r], 0.0))
+        gap = better(values[edge], others[rival])
+        what, edge_is, rival_is = "best", "the worst of them", "the best other"
+    else:  # the best named run must be worse than the worst other one
+        edge = max(named, key=lambda r: better(values[r], 0.0))
+        rival = min(others, key=lambda r: better(others[r], 0.0))
+        gap = better(others[rival], values[edge])
+        what, edge_is, rival_is = "worst", "the best of them", "the worst other"
     direction = "lower" if lower else "higher"
-    text = (f"{metric} ({direction} is better): {', '.join(named)} worst of all {len(others) + len(named)} runs — "
-            f"the best of them, {best_named} = {values[best_named]:.2f}, vs the worst other, {worst_other} = "
-            f"{others[worst_other]:.2f} (gap {gap:+.2f}, more than {margin:g} needed)")
+    text = (f"{metric} ({direction} is better): {', '.join(named)} {what} of all {len(others) + len(named)} runs — "
+            f"{edge_is}, {edge} = {values[edge]:.2f}, vs {rival_is}, {rival} = "
+            f"{others[rival]:.2f} (gap {gap:+.2f}, more than {margin:g} needed)")
     return gap > margin, text
 
 

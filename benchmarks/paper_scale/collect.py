@@ -279,12 +279,18 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
 
     hidden = {label: mean_std(hidden_angle(r["run"].probes) for r in groups.get(label, [])
                               if r["status"] == "completed" and r["run"] is not None) for label in labels}
-    lines += ["", "Other metrics (mean ± std over seeds): "
-              + "; ".join(f"{label}: best test acc. {_fmt(stats[label]['best_test_accuracy'])}"
-                          + (f", hidden-layer angle to BP {_fmt(hidden[label], 1)}°" if hidden[label][0] is not None else "")
-                          for label in labels)
-              + ". Hidden-layer angle: the mean over probes of the angle between the rule's update and BP's gradient, "
-                "over the weight layers not exact by construction.", ""]
+    other = {label: ", ".join(
+        ([f"best test acc. {_fmt(stats[label]['best_test_accuracy'])}"]
+         if stats[label]["best_test_accuracy"][0] is not None else [])
+        + ([f"hidden-layer angle to BP {_fmt(hidden[label], 1)}°"] if hidden[label][0] is not None else []))
+        for label in labels}
+    if any(other.values()):  # a reconstruction task has neither
+        lines += ["", "Other metrics (mean ± std over seeds): "
+                  + "; ".join(f"{label}: {text}" for label, text in other.items() if text)
+                  + ". Hidden-layer angle: the mean over probes of the angle between the rule's update and BP's "
+                    "gradient, over the weight layers not exact by construction.", ""]
+    else:
+        lines.append("")
     if recorded:
         lines += [f"Recording settings that differ from the preset's (training is the same): {len(recorded)} runs, e.g. "
                   f"{recorded[0]}.", ""]

@@ -39,6 +39,41 @@ ACTIVATION_KERNELS: dict[type[nn.Module], tuple] = {
 }
 
 
+def plain_mlp(model: nn.Module, linear_types: tuple[type[nn.Module], ...] = (nn.Linear,)
+              ) -> tuple[nn.Flatten | None, list[nn.Module], list[type[nn.Module]]] | str:
+    """``(flatten, linears, activation types)`` of a ``[Flatten,] (Linear[, activation])*``
+    Sequential, the form of the hand-written MLP paths (one activation of
+    :data:`ACTIVATION_KERNELS` or none after each Linear; none, e.g. after the output layer, is
+    ``nn.Identity``; an in-place ReLU is refused), or a one-line reason why ``model`` is not of it.
+    ``linear_types``: the modules that count as a Linear layer."""
+    if not isinstance(model, nn.Sequential):
+        return f"the model is a {type(model).__name__}, not an MLP (Sequential of Linear layers and activations)"
+    children = list(model)
+    flatten = None
+    if children and isinstance(children[0], nn.Flatten):
+        flatten, children = children[0], children[1:]
+    if not children:
+        return "the model has no layers"
+    layers, acts = [], []
+    i = 0
+    while i < len(children):
+        lin = children[i]
+        if not isinstance(lin, linear_types):
+            return f"the model has a {type(lin).__name__} layer where a Linear layer is expected"
+        layers.append(lin)
+        act = children[i + 1] if i + 1 < len(children) else None
+        if act is None or isinstance(act, linear_types):  # a Linear with no activation after it
+            acts.append(nn.Identity)
+            i += 1
+            continue
+        if type(act) not in ACTIVATION_KERNELS or (isinstance(act, nn.ReLU) and act.inplace):
+            return (f"the activation {type(act).__name__} has no hand-written form (sigmoid, tanh, "
+                    f"relu, identity)")
+        acts.append(type(act))
+        i += 2
+    return flatten, layers, acts
+
+
 @dataclass
 class MLPLayout:
     """``prefix`` modules act on the input; ``layers[l] = (Linear_l, [activations after it])``."""

@@ -19,55 +19,31 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-_aten = torch.ops.aten
+from ...nn.mlp import ACTIVATION_KERNELS, plain_mlp
 
-#: activation module type -> (name, forward, backward(grad_out, out)); the backwards are the
-#: kernels autograd itself calls for these activations
-ACTIVATIONS = {
-    nn.Sigmoid: ("sigmoid", torch.sigmoid, lambda g, out: _aten.sigmoid_backward(g, out)),
-    nn.Tanh: ("tanh", torch.tanh, lambda g, out: _aten.tanh_backward(g, out)),
-    nn.ReLU: ("relu", torch.relu, lambda g, out: _aten.threshold_backward(g, out, 0)),
-    nn.Identity: ("identity", None, None),
-}
+#: activation module type -> (name, forward, backward(grad_out, out)): the hand-written paths'
+#: kernels (:data:`bioplausible.nn.mlp.ACTIVATION_KERNELS`, autograd's own backward kernels) with a name
+ACTIVATIONS = {kind: (name, *ACTIVATION_KERNELS[kind]) for kind, name in
+               ((nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"), (nn.ReLU, "relu"), (nn.Identity, "identity"))}
 
 
 def mlp_layers(model: nn.Module) -> tuple[list[nn.Module], list[tuple]] | str:
     """``(linear_layers, activations)`` of a ``[Flatten,] (Linear[, activation])*`` Sequential
-    (a Linear with no activation after it, e.g. the output layer, has the identity), or a one-line
-    reason why ``model`` is not of that form.
+    (:func:`bioplausible.nn.mlp.plain_mlp`; a Linear with no activation after it, e.g. the output
+    layer, has the identity), or a one-line reason why ``model`` is not of that form.
 
     Linear layers converted by a feedback rule (``FeedbackLinear``) count as Linear: the stack
     reads only their ``weight``, ``bias`` and, where the rule keeps one, ``feedback``.
     """
     from ...nn.layers import FeedbackLinear
 
-    if not isinstance(model, nn.Sequential):
-        return f"the model is a {type(model).__name__}, not an MLP (Sequential of Linear layers and activations)"
-    children = list(model)
-    if children and isinstance(children[0], nn.Flatten):
-        if children[0].start_dim not in (1, -1) and children[0].end_dim != -1:
-            return "the model flattens other than from dimension 1"
-        children = children[1:]
-    if not children:
-        return "the model has no layers"
-    linear = (nn.Linear, FeedbackLinear)
-    layers, acts = [], []
-    i = 0
-    while i < len(children):
-        lin = children[i]
-        if not isinstance(lin, linear):
-            return f"the model has a {type(lin).__name__} layer; stacking takes Linear layers only"
-        layers.append(lin)
-        act = children[i + 1] if i + 1 < len(children) else None
-        if act is None or isinstance(act, linear):  # a Linear with no activation after it: identity
-            acts.append(ACTIVATIONS[nn.Identity])
-            i += 1
-            continue
-        if type(act) not in ACTIVATIONS or (isinstance(act, nn.ReLU) and act.inplace):
-            return f"the activation {type(act).__name__} has no stacked form (sigmoid, tanh, relu, identity)"
-        acts.append(ACTIVATIONS[type(act)])
-        i += 2
-    return layers, acts
+    plan = plain_mlp(model, (nn.Linear, FeedbackLinear))
+    if isinstance(plan, str):
+        return plan
+    flatten, layers, kinds = plan
+    if flatten is not None and (flatten.start_dim != 1 or flatten.end_dim != -1):
+        return "the model flattens other than from dimension 1"
+    return layers, [ACTIVATIONS[kind] for kind in kinds]
 
 
 class StackedMLP:

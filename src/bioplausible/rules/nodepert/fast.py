@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...nn.mlp import ACTIVATION_KERNELS
+from ...nn.mlp import ACTIVATION_KERNELS, plain_mlp
 from .estimator import _MSE_WEIGHT
 
 _linear = torch.nn.functional.linear
@@ -67,30 +67,15 @@ class MLPPlan:
 
 def plan_mlp(model: nn.Module, layers: list[nn.Module]) -> MLPPlan | None:
     """An :class:`MLPPlan` when ``model`` is ``[Flatten,] (Linear[, activation])*`` in that order
-    (a Linear with nothing after it, e.g. the output layer, has the identity), with ``layers`` its
-    Linear layers; otherwise ``None``."""
-    if not isinstance(model, nn.Sequential):
+    (:func:`bioplausible.nn.mlp.plain_mlp`; a Linear with nothing after it, e.g. the output layer,
+    has the identity), with ``layers`` its Linear layers; otherwise ``None``."""
+    plan = plain_mlp(model)
+    if isinstance(plan, str):
         return None
-    children = list(model)
-    flatten = None
-    if children and isinstance(children[0], nn.Flatten):
-        flatten, children = children[0], children[1:]
-    acts = []
-    i = 0
-    for layer in layers:
-        if i >= len(children) or children[i] is not layer or not isinstance(layer, nn.Linear):
-            return None
-        act = children[i + 1] if i + 1 < len(children) else None
-        if act is None or isinstance(act, nn.Linear):
-            acts.append(_ACTS[nn.Identity])
-            i += 1
-            continue
-        if type(act) not in _ACTS or (isinstance(act, nn.ReLU) and act.inplace):
-            return None
-        acts.append(_ACTS[type(act)])
-        i += 2
-    if i != len(children):
+    flatten, linears, kinds = plan
+    if len(linears) != len(layers) or any(a is not b for a, b in zip(linears, layers)):
         return None
+    acts = [_ACTS[kind] for kind in kinds]
     return MLPPlan(flatten, layers, acts, [model, *list(model)])
 
 

@@ -348,22 +348,19 @@ class StackedKP(StackedFA):
 
     def update_layer(self, i: int, delta: torch.Tensor, h: torch.Tensor) -> None:
         lam = self.grad_decay  # the backward pass adds λW to W's gradient and λB to B's (0: optimizer decay)
-        if not self._learns(i):
-            if not lam:
-                return super().update_layer(i, delta, h)
-            # an unused B (the first layer) is not learned, but W still decays: δᵀh + λW
-            if self.capture:
-                self.capture_grads(i, delta, h, lam)
-            self._decayed_add(self.net.W[i], self.rate_w[i], lam, torch.bmm(delta.transpose(1, 2), h))
-            self.step_bias(i, delta)
-            return None
-        # W and B take the same raw gradient δᵀh: one product, two scaled adds
+        learns = self._learns(i)
+        if not learns and not lam:
+            return super().update_layer(i, delta, h)
+        # W (and B where it learns) take the same raw gradient δᵀh: one product, scaled adds; an
+        # unused B (the first layer) is not learned, but W still decays: δᵀh + λW
         if self.capture:
             self.capture_grads(i, delta, h, lam)
         gw = torch.bmm(delta.transpose(1, 2), h)
         self._decayed_add(self.net.W[i], self.rate_w[i], lam, gw)
         self.step_bias(i, delta)
-        self._decayed_add(self.B[i], self.rate_fb[i], lam, gw)
+        if learns:
+            self._decayed_add(self.B[i], self.rate_fb[i], lam, gw)
+        return None
 
     @staticmethod
     def _decayed_add(t, rate, lam, gw) -> None:

@@ -207,3 +207,46 @@ def test_two_seeds_stack_into_what_they_train_apart_or_the_rule_says_why(name):
     _train_unstacked(a, epochs=1)
     _train_stacked(b, epochs=1, seeds=(0, 1))
     assert _max_rel(a, b) < 1e-10
+
+
+@pytest.mark.parametrize("loss", ["setting", "cross_entropy"])
+@pytest.mark.parametrize("name", RULES)
+def test_a_float32_stack_stays_float32_and_near_its_runs(name, loss):
+    """``--stack`` trains in the model's dtype: in float32 every stacked state stays float32 and the
+    runs end within float32 rounding of the runs apart, with the rule's own loss and with
+    cross-entropy (whose per-example losses node perturbation takes in float64)."""
+    from test_stacked import _max_rel, _train_stacked, _train_unstacked
+
+    from bioplausible.engine.config import TrainConfig
+    from bioplausible.engine.stacked import support
+    from bioplausible.experiments.jobs import Job, _build
+
+    if name not in support.STACKED:
+        pytest.skip(f"{name} has no stacked step")
+    s = setting(name)
+    bundle = make_bundle(n_train=24, n_test=8, dim=DIM, classes=CLASSES, seed=1, dtype=torch.float32)
+    loss_name = s["loss"] if loss == "setting" else loss
+
+    def trainers():
+        out = []
+        for seed in (0, 1):
+            cfg = TrainConfig.from_dict({
+                **config(name), "loss": loss_name, "dataset": {"name": "blobs"}, "seed": seed,
+                "dtype": "float32",
+                "model": {"spec": f"mlp:{DIM}-5-{CLASSES}", "activation": s["model"], "output_activation": "sigmoid"}})
+            out.append(_build(Job(cfg.to_dict(), "unused", name, seed), bundle, cfg, out=None, progress=False))
+        return out
+
+    try:
+        a, b = trainers(), trainers()
+    except bp.ConfigError as exc:  # the rule does not take this loss at all
+        pytest.skip(str(exc))
+    reason = support.config_reason(a[0].config) or support.model_reason(a)
+    if reason is not None:
+        pytest.skip(reason)
+    _train_unstacked(a, epochs=1)
+    _train_stacked(b, epochs=1, seeds=(0, 1))
+    for t in b:
+        states = {**t.model.state_dict(), **t.rule.owned.state_dict()}
+        assert all(v.dtype == torch.float32 for v in states.values() if v.is_floating_point()), name
+    assert _max_rel(a, b) < 1e-4

@@ -86,7 +86,10 @@ class _NPMixin:
             coef = coef.mul_(w / c) if isinstance(c, float) else coef.mul_(w / c.view(-1, 1))
         else:
             coef = (per_example(self.loss_fn, noisy, y) - per_example(self.loss_fn, out, y))
-            coef = coef.div_(c if isinstance(c, float) else c.view(-1, 1))
+            # (ℓ̃ − ℓ)/c_h from float64 losses, then in the model's dtype, as the unstacked rule
+            # casts its coefficient before the regression (a float64 coefficient would promote the
+            # float32 regression target, which cannot be added into the float32 feedback)
+            coef = coef.div_(c if isinstance(c, float) else c.view(-1, 1)).to(dtype)
         if self.count < 10 and not bool((coef != 0).any(1).all()):
             silent = int((~(coef != 0).any(1)).nonzero()[0])
             c_r = self.rules[silent].config["c_h"]

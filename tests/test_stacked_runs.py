@@ -307,3 +307,32 @@ def test_the_python_compare_stacks_a_user_model_into_the_same_runs(tmp_path, cap
     for a, b in zip(rows_a, rows_b):
         _close({k: v for k, v in a.items() if "time" not in k}, {k: v for k, v in b.items() if "time" not in k},
                "results.csv")
+
+
+def _progress(err: str) -> list[tuple[int, int]]:
+    """(done, running) of every progress line a sweep wrote."""
+    import re
+
+    return [(int(m.group(1)), int(m.group(2)))
+            for m in re.finditer(r"sweep: (\d+)/\d+ done \(\d+ skipped\), (\d+) running", err)]
+
+
+@pytest.mark.parametrize("rule,expected", [
+    # a stack: its three runs start together and end together (the progress counts each)
+    ({"name": "np"}, [(0, 0), (0, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0)]),
+    # runs that cannot stack (NP's ridge solver) go one by one, and the progress follows each
+    ({"name": "np", "solver": "ridge"}, [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0)]),
+])
+def test_a_stacked_sweep_reports_each_run_as_it_starts_and_ends(synthetic_root, tmp_path, capsys, rule, expected):
+    import yaml
+
+    spec = {"name": "tiny", "config": {"dataset": {"name": "mnist"}, "model": {"spec": "mlp:784-16-10"},
+                                       "epochs": 1, "batch_size": 40, "rule": rule},
+            "grid": {}, "seeds": [0, 1, 2]}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--stack"]) == 0
+    assert _progress(capsys.readouterr().err) == expected
+    index = json.loads((out / "sweep.json").read_text())
+    assert [r["status"] for r in index["runs"]] == ["completed"] * 3

@@ -72,36 +72,58 @@ def plan_groups(jobs: list) -> list[list[int]]:
     return list(groups.values())
 
 
-def run_jobs_stacked(jobs: list, progress: bool | None = None, say=None) -> list[dict[str, Any]]:
+def _no_events(kind: str, k: int, summary: dict[str, Any] | None = None) -> None:
+    return None
+
+
+def _one_by_one(jobs: list, progress: bool | None, events) -> list[dict[str, Any]]:
+    """``jobs`` unstacked, one after another, each announced (``start``, ``end``) as it runs."""
+    summaries = []
+    for k, job in enumerate(jobs):
+        events("start", k)
+        summaries.append(run_job(job, progress=progress))
+        events("end", k, summaries[-1])
+    return summaries
+
+
+def run_jobs_stacked(jobs: list, progress: bool | None = None, say=None, events=None) -> list[dict[str, Any]]:
     """Every job, stacked with the others of its group where the rule and model allow it.
 
     A group that cannot stack (or a group of one) runs unstacked through
     :func:`~bioplausible.jobs.run_job`, after one line on ``say`` (stderr by default) saying why.
+    ``events(kind, k, summary=None)`` hears when job ``k`` (its position in ``jobs``) starts
+    (``"start"``) and finishes (``"end"``, with its summary): a stack's runs start together and each
+    ends when it leaves the stack; runs that cannot stack start and end one by one.
     """
-
-
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    events = events or _no_events
     out: list[dict[str, Any] | None] = [None] * len(jobs)
     for group in plan_groups(jobs):
         members = [jobs[i] for i in group]
+
+        def relay(kind: str, k: int, summary: dict[str, Any] | None = None, group=group) -> None:
+            events(kind, group[k], summary)
+
         reason = support.config_reason(members[0].train_config()) if len(members) > 1 else None
         if reason is not None:
             say(f"--stack: {members[0].label}: {reason}; running its {len(members)} run(s) one after another")
-        summaries = (run_stacked(members, progress=progress, say=say) if reason is None and len(members) > 1
-                     else [run_job(job, progress=progress) for job in members])
+        summaries = (run_stacked(members, progress=progress, say=say, events=relay)
+                     if reason is None and len(members) > 1 else _one_by_one(members, progress, relay))
         for i, summary in zip(group, summaries):
             out[i] = summary
     return out  # type: ignore[return-value]
 
 
-def run_stacked(jobs: list, progress: bool | None = None, say=None) -> list[dict[str, Any]]:
-    """Train ``jobs`` (one group) as one stack; returns their summaries as ``run_job`` would."""
+def run_stacked(jobs: list, progress: bool | None = None, say=None, events=None) -> list[dict[str, Any]]:
+    """Train ``jobs`` (one group) as one stack; returns their summaries as ``run_job`` would
+    (``events`` as :func:`run_jobs_stacked` describes)."""
     from ..data import DataBundle
     from ..engine.rundir import check_run_dir, run_lock
     from ..engine.runtime import check_device, runtime
     from .jobs import _build, load_data
 
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    events = events or _no_events
     configs = [job.train_config() for job in jobs]
     first = configs[0]
     check_device(first["device"])
@@ -124,7 +146,7 @@ def run_stacked(jobs: list, progress: bool | None = None, say=None) -> list[dict
         reason = support.model_reason(trainers)
         if reason is not None:
             say(f"--stack: {jobs[0].label}: {reason}; running its {len(jobs)} run(s) one after another")
-            return [run_job(job, progress=progress) for job in jobs]
+            return _one_by_one(jobs, progress, events)
         try:
             for d in run_dirs:
                 d.mkdir(parents=True, exist_ok=True)
@@ -135,7 +157,7 @@ def run_stacked(jobs: list, progress: bool | None = None, say=None) -> list[dict
                 for job, d in zip(jobs, run_dirs):
                     locks.enter_context(run_lock(d))
                     check_run_dir(d, resume=job.resume)
-                summaries = StackedTraining(jobs, trainers, say).run()
+                summaries = StackedTraining(jobs, trainers, say, events).run()
         except UserError:
             for d, made in zip(run_dirs, created):
                 if made:
@@ -147,8 +169,9 @@ def run_stacked(jobs: list, progress: bool | None = None, say=None) -> list[dict
 class StackedTraining:
     """The epoch loop of :meth:`bioplausible.train.Trainer.run` for R trainers and one stack."""
 
-    def __init__(self, jobs: list, trainers: list, say) -> None:
+    def __init__(self, jobs: list, trainers: list, say, events=None) -> None:
         self.jobs, self.trainers, self.say = list(jobs), list(trainers), say
+        self.events = events or _no_events
 
     # ------------------------------------------------------------------ start
     def _start(self, trainer, resume: bool) -> None:
@@ -171,6 +194,7 @@ class StackedTraining:
         summary["job"] = {"label": job.label, "seed": job.seed, "preset": job.preset, "scale": job.scale}
         _write_json(t.run_dir / "summary.json", summary)
         summary["run_dir"] = str(t.run_dir)
+        self.events("end", i, summary)
         return summary
 
     # ------------------------------------------------------------------ run
@@ -187,16 +211,20 @@ class StackedTraining:
             from .._io import atomic_write_json as _write_json
 
             summaries = []
-            for j, t in zip(self.jobs, self.trainers):
+            for i, (j, t) in enumerate(zip(self.jobs, self.trainers)):
+                self.events("start", i)
                 summary = dict(t.run(resume=True).summary)
                 summary["job"] = {"label": j.label, "seed": j.seed, "preset": j.preset, "scale": j.scale}
                 _write_json(t.run_dir / "summary.json", summary)
                 summaries.append({**summary, "run_dir": str(t.run_dir)})
+                self.events("end", i, summaries[-1])
             return summaries
         from ..engine.stacked.support import make_stack
 
         self.stack = make_stack(self.trainers)
         self.active = list(range(len(self.trainers)))
+        for i in self.active:  # the runs start together: each one's time is its share of the stack's
+            self.events("start", i, {"stacked": len(self.active)})
         results: dict[int, dict[str, Any]] = {}
         made = []
         for t in self.trainers:
@@ -393,19 +421,35 @@ def run_sweep_stacked(work: list, on_event, say=None) -> None:
             for name in ("error.json", "summary.json"):
                 (Path(job.run_dir) / name).unlink(missing_ok=True)
             job.resume = Path(job.run_dir).is_dir()
-        for index in indices:
-            on_event("start", index, {})
-        start = time.time()
+        began: dict[int, tuple[float, int]] = {}
+        ended: set[int] = set()
+
+        def relay(kind: str, k: int, summary: dict[str, Any] | None = None, indices=indices, began=began,
+                  ended=ended) -> None:
+            # each run is announced when it starts and when it ends: a stack's runs start together
+            # and end as each leaves the stack; runs that cannot stack go one by one, so the sweep's
+            # progress and index follow them instead of waiting for the whole group
+            if kind == "start":
+                began[k] = (time.time(), int((summary or {}).get("stacked", 1)))
+                on_event("start", indices[k], {})
+                return
+            ended.add(k)
+            summary = summary or {}
+            t0, together = began[k]
+            on_event("end", indices[k], {"status": summary.get("status"), "message": summary.get("message", ""),
+                                         "seconds": (time.time() - t0) / max(together, 1), "skipped": False})
+
         try:
-            summaries = run_jobs_stacked(members, progress=False, say=say)
+            run_jobs_stacked(members, progress=False, say=say, events=relay)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 - a failed group is recorded, the sweep goes on
-            summaries = [_record_failure(job, exc) for job in members]
-        seconds = (time.time() - start) / max(len(members), 1)
-        for index, summary in zip(indices, summaries):
-            on_event("end", index, {"status": summary.get("status"), "message": summary.get("message", ""),
-                                    "seconds": seconds, "skipped": False})
+            for k, job in enumerate(members):
+                if k in ended:
+                    continue
+                if k not in began:
+                    relay("start", k)
+                relay("end", k, _record_failure(job, exc))
 
 
 def run_jobs(jobs: Sequence[Any], workers: int = 1, progress: bool | None = None,

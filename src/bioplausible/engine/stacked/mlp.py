@@ -78,13 +78,25 @@ class StackedMLP:
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``hs``: the input of every layer (``(R, B, n)``), ``hs[-1]`` the output."""
+        return self.passes(x)[0]
+
+    def passes(self, x: torch.Tensor, perturb=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(hs, outs)``: every layer's input (what its weights' gradient reads) and every
+        activation's output (what its derivative reads). ``perturb(i, h)``, if given, replaces the
+        input ``h`` of every layer ``i > 0`` (the activation's output is kept in ``outs``); without
+        it the two lists are one."""
         h = x.reshape(x.shape[0], x.shape[1], -1)
         hs = [h]
-        for w, b, (_, fwd, _) in zip(self.W, self.b, self.acts):
+        outs = hs if perturb is None else [h]
+        for i, (w, b, (_, fwd, _)) in enumerate(zip(self.W, self.b, self.acts)):
+            if i > 0 and perturb is not None:
+                h = hs[i] = perturb(i, h)
             a = linear(h, w, b)
             h = a if fwd is None else fwd(a)
             hs.append(h)
-        return hs
+            if outs is not hs:
+                outs.append(h)
+        return hs, outs
 
     def act_backward(self, i: int, g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``g ⊙ f_i′`` from the output ``out`` of layer ``i``'s activation."""
@@ -163,4 +175,4 @@ def gather(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.T
     return xb.view(R, B, *x.shape[1:]), yb.view(R, B, *y.shape[1:])
 
 
-__all__ = ["ACTIVATIONS", "StackedMLP", "linear", "epoch_order", "epoch_orders", "gather", "mlp_layers"]
+__all__ = ["ACTIVATIONS", "StackedMLP", "epoch_order", "epoch_orders", "gather", "linear", "mlp_layers"]

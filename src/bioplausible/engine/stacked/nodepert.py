@@ -24,15 +24,13 @@ from ...errors import UserError
 from .losses import per_example
 from .mlp import linear
 from .noise import draw_noise
-from .steps import StackedDFA, StackedFA
+from .steps import PerRunNoise, StackedDFA, StackedFA
 
 _MSE_WEIGHT = {"mse_half_sum": 0.5, "mse_sum": 1.0, "mse_batchmean": 1.0}
 
 
-class _NPMixin:
+class _NPMixin(PerRunNoise):
     feedback_in_step = True  # B is regressed inside the rule's step
-    #: the noise std may differ between the runs of a stack (e.g. Fig. 2's sweep over c_h)
-    per_run_options = ("c_h",)
 
     def setup_np(self) -> None:
         rule = self.rules[0]
@@ -44,8 +42,7 @@ class _NPMixin:
         self.sigs: list = [None] * (self.net.depth - 1)
 
     def refresh_rates(self) -> None:
-        super().refresh_rates()
-        self.c_h = self.noise_std()  # again after a diverged run left the stack
+        super().refresh_rates()  # the forward rates and c_h
         # η_B of tap k (B of layer k+1), the group ``feedback`` (per layer if split), per run
         self.rate_fb = [None] + [_per_run_lr(self.rules, k) .to(self.net.W[0]).view(-1, 1, 1)
                                  for k in range(1, self.net.depth)]

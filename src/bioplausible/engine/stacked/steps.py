@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 from .losses import loss_and_error
-from .mlp import StackedMLP, linear
+from .mlp import StackedMLP
 from .noise import draw_noise
 
 
@@ -69,12 +69,6 @@ class StackedRule:
                 free = " and ".join(self.per_run_options)
                 raise ValueError(f"the runs of a {lead.name} stack differ in {differ or 'rule'}; only runs that "
                                  f"differ by seed and learning rate{' and ' + free if free else ''} stack")
-
-    def noise_std(self) -> float | torch.Tensor:
-        """The runs' ``c_h``: one number when every run has the same (the unstacked step's own
-        operation), else an ``(R, 1, 1)`` tensor, one per run."""
-        c_hs = [float(rule.config["c_h"]) for rule in self.rules]
-        return c_hs[0] if len(set(c_hs)) == 1 else self.per_run("c_h", (1, 1))
 
     def per_run(self, option: str, shape: tuple[int, ...] = ()) -> torch.Tensor:
         """Rule option ``option`` of every run as an ``(R, *shape)`` tensor on the stack's device and dtype."""
@@ -175,8 +169,7 @@ class StackedRule:
     def forward_pass(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``(hs, outs)``: every layer's input (what its weights' gradient reads) and every
         activation's output (what its derivative reads); the same list for a clean pass."""
-        hs = self.net.forward(x)
-        return hs, hs
+        return self.net.passes(x)
 
     def output_delta(self, e: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return self.net.act_backward(self.net.depth - 1, e, out)
@@ -446,34 +439,38 @@ class StackedDFA(StackedRule):
         return self.signals[i]
 
 
-class _ActivationNoise:
+class PerRunNoise:
+    """Rules whose noise std ``c_h`` may differ between the runs of a stack (node perturbation,
+    the noise controls; e.g. Fig. 2's sweep over c_h): :attr:`c_h` is refreshed with the rates."""
+
+    per_run_options = ("c_h",)
+
+    def noise_std(self) -> float | torch.Tensor:
+        """The runs' ``c_h``: one number when every run has the same (the unstacked step's own
+        operation), else an ``(R, 1, 1)`` tensor, one per run."""
+        c_hs = [float(rule.config["c_h"]) for rule in self.rules]
+        return c_hs[0] if len(set(c_hs)) == 1 else self.per_run("c_h", (1, 1))
+
+    def refresh_rates(self) -> None:
+        super().refresh_rates()
+        self.c_h = self.noise_std()  # again after a diverged run left the stack
+
+
+class _ActivationNoise(PerRunNoise):
     """The noise controls (``bp-noise``, ``fa-noise``, ``matched-noise``, ``dfa-noise``): in the
     training pass every hidden activity — the input of every Linear but the first — becomes
     ``h + c_h ξ`` with ξ drawn from the run's own generator in forward order (the unstacked
     rule's forward pre-hook); the weights' gradients read the noisy input, the activation's
     derivative its clean output, as autograd does through the hook."""
 
-    per_run_options = ("c_h",)
-
-    def refresh_rates(self) -> None:
-        super().refresh_rates()
-        self.c_h = self.noise_std()  # again after a diverged run left the stack
-
     def forward_pass(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        net = self.net
-        h = x.reshape(x.shape[0], x.shape[1], -1)
-        gens = [rule.generator(h.device) for rule in self.rules]
-        hs, outs = [h], [h]
-        for i, (w, b, (_, fwd, _)) in enumerate(zip(net.W, net.b, net.acts)):
-            if i > 0:
-                (xi,) = draw_noise(gens, [tuple(h.shape[1:])], h.device, h.dtype)
-                h = h + self.c_h * xi
-                hs[i] = h
-            a = linear(h, w, b)
-            h = a if fwd is None else fwd(a)
-            hs.append(h)
-            outs.append(h)
-        return hs, outs
+        gens = [rule.generator(x.device) for rule in self.rules]
+
+        def noisy(i: int, h: torch.Tensor) -> torch.Tensor:
+            (xi,) = draw_noise(gens, [tuple(h.shape[1:])], h.device, h.dtype)
+            return h + self.c_h * xi
+
+        return self.net.passes(x, perturb=noisy)
 
 
 class StackedNoisyBP(_ActivationNoise, StackedRule):

@@ -255,6 +255,12 @@ def test_bad_input_is_one_line():
         assert "\n" not in str(info.value)
     with pytest.raises(IncompatibleModelError, match="mirrored hidden widths"):
         bp.make("bdfa", pairing="index").prepare(_model([7, 5, 4, 3]))
+    # the rules' passes flatten from dimension 1: another Flatten is refused, not mishandled
+    other_flatten = nn.Sequential(nn.Flatten(start_dim=2), nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 3))
+    for name in ("bfa", "bdfa"):
+        with pytest.raises(IncompatibleModelError, match="flattens other than from dimension 1") as info:
+            bp.make(name).prepare(other_flatten)
+        assert "\n" not in str(info.value)
     bad = [("bfa", {"sigma_x": "tanh"}), ("bfa", {"recon_reduction": "max"}), ("bfa", {"max_norm": -1}),
            ("bfa", {"gen_bias": 1}), ("bdfa", {"max_norm": float("nan")}), ("bdfa", {"alpha": float("inf")}),
            ("bdfa", {"update": "x"}), ("bdfa", {"target": "both"}), ("bdfa", {"alpha": -0.1}),
@@ -342,3 +348,26 @@ def test_generate_cli_writes_png_and_rejects_other_runs(tmp_path, capsys):
     Trainer(bp.build_model("mlp:16-8-4", activation="tanh"), "bp", data, cfg, out=tmp_path / "bp").run()
     assert main(["generate", str(tmp_path / "bp")]) == 2
     assert "rule 'bfa'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["bfa", "bdfa"])
+def test_an_in_place_relu_trains_as_the_plain_relu(name):
+    """The rules compute activations with their kernels (the model's own modules only in the
+    generative pass, on fresh tensors), so ReLU(inplace=True) gives the step of ReLU()."""
+    x, y = _batch([7, 5, 4, 3])
+    states = []
+    for inplace in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(7, 5), nn.ReLU(inplace=inplace), nn.Linear(5, 4),
+                              nn.ReLU(inplace=inplace), nn.Linear(4, 3)).double()
+        rule = bp.make(name)
+        model = rule.prepare(model, example=x[:2])
+        opt = rule.build_optimizer(model, {"name": "sgd", "lr": 0.1})
+        for _ in range(3):
+            rule.train_step(model, x, y, get_loss("bce_sum"))
+            opt.step()
+            rule.after_step(model)
+        states.append({**model.state_dict(), **rule.owned.state_dict()})
+    assert states[0].keys() == states[1].keys()
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k

@@ -172,6 +172,11 @@ def test_plain_mlps_only_and_hooks_send_the_step_down_the_general_path(monkeypat
         other = bp.make("np")
         other.prepare(bp.build_model("mlp:5-4-3", activation=act).double(), example=x[:2])
         assert other._plan is None
+    # an in-place ReLU is never called by the fast path (it uses the ReLU kernel): the plan takes it
+    inplace = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(inplace=True), torch.nn.Linear(4, 3)).double()
+    other = bp.make("np")
+    other.prepare(inplace, example=x[:2])
+    assert other._plan is not None
     dropout = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Dropout(0.5),
                                   torch.nn.Linear(4, 3)).double()
     other = bp.make("np")

@@ -40,11 +40,12 @@ ACTIVATION_KERNELS: dict[type[nn.Module], tuple] = {
 
 
 def plain_mlp(model: nn.Module, linear_types: tuple[type[nn.Module], ...] = (nn.Linear,)
-              ) -> tuple[nn.Flatten | None, list[nn.Module], list[type[nn.Module]]] | str:
-    """``(flatten, linears, activation types)`` of a ``[Flatten,] (Linear[, activation])*``
-    Sequential, the form of the hand-written MLP paths (one activation of
-    :data:`ACTIVATION_KERNELS` or none after each Linear; none, e.g. after the output layer, is
-    ``nn.Identity``; an in-place ReLU is refused), or a one-line reason why ``model`` is not of it.
+              ) -> tuple[nn.Flatten | None, list[nn.Module], list[nn.Module]] | str:
+    """``(flatten, linears, activations)`` of a ``[Flatten,] (Linear[, activation])*`` Sequential,
+    the form of the hand-written MLP paths (one activation module of a type in
+    :data:`ACTIVATION_KERNELS` or none after each Linear; none, e.g. after the output layer, is a
+    new ``nn.Identity()``), or a one-line reason why ``model`` is not of it. The paths compute the
+    activations with the kernels of their types, so an in-place ReLU is as good as any.
     ``linear_types``: the modules that count as a Linear layer."""
     if not isinstance(model, nn.Sequential):
         return f"the model is a {type(model).__name__}, not an MLP (Sequential of Linear layers and activations)"
@@ -63,13 +64,13 @@ def plain_mlp(model: nn.Module, linear_types: tuple[type[nn.Module], ...] = (nn.
         layers.append(lin)
         act = children[i + 1] if i + 1 < len(children) else None
         if act is None or isinstance(act, linear_types):  # a Linear with no activation after it
-            acts.append(nn.Identity)
+            acts.append(nn.Identity())
             i += 1
             continue
-        if type(act) not in ACTIVATION_KERNELS or (isinstance(act, nn.ReLU) and act.inplace):
+        if type(act) not in ACTIVATION_KERNELS:
             return (f"the activation {type(act).__name__} has no hand-written form (sigmoid, tanh, "
                     f"relu, identity)")
-        acts.append(type(act))
+        acts.append(act)
         i += 2
     return flatten, layers, acts
 

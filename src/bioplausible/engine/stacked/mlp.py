@@ -40,10 +40,10 @@ def mlp_layers(model: nn.Module) -> tuple[list[nn.Module], list[tuple]] | str:
     plan = plain_mlp(model, (nn.Linear, FeedbackLinear))
     if isinstance(plan, str):
         return plan
-    flatten, layers, kinds = plan
+    flatten, layers, acts = plan
     if flatten is not None and (flatten.start_dim != 1 or flatten.end_dim != -1):
         return "the model flattens other than from dimension 1"
-    return layers, [ACTIVATIONS[kind] for kind in kinds]
+    return layers, [ACTIVATIONS[type(act)] for act in acts]
 
 
 class StackedMLP:

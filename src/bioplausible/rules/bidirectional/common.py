@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, IncompatibleModelError
-from ...nn.mlp import ACTIVATION_KERNELS
+from ...nn.mlp import ACTIVATION_KERNELS, plain_mlp
 
 # Hidden activations: ``signal ⊙ f'(a)`` from the activity ``h = f(a)`` in one fused kernel
 # (the ones autograd uses for these modules); ``None``: the identity, f' = 1.
@@ -42,35 +42,22 @@ class Chain:
 
 
 def mlp_chain(model: nn.Module, rule: str) -> Chain:
-    """Split ``model`` into its Linear/activation chain or raise one line saying what is supported."""
-    if not isinstance(model, nn.Sequential):
-        raise IncompatibleModelError(
-            f"rule {rule!r} needs a plain MLP (nn.Sequential: {SUPPORTED}), got {type(model).__name__}")
-    mods = list(model.children())
-    flatten = bool(mods) and isinstance(mods[0], nn.Flatten)
-    mods = mods[1:] if flatten else mods
-    linears: list[nn.Linear] = []
-    acts: list[nn.Module] = []
-    for m in mods:
-        if isinstance(m, nn.Linear):
-            if linears and len(acts) < len(linears):
-                acts.append(nn.Identity())
-            linears.append(m)
-        elif type(m) in _DERIVATIVES and linears and len(acts) < len(linears):
-            acts.append(m)
-        else:
-            raise IncompatibleModelError(
-                f"rule {rule!r} cannot mirror a {type(m).__name__} layer: it supports MLPs only "
-                f"({SUPPORTED}); use fa or dfa for convolutional models")
-    if not linears:
-        raise IncompatibleModelError(f"rule {rule!r} needs at least one Linear layer ({SUPPORTED})")
-    if len(acts) < len(linears):
-        acts.append(nn.Identity())
+    """Split ``model`` into its Linear/activation chain (:func:`bioplausible.nn.mlp.plain_mlp`, the
+    parser of every hand-written MLP path) or raise one line saying what is supported."""
+    plan = plain_mlp(model)
+    if isinstance(plan, str):
+        raise IncompatibleModelError(f"rule {rule!r} supports plain MLPs only ({SUPPORTED}): {plan}; "
+                                     f"use fa or dfa for other models")
+    flatten, linears, acts = plan
+    if flatten is not None and (flatten.start_dim != 1 or flatten.end_dim != -1):
+        # the rule's passes flatten from dimension 1, as the library's MLPs do
+        raise IncompatibleModelError(f"rule {rule!r}: the model flattens other than from dimension 1 "
+                                     f"(Flatten(start_dim={flatten.start_dim}, end_dim={flatten.end_dim}))")
     for prev, nxt in itertools.pairwise(linears):
         if prev.out_features != nxt.in_features:
             raise IncompatibleModelError(f"rule {rule!r}: Linear sizes do not chain "
                                          f"({prev.out_features} -> {nxt.in_features})")
-    return Chain(flatten, linears, acts)
+    return Chain(flatten is not None, linears, acts)
 
 
 def mul_derivative(signal: torch.Tensor, act: nn.Module, h: torch.Tensor) -> torch.Tensor:

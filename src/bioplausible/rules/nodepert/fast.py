@@ -72,10 +72,10 @@ def plan_mlp(model: nn.Module, layers: list[nn.Module]) -> MLPPlan | None:
     plan = plain_mlp(model)
     if isinstance(plan, str):
         return None
-    flatten, linears, kinds = plan
+    flatten, linears, modules = plan
     if len(linears) != len(layers) or any(a is not b for a, b in zip(linears, layers)):
         return None
-    acts = [_ACTS[kind] for kind in kinds]
+    acts = [_ACTS[type(m)] for m in modules]
     return MLPPlan(flatten, layers, acts, [model, *list(model)])
 
 

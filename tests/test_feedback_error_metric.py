@@ -160,8 +160,9 @@ def test_reproduce_reports_and_checks_a_metric_other_than_the_papers(synthetic_r
 def test_the_fig4_preset_freezes_w_probes_at_the_end_and_checks_the_smallest_noise():
     preset = experiments.get_preset("np-fig4-fixed-w")
     assert preset.paper_results["metric"] == "relative_error_top"
-    (check,) = preset.checks
+    check, paper = preset.checks
     assert (check["type"], check["metric"], check["max"]) == ("max_value", "relative_error_top", 0.05)
+    assert paper == {"type": "paper"} and preset.paper_results["default_tolerance"] == 0.01
     noise = {label: run["c_h"] for label, run in preset.runs.items() if label.startswith("noise-")}
     assert check["run"] == min(noise, key=noise.get)
     for scale in preset.scales:

@@ -30,7 +30,9 @@ Results: ``benchmarks/results/stacked_speed.{json,md}`` (``_quick`` suffix for `
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import platform
 import statistics
@@ -128,7 +130,7 @@ def flops_per_run_step(task: dict, rule: str) -> float:
     sizes = [int(s) for s in task["model"].split(":")[1].split("-")]
     if rule.startswith("ghost-"):
         return ghost_flops(sizes, task["batch"], rule, task["rule_options"][rule])
-    layers = list(zip(sizes, sizes[1:]))
+    layers = list(itertools.pairwise(sizes))
     every = sum(a * b for a, b in layers)
     upper = sum(a * b for a, b in layers[1:])
     if rule == "dfa":
@@ -176,7 +178,7 @@ def ghost_flops(n: list[int], B: int, rule: str, options: dict) -> float:
     mb = rule == "ghost-mb"
     k = [0] + [int(options.get("ghost_units", 5)) if mb else n[h + 1] for h in range(1, L)]
     euler = sum(2 * B * n[h] * (n[h + 1] + k[h]) for h in range(1, L))
-    ff = B * sum(a * b for a, b in zip(n, n[1:]))
+    ff = B * sum(a * b for a, b in itertools.pairwise(n))
     free, clamped = int(options["free_steps"]), int(options["clamped_steps"])
     once = B * n[0] * n[1] + ff
     if mb:
@@ -282,42 +284,42 @@ def run_task(key: str, task: dict, steps: int, reps: int, x, y, source: str) -> 
 
 def markdown(result: dict) -> str:
     lines = ["# Stacked runs: 8 runs as one model vs the same 8 runs one after another", "",
-             f"Command: `{result['command']}`  ", f"Machine: {result['machine']}, torch {result['torch']}, "
-             f"1 thread, round-robin, {result['reps']} repetitions, medians.  ",
+             f"Command: `{result['command']}`  ", (f"Machine: {result['machine']}, torch {result['torch']}, "
+             f"1 thread, round-robin, {result['reps']} repetitions, medians.  "),
              ("Speed: run-steps per second of this thread's CPU time (`time.thread_time`); the machine is "
               "shared with other processes, so CPU time is the figure that does not count waiting for a core "
               "(wall-clock speed-ups beside it).  " if result.get("device", "cpu") == "cpu" else
               "Speed: run-steps per second of wall-clock time after `torch.cuda.synchronize()` (both columns).  "),
-             f"Load average (1, 5, 15 min) before: {result['load_average']['before']}, after: "
-             f"{result['load_average']['after']}.  ",
-             "FLOP limit: the run-step's floating-point operations (forward and weight gradient of every layer, "
+             (f"Load average (1, 5, 15 min) before: {result['load_average']['before']}, after: "
+             f"{result['load_average']['after']}.  "),
+             ("FLOP limit: the run-step's floating-point operations (forward and weight gradient of every layer, "
              "the error at every layer's input but the first's; NP's noisy pass and regression; for SAL the "
              "products of one unstacked step as counted by `torch.utils.flop_counter`; the ghost rules: the "
              "Euler loop's products × its steps, `ghost_flops`) at the best "
              "rate a 1024×784 by 784×512 `torch.mm` reaches on this thread in the same run (measured before "
-             "and after every rule's timing; the best is kept).  ",
-             "Ceiling: FLOP limit ÷ sequential run-steps/s, the speed-up over the sequential runs of an "
+             "and after every rule's timing; the best is kept).  "),
+             ("Ceiling: FLOP limit ÷ sequential run-steps/s, the speed-up over the sequential runs of an "
              "implementation that wasted nothing (every product at the large-`mm` rate, no other work); "
              "\"stacked / limit needed\" is the fraction of the limit the stacked step must reach for the "
              "target (target ÷ ceiling). Where the sequential runs already reach most of the limit (large "
              "products: the BFA and SAL nets), the ceiling is low and a target near it cannot be met "
              "by stacking on one CPU thread; stacking pays where steps are mostly dispatch (the NP Fig. 2 net, "
-             "batch 1, and on a GPU).", ""]
+             "batch 1, and on a GPU)."), ""]
     for task in result["tasks"]:
         run_by = (f" Measured by `{task['command']}` on {task['date']}, load average {task['load_average']}."
                   if task.get("command") and task.get("command") != result["command"] else "")
         lines += [f"## {task['title']}", "",
-                  f"{task['steps_per_run']} steps per run and repetition; data: {task['data']}; "
-                  f"measured GEMM rate {task['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s.{run_by}", "",
-                  "| rule | sequential run-steps/s | stacked run-steps/s | speed-up (CPU) | speed-up (wall) | "
+                  (f"{task['steps_per_run']} steps per run and repetition; data: {task['data']}; "
+                  f"measured GEMM rate {task['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s.{run_by}"), "",
+                  ("| rule | sequential run-steps/s | stacked run-steps/s | speed-up (CPU) | speed-up (wall) | "
                   "FLOP limit run-steps/s | stacked / limit | ceiling | target | stacked / limit needed | ok | "
-                  "stack state / one run's |",
+                  "stack state / one run's |"),
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|"]
         for rule, row in task["rules"].items():
             target = f"≥ {row['target']:.1f}×" + (f" (stretch {row['stretch']:.0f}×)" if row["stretch"] else "")
             ceiling = row["flop_limit_run_steps_per_s"] / row["run_steps_per_s_cpu"]["sequential"]
             cells = (f"{ceiling:.2f}× | {target} | {row['target'] / ceiling:.2f}"
-                     if ceiling == ceiling else f"– | {target} | –")  # NaN on a GPU (no FLOP limit)
+                     if not math.isnan(ceiling) else f"– | {target} | –")  # NaN on a GPU (no FLOP limit)
             lines.append(f"| {rule} | {row['run_steps_per_s_cpu']['sequential']:.0f} | "
                          f"{row['run_steps_per_s_cpu']['stacked']:.0f} | {row['speedup_cpu']:.2f}× | "
                          f"{row['speedup_wall']:.2f}× | {row['flop_limit_run_steps_per_s']:.0f} | "

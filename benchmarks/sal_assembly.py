@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 
 import bioplausible as bp
-from bioplausible.data import load_dataset
 from bioplausible.core.losses import get_loss
 from bioplausible.core.probe import Probe
+from bioplausible.data import load_dataset
 from bioplausible.rules.sal.sal_paper import bilinear_coupling
 
 OUT = Path(__file__).resolve().parent / "results" / "sal"
@@ -178,7 +178,7 @@ def save(obj, stem: str) -> None:
 
 def summary(r: dict) -> str:
     last = r["rows"][-1] if r["rows"] else {}
-    f = lambda k, fmt="{:.3g}": fmt.format(last[k]) if last.get(k) is not None else "–"  # noqa: E731
+    f = lambda k, fmt="{:.3g}": fmt.format(last[k]) if last.get(k) is not None else "–"
     return (f"| {r.get('label', r['rule'])} | {r['lr']} | {r['status']} | {r['val_accuracy']:.2f} | "
             f"{r['test_accuracy']:.2f} | {r['peak_val']:.2f} | {f('qr_misalignment')} | "
             f"{f('bwd_angle', '{:.1f}')} | {f('grad_angle', '{:.1f}')} | {f('m_lambda_min')} | "
@@ -242,9 +242,9 @@ def main() -> None:
             print(summary(r), flush=True)
             save({"scale": scale, "argv": vars(args), "runs": runs}, f"tune_{args.tag}")
     md = [f"# Equal-budget tuning table ({args.tag})", "", f"Scale: {scale}.",
-          f"Every method: the learning rates {lrs} ({len(lrs)} configurations), seed {seeds[0]}; "
+          (f"Every method: the learning rates {lrs} ({len(lrs)} configurations), seed {seeds[0]}; "
           "the configuration is chosen on the validation split, the test accuracy is the chosen "
-          "configuration's.", "", "## Chosen configuration per method", "",
+          "configuration's."), "", "## Chosen configuration per method", "",
           "| method | chosen lr | val % | test % | configurations tried |", "|---|---|---|---|---|"]
     for method in args.methods.split(","):
         mine = [r for r in runs if r["rule"] == method]

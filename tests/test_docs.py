@@ -23,7 +23,7 @@ def _builder():
 
 
 def test_reference_builds_and_documents_every_public_name_and_rule(tmp_path):
-    pages, problems = _builder().build(tmp_path)
+    _pages, problems = _builder().build(tmp_path)
     assert problems == []
     index = (tmp_path / "index.md").read_text(encoding="utf-8")
     for name in bp.__all__:
@@ -85,7 +85,7 @@ def test_make_docs_command_line(tmp_path):
 #: words that point readers to documents they do not have, or to the project's internal process
 USER_TEXT_INTERNAL = re.compile(
     r"spec §|spec's|\bthe spec\b|design\.md|\bissues? #?\d+|\bthe issue'?s?\b|\[\?\]|seed paper|"
-    r"acceptance (benchmark|criteria)", re.I)
+    r"acceptance (benchmark|criteria)", re.IGNORECASE)
 
 
 def _help_texts(parser) -> list[str]:

@@ -374,7 +374,7 @@ def test_nudged_loss_gradient_is_the_nudged_output_error():
         loss = get_loss(f"nudged_batchmean:{beta}")(o, t)
         assert float(loss.detach()) == pytest.approx(float(((o.detach() - t) ** 2).sum() / 5), rel=1e-12)
         loss.backward()
-        def f(z):
+        def f(z, beta=beta):
             return z - pre + 2 * beta * (torch.sigmoid(z) - t)
         star = pre.clone()
         for _ in range(200):  # damped Newton on f(s) = s − s̃ + 2β(ρ(s) − t), f′ = 1 + 2βρ′(s) > 0

@@ -13,4 +13,4 @@ def test_convert_example_runs():
     runnable = [b for b in blocks if "bp.convert" in b]
     assert runnable, "the README lost its convert example"
     for block in runnable:
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, "README.md", "exec"), {})  # noqa: S102 - the README's own example, run as a user would

@@ -213,7 +213,7 @@ def test_augment_refuses_flat_inputs():
 
 def test_resnet_preset_is_registered_with_augmentation():
     preset = bp.get_preset("fb-resnet20-cifar10")
-    cfg, seeds = preset.resolved("quick")
+    cfg, _seeds = preset.resolved("quick")
     assert cfg["model"]["spec"] == "resnet20" and cfg["dataset"]["augment"] == "crop_flip"
     assert cfg["epochs"] == 1 and cfg["dataset"]["subset"]
     assert set(preset.runs) == {"bp", "fa", "dfa", "usf", "brsf", "frsf"}

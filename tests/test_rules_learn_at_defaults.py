@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import make_synthetic_mnist
 
 from bioplausible import list_rules
 from bioplausible.engine.config import TrainConfig
 from bioplausible.experiments.jobs import plan, run_job
-
-from conftest import make_synthetic_mnist
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ class MyModule(__import__("torch").nn.Module):
 
     def __init__(self):
         super().__init__()
-        import torch.nn as nn
+        from torch import nn
 
         self.body = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
                                   nn.Linear(128, 10))
@@ -99,7 +99,7 @@ def test_fit_records_the_module_and_the_data_that_ran(tmp_path, capsys):
 
 
 def test_fingerprint_tells_architectures_apart_but_not_instances():
-    import torch.nn as nn
+    from torch import nn
 
     from bioplausible.engine.provenance import model_fingerprint
 
@@ -111,7 +111,6 @@ def test_fingerprint_tells_architectures_apart_but_not_instances():
 
 
 def test_named_dataset_in_fit_records_its_real_options(synthetic_root, tmp_path):
-    import torch
     import yaml
 
     import bioplausible as bp

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import bioplausible as bp
-from bioplausible.errors import ConfigError
 from bioplausible.core.losses import get_loss
+from bioplausible.errors import ConfigError
 from bioplausible.rules.sal.sal_paper import PAPER_SETTING, backward_alignment, m_spectrum
 
 MSE = get_loss("mse_batchmean")
@@ -133,7 +133,7 @@ def test_assembly_metrics_in_the_rules_metrics():
     m = rule.metrics(model)
     lins = _linears(model)
     t = rule.tensors
-    ang, rel = backward_alignment(t["Q.1"], t["B.1"], None if "R.2" not in t else t["R.2"], t["R.1"],
+    ang, rel = backward_alignment(t["Q.1"], t["B.1"], t.get("R.2"), t["R.1"],
                                   lins[1].weight)
     assert m["bwd_angle/1"] == pytest.approx(ang) and m["bwd_relerr/1"] == pytest.approx(rel)
     assert m["m_lambda_min"] == pytest.approx(min(m_spectrum(t["R.1"])[0], m_spectrum(t["R.2"])[0]))

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_bundle
 
 from bioplausible.engine.config import TrainConfig
-from bioplausible.experiments.jobs import Job, _build
 from bioplausible.engine.stacked import epoch_orders, gather, make_stack, stackable_rules
-
-from conftest import make_bundle
+from bioplausible.experiments.jobs import Job, _build
 
 SEEDS = (0, 1, 2)
 RULES = {

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_bundle
+from test_stacked import (  # one epoch loop and comparison for every stacked rule
+    _max_rel,
+    _train_stacked,
+)
 
 from bioplausible.engine.config import TrainConfig
-from bioplausible.engine.stacked import config_reason, epoch_orders, gather, make_stack, stackable_rules
+from bioplausible.engine.stacked import (
+    config_reason,
+    epoch_orders,
+    gather,
+    make_stack,
+    stackable_rules,
+)
 from bioplausible.experiments.jobs import Job, _build
-
-from conftest import make_bundle
-from test_stacked import _max_rel, _train_stacked  # one epoch loop and comparison for every stacked rule
 
 SEEDS = (0, 1, 2)
 FAST = {"dt": 0.005, "tau": 0.01, "free_steps": 12, "clamped_steps": 8}

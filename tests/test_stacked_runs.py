@@ -105,9 +105,9 @@ def test_a_stacked_sweep_resumes_to_the_same_end(synthetic_root, tmp_path, capsy
     assert _compare(tmp_path / "plain", "kp,dfa", stack=False, epochs=3) == 0
     out = tmp_path / "stacked"
     assert _compare(out, "kp,dfa", stack=True, epochs=2) == 0
+    from bioplausible.engine.stacked.steps import StackedRule
     from bioplausible.experiments.jobs import resume_job
     from bioplausible.experiments.runs import run_jobs
-    from bioplausible.engine.stacked.steps import StackedRule
 
     steps = []
     step = StackedRule.step

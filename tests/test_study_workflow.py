@@ -173,7 +173,7 @@ def test_compare_has_one_layout_with_or_without_seeds(synthetic_root, tmp_path, 
     assert main(["compare", "--rules", "bp", "--dataset", "mnist", "--model", "mlp:784-16-10", "--epochs", "1",
                  "--quiet", "--out", str(tmp_path / "one")]) == 0
     _compare(tmp_path / "two", "bp", "0")
-    names = lambda p: sorted(x.name for x in p.iterdir() if x.name != ".sweep.lock")  # noqa: E731
+    names = lambda p: sorted(x.name for x in p.iterdir() if x.name != ".sweep.lock")
     assert names(tmp_path / "one") == names(tmp_path / "two")
     assert "results.csv" in names(tmp_path / "one") and "bp-seed0" in names(tmp_path / "one")
 

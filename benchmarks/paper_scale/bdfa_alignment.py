@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-from bioplausible.errors import UserError  # noqa: E402
+from bioplausible.errors import UserError
 
 
 def load(folder: Path, labels: list[str] | None) -> dict[str, list]:
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4))
     lines = [f"# BDFA vs DFA over training: `{folder.name}`", "",
-             "| run | seeds | angle to BP, first probe (°) | angle to BP, last probe (°) | update / BP norm, first "
-             "probe | update / BP norm, last probe | final test acc. (%) | overtakes DFA from epoch |",
+             ("| run | seeds | angle to BP, first probe (°) | angle to BP, last probe (°) | update / BP norm, first "
+             "probe | update / BP norm, last probe | final test acc. (%) | overtakes DFA from epoch |"),
              "|---|---|---|---|---|---|---|---|"]
     for label, (xs, ys) in series.items():
         arr = np.array(ys)
@@ -147,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "bdfa_alignment.png", dpi=100)
     plt.close(fig)
-    lines += ["", "Angle: the probe's angle between the rule's update of the hidden layer(s) and BP's gradient on "
+    lines += ["", ("Angle: the probe's angle between the rule's update of the hidden layer(s) and BP's gradient on "
               "the same batch (the output layer, exact by construction, left out); mean ± std over seeds. "
               "Update / BP norm: the norm of the rule's hidden-layer update over the norm of BP's gradient on "
               "the same batch (both before the learning rate), mean over seeds: how large a step the hidden "
-              "layer takes, whatever its direction.",
+              "layer takes, whatever its direction."),
               "", "![alignment](bdfa_alignment.png)", ""]
     (out / "bdfa_alignment.md").write_text("\n".join(lines))
     print(f"{out / 'bdfa_alignment.md'}")

@@ -38,12 +38,12 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-from bioplausible.errors import UserError  # noqa: E402
+from bioplausible.errors import UserError
 
 BEGIN = "<!-- full-scale:{row} begin -->"
 END = "<!-- full-scale:{row} end -->"
-from bioplausible.experiments.reproduce import FULL_SCALE_BEGIN as PART_BEGIN  # noqa: E402
-from bioplausible.experiments.reproduce import FULL_SCALE_END as PART_END  # noqa: E402
+from bioplausible.experiments.reproduce import FULL_SCALE_BEGIN as PART_BEGIN
+from bioplausible.experiments.reproduce import FULL_SCALE_END as PART_END
 
 _SKIP = {"progress", "dataset.root", "out"}
 # keys that change what a run records, not how it trains (a probe leaves training unchanged): a
@@ -156,9 +156,9 @@ def run_rows(row_dir: Path, index: dict[str, Any]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------ numbers
 def statistics(preset: Any, rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple]]:
     """``{label: {metric: (mean, std, n)}}`` over the completed seeds, for every metric a check uses."""
-    from bioplausible.experiments.presets import check_metrics
     from bioplausible.core.metrics import metric_value
     from bioplausible.experiments.jobs import mean_std
+    from bioplausible.experiments.presets import check_metrics
 
     metric = preset.paper_results.get("metric", "test_accuracy")
     metrics = sorted({metric, "test_accuracy", "best_test_accuracy", "grad_angle", "train_accuracy",
@@ -251,8 +251,8 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
             for label in labels)
 
     lines = [f"# Full scale: {preset.title}", "",
-             f"Preset `{preset.name}` at scale `{scale}` ({config['epochs']} epochs), seeds {index.get('seeds')}. "
-             f"Paper: {preset.paper}.", "",
+             (f"Preset `{preset.name}` at scale `{scale}` ({config['epochs']} epochs), seeds {index.get('seeds')}. "
+             f"Paper: {preset.paper}."), "",
              f"| run | ours: {metric_label(metric)} (mean ± std, n) | paper | ours − paper | tolerance | verdict |",
              "|---|---|---|---|---|---|"]
     for label in labels:
@@ -292,8 +292,8 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
     else:
         lines.append("")
     if recorded:
-        lines += [f"Recording settings that differ from the preset's (training is the same): {len(recorded)} runs, e.g. "
-                  f"{recorded[0]}.", ""]
+        lines += [(f"Recording settings that differ from the preset's (training is the same): {len(recorded)} runs, e.g. "
+                  f"{recorded[0]}."), ""]
     if missing:
         lines += [f"**Partial**: {len(missing)} of {len(rows)} runs unfinished: "
                   + ", ".join(r["dir"] for r in missing), ""]
@@ -304,8 +304,8 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
     lines += ["![curves](curves.png)", "", "![angles](angles.png)", "", "## How it was run", "",
               f"- Commit: {', '.join(commits) if commits else 'not recorded (no driver log; pass --commit)'}",
               f"- Command: `{driver}`, i.e. `{command}`; the same runs as `{same}`{restricted}",
-              f"- Time per run (wall clock of training on one thread, mean over seeds, from each run's summary; "
-              f"the machine's 2 cores were shared with other work): "
+              "- Time per run (wall clock of training on one thread, mean over seeds, from each run's summary; "
+              "the machine's 2 cores were shared with other work): "
               + "; ".join(f"{label} {_seconds(stats[label]['_time'][0])}" for label in labels)]
     if timing:
         lines.append(f"- Whole row (`/usr/bin/time -v` of the driver's sweep process): CPU {_seconds(timing.get('user_s', 0) + timing.get('system_s', 0))} "
@@ -313,7 +313,7 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
                      f"{timing.get('wall', '?')}, peak memory {timing.get('max_rss_kb', 0) / 1024:.0f} MiB"
                      + (f"; the row was launched {len(launches)} times (resumed, finished runs skipped) and this "
                         f"covers the last launch only" if len(launches) > 1 else ""))
-    lines += [f"- Per-seed summaries and configs: `seeds/<run>-seed<k>/` (a copy of each run folder's small files)", "",
+    lines += ["- Per-seed summaries and configs: `seeds/<run>-seed<k>/` (a copy of each run folder's small files)", "",
               "Preset settings at this scale:", "", "```yaml",
               _yaml({"config": config.to_dict(), "runs": preset.runs, "seeds": index.get("seeds")}).rstrip(),
               "```", ""]
@@ -343,7 +343,7 @@ def section(row: str, preset: Any, report_lines: list[str], folder: Path, tally:
     rel = folder.relative_to(ROOT) if folder.is_absolute() and ROOT in folder.parents else folder
     body = []
     for line in report_lines[1:]:
-        if line.startswith("![") or line.startswith("Preset settings at this scale"):
+        if line.startswith(("![", "Preset settings at this scale")):
             break
         body.append(line)
     how = [ln for ln in report_lines if ln.startswith(("- Commit", "- Command", "- Time per run"))]
@@ -351,8 +351,8 @@ def section(row: str, preset: Any, report_lines: list[str], folder: Path, tally:
             + (f", {tally['other']} ranking only / not compared" if tally["other"] else "")
             if sum(tally.values()) else "the paper gives no number to compare (curves only): the checks below carry the comparison")
     return "\n".join([BEGIN.format(row=row), f"### Full scale: {preset.title}", "",
-                      f"Verdict against the paper: {head}. Files: `{rel}/` (report.md with the preset's settings, "
-                      f"per-seed summaries).", "", *body[1:], *how, "", f"![curves]({rel}/curves.png)", "",
+                      (f"Verdict against the paper: {head}. Files: `{rel}/` (report.md with the preset's settings, "
+                      f"per-seed summaries)."), "", *body[1:], *how, "", f"![curves]({rel}/curves.png)", "",
                       END.format(row=row)])
 
 

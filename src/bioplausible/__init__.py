@@ -43,7 +43,7 @@ _EXPORTS = {
     "list_presets": "experiments.presets", "get_preset": "experiments.presets",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [*sorted(_EXPORTS), "__version__"]  # noqa: PLE0604 - the lazy exports' names, all strings
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,14 @@ from pathlib import Path
 from .._registry import discover_families
 from ..core.hooks import COMMANDS, PLOTS, Plot
 from ..errors import UserError
-from .args import Parser, add_train_flags, add_trust_flag, config_from_args, default_out, flags_from_args
+from .args import (
+    Parser,
+    add_train_flags,
+    add_trust_flag,
+    config_from_args,
+    default_out,
+    flags_from_args,
+)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -63,7 +63,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     fmt = check_format(getattr(args, "format", "png"))
     title = None if args.title == "Comparison" else args.title
     if len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / INDEX).is_file():
-        from ..experiments.sweep_report import markdown, write_sweep_report
+        from ..experiments.sweep_report import write_sweep_report
 
         paths = write_sweep_report(args.run_dirs[0], out=args.out, title=title, fmt=fmt)
     else:
@@ -96,7 +96,14 @@ def compare_seeds(base: Any, rules: list[str], seeds: list[int], out: Path, jobs
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from ..experiments.tune import best_config, check_preset_path, check_space, parse_param, tune, write_preset
+    from ..experiments.tune import (
+        best_config,
+        check_preset_path,
+        check_space,
+        parse_param,
+        tune,
+        write_preset,
+    )
 
     params = [parse_param(t) for t in args.param]
     base = config_from_args(args, {"progress": False})

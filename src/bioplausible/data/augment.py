@@ -116,4 +116,4 @@ def pad_fill(info: Any) -> list[float] | None:
     return [-float(m) / max(float(s), 1e-8) for m, s in zip(mean, std)]
 
 
-__all__ = ["Augment", "NAMES", "pad_fill", "parse_augment"]
+__all__ = ["NAMES", "Augment", "pad_fill", "parse_augment"]

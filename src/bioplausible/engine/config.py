@@ -171,7 +171,7 @@ def _check_value(path: str, value: Any, default: Any) -> Any:
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
-    elif isinstance(default, dict):
+    elif isinstance(default, dict):  # noqa: SIM102 - one branch per default type, as above
         if isinstance(value, dict):
             return value
     raise ConfigError(f"{path} must be {_type_name(default)}, got {value!r}")
@@ -316,7 +316,7 @@ class TrainConfig:
     can change a config another part of the program already holds.
     """
 
-    __slots__ = ("_data", "_user", "_recommended")
+    __slots__ = ("_data", "_recommended", "_user")
 
     def __init__(self, data: dict[str, Any] | None = None, recommended: bool = True) -> None:
         user = _normalize(copy.deepcopy(data or {}))

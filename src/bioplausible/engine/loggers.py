@@ -46,7 +46,7 @@ def group_tag(key: str) -> str:
         return f"time/{key}"
     if key == "lr":
         return "optimizer/lr"
-    if key.startswith("relative_error") or key.startswith("sign_congruence"):
+    if key.startswith(("relative_error", "sign_congruence")):
         return f"feedback/{key}"
     return f"metrics/{key}"
 

@@ -50,7 +50,7 @@ def split_sizes(train: Any, val: Any = None, test: Any = None) -> dict[str, int 
         if split is None:
             return None
         try:
-            return int(len(split))
+            return len(split)
         except TypeError:
             return None
     return {"train": size(train), "val": size(val), "test": size(test)}

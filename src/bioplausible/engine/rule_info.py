@@ -178,9 +178,9 @@ def support(cls_or_name: Any) -> dict[str, tuple[bool, str]]:
     (or the rule's recommended batch size, if smaller)."""
     import torch
 
-    from ..errors import ConfigError
     from ..core.losses import get_loss
     from ..core.rule import call_prepare
+    from ..errors import ConfigError
 
     cls = rule_class(cls_or_name) if isinstance(cls_or_name, str) else cls_or_name
     out: dict[str, tuple[bool, str]] = {}

@@ -14,9 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..core.state_files import load_checkpoint_file
 from ..errors import UserError
 
 LOCK_NAME = ".lock"

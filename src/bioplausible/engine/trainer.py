@@ -29,18 +29,19 @@ import yaml
 from torch import nn
 
 from .._io import atomic_torch_save, atomic_write_text
+from ..core.angles import step_hidden_angle
 from ..core.losses import Loss, get_loss
 from ..core.optim import build_schedule
-from ..core.angles import step_hidden_angle
 from ..core.probe import Probe, feedback_errors
 from ..core.rule import Rule, call_prepare
+from ..core.state_files import load_checkpoint_file
 from ..errors import ConfigError, DivergenceError, StorageError, UserError
 from ..rules.registry import make
 from .config import TrainConfig
-from ..core.state_files import load_checkpoint_file
 from .rundir import before_checkpoint, check_run_dir, read_metrics, run_lock
 from .runtime import runtime
 from .task import accuracy_counts, check_reconstruction_output, correct_counter, resolve_loss
+
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None

@@ -107,7 +107,7 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
     if address in (None, "local", "auto"):
         return
     text = str(address)
-    hostport = text[len("ray://"):] if text.startswith("ray://") else text
+    hostport = text.removeprefix("ray://")
     host, sep, port_text = hostport.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:

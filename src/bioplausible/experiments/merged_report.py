@@ -14,16 +14,25 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from .report import RunRecord, load_run, report_folder
-from .report_grid import (HEADER_KEYS, IGNORED, _flat, _sort_key, grid_of, header, pivot_markdown,  # noqa: F401
-                          plot_grid, settings_of)
+from .report_grid import (
+    HEADER_KEYS,
+    IGNORED,
+    _flat,
+    _sort_key,
+    grid_of,
+    header,
+    pivot_markdown,
+    plot_grid,
+    settings_of,
+)
+
 
 def find_runs(paths: list[str | os.PathLike]) -> list[Path]:
     """Every run directory at or below ``paths`` (a run folder, or a study folder holding runs)."""
@@ -105,7 +114,7 @@ def write_merged_report(paths: list[str | os.PathLike], out: str | os.PathLike |
                         title: str = "Comparison", fmt: str = "png") -> dict[str, Any]:
     """Write the merged report of ``paths`` into ``out`` (default: :func:`default_report_dir`,
     which never replaces a report it was not asked to)."""
-    from .sweep_report import (layer_markdown, markdown, plot, tables, write_csv, write_layers_csv)
+    from .sweep_report import layer_markdown, markdown, plot, tables, write_csv, write_layers_csv
 
     dirs = find_runs(paths)
     runs = [load_run(d) for d in dirs]

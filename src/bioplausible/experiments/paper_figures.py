@@ -155,10 +155,9 @@ def np_fig4(folder: str | os.PathLike, out: Path, fmt: str = "png") -> dict[str,
 
 
 def np_autoencoder(folder: str | os.PathLike, out: Path, fmt: str = "png") -> dict[str, Any]:
+    import matplotlib
     import torch
     from torch import nn
-
-    import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -186,7 +185,7 @@ def np_autoencoder(folder: str | os.PathLike, out: Path, fmt: str = "png") -> di
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         seen: list[Any] = []
         handle = min(linears, key=lambda m: m.out_features).register_forward_hook(
-            lambda _m, _i, o: seen.append(o))
+            lambda _m, _i, o, seen=seen: seen.append(o))
         with torch.no_grad():
             output = model(x)
         handle.remove()

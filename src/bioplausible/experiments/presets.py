@@ -53,7 +53,6 @@ from ..engine.config import TrainConfig, _merge
 from ..errors import ConfigError, UnknownNameError
 from .seeds import check_seeds
 
-
 #: The only scale whose runs are as long as the papers' (quick runs fewer epochs, often on a subset).
 PAPER_SCALE = "full"
 NOT_COMPARABLE = "not comparable at quick scale"

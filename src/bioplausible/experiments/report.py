@@ -226,9 +226,9 @@ def write_report(runs: Sequence[RunRecord], out_dir: str | os.PathLike, title: s
     ds = (cfg.get("dataset") or {}).get("name", "?")
     model = run_model(runs[0]) if runs else "?"
     md = [f"# {title}", "",
-          f"Dataset `{ds}`, model `{model}`, loss `{cfg.get('loss', '?')}`, optimizer "
+          (f"Dataset `{ds}`, model `{model}`, loss `{cfg.get('loss', '?')}`, optimizer "
           f"`{(cfg.get('optimizer') or {}).get('name', '?')}` (lr {(cfg.get('optimizer') or {}).get('lr', '?')}), "
-          f"batch {cfg.get('batch_size', '?')}, seed {cfg.get('seed', '?')}; {sizes_text(runs[0]) if runs else ''}.",
+          f"batch {cfg.get('batch_size', '?')}, seed {cfg.get('seed', '?')}; {sizes_text(runs[0]) if runs else ''}."),
           *[f"- `{r.label}`: model `{run_model(r)}`, {sizes_text(r)}" for r in runs[1:]
             if (run_model(r), sizes_text(r)) != (model, sizes_text(runs[0]))], "",
           markdown_table(rows), "",

@@ -22,10 +22,10 @@ from .presets import (
     NOT_COMPARABLE,
     check_metrics,
     comparable_to_paper,
-    mean_std_text,
     evaluate_checks,
     get_preset,
     list_presets,
+    mean_std_text,
     metric_digits,
     metric_label,
 )
@@ -43,11 +43,11 @@ def git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                              timeout=10)
+                              timeout=10, check=False)
         if head.returncode != 0 or not head.stdout.strip():
             return None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty else "")

@@ -24,17 +24,17 @@ import math
 import shutil
 import sys
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ConfigError, DivergenceError, UserError
 from ..engine.stacked import support
 from ..engine.stacked.losses import correct_counts
 from ..engine.stacked.mlp import epoch_orders, gather
 from ..engine.stacked.relaxation import RunsDiverged
+from ..errors import ConfigError, DivergenceError, UserError
 from .jobs import run_job, run_job_in_worker
 
 
@@ -180,8 +180,8 @@ class StackedTraining:
         trainer._open_run_dir(resume)
 
     def _finish(self, i: int, status: str, message: str = "") -> dict[str, Any]:
-        from .._io import atomic_write_json as _write_json
         from .._io import atomic_torch_save as _atomic_torch_save
+        from .._io import atomic_write_json as _write_json
 
         t, job = self.trainers[i], self.jobs[i]
         summary = dict(t._write_summary(status, message, self.started))
@@ -409,8 +409,8 @@ def run_sweep_stacked(work: list, on_event, say=None) -> None:
     A group's failure (an exception other than a user interrupt) is recorded for each of its runs
     (``error.json``) as the unstacked executor records one run's, and the sweep goes on.
     """
-    from .jobs import Job
     from .executors import record_failure as _record_failure
+    from .jobs import Job
 
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     jobs = [Job(**data) for _, data in work]

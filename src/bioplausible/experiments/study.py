@@ -113,13 +113,13 @@ def compare(model_or_factory: Any | Callable[[], Any], rules: str | Sequence[str
     after another). Returns the rows of ``results.csv``.
     """
     from ..engine.config import PER_RULE, TrainConfig
-    from ..engine.trainer import _SHORTCUTS, fit
-    from .figures import check_format
     from ..engine.rundir import check_run_dir
+    from ..engine.trainer import _SHORTCUTS, fit
+    from ..rules.registry import make
+    from .figures import check_format
     from .jobs import Job
     from .seeds import check_seeds
     from .sweep import SweepSpec, write_index
-    from ..rules.registry import make
     from .sweep_report import write_sweep_report
 
     names = [r.strip() for r in (rules.split(",") if isinstance(rules, str) else rules) if str(r).strip()]

@@ -145,24 +145,6 @@ def make_objective(base: Any, params: list[Param], out: Path, metric: str, objec
     return fn
 
 
-def check_space(base: Any, params: list[Param]) -> None:
-    """Every searched key is a config key and every value of its range is valid there: a
-    misspelt ``--param`` key is a one-line ConfigError before the first trial, not inside one."""
-    from ..rules.registry import make
-    from .jobs import _dotted
-
-    for p in params:
-        values = p.choices if p.kind == "choice" else (
-            [int(p.low), int(p.high)] if p.kind == "int" else [p.low, p.high])
-        for value in values or []:
-            try:
-                config = base.updated(_dotted(p.key, value))
-                if p.key.startswith("rule."):  # rule options are the rule's to check
-                    make(config["rule"]["name"], **config.rule_options())
-            except UserError as exc:
-                raise ConfigError(f"--param {p.key}={value!r}: {exc}") from None
-
-
 def _check_trial_dirs(out: Path, n_done: int, storage: str | None) -> None:
     """The study numbers its next trial ``n_done``; a ``trial-K`` folder with K >= n_done is from
     another study (an earlier ``tune --out`` with in-memory storage) and would refuse every trial."""
@@ -201,8 +183,8 @@ def _worker(storage: str, study: str, sampler: str, seed: int | None, n_trials: 
 def check_space(base: Any, params: list[Param]) -> None:
     """Every --param's bounds (or choices) make a valid config for the rule, before any trial runs:
     an unknown key, a value of the wrong type or out of the rule's range is one ConfigError line."""
-    from ..rules.registry import make
     from ..engine.config import _merge
+    from ..rules.registry import make
     from .jobs import _dotted
 
     for p in params:

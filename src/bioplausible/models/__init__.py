@@ -94,8 +94,8 @@ def list_models() -> list[str]:
 __all__ = [
     "ACTIVATIONS",
     "MLP",
-    "CifarResNet",
     "MODELS",
+    "CifarResNet",
     "LeNet5",
     "NPConvNet",
     "build_model",

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from ..core.rule import Rule
 from .registry import register
 
@@ -24,4 +26,4 @@ class BP(Rule):
     family = "exact"
     paper = "Rumelhart, Hinton & Williams 1986"
     summary = "exact gradient: δ_l = (W_lᵀ δ_{l+1}) ⊙ f′(a_l)"
-    defaults: dict = {}
+    defaults: ClassVar[dict] = {}

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 from torch import nn
 
 from .._registry import Registry
-from ..errors import ConfigError
 from ..core.rule import Rule
+from ..errors import ConfigError
 
 T = TypeVar("T")
 

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...core.losses import get_loss
 from ...core.image_out import save_figure
+from ...core.losses import get_loss
 from ...errors import DataError
 from ...nn.mlp import _apply, mlp_layout
 from ..registry import make

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from ...core.hooks import Plot, register_plot
 from ...errors import UserError
 
@@ -69,8 +68,8 @@ def plot_ghost_diagnostics(run_dir: str | Path, out: str | Path | None = None) -
 
     plt = pyplot()
 
-    from ...core.state_files import load_tensor_dict
     from ...core.image_out import image_path, save_figure
+    from ...core.state_files import load_tensor_dict
 
     run_dir = Path(run_dir)
     _check_ghost_run(run_dir)

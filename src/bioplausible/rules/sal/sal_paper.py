@@ -32,7 +32,6 @@ from torch import nn
 from ...core.rule import Rule
 from ...errors import ConfigError
 
-
 PAPER_SETTING: dict = {
     "setting": "paper",
     "downstream": "identity",

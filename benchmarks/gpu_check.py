@@ -4,19 +4,34 @@
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` in ``--out``: the device, the CUDA tests' result
 (``pytest -k cuda``: the tests that run on CUDA when it is there and are skipped without it),
-and per row (the presets run at full scale: :data:`ROWS`) and run, the seconds of one training
-epoch on the device at the preset's full-scale settings, and what the whole row would take at
-that speed (epochs x seeds, summed over runs). Rows whose epoch is long (ghost units MB at
-batch 1) are timed on a subset of the training images and scaled to the full training set, which
-the table says.
+and per row and run, the seconds of one training epoch on the device at the preset's full-scale
+settings, and what the whole row would take at that speed (epochs x seeds, summed over runs).
+
+The rows (:data:`ROWS`) are presets run at full scale: every run of the preset at its full
+scale's seeds, each run's config the preset's full-scale config but for the epochs, the device
+and ``dataset.subset``.
+
+How an epoch is timed: every row trains on a subset of its training images (``Row.subset``,
+one epoch of at most a few hundred optimizer steps at the preset's batch size; the subsets
+divide the training set evenly) and the time is scaled up to the full training set, which the
+table says. Each run trains two epochs on its subset and reports the second: the first pays the
+warm-up (CUDA kernels loaded at their first launch, cuBLAS and cuDNN handles and workspaces, the
+caching allocator growing), which would otherwise be counted ``scale_up`` times. The
+first epoch's time is reported beside it (``first_epoch_s``). The epoch time is the trainer's
+``epoch_time``: training steps only, without evaluation or the probes.
 
 Bounded: the whole check stops within ``--budget`` seconds (default 540, under ten minutes with
-start-up): the tests get at most :data:`TEST_CAP` seconds, each run its share of its row's cap
-(:data:`ROW_CAP`), each in its own process killed at its cap ("over cap" in the table), and the
-runs left when the budget is spent are listed as skipped. Between the tests and the rows it times
-8 runs stacked as one model against the same 8 runs one after another on the device
-(``benchmarks/bench_stacked.py --device cuda --quick``, every task of that benchmark, at most
-:data:`STACK_CAP` seconds). Without CUDA it prints one line and exits with status 2, writing nothing.
+start-up). The tests get at most :data:`TEST_CAP` seconds, then 8 runs stacked as one model are
+timed against the same 8 runs one after another on the device (``benchmarks/bench_stacked.py
+--device cuda --quick``, every task of that benchmark, at most :data:`STACK_CAP` seconds). The
+rows share what is left: each row, in the order of :data:`ROWS`, runs in one worker process
+(``--row JOBFILE``: one CUDA start-up per row) with the cap (time left) / (rows left), so time a
+row does not use goes to the rows after it. The worker trains the row's runs one after another
+and prints one JSON line per finished run; a run that raises is reported as an error and the
+worker goes on. A worker still running at its cap is killed: the runs it finished are reported,
+the rest marked "over cap". Rows that cannot start (under :data:`MIN_CAP` seconds left) are
+listed run by run as skipped. Without CUDA it prints one line and exits with status 2, writing
+nothing.
 """
 
 from __future__ import annotations
@@ -38,91 +53,156 @@ if str(ROOT / "src") not in sys.path:
 
 TEST_CAP = 150.0     # seconds for `pytest -k cuda`
 STACK_CAP = 90.0     # seconds for the stacked-vs-sequential timing (bench_stacked.py --device cuda --quick)
-ROW_CAP = 85.0       # seconds per row, shared by its runs
 BUDGET = 540.0       # seconds for everything
+MIN_CAP = 10.0       # a row worker given less than this is not started (Python, torch and CUDA start-up)
+TIMED_EPOCHS = 2     # epochs each run trains on its subset; the last one is reported
 TRAIN_SIZES = {"mnist": 60000, "fashion-mnist": 60000, "cifar10": 50000, "cifar100": 50000}
 
 
 @dataclass(frozen=True)
 class Row:
     preset: str
-    subset: int | None = None    # time on this many training images and scale up (batch-1 rows)
+    subset: int    # training images each run is timed on, scaled up to the full training set
 
 
-# the rows run at full scale (benchmarks/paper_scale/) and the NP CIFAR CNN, paper text and code settings
-ROWS = (Row("np-fig2-mnist"), Row("bfa-table1-mnist-1x400"), Row("ghost-mb-500", subset=1000),
-        Row("np-table1-cifar10"), Row("np-table1-cifar10-code"))
+# the rows run at full scale (benchmarks/paper_scale/) and the NP CIFAR CNN, paper text and code
+# settings. Subsets: at most a few hundred optimizer steps per epoch at the preset's batch size,
+# each a whole fraction of the training set.
+ROWS = (
+    Row("np-fig2-mnist", subset=6000),              # batch 32: 188 steps, 1/10 of 60000
+    Row("bfa-table1-mnist-1x400", subset=12500),    # batch 128: 98 steps, 1/4 of 50000
+    Row("ghost-mb-500", subset=500),                # batch 1: 500 steps, 1/110 of 55000
+    Row("np-table1-cifar10", subset=12500),         # batch 128: 98 steps, 1/4 of 50000
+    Row("np-table1-cifar10-code", subset=12500),    # batch 128: 98 steps, 1/4 of 50000
+)
+
+
+def train_size(dataset: dict[str, Any]) -> int:
+    """Training images of ``dataset`` (a config's dataset section) after its validation split."""
+    name = str(dataset["name"]).lower().replace("_", "-")
+    if name not in TRAIN_SIZES:
+        raise KeyError(f"gpu_check: no training-set size for dataset {dataset['name']!r}; add it to TRAIN_SIZES")
+    return TRAIN_SIZES[name] - int(dataset.get("val_size") or 0)
 
 
 def plan_row(row: Row, device: str = "cuda") -> list[dict[str, Any]]:
-    """One job per run of the row's preset: its full-scale config, one epoch, on ``device``."""
+    """One job per run of the row's preset: its full-scale config, :data:`TIMED_EPOCHS` epochs on
+    ``row.subset`` training images, on ``device``."""
     from bioplausible.experiments.presets import get_preset
 
     preset = get_preset(row.preset)
     config, seeds = preset.resolved("full")
+    wanted = {label: seeds for label in preset.runs}
     out = []
-    for label, run in preset.runs.items():
+    for label, run in preset.runs.items():   # in the preset's order
+        if label not in wanted:
+            continue
         rule = {k: v for k, v in run.items() if k != "config"}
-        cfg = config.updated(run.get("config") or {}).updated({"rule": rule, "seed": seeds[0]})
-        full_epochs = int(cfg["epochs"])
-        data = dict(cfg["dataset"])
-        n_full = TRAIN_SIZES.get(str(data["name"]), 0) - int(data.get("val_size") or 0)
-        update: dict[str, Any] = {"epochs": 1, "device": device, "progress": False}
-        if row.subset:
-            update["dataset"] = {"subset": row.subset}
+        cfg = config.updated(run.get("config") or {}).updated({"rule": rule, "seed": wanted[label][0]})
+        n_full = train_size(cfg["dataset"])
+        update: dict[str, Any] = {"epochs": TIMED_EPOCHS, "device": device, "progress": False,
+                                  "dataset": {"subset": row.subset}}
         out.append({"preset": row.preset, "label": label, "config": cfg.updated(update).to_dict(),
-                    "full_epochs": full_epochs, "seeds": len(seeds), "n_full": n_full,
-                    "scale_up": (n_full / row.subset) if row.subset else 1.0})
+                    "full_epochs": int(cfg["epochs"]), "seeds": len(wanted[label]), "n_full": n_full,
+                    "subset": row.subset, "scale_up": n_full / row.subset})
     return out
 
 
-def one_epoch(job: dict[str, Any], out_dir: str) -> dict[str, Any]:
-    """Train ``job`` for its one epoch; the epoch's training seconds (scaled up for a subset)."""
+def time_run(job: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """Train ``job`` (its :data:`TIMED_EPOCHS` epochs on its subset); its last epoch's training
+    seconds scaled up to the full training set, and the first epoch's beside it."""
     from bioplausible.engine.config import TrainConfig
+    from bioplausible.engine.rundir import read_metrics
     from bioplausible.experiments.jobs import Job, run_job
 
     cfg = TrainConfig.from_dict(job["config"])
     summary = run_job(Job(cfg.to_dict(), out_dir, job["label"], cfg["seed"]), progress=False)
-    epoch = (summary.get("final") or {}).get("epoch_time") or summary.get("mean_epoch_time")
-    return {"status": summary.get("status"), "epoch_s": None if epoch is None else float(epoch) * job["scale_up"],
-            "measured_s": epoch, "test_accuracy": (summary.get("final") or {}).get("test_accuracy")}
+    metrics = Path(out_dir) / "metrics.jsonl"
+    times = [float(r["epoch_time"]) for r in (read_metrics(metrics) if metrics.is_file() else [])
+             if r.get("kind") == "epoch" and r.get("epoch_time") is not None]
+    status = str(summary.get("status"))
+    if len(times) < TIMED_EPOCHS and times:   # diverged in a later epoch: the warm-up epoch is all there is
+        status += f" (timed on epoch {len(times)} of {TIMED_EPOCHS})"
+    last, first = (times[-1], times[0]) if times else (None, None)
+    scale = float(job["scale_up"])
+    return {"status": status, "epoch_s": None if last is None else last * scale, "measured_s": last,
+            "first_epoch_s": None if first is None else first * scale, "first_measured_s": first,
+            "epochs_timed": len(times), "test_accuracy": (summary.get("final") or {}).get("test_accuracy")}
 
 
-def run_capped(argv: list[str], cap: float, runner: Callable[..., Any] = subprocess.run) -> dict[str, Any]:
-    """Run ``argv`` for at most ``cap`` seconds; its last stdout line as JSON, or why there is none."""
+def row_worker(jobs: list[dict[str, Any]], out_dir: str,
+               train: Callable[[dict[str, Any], str], dict[str, Any]] = time_run,
+               emit: Callable[[str], None] | None = None) -> None:
+    """Train the row's jobs one after another in this process, one JSON line per finished run
+    (flushed at once, so a kill at the cap loses only the run in progress); a run that raises is
+    an error line and the next run goes on."""
+    emit = emit or (lambda line: print(line, flush=True))
+    for i, job in enumerate(jobs):
+        t0 = time.monotonic()
+        try:
+            res = train(job, str(Path(out_dir) / f"{i:02d}-{job['label']}"))
+        except Exception as exc:  # noqa: BLE001 - reported in the run's line; the row goes on
+            detail = " ".join(str(exc).split())
+            res = {"status": f"error: {type(exc).__name__}: {detail}"[:300]}
+        emit(json.dumps({"run": i, "label": job["label"], **res, "wall_s": time.monotonic() - t0}, default=str))
+        _free_device_memory()
+
+
+def _free_device_memory() -> None:
+    """Between runs: drop the last run's tensors and hand its cached CUDA blocks back."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")   # a row of fakes (the tests) never imports it
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _text(out: Any) -> str:
+    # TimeoutExpired carries the output read so far as bytes, even for text=True
+    return out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
+
+
+def run_row(argv: list[str], jobs: list[dict[str, Any]], cap: float,
+            runner: Callable[..., Any] = subprocess.run) -> list[dict[str, Any]]:
+    """Run the row worker ``argv`` for at most ``cap`` seconds; one result per job: the worker's
+    line for each run it finished, "over cap" for the rest when it was killed at the cap, or its
+    exit status and last error line when it stopped early."""
     t0 = time.monotonic()
     try:
         proc = runner(argv, capture_output=True, text=True, timeout=max(cap, 1.0), cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return {"status": f"over cap ({cap:.0f} s)", "wall_s": time.monotonic() - t0}
+    except subprocess.TimeoutExpired as exc:
+        stdout, missing = _text(exc.stdout), f"over cap ({cap:.0f} s)"
+    else:
+        stdout, err = _text(proc.stdout), _text(proc.stderr).strip().splitlines()
+        missing = (f"error (exit {proc.returncode}): {err[-1] if err else 'no output'}"[:300] if proc.returncode
+                   else "error: the row worker ended without reporting this run")
     wall = time.monotonic() - t0
-    lines = [ln for ln in (proc.stdout or "").splitlines() if ln.strip()]
-    if proc.returncode == 0 and lines:
+    done: dict[int, dict[str, Any]] = {}
+    for line in stdout.splitlines():
         try:
-            return {**json.loads(lines[-1]), "wall_s": wall}
+            rec = json.loads(line)
         except ValueError:
-            pass
-    err = (proc.stderr or proc.stdout or "").strip().splitlines()
-    return {"status": f"error (exit {proc.returncode}): {err[-1] if err else 'no output'}"[:300], "wall_s": wall}
+            continue    # the trainer's own prints, or a line cut short by the kill
+        if isinstance(rec, dict) and isinstance(rec.get("run"), int) and 0 <= rec["run"] < len(jobs):
+            done[rec["run"]] = rec
+    return [{**({k: v for k, v in done[i].items() if k != "run"} if i in done else {"status": missing}),
+             "row_wall_s": round(wall, 1)} for i in range(len(jobs))]
 
 
 def schedule(rows: list[list[dict[str, Any]]], budget_left: Callable[[], float],
-             run: Callable[[dict[str, Any], float], dict[str, Any]], row_cap: float = ROW_CAP) -> list[dict[str, Any]]:
-    """Time every job within its row's cap and the overall budget; later jobs are skipped when it is spent."""
+             run: Callable[[list[dict[str, Any]], float], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Time every row within its cap, (time left) / (rows left); a row that would get less than
+    :data:`MIN_CAP` seconds is not started and its runs are listed as skipped."""
     results = []
-    for jobs in rows:
-        row_left = row_cap
-        for i, job in enumerate(jobs):
-            share = row_left / (len(jobs) - i)
-            cap = min(share, budget_left())
-            base = {k: job[k] for k in ("preset", "label", "full_epochs", "seeds", "scale_up")}
-            if cap < 5.0:
-                results.append({**base, "status": "skipped (time budget spent)"})
-                continue
-            t0 = time.monotonic()
-            res = run(job, cap)
-            row_left = max(0.0, row_left - (time.monotonic() - t0))
-            results.append({**base, **res})
+    for i, jobs in enumerate(rows):
+        cap = budget_left() / (len(rows) - i)
+        base = [{k: job[k] for k in ("preset", "label", "full_epochs", "seeds", "subset", "scale_up")}
+                for job in jobs]
+        if cap < MIN_CAP:
+            results += [{**b, "status": "skipped (time budget spent)"} for b in base]
+            continue
+        results += [{**b, **res, "row_cap_s": round(cap, 1)} for b, res in zip(base, run(jobs, cap))]
     return results
 
 
@@ -156,17 +236,29 @@ def _projection(r: dict[str, Any]) -> float | None:
     return r["epoch_s"] * r["full_epochs"] * r["seeds"] if r.get("epoch_s") is not None else None
 
 
+def _epoch_cell(r: dict[str, Any]) -> str:
+    if r.get("epoch_s") is None:
+        return "–"
+    notes = []
+    if r["scale_up"] != 1:
+        notes.append(f"scaled from {r['measured_s']:.2f} s on 1/{r['scale_up']:.0f} of the images")
+    if r.get("first_epoch_s") is not None:
+        notes.append(f"1st epoch {r['first_epoch_s']:.2f}")
+    return f"{r['epoch_s']:.2f}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# GPU check", "", f"`make gpu-check` on {report['device']} (torch {report['torch']}, CUDA "
              f"{report['cuda']}), {report['date']}, commit {report['commit']}.", "",
              f"CUDA tests (`pytest -k cuda`): {report['tests']['summary']}", "",
-             "One training epoch per run at the preset's full-scale settings on the GPU (the first epoch of a "
-             "fresh process, so it includes CUDA start-up); the whole row at that speed = epoch × the full "
+             f"One training epoch per run at the preset's full-scale settings on the GPU: each run trains "
+             f"{TIMED_EPOCHS} epochs on a subset of its training images in its row's worker process and the last "
+             "epoch's training time is scaled up to the full training set (the first epoch, which pays the "
+             "warm-up, in brackets after it, scaled alike). The whole row at that speed = epoch × the full "
              "scale's epochs × seeds.", "",
              "| row | run | s / epoch | full scale | whole run set at this speed | status |", "|---|---|---|---|---|---|"]
     for r in report["runs"]:
-        ep = "–" if r.get("epoch_s") is None else f"{r['epoch_s']:.2f}" + (
-            f" (scaled from {r['measured_s']:.2f} s on 1/{r['scale_up']:.0f} of the images)" if r["scale_up"] != 1 else "")
+        ep = _epoch_cell(r)
         proj = _projection(r)
         lines.append(f"| {r['preset']} | {r['label']} | {ep} | {r['full_epochs']} epochs × {r['seeds']} seeds | "
                      f"{'–' if proj is None else f'{proj / 3600:.2f} h'} | {r.get('status', '')} |")
@@ -196,14 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", type=float, default=BUDGET, help="seconds for the whole check (default 540)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--one", help=argparse.SUPPRESS)   # worker: a JSON job file; prints one JSON line
+    ap.add_argument("--row", help=argparse.SUPPRESS)   # worker: a JSON file of one row's jobs; a JSON line a run
     args = ap.parse_args(argv)
-    if args.one:
-        job = json.loads(Path(args.one).read_text())
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(one_epoch(job, str(Path(tmp) / "run"))))
+    if args.row:
+        job_file = Path(args.row)   # the run folders go beside it, in the parent's temporary folder
+        row_worker(json.loads(job_file.read_text()), str(job_file.with_name(job_file.stem + "-runs")))
         return 0
     import torch
 
@@ -212,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     start = time.monotonic()
+    plans = [plan_row(row) for row in ROWS]
 
     def left() -> float:
         return args.budget - (time.monotonic() - start)
@@ -229,12 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         stacked = run_stacked(min(STACK_CAP, left()), Path(tmp) / "stacked")
 
-        def run(job: dict[str, Any], cap: float) -> dict[str, Any]:
-            path = Path(tmp) / f"{job['preset']}-{job['label']}.json"
-            path.write_text(json.dumps(job))
-            return run_capped([sys.executable, str(Path(__file__).resolve()), "--one", str(path)], cap)
+        def run(jobs: list[dict[str, Any]], cap: float) -> list[dict[str, Any]]:
+            path = Path(tmp) / f"{jobs[0]['preset']}.json"
+            path.write_text(json.dumps(jobs))
+            return run_row([sys.executable, str(Path(__file__).resolve()), "--row", str(path)], jobs, cap)
 
-        results = schedule([plan_row(row) for row in ROWS], left, run)
+        results = schedule(plans, left, run)
     report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "commit": _commit(), "tests": tests, "runs": results, "stacked": stacked, "budget_s": args.budget,

@@ -1,8 +1,10 @@
-"""benchmarks/gpu_check.py without a GPU: the row list, the caps and the budget, the one-epoch worker."""
+"""benchmarks/gpu_check.py without a GPU: the row list, the caps and the budget, the row worker."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,11 +15,12 @@ import torch
 from bioplausible.experiments.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
+GPU_CHECK = ROOT / "benchmarks" / "gpu_check.py"
 
 
 @pytest.fixture(scope="module")
 def gc():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", GPU_CHECK)
     mod = importlib.util.module_from_spec(spec)
     sys.modules["gpu_check"] = mod      # dataclasses look their module up there
     spec.loader.exec_module(mod)
@@ -38,58 +41,163 @@ def test_rows_are_the_paper_scale_rows_and_the_np_cifar_cnn(gc):
     assert "np-table1-cifar10" in names
     for row in gc.ROWS:
         preset = get_preset(row.preset)
+        full, seeds = preset.resolved("full")
         jobs = gc.plan_row(row)
         assert [j["label"] for j in jobs] == list(preset.runs)
-        full, seeds = preset.resolved("full")
         for job in jobs:
-            assert job["config"]["epochs"] == 1 and job["config"]["device"] == "cuda"
+            run = preset.runs[job["label"]]
+            expected = full.updated(run.get("config") or {}).updated(
+                {"rule": {k: v for k, v in run.items() if k != "config"}, "seed": seeds[0]}).to_dict()
+            got = json.loads(json.dumps(job["config"]))
+            assert (got["epochs"], got["device"], got["dataset"]["subset"]) == (2, "cuda", row.subset)
+            # everything but the epochs, the device and the subset is the full scale's
+            for key in ("epochs", "device", "progress"):
+                got[key] = expected[key]
+            got["dataset"]["subset"] = expected["dataset"]["subset"]
+            assert got == json.loads(json.dumps(expected)), (row.preset, job["label"])
             assert job["full_epochs"] == full["epochs"] and job["seeds"] == len(seeds)
-            # everything but the epochs, the device and (batch-1 rows) the subset is the full scale's
-            assert job["config"]["batch_size"] == full["batch_size"]
-            assert job["config"]["model"] == (full.updated(preset.runs[job["label"]].get("config") or {}))["model"]
+            # the subset is a whole fraction of the training set, an epoch at most a few hundred steps
+            assert job["n_full"] % row.subset == 0 and job["scale_up"] == job["n_full"] / row.subset
+            assert -(-row.subset // full["batch_size"]) <= 500, row.preset
     ghost = gc.plan_row(next(r for r in gc.ROWS if r.preset == "ghost-mb-500"))
-    assert ghost[0]["config"]["dataset"]["subset"] == 1000 and ghost[0]["scale_up"] == 55000 / 1000
+    assert ghost[0]["config"]["batch_size"] == 1 and ghost[0]["scale_up"] == 55000 / 500
 
 
-def test_a_run_past_its_cap_is_killed(gc):
+def _fake_row_script(tmp_path: Path, crash: bool = False) -> Path:
+    """A row worker whose runs are fakes: run 1 raises, run 3 hangs (or, ``crash``, the process dies)."""
+    script = tmp_path / "fake_row.py"
+    script.write_text(f"""
+import importlib.util, json, os, sys, time
+spec = importlib.util.spec_from_file_location("gpu_check", {str(GPU_CHECK)!r})
+gc = importlib.util.module_from_spec(spec); sys.modules["gpu_check"] = gc; spec.loader.exec_module(gc)
+
+def train(job, out_dir):
+    if job["label"] == "b":
+        raise RuntimeError("CUDA error: an illegal memory access")
+    if job["label"] == "d":
+        if {crash!r}:
+            print("Fatal Python error: Segmentation fault", file=sys.stderr, flush=True); os._exit(139)
+        time.sleep(60)
+    return {{"status": "completed", "epoch_s": 2.0, "measured_s": 0.5}}
+
+gc.row_worker(json.loads(open(sys.argv[1]).read()), {str(tmp_path / "runs")!r}, train=train)
+""")
+    return script
+
+
+def _jobs(labels: str) -> list[dict]:
+    return [{"preset": "p", "label": label, "full_epochs": 10, "seeds": 2, "subset": 100, "scale_up": 4.0}
+            for label in labels]
+
+
+def test_a_row_worker_killed_at_its_cap_reports_the_runs_it_finished(gc, tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)   # stdout to a pipe is block-buffered, as under make
+    jobs = _jobs("abcde")
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    argv = [sys.executable, str(_fake_row_script(tmp_path)), str(tmp_path / "jobs.json")]
     t0 = time.monotonic()
-    res = gc.run_capped([sys.executable, "-c", "import time; time.sleep(30)"], cap=1.0)
-    assert res["status"] == "over cap (1 s)" and time.monotonic() - t0 < 10
-    ok = gc.run_capped([sys.executable, "-c", "print('{\"status\": \"completed\", \"epoch_s\": 1.5}')"], cap=20)
-    assert ok["status"] == "completed" and ok["epoch_s"] == 1.5
-    bad = gc.run_capped([sys.executable, "-c", "raise SystemExit('boom')"], cap=20)
-    assert bad["status"].startswith("error (exit 1): boom")
+    res = gc.run_row(argv, jobs, cap=4.0)
+    assert time.monotonic() - t0 < 15
+    assert [r["status"] for r in res] == ["completed", "error: RuntimeError: CUDA error: an illegal memory access",
+                                          "completed", "over cap (4 s)", "over cap (4 s)"]
+    assert res[0]["epoch_s"] == 2.0 and res[0]["label"] == "a" and "epoch_s" not in res[3]
 
 
-def test_schedule_shares_the_row_cap_and_stops_at_the_budget(gc):
-    job = {"preset": "p", "label": "x", "full_epochs": 10, "seeds": 2, "scale_up": 1.0}
+def test_a_row_worker_that_dies_marks_its_unfinished_runs_with_its_exit_and_last_error(gc, tmp_path):
+    jobs = _jobs("abcde")
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    argv = [sys.executable, str(_fake_row_script(tmp_path, crash=True)), str(tmp_path / "jobs.json")]
+    res = gc.run_row(argv, jobs, cap=30.0)
+    assert [r["status"] for r in res][:3] == ["completed", res[1]["status"], "completed"]
+    assert res[1]["status"].startswith("error: RuntimeError")
+    assert [r["status"] for r in res[3:]] == ["error (exit 139): Fatal Python error: Segmentation fault"] * 2
+
+
+def test_an_erroring_run_does_not_stop_the_row(gc, tmp_path):
+    lines = []
+
+    def train(job, out_dir):
+        if job["label"] == "b":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.\nTried to allocate 2 GiB")
+        return {"status": "completed", "epoch_s": 1.0}
+
+    gc.row_worker(_jobs("abc"), str(tmp_path), train=train, emit=lines.append)
+    recs = [json.loads(line) for line in lines]
+    assert [(r["run"], r["label"], r["status"]) for r in recs] == [
+        (0, "a", "completed"), (1, "b", "error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"),
+        (2, "c", "completed")]
+
+
+def test_run_row_reads_a_complete_row_and_ignores_other_output(gc):
+    jobs = _jobs("ab")
+    out = "[bp] epoch 1/2 ...\n" + "\n".join(json.dumps({"run": i, "label": j["label"], "status": "completed",
+                                                          "epoch_s": 1.0 + i}) for i, j in enumerate(jobs))
+    res = gc.run_row(["worker"], jobs, 30, runner=lambda argv, **kw: subprocess.CompletedProcess(argv, 0, out, ""))
+    assert [(r["label"], r["epoch_s"]) for r in res] == [("a", 1.0), ("b", 2.0)]
+
+    def slow(argv, **kw):   # subprocess.run's TimeoutExpired carries the output so far, as bytes
+        raise subprocess.TimeoutExpired(argv, kw["timeout"], output=(out.rsplit("\n", 1)[0] + '\n{"run": 1, "la').encode())
+
+    assert [r["status"] for r in gc.run_row(["worker"], jobs, 30, runner=slow)] == ["completed", "over cap (30 s)"]
+
+
+def test_schedule_gives_each_row_the_time_left_over_the_rows_left(gc):
+    clock = {"now": 0.0}
     caps = []
-    out = gc.schedule([[dict(job, label=str(i)) for i in range(4)]], lambda: 1000.0,
-                      lambda j, cap: caps.append(cap) or {"status": "completed", "epoch_s": 1.0}, row_cap=100.0)
-    assert caps[0] == pytest.approx(25.0) and all(c <= 100.0 for c in caps)
-    assert [r["status"] for r in out] == ["completed"] * 4
+
+    def run(jobs, cap):   # each row uses 10 s, or its whole cap
+        caps.append(cap)
+        clock["now"] += min(10.0, cap)
+        return [{"status": "completed", "epoch_s": 1.0} for _ in jobs]
+
+    rows = [_jobs("ab"), _jobs("c"), _jobs("de"), _jobs("f")]
+    out = gc.schedule(rows, lambda: 100.0 - clock["now"], run)
+    assert caps == pytest.approx([25.0, 30.0, 40.0, 70.0])   # time a row leaves goes to the rows after it
+    assert [r["label"] for r in out] == list("abcdef") and {r["status"] for r in out} == {"completed"}
+    assert out[0]["row_cap_s"] == 25.0 and out[0]["subset"] == 100
     caps.clear()
-    gc.schedule([[job]], lambda: 12.0, lambda j, cap: caps.append(cap) or {"status": "completed"}, row_cap=100.0)
-    assert caps == [12.0]                      # the overall budget caps a run below its row's share
-    spent = gc.schedule([[job, job]], lambda: 2.0, lambda j, cap: pytest.fail("ran past the budget"))
+    clock["now"] = 0.0
+
+    def overrun(jobs, cap):   # killed at its cap, 2 s more to stop and report
+        caps.append(cap)
+        clock["now"] += cap + 2.0
+        return [{"status": f"over cap ({cap:.0f} s)"} for _ in jobs]
+
+    out = gc.schedule(rows, lambda: 36.0 - clock["now"], overrun)   # 36 / 4 = 9 s: under MIN_CAP, not started
+    assert gc.MIN_CAP == 10.0 and caps == pytest.approx([12.0, 11.0])    # 36 / 3, then (36 - 14) / 2; 9 s left
+    assert [r["status"] for r in out] == ["skipped (time budget spent)"] * 2 + ["over cap (12 s)"] + [
+        "over cap (11 s)"] * 2 + ["skipped (time budget spent)"]
+    spent = gc.schedule([_jobs("ab")], lambda: 2.0, lambda jobs, cap: pytest.fail("ran past the budget"))
     assert [r["status"] for r in spent] == ["skipped (time budget spent)"] * 2
 
 
-def test_one_epoch_worker_times_a_real_epoch_on_cpu(gc, synthetic_root, tmp_path):
+def test_time_run_reports_the_second_epoch_scaled_up_on_cpu(gc, synthetic_root, tmp_path):
     job = gc.plan_row(gc.Row("np-fig2-mnist", subset=200), device="cpu")[0]
-    res = gc.one_epoch(job, str(tmp_path / "run"))
-    assert res["status"] == "completed" and res["measured_s"] > 0
+    res = gc.time_run(job, str(tmp_path / "run"))
+    assert res["status"] == "completed" and res["epochs_timed"] == 2 and res["measured_s"] > 0
     assert res["epoch_s"] == pytest.approx(res["measured_s"] * 60000 / 200)
+    assert res["first_epoch_s"] == pytest.approx(res["first_measured_s"] * 60000 / 200)
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    times = {r["epoch"]: r["epoch_time"] for r in epochs if r.get("kind") == "epoch"}
+    assert (res["first_measured_s"], res["measured_s"]) == (times[1], times[2])   # the second epoch is the figure
     report = {"device": "cpu", "torch": "t", "cuda": None, "date": "d", "commit": "c", "budget_s": 540,
               "total_s": 3.0, "tests": {"summary": "2 passed"}, "runs": [{**job, **res}]}
     md = gc.markdown(report)
-    assert "| np-fig2-mnist | bp |" in md and "50 epochs × 5 seeds" in md and "scaled from" in md
+    assert "| np-fig2-mnist | bp |" in md and "50 epochs × 5 seeds" in md and "on 1/300 of the images" in md
+    assert "1st epoch" in md
+
+
+def test_a_real_row_worker_on_cpu(gc, real_data_root, tmp_path):
+    """The worker process as main starts it (``--row``), on a tiny real row: every run reported."""
+    jobs = gc.plan_row(gc.Row("np-fig2-mnist", subset=64), device="cpu")
+    (tmp_path / "row.json").write_text(json.dumps(jobs))
+    res = gc.run_row([sys.executable, str(GPU_CHECK), "--row", str(tmp_path / "row.json")], jobs, cap=300)
+    assert [(r["label"], r["status"]) for r in res] == [("bp", "completed"), ("fa", "completed"), ("np", "completed")]
+    assert all(r["epochs_timed"] == 2 and r["epoch_s"] == pytest.approx(r["measured_s"] * 60000 / 64) for r in res)
+    assert sorted(p.name for p in (tmp_path / "row-runs").iterdir()) == ["00-bp", "01-fa", "02-np"]
 
 
 def test_the_stacked_timing_reads_the_benchmark_file_and_reports_failures_in_one_line(gc, tmp_path):
-    import json
-    import subprocess
-
     def fake(argv, **kw):   # bench_stacked.py: its results file in --out
         assert argv[argv.index("--device") + 1] == "cuda" and "--quick" in argv and kw["timeout"] == 30
         out = Path(argv[argv.index("--out") + 1])

@@ -7,9 +7,13 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` in ``--out``: the device, the CUD
 and per row and run, the seconds of one training epoch on the device at the preset's full-scale
 settings, and what the whole row would take at that speed (epochs x seeds, summed over runs).
 
-The rows (:data:`ROWS`) are presets run at full scale: every run of the preset at its full
-scale's seeds, each run's config the preset's full-scale config but for the epochs, the device
-and ``dataset.subset``.
+The rows (:data:`ROWS`) are the presets the paper-scale row files name
+(``benchmarks/paper_scale/*.yaml`` with a ``preset:`` key; the two side studies there have
+none) and the NP CIFAR CNN presets (paper text and code settings). Where a row file keeps only
+some of the preset's runs or sets its seeds (``runs:``, ``seeds:``), the row here times those
+runs and projects with those seeds, as the paper-scale launch runs them; otherwise every run of
+the preset at its full scale's seeds. Each run's config is the preset's full-scale config but
+for the epochs, the device and ``dataset.subset``.
 
 How an epoch is timed: every row trains on a subset of its training images (``Row.subset``,
 one epoch of at most a few hundred optimizer steps at the preset's batch size; the subsets
@@ -57,6 +61,7 @@ BUDGET = 540.0       # seconds for everything
 MIN_CAP = 10.0       # a row worker given less than this is not started (Python, torch and CUDA start-up)
 TIMED_EPOCHS = 2     # epochs each run trains on its subset; the last one is reported
 TRAIN_SIZES = {"mnist": 60000, "fashion-mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+PAPER_SCALE = ROOT / "benchmarks" / "paper_scale"
 
 
 @dataclass(frozen=True)
@@ -65,15 +70,24 @@ class Row:
     subset: int    # training images each run is timed on, scaled up to the full training set
 
 
-# the rows run at full scale (benchmarks/paper_scale/) and the NP CIFAR CNN, paper text and code
-# settings. Subsets: at most a few hundred optimizer steps per epoch at the preset's batch size,
-# each a whole fraction of the training set.
+# The paper-scale rows in the order of their row files (rows 1, 2, 4, 5, 7 and the two "as time
+# allows"), then the NP CIFAR CNN, then the ghost units (rows 6 and 3): a row's cap is what is
+# left divided by the rows left, so the time earlier rows leave goes to the later ones, and the
+# ghost rows' epochs on the GPU are the least predictable (MA: 400 Euler steps per batch of 100;
+# MB: 140 per example at batch 1, launch-bound). Subsets: at most a few hundred optimizer steps
+# per epoch at the preset's batch size, each a whole fraction of the training set.
 ROWS = (
     Row("np-fig2-mnist", subset=6000),              # batch 32: 188 steps, 1/10 of 60000
     Row("bfa-table1-mnist-1x400", subset=12500),    # batch 128: 98 steps, 1/4 of 50000
-    Row("ghost-mb-500", subset=500),                # batch 1: 500 steps, 1/110 of 55000
+    Row("sal-table1-mnist", subset=20000),          # batch 256: 79 steps, 1/3 of 60000
+    Row("np-table2a-autoencoder", subset=3000),     # batch 32: 94 steps, 1/20 of 60000
+    Row("np-fig4-fixed-w", subset=3000),            # batch 32: 94 steps, 1/20 of 60000
+    Row("bfa-table1-mnist-2x400", subset=12500),    # as time allows; batch 128: 98 steps, 1/4
+    Row("sal-table1-fashion", subset=20000),        # as time allows; batch 256: 79 steps, 1/3
     Row("np-table1-cifar10", subset=12500),         # batch 128: 98 steps, 1/4 of 50000
     Row("np-table1-cifar10-code", subset=12500),    # batch 128: 98 steps, 1/4 of 50000
+    Row("ghost-ma-500", subset=2200),               # batch 100: 22 steps (8800 Euler steps), 1/25 of 55000
+    Row("ghost-mb-500", subset=500),                # batch 1: 500 steps, 1/110 of 55000
 )
 
 
@@ -85,14 +99,29 @@ def train_size(dataset: dict[str, Any]) -> int:
     return TRAIN_SIZES[name] - int(dataset.get("val_size") or 0)
 
 
-def plan_row(row: Row, device: str = "cuda") -> list[dict[str, Any]]:
-    """One job per run of the row's preset: its full-scale config, :data:`TIMED_EPOCHS` epochs on
-    ``row.subset`` training images, on ``device``."""
+def row_files() -> dict[str, Any]:
+    """The paper-scale row files by the preset they name (files without ``preset:`` are side studies)."""
+    import yaml
+
+    from bioplausible.experiments.sweep import load_spec
+
+    paths = [p for p in sorted(PAPER_SCALE.glob("*.yaml")) if "preset" in (yaml.safe_load(p.read_text()) or {})]
+    return {spec.preset: spec for spec in map(load_spec, paths)}
+
+
+def plan_row(row: Row, device: str = "cuda", files: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One job per run of the row: the preset's full-scale config, :data:`TIMED_EPOCHS` epochs on
+    ``row.subset`` training images, on ``device``; the runs and seeds of the row's paper-scale file
+    where it names them, otherwise every run of the preset at the full scale's seeds."""
     from bioplausible.experiments.presets import get_preset
 
     preset = get_preset(row.preset)
     config, seeds = preset.resolved("full")
+    spec = (row_files() if files is None else files).get(row.preset)
+    seeds = list(spec.seeds if spec is not None and spec.seeds is not None else seeds)
     wanted = {label: seeds for label in preset.runs}
+    if spec is not None and spec.runs is not None:
+        wanted = {label: list(s if s is not None else seeds) for label, s in spec.runs.items()}
     out = []
     for label, run in preset.runs.items():   # in the preset's order
         if label not in wanted:
@@ -255,7 +284,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"{TIMED_EPOCHS} epochs on a subset of its training images in its row's worker process and the last "
              "epoch's training time is scaled up to the full training set (the first epoch, which pays the "
              "warm-up, in brackets after it, scaled alike). The whole row at that speed = epoch × the full "
-             "scale's epochs × seeds.", "",
+             "scale's epochs × seeds (the row file's seeds and runs where it names them).", "",
              "| row | run | s / epoch | full scale | whole run set at this speed | status |", "|---|---|---|---|---|---|"]
     for r in report["runs"]:
         ep = _epoch_cell(r)
@@ -301,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     start = time.monotonic()
-    plans = [plan_row(row) for row in ROWS]
+    files = row_files()
+    plans = [plan_row(row, files=files) for row in ROWS]
 
     def left() -> float:
         return args.budget - (time.monotonic() - start)

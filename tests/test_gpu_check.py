@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from bioplausible.experiments.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_CHECK = ROOT / "benchmarks" / "gpu_check.py"
+SIDE_STUDIES = {"bdfa_feedback_rates.yaml", "ghost_ma_500_reduction.yaml"}   # paper_scale files that are no row
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +29,16 @@ def gc():
     return mod
 
 
+def paper_scale_rows() -> dict[str, dict]:
+    """The row files' contents by the preset they name, read here without gpu_check's help."""
+    rows = {}
+    for path in sorted((ROOT / "benchmarks" / "paper_scale").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text()) or {}
+        if path.name not in SIDE_STUDIES and raw.get("preset"):
+            rows[raw["preset"]] = raw
+    return rows
+
+
 def test_without_cuda_one_line_and_status_2(gc, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gc.main(["--out", str(tmp_path / "r")]) == 2
@@ -35,32 +47,49 @@ def test_without_cuda_one_line_and_status_2(gc, monkeypatch, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_rows_are_the_paper_scale_rows_and_the_np_cifar_cnn(gc):
+def test_rows_are_every_paper_scale_row_and_the_np_cifar_cnn(gc):
     names = [row.preset for row in gc.ROWS]
-    assert names[:3] == ["np-fig2-mnist", "bfa-table1-mnist-1x400", "ghost-mb-500"]
-    assert "np-table1-cifar10" in names
+    rows = paper_scale_rows()
+    assert len(rows) >= 9 and "ghost-ma-500" in rows and "sal-table1-fashion" in rows
+    missing = sorted(set(rows) - set(names))
+    assert not missing, f"paper-scale rows without a GPU timing row in gpu_check.ROWS: {missing}"
+    assert set(names) == set(rows) | {"np-table1-cifar10", "np-table1-cifar10-code"}
+    assert len(names) == len(set(names))
+
+
+def test_each_job_is_the_full_scale_config_but_epochs_device_and_subset(gc):
+    rows = paper_scale_rows()
     for row in gc.ROWS:
         preset = get_preset(row.preset)
         full, seeds = preset.resolved("full")
+        file = rows.get(row.preset, {})
         jobs = gc.plan_row(row)
-        assert [j["label"] for j in jobs] == list(preset.runs)
+        runs = file.get("runs")
+        want = list(runs) if runs is not None else list(preset.runs)
+        assert [j["label"] for j in jobs] == [label for label in preset.runs if label in want], row.preset
         for job in jobs:
             run = preset.runs[job["label"]]
+            run_seeds = (runs.get(job["label"]) if isinstance(runs, dict) else None) or file.get("seeds") or seeds
             expected = full.updated(run.get("config") or {}).updated(
-                {"rule": {k: v for k, v in run.items() if k != "config"}, "seed": seeds[0]}).to_dict()
+                {"rule": {k: v for k, v in run.items() if k != "config"}, "seed": run_seeds[0]}).to_dict()
             got = json.loads(json.dumps(job["config"]))
             assert (got["epochs"], got["device"], got["dataset"]["subset"]) == (2, "cuda", row.subset)
-            # everything but the epochs, the device and the subset is the full scale's
-            for key in ("epochs", "device", "progress"):
-                got[key] = expected[key]
+            for key, value in (("epochs", expected["epochs"]), ("device", expected["device"]),
+                               ("progress", expected["progress"])):
+                got[key] = value
             got["dataset"]["subset"] = expected["dataset"]["subset"]
             assert got == json.loads(json.dumps(expected)), (row.preset, job["label"])
-            assert job["full_epochs"] == full["epochs"] and job["seeds"] == len(seeds)
+            assert job["full_epochs"] == full["epochs"] and job["seeds"] == len(run_seeds)
             # the subset is a whole fraction of the training set, an epoch at most a few hundred steps
             assert job["n_full"] % row.subset == 0 and job["scale_up"] == job["n_full"] / row.subset
             assert -(-row.subset // full["batch_size"]) <= 500, row.preset
-    ghost = gc.plan_row(next(r for r in gc.ROWS if r.preset == "ghost-mb-500"))
+    by_name = {row.preset: row for row in gc.ROWS}
+    ghost = gc.plan_row(by_name["ghost-mb-500"])
     assert ghost[0]["config"]["batch_size"] == 1 and ghost[0]["scale_up"] == 55000 / 500
+    assert {j["label"]: j["seeds"] for j in ghost} == {"mb_tf": 3, "mb_fa": 1, "bp_equiv": 1}
+    assert [j["label"] for j in gc.plan_row(by_name["ghost-ma-500"])] == ["ma_tf_sum", "bp_equiv_sum"]
+    assert gc.plan_row(by_name["sal-table1-fashion"])[0]["n_full"] == 60000   # fashion_mnist is fashion-mnist
+    assert all(j["seeds"] == 5 for j in gc.plan_row(by_name["np-table1-cifar10"]))   # no row file: the preset's
 
 
 def _fake_row_script(tmp_path: Path, crash: bool = False) -> Path:

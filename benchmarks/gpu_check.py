@@ -47,9 +47,10 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
@@ -277,14 +278,14 @@ def _epoch_cell(r: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# GPU check", "", f"`make gpu-check` on {report['device']} (torch {report['torch']}, CUDA "
-             f"{report['cuda']}), {report['date']}, commit {report['commit']}.", "",
+    lines = ["# GPU check", "", (f"`make gpu-check` on {report['device']} (torch {report['torch']}, CUDA "
+             f"{report['cuda']}), {report['date']}, commit {report['commit']}."), "",
              f"CUDA tests (`pytest -k cuda`): {report['tests']['summary']}", "",
-             f"One training epoch per run at the preset's full-scale settings on the GPU: each run trains "
+             (f"One training epoch per run at the preset's full-scale settings on the GPU: each run trains "
              f"{TIMED_EPOCHS} epochs on a subset of its training images in its row's worker process and the last "
              "epoch's training time is scaled up to the full training set (the first epoch, which pays the "
              "warm-up, in brackets after it, scaled alike). The whole row at that speed = epoch × the full "
-             "scale's epochs × seeds (the row file's seeds and runs where it names them).", "",
+             "scale's epochs × seeds (the row file's seeds and runs where it names them)."), "",
              "| row | run | s / epoch | full scale | whole run set at this speed | status |", "|---|---|---|---|---|---|"]
     for r in report["runs"]:
         ep = _epoch_cell(r)
@@ -292,10 +293,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['preset']} | {r['label']} | {ep} | {r['full_epochs']} epochs × {r['seeds']} seeds | "
                      f"{'–' if proj is None else f'{proj / 3600:.2f} h'} | {r.get('status', '')} |")
     stacked = report.get("stacked") or {"status": "not run", "rows": []}
-    lines += ["", "Stacked runs on the device: 8 runs of one rule as one model against the same 8 runs one after "
+    lines += ["", ("Stacked runs on the device: 8 runs of one rule as one model against the same 8 runs one after "
               "another (`python benchmarks/bench_stacked.py --device cuda --quick`: run-steps per second of "
               f"wall-clock time after synchronising, medians of {stacked.get('reps') or '–'} repetitions): "
-              f"{stacked['status']}.", ""]
+              f"{stacked['status']}."), ""]
     if stacked["rows"]:
         lines += ["| net, batch | rule | steps per run | sequential run-steps/s | stacked run-steps/s | speed-up |",
                   "|---|---|---:|---:|---:|---:|"]
@@ -308,7 +309,7 @@ def markdown(report: dict[str, Any]) -> str:
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                              timeout=10).stdout.strip() or "unknown"
+                              timeout=10, check=False).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     try:
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-k", "cuda", "tests"], capture_output=True,
-                              text=True, timeout=min(TEST_CAP, left()), cwd=ROOT, env=env)
+                              text=True, timeout=min(TEST_CAP, left()), cwd=ROOT, env=env, check=False)
         tail = [ln for ln in proc.stdout.splitlines() if ln.strip()]
         tests = {"exit": proc.returncode, "summary": tail[-1] if tail else "no output", "output": proc.stdout[-4000:]}
     except subprocess.TimeoutExpired:

@@ -336,3 +336,16 @@ def test_a_stacked_sweep_reports_each_run_as_it_starts_and_ends(synthetic_root, 
     assert _progress(capsys.readouterr().err) == expected
     index = json.loads((out / "sweep.json").read_text())
     assert [r["status"] for r in index["runs"]] == ["completed"] * 3
+
+
+def test_stacked_runs_draw_each_runs_augmentation(synthetic_root, tmp_path, capsys):
+    """``dataset.augment``: each run of a stack crops and flips its batches with its own generator, as
+    it does alone (the stack once trained on the raw images while the runs apart augmented theirs)."""
+    flags = ["--set", "dataset.augment=crop_flip"]
+    assert _compare(tmp_path / "plain", "bp,np", stack=False, epochs=2, extra=flags) == 0
+    assert _compare(tmp_path / "stacked", "bp,np", stack=True, epochs=2, extra=flags) == 0
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")
+    assert _compare(tmp_path / "raw", "bp", stack=True, epochs=2) == 0  # and the augmentation did something
+    raw = json.loads((tmp_path / "raw" / "bp-seed0" / "summary.json").read_text())["final"]["train_loss"]
+    aug = json.loads((tmp_path / "stacked" / "bp-seed0" / "summary.json").read_text())["final"]["train_loss"]
+    assert not math.isclose(raw, aug, rel_tol=1e-6)

@@ -274,6 +274,15 @@ class StackedTraining:
         device = x.device
         seeds = [self.trainers[i].config["seed"] for i in self.active]
         order = epoch_orders(seeds, lead.epoch, n, device)
+        # data augmentation as each run's trainer draws it: its own CPU generator seeded with its
+        # seed and the epoch, one draw per batch (Trainer.train_epoch)
+        augs = None
+        if lead.augment is not None:
+            augs = []
+            for s in seeds:
+                g = torch.Generator()
+                g.manual_seed(s * 1_000_033 + lead.epoch + 7_919)
+                augs.append(g)
         summed = lead.loss.reduction == "sum"
         counting = lead.task != "reconstruction"
         R = len(self.active)
@@ -286,6 +295,8 @@ class StackedTraining:
         for lo in range(0, n, bs):
             idx = order[:, lo:lo + bs]
             xb, yb = gather(x, y, idx)
+            if augs is not None:
+                xb = torch.stack([lead.augment(xb[k], g, lead.augment_fill) for k, g in enumerate(augs)])
             probing = lead.probe.due(step + 1)
             if probing:
                 began = time.perf_counter()
@@ -317,6 +328,8 @@ class StackedTraining:
                     if not self.active:
                         return []
                     order, loss_sum, correct = order[keep], loss_sum[keep], correct[keep]
+                    if augs is not None:
+                        augs = [augs[k] for k in keep]
                     R = len(self.active)
         elapsed = time.perf_counter() - start - probe_time
         train_loss = (loss_sum / max(n, 1)).tolist()

@@ -349,3 +349,19 @@ def test_stacked_runs_draw_each_runs_augmentation(synthetic_root, tmp_path, caps
     raw = json.loads((tmp_path / "raw" / "bp-seed0" / "summary.json").read_text())["final"]["train_loss"]
     aug = json.loads((tmp_path / "stacked" / "bp-seed0" / "summary.json").read_text())["final"]["train_loss"]
     assert not math.isclose(raw, aug, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("rules,flags", [
+    # an LR schedule (the rates re-read every epoch), weight decay, a validation split and the
+    # training-set evaluation: what the trainer does around the step, for a plain and a circuit rule
+    ("bp,sal", ["--set", "schedule.name=cosine", "--set", "optimizer.weight_decay=0.001",
+                "--set", "dataset.val_size=40", "--set", "eval_train=true"]),
+    ("fa,bdfa", ["--set", "schedule.name=step", "--set", "schedule.step_size=1", "--set", "schedule.gamma=0.5",
+                 "--set", "dataset.val_size=40"]),
+])
+@pytest.mark.filterwarnings("error:Detected call of:UserWarning")  # the stack's schedule steps quietly
+def test_what_the_trainer_does_around_the_step_stacks_too(synthetic_root, tmp_path, capsys, rules, flags):
+    assert _compare(tmp_path / "plain", rules, stack=False, epochs=3, extra=flags) == 0
+    assert _compare(tmp_path / "stacked", rules, stack=True, epochs=3, extra=flags) == 0
+    assert "--stack" not in capsys.readouterr().err  # every group stacked
+    _same_runs(tmp_path / "plain", tmp_path / "stacked")

@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -420,7 +421,13 @@ class Trainer:
         self.epoch += 1
         record = self._evaluate_epoch(record)
         if self.schedule is not None:
-            self.schedule.step()
+            if stacked:  # the stack steps the weights itself, never optimizer.step(): torch would
+                # warn that the schedule steps first; the rates it sets are the same (the stack re-reads them)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                    self.schedule.step()
+            else:
+                self.schedule.step()
         self.history.append(record)
         self._log(record)
         for cb in self.callbacks:

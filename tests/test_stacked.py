@@ -269,3 +269,38 @@ def test_linear_either_layout_is_h_wt_plus_b(batch, width, bias):
     out2 = linear(out, w2, None)
     for r in range(R):
         torch.testing.assert_close(out2[r], out[r] @ w2[r].T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("out_fm", [False, True])
+@pytest.mark.parametrize("g_fm", [False, True])
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
+def test_the_error_takes_the_layout_of_the_activation_it_meets(act, g_fm, out_fm):
+    """``act_backward`` is ``g ⊙ f′`` whatever the two operands' layouts; ``bmm_as`` is the batched
+    product in the layout of its ``like`` (so that the error meets its activation's output in that
+    output's layout: one elementwise loop over matching strides)."""
+    from torch import nn
+
+    from bioplausible.engine.stacked.mlp import StackedMLP, bmm_as, feature_major
+
+    def laid(t, fm):  # the same values, batch-major or feature-major
+        return t.transpose(1, 2).contiguous().transpose(1, 2) if fm else t.contiguous()
+
+    gen = torch.Generator().manual_seed(1)
+    R, B, n = 3, 6, 5
+    kind = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[act]
+    models = [nn.Sequential(nn.Linear(4, n), kind(), nn.Linear(n, 2)).double() for _ in range(R)]
+    net = StackedMLP(models)
+    a = torch.randn(R, B, n, generator=gen, dtype=torch.float64)
+    out = laid(getattr(torch, act)(a), out_fm)
+    g = laid(torch.randn(R, B, n, generator=gen, dtype=torch.float64), g_fm)
+    assert feature_major(out) == out_fm and feature_major(g) == g_fm
+    got = net.act_backward(0, g, out)
+    a_req = a.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(getattr(torch, act)(a_req), a_req, g.contiguous())
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+    m = torch.randn(R, n, 7, generator=gen, dtype=torch.float64)
+    for like_fm in (False, True):
+        like = laid(torch.zeros(R, B, 7, dtype=torch.float64), like_fm)
+        prod = bmm_as(g, m, like)
+        torch.testing.assert_close(prod, torch.bmm(g.contiguous(), m), rtol=1e-13, atol=1e-13)
+        assert feature_major(prod) == like_fm

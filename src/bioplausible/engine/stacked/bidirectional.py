@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .losses import dense_targets
-from .mlp import linear
+from .mlp import bmm_as, linear
 from .steps import StackedRule, outer, sgd_
 
 
@@ -69,7 +69,7 @@ class StackedBFA(StackedRule):
         self.x, self.y = hs[0], y
 
     def propagate(self, i: int, delta: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(delta, self.G[self.n - i].transpose(1, 2))  # δ_{i+1} W←ᵀ (W← is s_i × s_{i+1})
+        return bmm_as(delta, self.G[self.n - i].transpose(1, 2), self.outs[i])  # δ_{i+1} W←ᵀ (W← is s_i × s_{i+1})
 
     def after_update(self) -> None:
         """The generative phase, after the forward weights were stepped."""

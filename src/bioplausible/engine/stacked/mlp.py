@@ -99,7 +99,13 @@ class StackedMLP:
         return hs, outs
 
     def act_backward(self, i: int, g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """``g ⊙ f_i′`` from the output ``out`` of layer ``i``'s activation."""
+        """``g ⊙ f_i′`` from the output ``out`` of layer ``i``'s activation.
+
+        Fastest when ``g`` is laid out as ``out`` (:func:`bmm_as`): over a batch-major and a
+        feature-major operand the elementwise kernel runs its strided loop (on one CPU thread
+        ReLU's derivative of an (8, 256, 200) stack takes 2 ms against 60 µs, the sigmoid's 330 µs
+        against 60 µs). A copy into ``out``'s layout costs about as much as the strided loop
+        (more on small stacks), so a mismatched ``g`` is used as it is."""
         back = self.acts[i][2]
         return g if back is None else back(g, out)
 
@@ -129,6 +135,21 @@ class StackedMLP:
         self.models = [self.models[r] for r in keep]
         self.layers = [self.layers[r] for r in keep]
         self.R = len(keep)
+
+
+def feature_major(t: torch.Tensor) -> bool:
+    """Whether the ``(R, B, n)`` stack ``t`` is stored feature-major (as ``(R, n, B)``, the
+    transposed view :func:`linear` returns for a narrow layer) rather than batch-major."""
+    return t.dim() == 3 and t.shape[1] > 1 and t.shape[2] > 1 and t.stride(1) == 1
+
+
+def bmm_as(a: torch.Tensor, b: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``a b`` per run (``(R, B, k)`` by ``(R, k, n)``), laid out as ``like``: for a feature-major
+    ``like`` computed as ``(bᵀ aᵀ)ᵀ`` (the same products, no copy), so that the elementwise ops
+    that combine it with ``like`` run their contiguous loops."""
+    if like.stride(1) == 1 and like.shape[1] > 1 and like.shape[2] > 1:  # feature_major(like), inlined
+        return torch.bmm(b.transpose(1, 2), a.transpose(1, 2)).transpose(1, 2)
+    return torch.bmm(a, b)
 
 
 def linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -175,4 +196,5 @@ def gather(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.T
     return xb.view(R, B, *x.shape[1:]), yb.view(R, B, *y.shape[1:])
 
 
-__all__ = ["ACTIVATIONS", "StackedMLP", "epoch_order", "epoch_orders", "gather", "linear", "mlp_layers"]
+__all__ = ["ACTIVATIONS", "StackedMLP", "bmm_as", "epoch_order", "epoch_orders", "feature_major", "gather", "linear",
+           "mlp_layers"]

@@ -142,6 +142,8 @@ class StackedNP(_NPMixin, StackedFA):
 
     def propagate(self, i: int, delta: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         b = self.B[i]
+        # δ B as the rule's own step computes it, batch-major (not bmm_as): the regression on noise
+        # amplifies any rounding difference, and the stack keeps to the unstacked products' order
         g = torch.bmm(delta, b)
         self.errs[i - 1], self.sigs[i - 1] = delta, g
         if self.rate_fb[i] is not None:

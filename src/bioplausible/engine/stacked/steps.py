@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 from .losses import loss_and_error
-from .mlp import StackedMLP
+from .mlp import StackedMLP, bmm_as
 from .noise import draw_noise
 
 
@@ -152,6 +152,7 @@ class StackedRule:
         net = self.net
         self.before_forward()
         hs, outs = self.forward_pass(x)
+        self.outs = outs  # the layouts the errors are computed in (bmm_as)
         out = hs[-1]
         loss, e, d = loss_and_error(self.loss_fn, out, y)
         self.after_forward(hs, y, e, d)
@@ -186,7 +187,7 @@ class StackedRule:
 
     def propagate(self, i: int, delta: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """The error at layer ``i``'s input, ``δ_i F_i`` (before the layer is updated)."""
-        return torch.bmm(delta, self.net.W[i])
+        return bmm_as(delta, self.net.W[i], self.outs[i])
 
     def forward_frozen(self) -> bool:
         """True while the forward weights must not learn (node perturbation's warm-up)."""
@@ -275,7 +276,7 @@ class StackedFA(StackedRule):
         return self.B[i]
 
     def propagate(self, i: int, delta: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(delta, self.effective(i))
+        return bmm_as(delta, self.effective(i), self.outs[i])
 
 
 class StackedSign(StackedFA):

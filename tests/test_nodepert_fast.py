@@ -247,3 +247,46 @@ def test_a_model_whose_layers_end_without_an_activation_takes_the_fast_path_to_t
         runs.append(model.state_dict())
     for k, a in runs[0].items():
         torch.testing.assert_close(a, runs[1][k], rtol=1e-11, atol=1e-13, msg=k)
+
+
+def test_the_ridge_sums_accumulate_in_float64_in_a_float32_run(tmp_path, synthetic_root):
+    """The ridge solver's never-forgetting sums V = γI + Σẽᵀẽ and S = Σẽᵀλ̂ stay float64 when the
+    model is float32 — through the trainer's move to the run's dtype, training and a checkpoint
+    round trip — and B, their solve, is the model's dtype. (In float32 the rounding of each
+    addition into the growing sums swamped the per-batch signal over Fig. 4's 187,500 steps.)"""
+    from bioplausible.engine.config import TrainConfig
+    from bioplausible.experiments.jobs import Job, _build, load_data
+
+    cfg = TrainConfig.from_dict({
+        # Fig. 4's setting: W fixed, sigmoid, Xavier, inputs in [0, 1]
+        "dataset": {"name": "mnist", "subset": 200, "flatten": True, "normalize": "unit"},
+        "model": {"spec": "mlp:784-12-10", "activation": "sigmoid", "init": "xavier"},
+        "rule": {"name": "np", "solver": "ridge", "gamma": 0.1}, "loss": "mse_half_sum",
+        "optimizer": {"name": "sgd", "lr": 1.0, "groups": {"forward": {"lr": 0.0}}}, "epochs": 1, "batch_size": 20,
+        "dtype": "float32",
+        "progress": False})
+    data = load_data(cfg)
+
+    def build(config):
+        return _build(Job(config.to_dict(), str(tmp_path / "run"), "np", 0), data, config, out=tmp_path / "run")
+
+    trainer = build(cfg)
+
+    def sums(rule):
+        return {n: t for n, t in rule.owned.named_buffers() if n.startswith("ridge.")}
+
+    assert sums(trainer.rule) and all(t.dtype == torch.float64 for t in sums(trainer.rule).values())
+    v0 = sums(trainer.rule)["ridge.V.1"].clone()
+    assert trainer.run().summary["status"] == "completed"
+    after = sums(trainer.rule)
+    assert all(t.dtype == torch.float64 for t in after.values())
+    assert not torch.equal(after["ridge.V.1"], v0)  # the sums did grow
+    assert trainer.rule.owned.get("B.1").dtype == torch.float32
+    resumed = build(cfg)
+    resumed.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    for name, t in sums(resumed.rule).items():
+        assert t.dtype == torch.float64 and torch.equal(t, after[name])
+    # moving the rule again never rounds the sums through the narrower dtype
+    trainer.rule.to("cpu", torch.float32)
+    for name, t in sums(trainer.rule).items():
+        assert t.dtype == torch.float64 and torch.equal(t, after[name])

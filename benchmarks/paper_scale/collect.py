@@ -80,7 +80,7 @@ def config_mismatches(row_dir: Path, index: dict[str, Any], preset: Any,
         path = Path(job.run_dir) / "config.yaml"
         if not path.is_file():
             continue
-        stored, wanted = _flat(load_config(path).to_dict()), _flat(job.train_config().to_dict())
+        stored, wanted = _flat(load_config(path, recommended=False).to_dict()), _flat(job.train_config().to_dict())
         for k in sorted(set(stored) | set(wanted)):
             if k not in _SKIP and (k in _RECORDING) == (keys == "recording") and stored.get(k) != wanted.get(k):
                 out.append(f"{Path(job.run_dir).name}: {k} = {stored.get(k)!r}, the preset says {wanted.get(k)!r}")

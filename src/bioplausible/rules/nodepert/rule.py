@@ -197,11 +197,17 @@ class _NodePerturbation(Rule):
             self.own(f"B.{k + 1}", b, group="feedback", layer=k + 1, self_applied=True)
         self._feedback = feedback
         if self.config["solver"] == "ridge":  # V = γI + Σẽᵀẽ, S = Σẽᵀλ̂ (checkpointed)
+            # the sums never forget and grow with every step: they accumulate in float64 (or the
+            # model's wider dtype) whatever the model's dtype, as RidgeState does; in float32 the
+            # rounding of each addition into sums of ~10⁵ batches swamped the per-batch signal:
+            # Fig. 4's top relative error fell to 0.035-0.055 by epoch 20 and then grew to
+            # 0.7-1.7 by epoch 100 (seeds 0-2), where the float64 sums keep falling (0.038 at 60)
+            wide = torch.promote_types(feedback[0].dtype, torch.float64) if feedback else torch.float64
             for k, b in enumerate(feedback):
                 n_e = b.shape[0]
-                self.own_buffer(f"ridge.V.{k + 1}", torch.eye(n_e, device=b.device, dtype=b.dtype)
+                self.own_buffer(f"ridge.V.{k + 1}", torch.eye(n_e, device=b.device, dtype=wide)
                                 * float(self.config["gamma"]))
-                self.own_buffer(f"ridge.S.{k + 1}", torch.zeros_like(b))
+                self.own_buffer(f"ridge.S.{k + 1}", torch.zeros_like(b, dtype=wide))
         self._step = 0
         self._mode: str | None = None
         self._xi: list[torch.Tensor | None] = [None] * len(feedback)
@@ -511,6 +517,15 @@ class _NodePerturbation(Rule):
                     out[f"dfa_relative_error/{name}"] = float(
                         (d.double() - prod).norm() / prod.norm().clamp_min(1e-300))
         return out
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Rule:
+        """Move the owned tensors; the ridge sums stay at least float64 (see :meth:`prepare`)."""
+        sums = {n: t for n, t in self.owned.named_buffers() if n.startswith("ridge.") and t.is_floating_point()}
+        super().to(device, dtype)
+        for name, t in sums.items():  # moved from their own values, never through a narrower dtype
+            wide = torch.promote_types(t.dtype if dtype is None else dtype, torch.float64)
+            self.own_buffer(name, t.to(device=t.device if device is None else device, dtype=wide))
+        return self
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:

@@ -36,6 +36,12 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def git_commit() -> str | None:
+    from bioplausible.experiments.reproduce import git_commit as commit
+
+    return commit()
+
+
 def _records(run: Path) -> tuple[list[dict], list[dict]]:
     lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     return [r for r in lines if r["kind"] == "probe"], [r for r in lines if r["kind"] == "epoch"]
@@ -121,9 +127,11 @@ def fig4(quick: bool, tag: str, out: Path) -> dict:
              "max": 0.05, "passed": smallest[top] <= 0.05}
     result = {"noise_sweep": sweep, "width_sweep": wsweep, "steps": steps, "width_steps": width_steps,
               "check": check, "seconds": elapsed, "load_average_before": load,
-              "load_average_after": os.getloadavg(), "command": " ".join(["python"] + sys.argv)}
+              "load_average_after": os.getloadavg(), "command": " ".join(["python"] + sys.argv),
+              "commit": git_commit()}
     lines = [f"# Fig. 4 (fixed W, B by online ridge regression), {tag}", "",
-             f"Command: `{result['command']}`; {elapsed:.0f} s; load average before {load}.", "",
+             f"Command: `{result['command']}` at commit {result['commit']}; {elapsed:.0f} s; load average "
+             f"before {load}.", "",
              "| run | steps | relative error per learned layer (last) |", "|---|---:|---|"]
     for label, trace in {**sweep, **wsweep}.items():
         rel = ", ".join(f"{k}: {v:.4f}" for k, v in trace[-1]["relative_error"].items())

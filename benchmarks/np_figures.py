@@ -99,7 +99,7 @@ def fig4(quick: bool, tag: str, out: Path) -> dict:
     widths = [20, 50, 100] if quick else [20, 50, 100, 200, 500]
     steps, width_steps = (30_000, 6_000) if quick else (100_000, 30_000)
     every = 1000
-    load = os.getloadavg()
+    load, commit = os.getloadavg(), git_commit()  # before anything is written
     t0 = time.time()
     sweep = {f"c_h={c:g}": _fixed_w("mlp:784-50-20-10", c, steps, x, y, every) for c in noise}
     wsweep = {f"N={n}": _fixed_w(f"mlp:784-{n}-50-10", 0.01, width_steps, x, y, every) for n in widths}
@@ -128,7 +128,7 @@ def fig4(quick: bool, tag: str, out: Path) -> dict:
     result = {"noise_sweep": sweep, "width_sweep": wsweep, "steps": steps, "width_steps": width_steps,
               "check": check, "seconds": elapsed, "load_average_before": load,
               "load_average_after": os.getloadavg(), "command": " ".join(["python"] + sys.argv),
-              "commit": git_commit()}
+              "commit": commit}
     lines = [f"# Fig. 4 (fixed W, B by online ridge regression), {tag}", "",
              f"Command: `{result['command']}` at commit {result['commit']}; {elapsed:.0f} s; load average "
              f"before {load}.", "",

@@ -161,8 +161,9 @@ def statistics(preset: Any, rows: list[dict[str, Any]]) -> dict[str, dict[str, t
     from bioplausible.experiments.presets import check_metrics
 
     metric = preset.paper_results.get("metric", "test_accuracy")
+    extra = {"relative_error_mean"} if metric.startswith("relative_error") else set()
     metrics = sorted({metric, "test_accuracy", "best_test_accuracy", "grad_angle", "train_accuracy",
-                      *check_metrics(preset)})
+                      *extra, *check_metrics(preset)})
     out: dict[str, dict[str, tuple]] = {}
     for label in preset.runs:
         done = [r["summary"] for r in rows if r["label"] == label and r["status"] == "completed"]
@@ -279,9 +280,12 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
 
     hidden = {label: mean_std(hidden_angle(r["run"].probes) for r in groups.get(label, [])
                               if r["status"] == "completed" and r["run"] is not None) for label in labels}
+    feedback_row = metric.startswith("relative_error")  # the feedback is the result (e.g. W fixed)
     other = {label: ", ".join(
-        ([f"best test acc. {_fmt(stats[label]['best_test_accuracy'])}"]
-         if stats[label]["best_test_accuracy"][0] is not None else [])
+        ([f"relative error of B to W, mean over the layers {_fmt(stats[label]['relative_error_mean'], 4)}"]
+         if feedback_row and stats[label]["relative_error_mean"][0] is not None else [])
+        + ([f"best test acc. {_fmt(stats[label]['best_test_accuracy'])}"]
+           if stats[label]["best_test_accuracy"][0] is not None and not feedback_row else [])
         + ([f"hidden-layer angle to BP {_fmt(hidden[label], 1)}°"] if hidden[label][0] is not None else []))
         for label in labels}
     if any(other.values()):  # a reconstruction task has neither

@@ -130,8 +130,8 @@ def fig4(quick: bool, tag: str, out: Path) -> dict:
               "load_average_after": os.getloadavg(), "command": " ".join(["python"] + sys.argv),
               "commit": commit}
     lines = [f"# Fig. 4 (fixed W, B by online ridge regression), {tag}", "",
-             f"Command: `{result['command']}` at commit {result['commit']}; {elapsed:.0f} s; load average "
-             f"before {load}.", "",
+             (f"Command: `{result['command']}` at commit {result['commit']}; {elapsed:.0f} s; load average "
+             f"before {load}."), "",
              "| run | steps | relative error per learned layer (last) |", "|---|---:|---|"]
     for label, trace in {**sweep, **wsweep}.items():
         rel = ", ".join(f"{k}: {v:.4f}" for k, v in trace[-1]["relative_error"].items())

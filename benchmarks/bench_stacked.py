@@ -45,6 +45,7 @@ from _common import load_mnist, write_results
 
 import bioplausible as bp
 from bioplausible.engine.stacked import epoch_orders, gather, stack_from
+from bioplausible.experiments.reproduce import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 R = 8
@@ -284,7 +285,7 @@ def run_task(key: str, task: dict, steps: int, reps: int, x, y, source: str) -> 
 
 def markdown(result: dict) -> str:
     lines = ["# Stacked runs: 8 runs as one model vs the same 8 runs one after another", "",
-             f"Command: `{result['command']}`  ", (f"Machine: {result['machine']}, torch {result['torch']}, "
+             f"Command: `{result['command']}` at commit {result.get('commit')}  ", (f"Machine: {result['machine']}, torch {result['torch']}, "
              f"1 thread, round-robin, {result['reps']} repetitions, medians.  "),
              ("Speed: run-steps per second of this thread's CPU time (`time.thread_time`); the machine is "
               "shared with other processes, so CPU time is the figure that does not count waiting for a core "
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"torch": torch.__version__, "reps": reps, "runs": R, "device": str(device),
               "machine": (f"{platform.machine()} {os.cpu_count()} CPUs" if device.type == "cpu"
                     else torch.cuda.get_device_name(device)), "python": sys.version.split()[0],
-              "tasks": []}
+              "tasks": [], "commit": git_commit()}  # read before anything is written
     load_before = os.getloadavg()
     for key in args.tasks.split(","):
         steps = 20 if args.quick else (args.steps or default_steps[key])

@@ -131,6 +131,14 @@ def _in_notebook() -> bool:
 
 
 # ----------------------------------------------------------------------------- trainer
+def augment_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator of a run's augmentation draws in ``epoch`` (0-based): its own stream,
+    fixed by (seed, epoch), so a resumed or stacked run draws what an uninterrupted one does."""
+    gen = torch.Generator()
+    gen.manual_seed(int(seed) * 1_000_033 + int(epoch) + 7_919)
+    return gen
+
+
 class Trainer:
     """Holds everything a run needs; :meth:`run` trains it to ``config['epochs']``."""
 
@@ -291,10 +299,7 @@ class Trainer:
         model, rule, opt, loss_fn = self.model, self.rule, self.optimizer, self.loss
         gen = torch.Generator()
         gen.manual_seed(cfg["seed"] * 1_000_003 + self.epoch)
-        aug_gen = None
-        if self.augment is not None:  # its own stream: (seed, epoch) fixes it, so resume is exact
-            aug_gen = torch.Generator()
-            aug_gen.manual_seed(cfg["seed"] * 1_000_033 + self.epoch + 7_919)
+        aug_gen = None if self.augment is None else augment_generator(cfg["seed"], self.epoch)
         model.train()
         # Per-step sums in the loss's own dtype (no type promotion per step), folded into
         # float64 every 50 steps so long epochs keep full precision.

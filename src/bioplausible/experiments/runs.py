@@ -278,11 +278,9 @@ class StackedTraining:
         # seed and the epoch, one draw per batch (Trainer.train_epoch)
         augs = None
         if lead.augment is not None:
-            augs = []
-            for s in seeds:
-                g = torch.Generator()
-                g.manual_seed(s * 1_000_033 + lead.epoch + 7_919)
-                augs.append(g)
+            from ..engine.trainer import augment_generator
+
+            augs = [augment_generator(s, lead.epoch) for s in seeds]
         summed = lead.loss.reduction == "sum"
         counting = lead.task != "reconstruction"
         R = len(self.active)

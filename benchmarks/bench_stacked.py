@@ -17,6 +17,11 @@ the rule's extra passes, counted from the layer sizes) divided by the rate ``tor
 one thread in this process for a large product (measured here, in the same run):
 the run-steps per second no implementation can beat on this core.
 
+Both sides run with the allocator setting the CLI uses (:func:`bioplausible.engine.runtime.keep_freed_memory`:
+glibc keeps freed blocks instead of returning them to the kernel, so a step's temporaries are not
+fresh pages every step); ``BIOPLAUSIBLE_MALLOC=system`` measures with glibc's defaults. Minor page
+faults per run-step are recorded for both sides.
+
     BIOPLAUSIBLE_DATA=/work/shared/datasets python benchmarks/bench_stacked.py
     python benchmarks/bench_stacked.py --quick      # smoke run
     python benchmarks/bench_stacked.py --device cuda --out benchmarks/results/gpu   # the GPU check
@@ -35,6 +40,7 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -44,6 +50,7 @@ import torch
 from _common import load_mnist, write_results
 
 import bioplausible as bp
+from bioplausible.engine.runtime import keep_freed_memory
 from bioplausible.engine.stacked import epoch_orders, gather, stack_from
 from bioplausible.experiments.reproduce import git_commit
 
@@ -205,12 +212,19 @@ def gemm_rate(reps: int = 20) -> float:
 
 
 def _clock(device: torch.device):
-    """(wall, cpu) now; on a GPU after synchronising, and the "cpu" figure is wall-clock too."""
+    """(wall, cpu, minor page faults) now; on a GPU after synchronising, and the "cpu" figure is
+    wall-clock too."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         now = time.perf_counter()
-        return now, now
-    return time.perf_counter(), time.thread_time()
+        return now, now, _faults()
+    return time.perf_counter(), time.thread_time(), _faults()
+
+
+def _faults() -> int:
+    """Minor page faults of this thread so far (of the process where threads are not counted apart)."""
+    who = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+    return resource.getrusage(who).ru_minflt
 
 
 def run_task(key: str, task: dict, steps: int, reps: int, x, y, source: str) -> dict:
@@ -231,33 +245,35 @@ def run_task(key: str, task: dict, steps: int, reps: int, x, y, source: str) -> 
                            [o for _, _, o in stack_runs], loss_fn)
 
         def sequential(batches=batches, runs=seq_runs):
-            start, cpu = _clock(device)
+            start, cpu, faults = _clock(device)
             for r, (rule, model, opt) in enumerate(runs):
                 for idx in batches:
                     i = idx[r]
                     rule.train_step(model, x.index_select(0, i), y.index_select(0, i), loss_fn)
                     opt.step()
                     rule.after_step(model)
-            end, cpu_end = _clock(device)
-            return end - start, cpu_end - cpu
+            end, cpu_end, faults_end = _clock(device)
+            return end - start, cpu_end - cpu, faults_end - faults
 
         def stacked(batches=batches, stack=stack):
-            start, cpu = _clock(device)
+            start, cpu, faults = _clock(device)
             for idx in batches:
                 xb, yb = gather(x, y, idx)
                 stack.step(xb, yb)
-            end, cpu_end = _clock(device)
-            return end - start, cpu_end - cpu
+            end, cpu_end, faults_end = _clock(device)
+            return end - start, cpu_end - cpu, faults_end - faults
 
         for fn in (sequential, stacked):  # warm-up
             fn(batches[: max(2, len(batches) // 10)])
         wall = {"sequential": [], "stacked": []}
         cpu = {"sequential": [], "stacked": []}
+        faults = {"sequential": [], "stacked": []}
         for rep in range(reps):
             for name, fn in (("sequential", sequential), ("stacked", stacked)):
-                w, c = fn()
+                w, c, f = fn()
                 wall[name].append(w)
                 cpu[name].append(c)
+                faults[name].append(f)
             print(f"  {key} {rule_name} rep {rep + 1}/{reps}: sequential {cpu['sequential'][-1]:.2f}s CPU, "
                   f"stacked {cpu['stacked'][-1]:.2f}s CPU", flush=True)
         run_steps = R * len(batches)
@@ -273,6 +289,7 @@ def run_task(key: str, task: dict, steps: int, reps: int, x, y, source: str) -> 
             "run_steps_per_s_cpu": rate, "run_steps_per_s_wall": wall_rate,
             "speedup_cpu": speedup, "speedup_wall": wall_rate["stacked"] / wall_rate["sequential"],
             "cpu_s": cpu, "wall_s": wall, "flop_limit_run_steps_per_s": limit,
+            "page_faults_per_run_step": {k: statistics.median(v) / run_steps for k, v in faults.items()},
             "stacked_fraction_of_limit": rate["stacked"] / limit,
             "target": task["target"], "ok": speedup >= task["target"],
             "bytes_one_run": run_bytes(stack_runs[0][0], stack_runs[0][1]),
@@ -283,10 +300,16 @@ def run_task(key: str, task: dict, steps: int, reps: int, x, y, source: str) -> 
             "gemm_flops_per_s": limit_rate, "rules": rows}
 
 
+def _faults_cell(row: dict) -> str:
+    faults = row.get("page_faults_per_run_step")
+    return "–" if faults is None else f"{faults['sequential']:.1f}, {faults['stacked']:.1f}"
+
+
 def markdown(result: dict) -> str:
     lines = ["# Stacked runs: 8 runs as one model vs the same 8 runs one after another", "",
              f"Command: `{result['command']}` at commit {result.get('commit')}  ", (f"Machine: {result['machine']}, torch {result['torch']}, "
-             f"1 thread, round-robin, {result['reps']} repetitions, medians.  "),
+             f"1 thread, round-robin, {result['reps']} repetitions, medians; glibc keeps freed blocks "
+             f"(`keep_freed_memory`): {'yes' if result.get('malloc_kept') else 'no'}.  "),
              ("Speed: run-steps per second of this thread's CPU time (`time.thread_time`); the machine is "
               "shared with other processes, so CPU time is the figure that does not count waiting for a core "
               "(wall-clock speed-ups beside it).  " if result.get("device", "cpu") == "cpu" else
@@ -314,8 +337,8 @@ def markdown(result: dict) -> str:
                   f"measured GEMM rate {task['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s.{run_by}"), "",
                   ("| rule | sequential run-steps/s | stacked run-steps/s | speed-up (CPU) | speed-up (wall) | "
                   "FLOP limit run-steps/s | stacked / limit | ceiling | target | stacked / limit needed | ok | "
-                  "stack state / one run's |"),
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|"]
+                  "stack state / one run's | page faults / run-step (seq., stacked) |"),
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|"]
         for rule, row in task["rules"].items():
             target = f"≥ {row['target']:.1f}×" + (f" (stretch {row['stretch']:.0f}×)" if row["stretch"] else "")
             ceiling = row["flop_limit_run_steps_per_s"] / row["run_steps_per_s_cpu"]["sequential"]
@@ -326,7 +349,7 @@ def markdown(result: dict) -> str:
                          f"{row['speedup_wall']:.2f}× | {row['flop_limit_run_steps_per_s']:.0f} | "
                          f"{row['stacked_fraction_of_limit']:.2f} | {cells} | "
                          f"{'yes' if row['ok'] else '**no**'} | "
-                         f"{row['bytes_stack'] / max(row['bytes_one_run'], 1):.2f} |")
+                         f"{row['bytes_stack'] / max(row['bytes_one_run'], 1):.2f} | {_faults_cell(row)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -345,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
+    malloc_kept = keep_freed_memory()  # as the CLI does, for both sides
     reps = 2 if args.quick else args.reps
     default_steps = {"np-fig2": 300, "bfa-400": 60, "sal-3x200": 30, "ghost-500-b100": 10, "ghost-500-b1": 300}
     x, y, source = load_mnist(60000)
@@ -353,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"torch": torch.__version__, "reps": reps, "runs": R, "device": str(device),
               "machine": (f"{platform.machine()} {os.cpu_count()} CPUs" if device.type == "cpu"
                     else torch.cuda.get_device_name(device)), "python": sys.version.split()[0],
-              "tasks": [], "commit": git_commit()}  # read before anything is written
+              "tasks": [], "commit": git_commit(), "malloc_kept": malloc_kept}  # read before anything is written
     load_before = os.getloadavg()
     for key in args.tasks.split(","):
         steps = 20 if args.quick else (args.steps or default_steps[key])

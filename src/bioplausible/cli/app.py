@@ -347,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         discover_families()
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..engine.runtime import keep_freed_memory
+
+    keep_freed_memory()  # every training step reuses its freed blocks (no page faults per step)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -109,6 +109,9 @@ def model_reason(trainers: list) -> str | None:
 
 def make_stack(trainers: list) -> StackedRule:
     """The stacked step of the runs held by ``trainers`` (built and prepared)."""
+    from ..runtime import keep_freed_memory
+
+    keep_freed_memory()  # a stacked step's large temporaries would otherwise be fresh pages every step
     lead = trainers[0]
     cls = STACKED[lead.rule.name]
     return cls([t.model for t in trainers], [t.rule for t in trainers], [t.optimizer for t in trainers], lead.loss)

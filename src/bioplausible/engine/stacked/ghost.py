@@ -50,6 +50,7 @@ class StackedGhost(StackedRule):
     feedback_in_step = True   # W^b (TF), V^f, V^b and MB's state change inside the step
     forward_in_step = True    # the rule applies the W updates itself
     per_run_options = RATE_OPTIONS
+    inference_step = False  # a diagnostics step runs the rules' own (autograd) steps run by run
 
     # ----------------------------------------------------------------- state
     def setup(self) -> None:

@@ -47,8 +47,8 @@ def loss_and_error(loss_fn, o: torch.Tensor, y: torch.Tensor) -> tuple[torch.Ten
         per = torch.nn.functional.binary_cross_entropy_with_logits(o, t, reduction="none")
         scale = 1.0 if name == "bce_sum" else 1.0 / o[0].numel()
         return per.sum((1, 2)).mul_(scale), torch.sigmoid(o).sub_(t).mul_(scale), None
-    with torch.enable_grad():
-        leaf = o.detach().requires_grad_(True)
+    with torch.inference_mode(False), torch.enable_grad():  # the stacked step runs in inference mode
+        leaf = o.clone().requires_grad_(True)
         per = loss_fn.per_sample(leaf.reshape(R * B, *o.shape[2:]), y.reshape(R * B, *y.shape[2:]))
         scale = 1.0 if getattr(loss_fn, "reduction", "mean") == "sum" else 1.0 / B
         loss = per.view(R, B).sum(1) * scale

@@ -300,6 +300,33 @@ def run_task(key: str, task: dict, steps: int, reps: int, x, y, source: str) -> 
             "gemm_flops_per_s": limit_rate, "rules": rows}
 
 
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One task's rounds as one result: every rule's speeds and ratios the medians over the rounds
+    (the ratio the median of the rounds' ratios, not the ratio of the medians), each round's
+    ratios kept in ``speedup_cpu_rounds``; the GEMM rate the best seen."""
+    if len(rounds) == 1:
+        return rounds[0]
+    merged = dict(rounds[0])
+    merged["gemm_flops_per_s"] = max(r["gemm_flops_per_s"] for r in rounds)
+    merged["rules"] = {}
+    for rule, first in rounds[0]["rules"].items():
+        rows = [r["rules"][rule] for r in rounds]
+        med = statistics.median
+        row = dict(first)
+        for key in ("run_steps_per_s_cpu", "run_steps_per_s_wall", "page_faults_per_run_step"):
+            row[key] = {side: med(r[key][side] for r in rows) for side in first[key]}
+        row["cpu_s"] = {side: [t for r in rows for t in r["cpu_s"][side]] for side in first["cpu_s"]}
+        row["wall_s"] = {side: [t for r in rows for t in r["wall_s"][side]] for side in first["wall_s"]}
+        row["speedup_cpu_rounds"] = [r["speedup_cpu"] for r in rows]
+        row["speedup_cpu"] = med(row["speedup_cpu_rounds"])
+        row["speedup_wall"] = med(r["speedup_wall"] for r in rows)
+        row["flop_limit_run_steps_per_s"] = max(r["flop_limit_run_steps_per_s"] for r in rows)
+        row["stacked_fraction_of_limit"] = row["run_steps_per_s_cpu"]["stacked"] / row["flop_limit_run_steps_per_s"]
+        row["ok"] = row["speedup_cpu"] >= row["target"]
+        merged["rules"][rule] = row
+    return merged
+
+
 def _faults_cell(row: dict) -> str:
     faults = row.get("page_faults_per_run_step")
     return "–" if faults is None else f"{faults['sequential']:.1f}, {faults['stacked']:.1f}"
@@ -308,7 +335,10 @@ def _faults_cell(row: dict) -> str:
 def markdown(result: dict) -> str:
     lines = ["# Stacked runs: 8 runs as one model vs the same 8 runs one after another", "",
              f"Command: `{result['command']}` at commit {result.get('commit')}  ", (f"Machine: {result['machine']}, torch {result['torch']}, "
-             f"1 thread, round-robin, {result['reps']} repetitions, medians; glibc keeps freed blocks "
+             f"1 thread, round-robin, {result['reps']} repetitions, medians"
+             + (f"; {result['rounds']} rounds (every task measured, then all again), the speed-up the median of "
+                "the rounds' speed-ups, each round's in the last column" if result.get("rounds", 1) > 1 else "")
+             + "; glibc keeps freed blocks "
              f"(`keep_freed_memory`): {'yes' if result.get('malloc_kept') else 'no'}.  "),
              ("Speed: run-steps per second of this thread's CPU time (`time.thread_time`); the machine is "
               "shared with other processes, so CPU time is the figure that does not count waiting for a core "
@@ -337,8 +367,8 @@ def markdown(result: dict) -> str:
                   f"measured GEMM rate {task['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s.{run_by}"), "",
                   ("| rule | sequential run-steps/s | stacked run-steps/s | speed-up (CPU) | speed-up (wall) | "
                   "FLOP limit run-steps/s | stacked / limit | ceiling | target | stacked / limit needed | ok | "
-                  "stack state / one run's | page faults / run-step (seq., stacked) |"),
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|"]
+                  "stack state / one run's | page faults / run-step (seq., stacked) | speed-up per round |"),
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---|"]
         for rule, row in task["rules"].items():
             target = f"≥ {row['target']:.1f}×" + (f" (stretch {row['stretch']:.0f}×)" if row["stretch"] else "")
             ceiling = row["flop_limit_run_steps_per_s"] / row["run_steps_per_s_cpu"]["sequential"]
@@ -349,7 +379,8 @@ def markdown(result: dict) -> str:
                          f"{row['speedup_wall']:.2f}× | {row['flop_limit_run_steps_per_s']:.0f} | "
                          f"{row['stacked_fraction_of_limit']:.2f} | {cells} | "
                          f"{'yes' if row['ok'] else '**no**'} | "
-                         f"{row['bytes_stack'] / max(row['bytes_one_run'], 1):.2f} | {_faults_cell(row)} |")
+                         f"{row['bytes_stack'] / max(row['bytes_one_run'], 1):.2f} | {_faults_cell(row)} | "
+                         f"{' / '.join(f'{v:.2f}' for v in row.get('speedup_cpu_rounds', [row['speedup_cpu']]))} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -358,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 steps, 2 repetitions")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every task this many times over (all tasks, then again): the speed-up "
+                             "reported is the median of the rounds' speed-ups, each round's beside it")
     parser.add_argument("--steps", type=int, default=None, help="steps per run and repetition (default per task)")
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--out", default=str(RESULTS))
@@ -379,9 +413,14 @@ def main(argv: list[str] | None = None) -> int:
                     else torch.cuda.get_device_name(device)), "python": sys.version.split()[0],
               "tasks": [], "commit": git_commit(), "malloc_kept": malloc_kept}  # read before anything is written
     load_before = os.getloadavg()
-    for key in args.tasks.split(","):
-        steps = 20 if args.quick else (args.steps or default_steps[key])
-        result["tasks"].append(run_task(key, TASKS[key], steps, reps, x, y, source))
+    keys = args.tasks.split(",")
+    rounds = {key: [] for key in keys}
+    for _ in range(max(1, args.rounds)):
+        for key in keys:
+            steps = 20 if args.quick else (args.steps or default_steps[key])
+            rounds[key].append(run_task(key, TASKS[key], steps, reps, x, y, source))
+    result["tasks"] = [merge_rounds(rounds[key]) for key in keys]
+    result["rounds"] = max(1, args.rounds)
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}
     result["command"] = "python benchmarks/bench_stacked.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     for task in result["tasks"]:

@@ -360,7 +360,8 @@ def markdown(result: dict) -> str:
              "by stacking on one CPU thread; stacking pays where steps are mostly dispatch (the NP Fig. 2 net, "
              "batch 1, and on a GPU)."), ""]
     for task in result["tasks"]:
-        run_by = (f" Measured by `{task['command']}` on {task['date']}, load average {task['load_average']}."
+        run_by = (f" Measured by `{task['command']}`{' at commit ' + task['commit'] if task.get('commit') else ''} "
+                  f"on {task['date']}, load average {task['load_average']}."
                   if task.get("command") and task.get("command") != result["command"] else "")
         lines += [f"## {task['title']}", "",
                   (f"{task['steps_per_run']} steps per run and repetition; data: {task['data']}; "
@@ -424,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}
     result["command"] = "python benchmarks/bench_stacked.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     for task in result["tasks"]:
-        task.update(command=result["command"], load_average=result["load_average"],
+        task.update(command=result["command"], load_average=result["load_average"], commit=result["commit"],
                     date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -107,7 +107,17 @@ def row_files() -> dict[str, Any]:
     from bioplausible.experiments.sweep import load_spec
 
     paths = [p for p in sorted(PAPER_SCALE.glob("*.yaml")) if "preset" in (yaml.safe_load(p.read_text()) or {})]
-    return {spec.preset: spec for spec in map(load_spec, paths)}
+    files: dict[str, Any] = {}
+    for spec in map(load_spec, paths):
+        first = files.get(spec.preset)
+        if first is None:
+            files[spec.preset] = spec
+        elif first.runs is not None and spec.runs is not None:
+            # a second file of the row trains some of its runs apart (ghost_ma_500_bp.yaml): one
+            # row, the runs of both (each at its own file's seeds)
+            for label, seeds in spec.runs.items():
+                first.runs.setdefault(label, seeds if seeds is not None else spec.seeds)
+    return files
 
 
 def plan_row(row: Row, device: str = "cuda", files: dict[str, Any] | None = None) -> list[dict[str, Any]]:

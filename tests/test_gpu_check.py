@@ -35,7 +35,9 @@ def paper_scale_rows() -> dict[str, dict]:
     for path in sorted((ROOT / "benchmarks" / "paper_scale").glob("*.yaml")):
         raw = yaml.safe_load(path.read_text()) or {}
         if path.name not in SIDE_STUDIES and raw.get("preset"):
-            rows[raw["preset"]] = raw
+            first = rows.setdefault(raw["preset"], raw)
+            if first is not raw:  # a second file of the row (its runs trained apart): one row, both files' runs
+                first["runs"] = list(first["runs"]) + [r for r in raw["runs"] if r not in first["runs"]]
     return rows
 
 

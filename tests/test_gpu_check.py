@@ -89,7 +89,7 @@ def test_each_job_is_the_full_scale_config_but_epochs_device_and_subset(gc):
     ghost = gc.plan_row(by_name["ghost-mb-500"])
     assert ghost[0]["config"]["batch_size"] == 1 and ghost[0]["scale_up"] == 55000 / 500
     assert {j["label"]: j["seeds"] for j in ghost} == {"mb_tf": 3, "mb_fa": 1, "bp_equiv": 1}
-    assert [j["label"] for j in gc.plan_row(by_name["ghost-ma-500"])] == ["ma_tf_sum", "bp_equiv_sum"]
+    assert [j["label"] for j in gc.plan_row(by_name["ghost-ma-500"])] == ["ma_tf_sum", "bp_equiv_sum", "bp_sum_lr0.01"]
     assert gc.plan_row(by_name["sal-table1-fashion"])[0]["n_full"] == 60000   # fashion_mnist is fashion-mnist
     assert all(j["seeds"] == 5 for j in gc.plan_row(by_name["np-table1-cifar10"]))   # no row file: the preset's
 

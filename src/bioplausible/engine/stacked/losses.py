@@ -10,6 +10,8 @@ other loss gets ``e`` from autograd on ``Σ_r loss_r`` alone (one graph over the
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 # name -> (weight of Σ_k (o − t)² per example, divide by the batch size, divide by the units)
@@ -20,7 +22,8 @@ _MSE = {"mse": (1.0, True, True), "mse_batchmean": (1.0, True, False), "mse_sum"
 def dense_targets(o: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Class indices ``(R, B)`` -> one-hot ``(R, B, K)`` in ``o``'s dtype; float targets as they are."""
     if y.dim() == o.dim() - 1 and not y.is_floating_point():
-        return torch.zeros_like(o).scatter_(-1, y.unsqueeze(-1).long(), 1.0)
+        idx = y.unsqueeze(-1)
+        return torch.zeros_like(o).scatter_(-1, idx if idx.dtype == torch.long else idx.long(), 1.0)
     return y.to(o.dtype)
 
 
@@ -39,13 +42,13 @@ def loss_and_error(loss_fn, o: torch.Tensor, y: torch.Tensor) -> tuple[torch.Ten
     if name in _MSE:
         w, per_batch, per_unit = _MSE[name]
         d = o - dense_targets(o, y)
-        denom = (B if per_batch else 1) * (o[0, 0].numel() if per_unit else 1)
+        denom = (B if per_batch else 1) * (math.prod(o.shape[2:]) if per_unit else 1)
         loss = d.square().sum((1, 2)).mul_(w / denom)
         return loss, d.mul(2.0 * w / denom), d
     if name in ("bce", "bce_sum"):
         t = dense_targets(o, y)
         per = torch.nn.functional.binary_cross_entropy_with_logits(o, t, reduction="none")
-        scale = 1.0 if name == "bce_sum" else 1.0 / o[0].numel()
+        scale = 1.0 if name == "bce_sum" else 1.0 / math.prod(o.shape[1:])
         return per.sum((1, 2)).mul_(scale), torch.sigmoid(o).sub_(t).mul_(scale), None
     with torch.inference_mode(False), torch.enable_grad():  # the stacked step runs in inference mode
         leaf = o.clone().requires_grad_(True)

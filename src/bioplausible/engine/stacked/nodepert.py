@@ -18,6 +18,8 @@ The forward weights stay frozen for the first ``warmup`` steps.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ...errors import UserError
@@ -78,7 +80,7 @@ class _NPMixin(PerRunNoise):
         name = getattr(self.loss_fn, "name", None)
         if d is not None:
             delta = noisy - out
-            w = _MSE_WEIGHT.get(name, 1.0 / max(out[0, 0].numel(), 1))
+            w = _MSE_WEIGHT[name] if name in _MSE_WEIGHT else 1.0 / max(math.prod(out.shape[2:]), 1)
             coef = delta.mul_(torch.add(delta, d, alpha=2.0)).sum(2)
             coef = coef.mul_(w / c) if isinstance(c, float) else coef.mul_(w / c.view(-1, 1))
         else:

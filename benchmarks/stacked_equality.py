@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     exe = shutil.which("bioplausible") or str(Path(sys.executable).with_name("bioplausible"))
     passes = [(args.rules, args.model)] + ([(args.ghost_rules, None)] if args.ghost_rules else [])
     commands = ["bioplausible " + " ".join(compare_args(args, r, m)) + " [--stack]" for r, m in passes]
+    from bioplausible.experiments.reproduce import git_commit
+
+    commit = git_commit()  # read before anything is written
     rows, walls, missing, worst = [], {"separate": 0.0, "stacked": 0.0}, [], 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for i, (rules, model) in enumerate(passes):
@@ -75,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/stacked_equality.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     result = {"command": command, "compare": commands,
               "rows": rows, "missing": missing, "max_rel_diff": worst, "tol": args.tol, "ok": ok,
-              "wall_s": walls, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+              "wall_s": walls, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit}
     md = ["# Stacked runs equal separate runs", "",
-          f"Command: `{command}` ({result['date']}): " + "; ".join(f"`{c}`" for c in commands)
+          f"Command: `{command}` at commit {commit} ({result['date']}): " + "; ".join(f"`{c}`" for c in commands)
           + ", each once without and once with `--stack`; final test accuracy, test loss and training loss of "
           "every run.", "",
           f"Largest relative difference: {worst:.2e} (tolerance {args.tol:.0e}) over {len(rows)} runs"

@@ -187,3 +187,9 @@ def test_a_row_that_keeps_some_runs_reports_those_with_their_seeds(synthetic_roo
     assert "| bp |" in report and "(n=2)" in report
     assert "| fa |" not in report
     assert "restricted to bp (seeds 0, 1)" in report
+    # the preset's check on fa vs bp and fa's paper number are not this row's: listed apart, not
+    # failed, and not in the tally
+    data = json.loads((out / "tiny_row" / "report.json").read_text())
+    assert data["tally"] == {"reproduced": 0, "not_reproduced": 1, "other": 0}  # bp 50.0: far from ours
+    assert "the paper's claims on the ranking):\n\n- none\n" in report
+    assert "Checks on runs this row does not train (its sweep file keeps bp): max_gap on fa, bp." in report

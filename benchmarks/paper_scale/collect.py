@@ -185,13 +185,6 @@ def _seconds(s: float | None) -> str:
     return f"{s:.1f} s" if s < 10 else f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.2f} h"
 
 
-def _check_runs(check: dict) -> list:
-    """The runs a check names (none for the ranking checks over every run)."""
-    if check.get("runs") is not None and check["type"] not in ("worst", "best"):
-        return list(check["runs"])
-    return [check["run"]] if check.get("run") is not None else []
-
-
 def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: str | None = None,
                 driver_log: Path | None = None) -> dict[str, Any]:
     """Write ``out_root/<row>/`` for sweep folder ``row_dir``; return its numbers and section text."""
@@ -280,7 +273,9 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
     others = [c for c in checks if c["type"] != "paper"]
     # a check on runs this row's sweep did not plan (its sweep file keeps only some of the preset's
     # runs) is listed apart, not as a failure of the row
-    outside = [c for c in others if any(str(r) not in labels for r in _check_runs(c))]
+    from bioplausible.experiments.presets import check_runs
+
+    outside = [c for c in others if any(r not in labels for r in check_runs(c))]
     others = [c for c in others if c not in outside]
     lines += ["", "The preset's other checks (the paper's claims on the ranking):", ""]
     from bioplausible.experiments.reproduce import _check_text
@@ -289,7 +284,7 @@ def collect_row(row_dir: Path, out_root: Path, partial: bool = False, commit: st
     if outside:
         lines += ["", "Checks on runs this row does not train (its sweep file keeps "
                   f"{', '.join(labels)}): " + "; ".join(
-                      f"{c['type']} on {', '.join(map(str, _check_runs(c)))}" for c in outside) + "."]
+                      f"{c['type']} on {', '.join(check_runs(c))}" for c in outside) + "."]
     from bioplausible.core.angles import hidden_angle
     from bioplausible.experiments.jobs import mean_std
 

@@ -288,6 +288,14 @@ def get_preset(name: str) -> Preset:
     return copy.deepcopy(presets[name])  # the cached one stays as parsed
 
 
+def check_runs(check: dict[str, Any]) -> list[str]:
+    """The runs a check names: its ``runs`` pair or its ``run`` (none for the rankings over every
+    run, ``worst`` / ``best``, and for a ``paper`` check over every run with a value)."""
+    if check["type"] not in ("worst", "best") and check.get("runs") is not None:
+        return [str(r) for r in check["runs"]]
+    return [str(check["run"])] if check.get("run") is not None else []
+
+
 def evaluate_checks(preset: Preset, stats: dict[str, dict[str, Any]],
                     scale: str | None = None) -> list[dict[str, Any]]:
     """Evaluate the preset's checks on per-run statistics ``{label: {metric: (mean, std[, n])}}``.

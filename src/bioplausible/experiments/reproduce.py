@@ -81,8 +81,9 @@ def select(only: str | None, skip: str | None) -> list[str]:
 def _check_text(check: dict[str, Any]) -> str:
     if check["text"] != "not measured":
         return check["text"]
-    named = check.get("runs") or [check.get("run")]
-    return f"{check['type']} on {', '.join(map(str, named))}: not measured (no completed seed of a run)"
+    from .presets import check_runs
+
+    return f"{check['type']} on {', '.join(check_runs(check))}: not measured (no completed seed of a run)"
 
 
 def preset_section(name: str, folder: Path, command: str) -> tuple[str, dict[str, Any]]:
